@@ -1,0 +1,413 @@
+//! Network input preparation: letterboxing to the network size, normalisation, and collating
+//! samples into flat batch arrays that the model crate turns into tensors.
+//!
+//! Images are resized keeping their aspect ratio and centred on a canvas of the network size;
+//! the border is grey 114 in images and 0 (not drivable, no lane) in masks. Pixel values are
+//! normalised as `(v / 255 - NORM_MEAN[c]) / NORM_STD[c]`.
+
+use std::borrow::Cow;
+
+use image::imageops::{self, FilterType};
+use image::{GrayImage, Luma, Rgb, RgbImage};
+use rayon::prelude::*;
+
+use crate::sample::{BoxLabel, Sample};
+
+/// Per-channel (RGB) mean of images scaled to 0..1 (ImageNet statistics).
+pub const NORM_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+/// Per-channel (RGB) standard deviation of images scaled to 0..1 (ImageNet statistics).
+pub const NORM_STD: [f32; 3] = [0.229, 0.224, 0.225];
+/// Grey level of the letterbox border in images.
+pub const PAD_VALUE: u8 = 114;
+
+/// The geometry of one letterbox: network = image * scale + pad.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Letterbox {
+    /// Factor from source pixels to network pixels (the same on both axes).
+    pub scale: f32,
+    /// Left border in network pixels (a whole number).
+    pub pad_x: f32,
+    /// Top border in network pixels (a whole number).
+    pub pad_y: f32,
+}
+
+impl Letterbox {
+    /// Letterbox of a `src_w x src_h` image into `dst_w x dst_h`: the largest scale that fits,
+    /// the resized image centred (borders rounded down on the left/top).
+    ///
+    /// Degenerate sizes (a side of 0) give scale 1 and no padding.
+    pub fn fit(src_w: u32, src_h: u32, dst_w: u32, dst_h: u32) -> Letterbox {
+        if src_w == 0 || src_h == 0 || dst_w == 0 || dst_h == 0 {
+            return Letterbox {
+                scale: 1.0,
+                pad_x: 0.0,
+                pad_y: 0.0,
+            };
+        }
+        let scale = (dst_w as f32 / src_w as f32).min(dst_h as f32 / src_h as f32);
+        let mut lb = Letterbox {
+            scale,
+            pad_x: 0.0,
+            pad_y: 0.0,
+        };
+        let (w, h) = lb.resized_size(src_w, src_h, dst_w, dst_h);
+        lb.pad_x = ((dst_w - w) / 2) as f32;
+        lb.pad_y = ((dst_h - h) / 2) as f32;
+        lb
+    }
+
+    /// Size of the resized image inside the canvas, `(width, height)`, each in
+    /// `1..=dst` (rounded to the nearest pixel).
+    pub fn resized_size(&self, src_w: u32, src_h: u32, dst_w: u32, dst_h: u32) -> (u32, u32) {
+        let side = |src: u32, dst: u32| ((src as f32 * self.scale).round() as u32).clamp(1, dst);
+        (side(src_w, dst_w), side(src_h, dst_h))
+    }
+
+    /// A box in source-image pixels to network pixels.
+    pub fn to_network(&self, b: &BoxLabel) -> BoxLabel {
+        BoxLabel {
+            class: b.class,
+            x1: b.x1 * self.scale + self.pad_x,
+            y1: b.y1 * self.scale + self.pad_y,
+            x2: b.x2 * self.scale + self.pad_x,
+            y2: b.y2 * self.scale + self.pad_y,
+        }
+    }
+
+    /// A box in network pixels back to source-image pixels (inverse of
+    /// [`to_network`](Self::to_network)).
+    pub fn to_image(&self, b: &BoxLabel) -> BoxLabel {
+        BoxLabel {
+            class: b.class,
+            x1: (b.x1 - self.pad_x) / self.scale,
+            y1: (b.y1 - self.pad_y) / self.scale,
+            x2: (b.x2 - self.pad_x) / self.scale,
+            y2: (b.y2 - self.pad_y) / self.scale,
+        }
+    }
+}
+
+/// Letterboxes an image to `width x height` (Triangle filter, grey-114 border).
+///
+/// Returns the image as is when it already has the network size.
+pub fn letterbox_image(img: &RgbImage, width: u32, height: u32) -> (RgbImage, Letterbox) {
+    letterbox(
+        img,
+        width,
+        height,
+        FilterType::Triangle,
+        Rgb([PAD_VALUE; 3]),
+    )
+}
+
+/// Letterboxes a 0/1 mask to `width x height` (Nearest filter, so values stay 0/1; border 0).
+pub fn letterbox_mask(mask: &GrayImage, width: u32, height: u32) -> (GrayImage, Letterbox) {
+    letterbox(mask, width, height, FilterType::Nearest, Luma([0]))
+}
+
+fn letterbox<P>(
+    img: &image::ImageBuffer<P, Vec<u8>>,
+    width: u32,
+    height: u32,
+    filter: FilterType,
+    pad: P,
+) -> (image::ImageBuffer<P, Vec<u8>>, Letterbox)
+where
+    P: image::Pixel<Subpixel = u8> + 'static,
+{
+    let (sw, sh) = img.dimensions();
+    let lb = Letterbox::fit(sw, sh, width, height);
+    if (sw, sh) == (width, height) {
+        return (img.clone(), lb);
+    }
+    let mut out = image::ImageBuffer::from_pixel(width, height, pad);
+    if sw == 0 || sh == 0 || width == 0 || height == 0 {
+        return (out, lb);
+    }
+    let (nw, nh) = lb.resized_size(sw, sh, width, height);
+    let resized = if (nw, nh) == (sw, sh) {
+        Cow::Borrowed(img)
+    } else {
+        Cow::Owned(imageops::resize(img, nw, nh, filter))
+    };
+    // Whole-row copies: the resized image fits inside the canvas by construction.
+    let channels = P::CHANNEL_COUNT as usize;
+    let row = nw as usize * channels;
+    let (px, py) = (lb.pad_x as usize, lb.pad_y as usize);
+    let out_stride = width as usize * channels;
+    let dst = &mut *out;
+    for (y, src_row) in resized.as_raw().chunks_exact(row).enumerate() {
+        let start = (py + y) * out_stride + px * channels;
+        dst[start..start + row].copy_from_slice(src_row);
+    }
+    (out, lb)
+}
+
+/// A collated batch, as flat row-major arrays.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Batch {
+    /// `[batch_size, 3, height, width]`, RGB, normalised with [`NORM_MEAN`]/[`NORM_STD`].
+    pub images: Vec<f32>,
+    /// `[batch_size, height, width]`, 1.0 drivable, 0.0 not (border 0).
+    pub drivable: Vec<f32>,
+    /// `[batch_size, height, width]`, 1.0 lane marking, 0.0 not (border 0).
+    pub lanes: Vec<f32>,
+    /// Per image, boxes in network pixel coordinates, clipped to the canvas.
+    pub boxes: Vec<Vec<BoxLabel>>,
+    pub batch_size: usize,
+    pub height: usize,
+    pub width: usize,
+}
+
+/// `lut[c][v]` = normalised value of channel `c` at 8-bit level `v`.
+fn norm_lut() -> [[f32; 256]; 3] {
+    let mut lut = [[0.0; 256]; 3];
+    for (c, table) in lut.iter_mut().enumerate() {
+        for (v, out) in table.iter_mut().enumerate() {
+            *out = (v as f32 / 255.0 - NORM_MEAN[c]) / NORM_STD[c];
+        }
+    }
+    lut
+}
+
+fn write_chw(img: &RgbImage, out: &mut [f32], lut: &[[f32; 256]; 3]) {
+    let hw = img.width() as usize * img.height() as usize;
+    let (r, rest) = out.split_at_mut(hw);
+    let (g, b) = rest.split_at_mut(hw);
+    for (i, px) in img.as_raw().chunks_exact(3).enumerate() {
+        r[i] = lut[0][px[0] as usize];
+        g[i] = lut[1][px[1] as usize];
+        b[i] = lut[2][px[2] as usize];
+    }
+}
+
+/// An RGB image as normalised `[3, height, width]` floats (the predictor's input).
+pub fn image_to_chw(img: &RgbImage) -> Vec<f32> {
+    let mut out = vec![0.0; 3 * img.width() as usize * img.height() as usize];
+    write_chw(img, &mut out, &norm_lut());
+    out
+}
+
+/// Letterboxes every sample to `width x height` (on rayon threads) and stacks them.
+///
+/// Boxes are mapped to network pixels and clipped to the canvas; boxes narrower or lower than
+/// one network pixel afterwards are dropped. Mask pixels count as set when non-zero.
+pub fn collate(samples: &[Sample], width: u32, height: u32) -> Batch {
+    let (w, h) = (width as usize, height as usize);
+    let hw = w * h;
+    let n = samples.len();
+    let mut images = vec![0.0f32; n * 3 * hw];
+    let mut drivable = vec![0.0f32; n * hw];
+    let mut lanes = vec![0.0f32; n * hw];
+    let boxes = if hw == 0 {
+        vec![Vec::new(); n]
+    } else {
+        let lut = norm_lut();
+        images
+            .par_chunks_mut(3 * hw)
+            .zip(drivable.par_chunks_mut(hw))
+            .zip(lanes.par_chunks_mut(hw))
+            .zip(samples.par_iter())
+            .map(|(((img_out, drv_out), lane_out), s)| {
+                let (img, lb) = letterbox_image(&s.image, width, height);
+                write_chw(&img, img_out, &lut);
+                for (mask, out) in [(&s.drivable, drv_out), (&s.lanes, lane_out)] {
+                    let (m, _) = letterbox_mask(mask, width, height);
+                    for (o, &v) in out.iter_mut().zip(m.as_raw()) {
+                        *o = if v > 0 { 1.0 } else { 0.0 };
+                    }
+                }
+                s.boxes
+                    .iter()
+                    .filter_map(|b| {
+                        let mut nb = lb.to_network(b);
+                        nb.x1 = nb.x1.clamp(0.0, w as f32);
+                        nb.x2 = nb.x2.clamp(0.0, w as f32);
+                        nb.y1 = nb.y1.clamp(0.0, h as f32);
+                        nb.y2 = nb.y2.clamp(0.0, h as f32);
+                        (nb.width() >= 1.0 && nb.height() >= 1.0).then_some(nb)
+                    })
+                    .collect()
+            })
+            .collect()
+    };
+    Batch {
+        images,
+        drivable,
+        lanes,
+        boxes,
+        batch_size: n,
+        height: h,
+        width: w,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sample::{Conditions, TrafficSide};
+
+    fn bx(x1: f32, y1: f32, x2: f32, y2: f32) -> BoxLabel {
+        BoxLabel {
+            class: 3,
+            x1,
+            y1,
+            x2,
+            y2,
+        }
+    }
+
+    #[test]
+    fn letterbox_1280x720_to_640x384_by_hand() {
+        let lb = Letterbox::fit(1280, 720, 640, 384);
+        // scale = min(640/1280, 384/720) = 0.5; resized 640x360; pad_y = (384-360)/2 = 12.
+        assert_eq!(
+            lb,
+            Letterbox {
+                scale: 0.5,
+                pad_x: 0.0,
+                pad_y: 12.0
+            }
+        );
+        let n = lb.to_network(&bx(100.0, 200.0, 300.0, 400.0));
+        assert_eq!(n, bx(50.0, 112.0, 150.0, 212.0));
+        assert_eq!(lb.to_image(&n), bx(100.0, 200.0, 300.0, 400.0));
+
+        // Portrait into landscape pads x: 300x600 -> 640x384: scale 0.64, 192x384, pad_x 224.
+        let lb = Letterbox::fit(300, 600, 640, 384);
+        assert!((lb.scale - 0.64).abs() < 1e-6);
+        assert_eq!((lb.pad_x, lb.pad_y), (224.0, 0.0));
+    }
+
+    #[test]
+    fn letterbox_box_round_trip() {
+        for (sw, sh, dw, dh) in [
+            (1280, 720, 640, 384),
+            (1242, 375, 320, 192),
+            (333, 777, 416, 416),
+            (64, 64, 1280, 720),
+        ] {
+            let lb = Letterbox::fit(sw, sh, dw, dh);
+            for b in [
+                bx(0.0, 0.0, sw as f32, sh as f32),
+                bx(12.3, 45.6, 78.9, 60.1),
+            ] {
+                let back = lb.to_image(&lb.to_network(&b));
+                for (a, b) in [
+                    (back.x1, b.x1),
+                    (back.y1, b.y1),
+                    (back.x2, b.x2),
+                    (back.y2, b.y2),
+                ] {
+                    assert!((a - b).abs() < 1e-4, "{sw}x{sh}->{dw}x{dh}: {a} vs {b}");
+                }
+            }
+            // The full image maps inside the canvas.
+            let full = lb.to_network(&bx(0.0, 0.0, sw as f32, sh as f32));
+            assert!(full.x1 >= 0.0 && full.y1 >= 0.0);
+            assert!(full.x2 <= dw as f32 + 1e-3 && full.y2 <= dh as f32 + 1e-3);
+        }
+    }
+
+    #[test]
+    fn letterbox_image_pads_with_grey_and_masks_with_zero() {
+        let img = RgbImage::from_pixel(8, 4, Rgb([200, 10, 30]));
+        let (out, lb) = letterbox_image(&img, 8, 8);
+        assert_eq!((lb.scale, lb.pad_x, lb.pad_y), (1.0, 0.0, 2.0));
+        assert_eq!(out.get_pixel(3, 0), &Rgb([114, 114, 114]));
+        assert_eq!(out.get_pixel(3, 2), &Rgb([200, 10, 30]));
+        assert_eq!(out.get_pixel(3, 5), &Rgb([200, 10, 30]));
+        assert_eq!(out.get_pixel(3, 6), &Rgb([114, 114, 114]));
+
+        let mask = GrayImage::from_fn(8, 4, |x, _| Luma([(x >= 4) as u8]));
+        let (m, _) = letterbox_mask(&mask, 4, 4);
+        // 8x4 -> 4x2 at pad_y 1, nearest keeps 0/1 and the left/right halves.
+        assert_eq!(
+            m.as_raw(),
+            &[0, 0, 0, 0, 0, 0, 1, 1, 0, 0, 1, 1, 0, 0, 0, 0]
+        );
+
+        let same = RgbImage::from_pixel(5, 3, Rgb([1, 2, 3]));
+        assert_eq!(letterbox_image(&same, 5, 3).0, same);
+    }
+
+    fn two_by_two() -> Sample {
+        let mut image = RgbImage::new(2, 2);
+        image.put_pixel(0, 0, Rgb([0, 0, 0]));
+        image.put_pixel(1, 0, Rgb([255, 255, 255]));
+        image.put_pixel(0, 1, Rgb([255, 0, 0]));
+        image.put_pixel(1, 1, Rgb([0, 128, 255]));
+        Sample {
+            id: "hand".into(),
+            image,
+            boxes: vec![bx(0.0, 0.0, 1.0, 2.0), bx(1.0, 1.0, 1.5, 1.2)],
+            drivable: GrayImage::from_raw(2, 2, vec![0, 1, 1, 1]).unwrap(),
+            lanes: GrayImage::from_raw(2, 2, vec![0, 0, 0, 1]).unwrap(),
+            conditions: Conditions {
+                weather: "clear".into(),
+                time_of_day: "daytime".into(),
+                scene: "highway".into(),
+            },
+            traffic_side: TrafficSide::Right,
+        }
+    }
+
+    #[test]
+    fn collate_shapes_and_normalisation() {
+        let s = two_by_two();
+        let batch = collate(&[s.clone(), s], 2, 2);
+        assert_eq!((batch.batch_size, batch.height, batch.width), (2, 2, 2));
+        assert_eq!(batch.images.len(), 2 * 3 * 2 * 2);
+        assert_eq!(batch.drivable.len(), 2 * 2 * 2);
+        assert_eq!(batch.lanes.len(), 8);
+        let norm = |v: f32, c: usize| (v / 255.0 - NORM_MEAN[c]) / NORM_STD[c];
+        // Channel planes of image 0: R then G then B, each row-major.
+        let want = [
+            norm(0.0, 0),
+            norm(255.0, 0),
+            norm(255.0, 0),
+            norm(0.0, 0),
+            norm(0.0, 1),
+            norm(255.0, 1),
+            norm(0.0, 1),
+            norm(128.0, 1),
+            norm(0.0, 2),
+            norm(255.0, 2),
+            norm(0.0, 2),
+            norm(255.0, 2),
+        ];
+        for (a, b) in batch.images[..12].iter().zip(want) {
+            assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+        }
+        assert!((batch.images[0] - (-0.485 / 0.229)).abs() < 1e-6);
+        assert!((batch.images[12..24].iter().zip(&batch.images[..12])).all(|(a, b)| a == b));
+        assert_eq!(&batch.drivable[..4], &[0.0, 1.0, 1.0, 1.0]);
+        assert_eq!(&batch.lanes[..4], &[0.0, 0.0, 0.0, 1.0]);
+        // The 0.5x0.2 px box is dropped, the other kept as is (same size, no letterbox).
+        assert_eq!(batch.boxes, vec![vec![bx(0.0, 0.0, 1.0, 2.0)]; 2]);
+        assert_eq!(
+            image_to_chw(&two_by_two().image),
+            batch.images[..12].to_vec()
+        );
+    }
+
+    #[test]
+    fn collate_letterboxes_boxes_and_masks() {
+        let mut s = two_by_two();
+        s.image = RgbImage::from_pixel(8, 4, Rgb([10, 20, 30]));
+        s.drivable = GrayImage::from_pixel(8, 4, Luma([1]));
+        s.lanes = GrayImage::new(8, 4);
+        s.boxes = vec![bx(2.0, 1.0, 6.0, 3.0), bx(-5.0, -5.0, 1.0, 1.0)];
+        let batch = collate(&[s], 4, 4);
+        // scale 0.5, pad_y 1: (2,1,6,3) -> (1,1.5,3,2.5); (-5,-5,1,1) clipped -> (0,0,0.5,1.5)
+        // is under 1 px wide and dropped.
+        assert_eq!(batch.boxes, vec![vec![bx(1.0, 1.5, 3.0, 2.5)]]);
+        let pad = (PAD_VALUE as f32 / 255.0 - NORM_MEAN[0]) / NORM_STD[0];
+        assert!((batch.images[0] - pad).abs() < 1e-6);
+        assert_eq!(
+            batch.drivable,
+            vec![0., 0., 0., 0., 1., 1., 1., 1., 1., 1., 1., 1., 0., 0., 0., 0.]
+        );
+        assert!(collate(&[], 4, 4).images.is_empty());
+    }
+}

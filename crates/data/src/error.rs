@@ -1,0 +1,114 @@
+//! The error type of the data layer.
+//!
+//! Every variant a user can cause names where the problem is (file path, shard, sample index,
+//! manifest key) and, where it helps, what would be valid.
+
+use std::path::PathBuf;
+
+/// Result alias of this crate.
+pub type Result<T, E = DataError> = std::result::Result<T, E>;
+
+/// Everything that can go wrong reading, writing or generating data.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    /// A file-system operation failed.
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The file is not a shard of a format this build reads, or its footer/index is damaged.
+    #[error("shard {path} is unreadable: {what}")]
+    CorruptShard { path: PathBuf, what: String },
+
+    /// One record of a shard is truncated or malformed (after its checksum matched, or because
+    /// its index entry points outside the file).
+    #[error("shard {path}, sample {index}: corrupt record: {what}")]
+    CorruptRecord {
+        path: PathBuf,
+        index: usize,
+        what: String,
+    },
+
+    /// A record's bytes do not hash to the checksum stored in the shard index.
+    #[error(
+        "shard {path}, sample {index}: checksum mismatch (index says blake3 {expected}, record \
+         hashes to {actual}); the record was damaged or modified"
+    )]
+    ChecksumMismatch {
+        path: PathBuf,
+        index: usize,
+        expected: String,
+        actual: String,
+    },
+
+    /// A whole shard file does not hash to what the manifest recorded.
+    #[error(
+        "shard {path} has blake3 {actual} but the manifest records {expected}; the file was \
+         modified, replaced or truncated"
+    )]
+    ShardHashMismatch {
+        path: PathBuf,
+        expected: String,
+        actual: String,
+    },
+
+    /// A shard disagrees with its manifest entry (sample count, per-sample checksums).
+    #[error("shard {path} does not match its manifest entry: {what}")]
+    ShardMismatch { path: PathBuf, what: String },
+
+    /// The manifest cannot be parsed or fails validation.
+    #[error("bad manifest {path}: {reason}")]
+    BadManifest { path: PathBuf, reason: String },
+
+    /// An embedded image or mask of a record cannot be decoded.
+    #[error("shard {path}, sample {index}: cannot decode the {what}: {source}")]
+    ImageDecode {
+        path: PathBuf,
+        index: usize,
+        what: &'static str,
+        #[source]
+        source: image::ImageError,
+    },
+
+    /// An image or mask of a sample cannot be encoded for writing.
+    #[error("sample {id}: cannot encode the {what}: {source}")]
+    ImageEncode {
+        id: String,
+        what: &'static str,
+        #[source]
+        source: image::ImageError,
+    },
+
+    /// A sample handed to a writer violates the sample invariants.
+    #[error("invalid sample {id}: {reason}")]
+    InvalidSample { id: String, reason: String },
+
+    /// A split name other than `train` or `val`.
+    #[error("unknown split `{0}`; expected `train` or `val`")]
+    UnknownSplit(String),
+
+    /// A sample index past the end of a shard or dataset.
+    #[error("sample index {index} is out of range: {what} has {len} samples")]
+    IndexOutOfRange {
+        index: usize,
+        len: usize,
+        what: String,
+    },
+
+    /// Invalid options for a generator or writer (the message names the option).
+    #[error("invalid options: {0}")]
+    InvalidOptions(String),
+}
+
+impl DataError {
+    /// Wraps an I/O error with the path it happened on.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        DataError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,32 @@
+//! percept-data: the data layer of percept.
+//!
+//! - [`sample`]: one labelled frame ([`Sample`]).
+//! - [`shard`]: the shard file format v1 ([`ShardWriter`], [`ShardReader`]).
+//! - [`manifest`]: dataset manifests with region and residency policy ([`Manifest`]).
+//! - [`dataset`]: one verified split of a dataset directory ([`Dataset`]).
+//! - [`synth`]: procedural driving scenes and synthetic datasets ([`SceneGenerator`],
+//!   [`write_synthetic_dataset`]).
+//! - [`batch`]: letterboxing, normalisation and collation into flat arrays ([`Batch`]).
+
+pub mod batch;
+pub mod dataset;
+pub mod error;
+pub mod manifest;
+pub mod sample;
+pub mod shard;
+pub mod synth;
+#[cfg(test)]
+mod testutil;
+
+pub use batch::{
+    collate, image_to_chw, letterbox_image, letterbox_mask, Batch, Letterbox, NORM_MEAN, NORM_STD,
+};
+pub use dataset::Dataset;
+pub use error::{DataError, Result};
+pub use manifest::{is_region_code, Manifest, Policy, ShardEntry, Split, MANIFEST_FILE};
+pub use sample::{BoxLabel, Conditions, Sample, TrafficSide};
+pub use shard::{EncodedRecord, ShardInfo, ShardReader, ShardWriter};
+pub use synth::{
+    write_synthetic_dataset, CentreLine, SceneGenerator, SynthOptions, SYNTH_CLASSES,
+    VAL_INDEX_OFFSET,
+};

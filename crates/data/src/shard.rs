@@ -1,0 +1,1004 @@
+//! Shard files: many samples in one file, random access by index, per-record checksums.
+//!
+//! # Shard format v1
+//!
+//! All integers are little-endian. A shard file (e.g. `train-00000.shard`) is laid out as:
+//!
+//! ```text
+//! offset            size        content
+//! 0                 8           magic b"PCPTSHD1"
+//! 8                 L0          record 0
+//! 8+L0              L1          record 1
+//! ...                           (records back to back, no gaps)
+//! index_offset      48 * N      index: N entries, one per record, in record order
+//! file_len - 24     24          footer
+//! ```
+//!
+//! Index entry (48 bytes): `offset: u64` (from the start of the file), `length: u64`,
+//! `checksum: [u8; 32]` (blake3 of the record's `length` bytes).
+//!
+//! Footer (24 bytes): `index_offset: u64`, `record_count: u64`, magic `b"PCPTSHD1"`.
+//! A reader seeks to the footer at the end, finds the index and then any record in O(1).
+//! A valid file satisfies `index_offset + 48 * record_count + 24 == file_len`, the first record
+//! starts at 8, every record starts where the previous ended and the last ends at
+//! `index_offset`; the reader checks all of this on open.
+//!
+//! A record is:
+//!
+//! ```text
+//! label_len: u32, image_len: u32, drivable_len: u32, lanes_len: u32   (16-byte header)
+//! label block      label_len bytes
+//! image            image_len bytes     JPEG (quality 90), RGB, width x height
+//! drivable mask    drivable_len bytes  PNG, 8-bit grey, values 0/1, width x height
+//! lane mask        lanes_len bytes     PNG, 8-bit grey, values 0/1, width x height
+//! ```
+//!
+//! with `16 + label_len + image_len + drivable_len + lanes_len == length`. The label block is
+//! compact binary (strings are `len: u16` + UTF-8 bytes):
+//!
+//! ```text
+//! width: u32, height: u32          image size; both masks must decode to the same size
+//! traffic_side: u8                 0 = left, 1 = right
+//! id: str, weather: str, time_of_day: str, scene: str
+//! box_count: u32
+//! box_count x { class: u16, x1: f32, y1: f32, x2: f32, y2: f32 }   (18 bytes each)
+//! ```
+//!
+//! Labels and masks round-trip exactly; the image goes through JPEG and comes back within
+//! JPEG's tolerance.
+//!
+//! Writing is atomic: [`ShardWriter`] writes `<name>.tmp` in the destination directory, fsyncs
+//! it and renames it over `<name>` in [`ShardWriter::finish`]; a writer dropped before `finish`
+//! removes its temp file. Published shards are therefore never modified in place, which is what
+//! makes memory-mapping them in [`ShardReader`] sound in practice.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use image::codecs::jpeg::JpegEncoder;
+use image::codecs::png::{CompressionType, FilterType, PngEncoder};
+use image::{ExtendedColorType, GrayImage, ImageEncoder, ImageFormat};
+use memmap2::Mmap;
+
+use crate::error::{DataError, Result};
+use crate::sample::{BoxLabel, Conditions, Sample, TrafficSide};
+
+/// Magic bytes at the start and the end of every v1 shard.
+pub const SHARD_MAGIC: [u8; 8] = *b"PCPTSHD1";
+/// JPEG quality of stored images.
+pub const JPEG_QUALITY: u8 = 90;
+
+const HEADER_LEN: usize = 8;
+const FOOTER_LEN: usize = 24;
+const INDEX_ENTRY_LEN: usize = 48;
+const RECORD_HEADER_LEN: usize = 16;
+const BOX_LEN: usize = 18;
+
+/// One sample encoded as a shard record, with its checksum.
+///
+/// Encoding (JPEG/PNG compression) is the expensive part of writing a shard and needs no
+/// writer state, so it can run on many threads; [`ShardWriter::push_encoded`] then appends
+/// the bytes in order.
+#[derive(Debug, Clone)]
+pub struct EncodedRecord {
+    bytes: Vec<u8>,
+    checksum: [u8; 32],
+}
+
+impl EncodedRecord {
+    /// Validates and encodes a sample (see the module docs for the layout).
+    ///
+    /// Refuses samples whose masks differ in size from the image or hold values other than
+    /// 0/1, empty or over-large images (JPEG allows at most 65535 px a side), non-finite box
+    /// coordinates and strings longer than 65535 bytes.
+    pub fn encode(sample: &Sample) -> Result<Self> {
+        validate_sample(sample)?;
+        let label = encode_label(sample);
+        let image = encode_jpeg(sample)?;
+        let drivable = encode_png(&sample.drivable, &sample.id, "drivable mask")?;
+        let lanes = encode_png(&sample.lanes, &sample.id, "lane mask")?;
+
+        let mut bytes = Vec::with_capacity(
+            RECORD_HEADER_LEN + label.len() + image.len() + drivable.len() + lanes.len(),
+        );
+        for part in [&label, &image, &drivable, &lanes] {
+            let len = u32::try_from(part.len()).map_err(|_| DataError::InvalidSample {
+                id: sample.id.clone(),
+                reason: format!("an encoded part is {} bytes, over 4 GiB", part.len()),
+            })?;
+            bytes.extend_from_slice(&len.to_le_bytes());
+        }
+        for part in [label, image, drivable, lanes] {
+            bytes.extend_from_slice(&part);
+        }
+        let checksum = *blake3::hash(&bytes).as_bytes();
+        Ok(EncodedRecord { bytes, checksum })
+    }
+
+    /// The record bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// blake3 of the record bytes, lowercase hex (the sample checksum in the manifest).
+    pub fn checksum_hex(&self) -> String {
+        hex32(&self.checksum)
+    }
+}
+
+/// What [`ShardWriter::finish`] reports about a finished shard; the manifest entry is built
+/// from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardInfo {
+    /// File name (no directory), e.g. `train-00000.shard`.
+    pub file_name: String,
+    /// Number of records.
+    pub samples: usize,
+    /// File size in bytes.
+    pub bytes: u64,
+    /// blake3 of the whole file, lowercase hex.
+    pub hash: String,
+    /// blake3 of each record, lowercase hex, in record order.
+    pub sample_checksums: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct IndexEntry {
+    offset: u64,
+    length: u64,
+    checksum: [u8; 32],
+}
+
+/// Writes one shard atomically (temp file + fsync + rename).
+#[derive(Debug)]
+pub struct ShardWriter {
+    path: PathBuf,
+    tmp_path: PathBuf,
+    file_name: String,
+    /// `None` once finished or after a failed write (the writer is then unusable).
+    file: Option<BufWriter<File>>,
+    hasher: blake3::Hasher,
+    offset: u64,
+    entries: Vec<IndexEntry>,
+    finished: bool,
+}
+
+impl ShardWriter {
+    /// Starts a shard that will appear at `path` when [`finish`](Self::finish) succeeds.
+    ///
+    /// The data goes to `path` + `.tmp` until then. The file name must be UTF-8 because the
+    /// manifest records it.
+    pub fn create(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let file_name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| {
+                DataError::InvalidOptions(format!(
+                    "shard path {} has no UTF-8 file name",
+                    path.display()
+                ))
+            })?
+            .to_string();
+        let tmp_path = path.with_file_name(format!("{file_name}.tmp"));
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp_path)
+            .map_err(|e| DataError::io(&tmp_path, e))?;
+        let mut writer = ShardWriter {
+            path,
+            tmp_path,
+            file_name,
+            file: Some(BufWriter::with_capacity(1 << 20, file)),
+            hasher: blake3::Hasher::new(),
+            offset: 0,
+            entries: Vec::new(),
+            finished: false,
+        };
+        writer.write_all(&SHARD_MAGIC)?;
+        Ok(writer)
+    }
+
+    /// Encodes and appends a sample; returns its checksum (lowercase blake3 hex).
+    pub fn push(&mut self, sample: &Sample) -> Result<String> {
+        let record = EncodedRecord::encode(sample)?;
+        self.push_encoded(&record)
+    }
+
+    /// Appends an already encoded record; returns its checksum (lowercase blake3 hex).
+    pub fn push_encoded(&mut self, record: &EncodedRecord) -> Result<String> {
+        let offset = self.offset;
+        self.write_all(&record.bytes)?;
+        self.entries.push(IndexEntry {
+            offset,
+            length: record.bytes.len() as u64,
+            checksum: record.checksum,
+        });
+        Ok(record.checksum_hex())
+    }
+
+    /// Number of records pushed so far.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether no record has been pushed.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Writes the index and footer, fsyncs, and renames the temp file into place.
+    pub fn finish(mut self) -> Result<ShardInfo> {
+        let index_offset = self.offset;
+        let mut tail = Vec::with_capacity(self.entries.len() * INDEX_ENTRY_LEN + FOOTER_LEN);
+        for e in &self.entries {
+            tail.extend_from_slice(&e.offset.to_le_bytes());
+            tail.extend_from_slice(&e.length.to_le_bytes());
+            tail.extend_from_slice(&e.checksum);
+        }
+        tail.extend_from_slice(&index_offset.to_le_bytes());
+        tail.extend_from_slice(&(self.entries.len() as u64).to_le_bytes());
+        tail.extend_from_slice(&SHARD_MAGIC);
+        self.write_all(&tail)?;
+
+        let writer = self.file.take().ok_or_else(|| self.closed_error())?;
+        let file = writer
+            .into_inner()
+            .map_err(|e| DataError::io(&self.tmp_path, e.into_error()))?;
+        file.sync_all()
+            .map_err(|e| DataError::io(&self.tmp_path, e))?;
+        drop(file);
+        std::fs::rename(&self.tmp_path, &self.path).map_err(|e| DataError::io(&self.path, e))?;
+        self.finished = true;
+        sync_parent_dir(&self.path)?;
+
+        Ok(ShardInfo {
+            file_name: self.file_name.clone(),
+            samples: self.entries.len(),
+            bytes: self.offset,
+            hash: self.hasher.finalize().to_hex().to_string(),
+            sample_checksums: self.entries.iter().map(|e| hex32(&e.checksum)).collect(),
+        })
+    }
+
+    fn write_all(&mut self, bytes: &[u8]) -> Result<()> {
+        let Some(file) = self.file.as_mut() else {
+            return Err(self.closed_error());
+        };
+        if let Err(e) = file.write_all(bytes) {
+            // A partial write leaves the file inconsistent: refuse further use.
+            self.file = None;
+            return Err(DataError::io(&self.tmp_path, e));
+        }
+        self.hasher.update(bytes);
+        self.offset += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn closed_error(&self) -> DataError {
+        DataError::io(
+            &self.tmp_path,
+            std::io::Error::other("shard writer is unusable after an earlier write error"),
+        )
+    }
+}
+
+impl Drop for ShardWriter {
+    fn drop(&mut self) {
+        if !self.finished {
+            // Close before unlinking so nothing re-creates the file; a failure to remove is
+            // harmless (a stray `.tmp` is never read as a shard).
+            self.file = None;
+            let _ = std::fs::remove_file(&self.tmp_path);
+        }
+    }
+}
+
+/// fsync the directory so the rename itself survives a crash.
+fn sync_parent_dir(path: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| DataError::io(dir, e))?;
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
+/// Random-access reader of one shard, backed by a memory map.
+///
+/// `Sync`: many threads may call [`read`](Self::read) at once.
+#[derive(Debug)]
+pub struct ShardReader {
+    path: PathBuf,
+    mmap: Mmap,
+    entries: Vec<IndexEntry>,
+}
+
+impl ShardReader {
+    /// Opens a shard and validates its structure (magics, footer, index bounds, contiguity).
+    ///
+    /// Record contents are checked lazily, per record, in [`read`](Self::read).
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let file = File::open(&path).map_err(|e| DataError::io(&path, e))?;
+        let file_len = file.metadata().map_err(|e| DataError::io(&path, e))?.len();
+        let corrupt = |what: String| DataError::CorruptShard {
+            path: path.clone(),
+            what,
+        };
+        if file_len < (HEADER_LEN + FOOTER_LEN) as u64 {
+            return Err(corrupt(format!(
+                "file is {file_len} bytes, shorter than an empty shard ({} bytes); truncated?",
+                HEADER_LEN + FOOTER_LEN
+            )));
+        }
+        // SAFETY: shards are published by rename and never modified in place (see the module
+        // docs); every access below is bounds-checked against the mapped length.
+        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| DataError::io(&path, e))?;
+        let data: &[u8] = &mmap;
+        let len = data.len();
+        if data[..HEADER_LEN] != SHARD_MAGIC {
+            return Err(corrupt(
+                "missing magic PCPTSHD1 at the start; not a percept v1 shard".into(),
+            ));
+        }
+        let footer = &data[len - FOOTER_LEN..];
+        if footer[16..24] != SHARD_MAGIC {
+            return Err(corrupt(
+                "missing magic PCPTSHD1 in the footer; the file is truncated or not a shard".into(),
+            ));
+        }
+        let index_offset = read_u64(&footer[0..8]);
+        let count = read_u64(&footer[8..16]);
+        let index_len = count.checked_mul(INDEX_ENTRY_LEN as u64);
+        let expected_end = index_len.and_then(|l| l.checked_add(index_offset));
+        if index_offset < HEADER_LEN as u64 || expected_end != Some((len - FOOTER_LEN) as u64) {
+            return Err(corrupt(format!(
+                "footer says {count} records with the index at byte {index_offset}, which does \
+                 not fit a {len}-byte file"
+            )));
+        }
+        let index_start = index_offset as usize;
+        let mut entries = Vec::with_capacity(count as usize);
+        let mut expected_offset = HEADER_LEN as u64;
+        for i in 0..count as usize {
+            let e = &data[index_start + i * INDEX_ENTRY_LEN..][..INDEX_ENTRY_LEN];
+            let entry = IndexEntry {
+                offset: read_u64(&e[0..8]),
+                length: read_u64(&e[8..16]),
+                checksum: e[16..48].try_into().expect("slice of 32 bytes"),
+            };
+            let end = entry.offset.checked_add(entry.length);
+            if entry.offset != expected_offset
+                || end.is_none_or(|end| end > index_offset)
+                || entry.length < RECORD_HEADER_LEN as u64
+            {
+                return Err(DataError::CorruptRecord {
+                    path,
+                    index: i,
+                    what: format!(
+                        "index entry says offset {} length {}, but the record must start at \
+                         {expected_offset}, be at least {RECORD_HEADER_LEN} bytes and end \
+                         before the index at {index_offset}",
+                        entry.offset, entry.length
+                    ),
+                });
+            }
+            expected_offset = entry.offset + entry.length;
+            entries.push(entry);
+        }
+        if expected_offset != index_offset {
+            return Err(corrupt(format!(
+                "records end at byte {expected_offset} but the index starts at {index_offset}"
+            )));
+        }
+        Ok(ShardReader {
+            path,
+            mmap,
+            entries,
+        })
+    }
+
+    /// Path the shard was opened from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Number of records.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether the shard holds no records.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// File size in bytes.
+    pub fn file_len(&self) -> u64 {
+        self.mmap.len() as u64
+    }
+
+    /// The checksum the index stores for record `i` (lowercase blake3 hex).
+    pub fn checksum_hex(&self, i: usize) -> Result<String> {
+        Ok(hex32(&self.entry(i)?.checksum))
+    }
+
+    /// All index checksums (lowercase blake3 hex), in record order.
+    pub fn sample_checksums(&self) -> Vec<String> {
+        self.entries.iter().map(|e| hex32(&e.checksum)).collect()
+    }
+
+    /// blake3 of the whole file, lowercase hex.
+    pub fn file_hash(&self) -> String {
+        blake3::hash(&self.mmap).to_hex().to_string()
+    }
+
+    /// Checks the whole file against an expected blake3 (hex, as in the manifest).
+    pub fn verify_file_hash(&self, expected: &str) -> Result<()> {
+        let actual = self.file_hash();
+        if actual.eq_ignore_ascii_case(expected) {
+            Ok(())
+        } else {
+            Err(DataError::ShardHashMismatch {
+                path: self.path.clone(),
+                expected: expected.to_string(),
+                actual,
+            })
+        }
+    }
+
+    /// The raw bytes of record `i`, after checking them against the index checksum.
+    pub fn record_bytes(&self, i: usize) -> Result<&[u8]> {
+        let entry = self.entry(i)?;
+        // Bounds were validated on open.
+        let bytes = &self.mmap[entry.offset as usize..(entry.offset + entry.length) as usize];
+        let actual = blake3::hash(bytes);
+        if actual.as_bytes() != &entry.checksum {
+            return Err(DataError::ChecksumMismatch {
+                path: self.path.clone(),
+                index: i,
+                expected: hex32(&entry.checksum),
+                actual: actual.to_hex().to_string(),
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// Reads, verifies and decodes sample `i`.
+    pub fn read(&self, i: usize) -> Result<Sample> {
+        let bytes = self.record_bytes(i)?;
+        let corrupt = |what: String| DataError::CorruptRecord {
+            path: self.path.clone(),
+            index: i,
+            what,
+        };
+        let parts = split_record(bytes).map_err(corrupt)?;
+        let label = decode_label(parts.label).map_err(corrupt)?;
+
+        let decode = |bytes: &[u8], format, what: &'static str| {
+            image::load_from_memory_with_format(bytes, format).map_err(|source| {
+                DataError::ImageDecode {
+                    path: self.path.clone(),
+                    index: i,
+                    what,
+                    source,
+                }
+            })
+        };
+        let image = decode(parts.image, ImageFormat::Jpeg, "image")?.to_rgb8();
+        let drivable = decode(parts.drivable, ImageFormat::Png, "drivable mask")?.to_luma8();
+        let lanes = decode(parts.lanes, ImageFormat::Png, "lane mask")?.to_luma8();
+        for (what, dims) in [
+            ("image", image.dimensions()),
+            ("drivable mask", drivable.dimensions()),
+            ("lane mask", lanes.dimensions()),
+        ] {
+            if dims != (label.width, label.height) {
+                return Err(corrupt(format!(
+                    "{what} decodes to {}x{} but the label block says {}x{}",
+                    dims.0, dims.1, label.width, label.height
+                )));
+            }
+        }
+        for (what, mask) in [("drivable mask", &drivable), ("lane mask", &lanes)] {
+            if let Some(v) = mask.as_raw().iter().find(|&&v| v > 1) {
+                return Err(corrupt(format!("{what} holds value {v}; masks hold 0/1")));
+            }
+        }
+        Ok(Sample {
+            id: label.id,
+            image,
+            boxes: label.boxes,
+            drivable,
+            lanes,
+            conditions: label.conditions,
+            traffic_side: label.traffic_side,
+        })
+    }
+
+    fn entry(&self, i: usize) -> Result<&IndexEntry> {
+        self.entries
+            .get(i)
+            .ok_or_else(|| DataError::IndexOutOfRange {
+                index: i,
+                len: self.entries.len(),
+                what: format!("shard {}", self.path.display()),
+            })
+    }
+}
+
+pub(crate) fn hex32(bytes: &[u8; 32]) -> String {
+    blake3::Hash::from_bytes(*bytes).to_hex().to_string()
+}
+
+fn read_u64(b: &[u8]) -> u64 {
+    u64::from_le_bytes(b.try_into().expect("8-byte slice"))
+}
+
+fn validate_sample(s: &Sample) -> Result<()> {
+    let invalid = |reason: String| DataError::InvalidSample {
+        id: s.id.clone(),
+        reason,
+    };
+    let (w, h) = s.image.dimensions();
+    if w == 0 || h == 0 || w > u16::MAX as u32 || h > u16::MAX as u32 {
+        return Err(invalid(format!(
+            "image is {w}x{h}; sides must be 1..=65535 px (JPEG limit)"
+        )));
+    }
+    for (what, mask) in [("drivable mask", &s.drivable), ("lane mask", &s.lanes)] {
+        if mask.dimensions() != (w, h) {
+            let (mw, mh) = mask.dimensions();
+            return Err(invalid(format!(
+                "{what} is {mw}x{mh} but the image is {w}x{h}"
+            )));
+        }
+        if let Some(v) = mask.as_raw().iter().find(|&&v| v > 1) {
+            return Err(invalid(format!("{what} holds value {v}; masks hold 0/1")));
+        }
+    }
+    for (name, value) in [
+        ("id", &s.id),
+        ("weather", &s.conditions.weather),
+        ("time_of_day", &s.conditions.time_of_day),
+        ("scene", &s.conditions.scene),
+    ] {
+        if value.len() > u16::MAX as usize {
+            return Err(invalid(format!(
+                "{name} is {} bytes; at most 65535",
+                value.len()
+            )));
+        }
+    }
+    if s.boxes.len() > u32::MAX as usize {
+        return Err(invalid(format!("{} boxes; at most 2^32-1", s.boxes.len())));
+    }
+    for (k, b) in s.boxes.iter().enumerate() {
+        if ![b.x1, b.y1, b.x2, b.y2].iter().all(|v| v.is_finite()) {
+            return Err(invalid(format!(
+                "box {k} has a non-finite coordinate: {b:?}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn encode_label(s: &Sample) -> Vec<u8> {
+    let strings = [
+        &s.id,
+        &s.conditions.weather,
+        &s.conditions.time_of_day,
+        &s.conditions.scene,
+    ];
+    let mut out = Vec::with_capacity(
+        13 + strings.iter().map(|x| 2 + x.len()).sum::<usize>() + s.boxes.len() * BOX_LEN,
+    );
+    out.extend_from_slice(&s.image.width().to_le_bytes());
+    out.extend_from_slice(&s.image.height().to_le_bytes());
+    out.push(match s.traffic_side {
+        TrafficSide::Left => 0,
+        TrafficSide::Right => 1,
+    });
+    for st in strings {
+        // Lengths were validated to fit u16.
+        out.extend_from_slice(&(st.len() as u16).to_le_bytes());
+        out.extend_from_slice(st.as_bytes());
+    }
+    out.extend_from_slice(&(s.boxes.len() as u32).to_le_bytes());
+    for b in &s.boxes {
+        out.extend_from_slice(&b.class.to_le_bytes());
+        for v in [b.x1, b.y1, b.x2, b.y2] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    out
+}
+
+fn encode_jpeg(s: &Sample) -> Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(s.image.as_raw().len() / 8);
+    JpegEncoder::new_with_quality(&mut out, JPEG_QUALITY)
+        .write_image(
+            s.image.as_raw(),
+            s.image.width(),
+            s.image.height(),
+            ExtendedColorType::Rgb8,
+        )
+        .map_err(|source| DataError::ImageEncode {
+            id: s.id.clone(),
+            what: "image",
+            source,
+        })?;
+    Ok(out)
+}
+
+fn encode_png(mask: &GrayImage, id: &str, what: &'static str) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    // Masks are long runs of 0/1: the fast deflate level already compresses them well.
+    PngEncoder::new_with_quality(&mut out, CompressionType::Fast, FilterType::Adaptive)
+        .write_image(
+            mask.as_raw(),
+            mask.width(),
+            mask.height(),
+            ExtendedColorType::L8,
+        )
+        .map_err(|source| DataError::ImageEncode {
+            id: id.to_string(),
+            what,
+            source,
+        })?;
+    Ok(out)
+}
+
+struct RecordParts<'a> {
+    label: &'a [u8],
+    image: &'a [u8],
+    drivable: &'a [u8],
+    lanes: &'a [u8],
+}
+
+fn split_record(bytes: &[u8]) -> std::result::Result<RecordParts<'_>, String> {
+    if bytes.len() < RECORD_HEADER_LEN {
+        return Err(format!(
+            "record is {} bytes, shorter than its 16-byte header",
+            bytes.len()
+        ));
+    }
+    let lens: Vec<usize> = (0..4)
+        .map(|k| u32::from_le_bytes(bytes[k * 4..k * 4 + 4].try_into().expect("4 bytes")) as usize)
+        .collect();
+    let total = lens
+        .iter()
+        .try_fold(RECORD_HEADER_LEN, |acc, &l| acc.checked_add(l));
+    if total != Some(bytes.len()) {
+        return Err(format!(
+            "part lengths label {} + image {} + drivable {} + lanes {} + header 16 do not add up \
+             to the record length {}",
+            lens[0],
+            lens[1],
+            lens[2],
+            lens[3],
+            bytes.len()
+        ));
+    }
+    let (label, rest) = bytes[RECORD_HEADER_LEN..].split_at(lens[0]);
+    let (image, rest) = rest.split_at(lens[1]);
+    let (drivable, lanes) = rest.split_at(lens[2]);
+    Ok(RecordParts {
+        label,
+        image,
+        drivable,
+        lanes,
+    })
+}
+
+struct Label {
+    width: u32,
+    height: u32,
+    traffic_side: TrafficSide,
+    id: String,
+    conditions: Conditions,
+    boxes: Vec<BoxLabel>,
+}
+
+/// Bounds-checked little-endian reader over the label block.
+struct Cursor<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize, what: &str) -> std::result::Result<&'a [u8], String> {
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.bytes.len());
+        let Some(end) = end else {
+            return Err(format!(
+                "label block ends at byte {} while reading {what} ({n} bytes at {})",
+                self.bytes.len(),
+                self.pos
+            ));
+        };
+        let s = &self.bytes[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+    fn u8(&mut self, what: &str) -> std::result::Result<u8, String> {
+        Ok(self.take(1, what)?[0])
+    }
+    fn u16(&mut self, what: &str) -> std::result::Result<u16, String> {
+        Ok(u16::from_le_bytes(
+            self.take(2, what)?.try_into().expect("2 bytes"),
+        ))
+    }
+    fn u32(&mut self, what: &str) -> std::result::Result<u32, String> {
+        Ok(u32::from_le_bytes(
+            self.take(4, what)?.try_into().expect("4 bytes"),
+        ))
+    }
+    fn f32(&mut self, what: &str) -> std::result::Result<f32, String> {
+        Ok(f32::from_le_bytes(
+            self.take(4, what)?.try_into().expect("4 bytes"),
+        ))
+    }
+    fn string(&mut self, what: &str) -> std::result::Result<String, String> {
+        let n = self.u16(what)? as usize;
+        let b = self.take(n, what)?;
+        String::from_utf8(b.to_vec()).map_err(|_| format!("{what} is not valid UTF-8"))
+    }
+}
+
+fn decode_label(bytes: &[u8]) -> std::result::Result<Label, String> {
+    let mut c = Cursor { bytes, pos: 0 };
+    let width = c.u32("width")?;
+    let height = c.u32("height")?;
+    let traffic_side = match c.u8("traffic side")? {
+        0 => TrafficSide::Left,
+        1 => TrafficSide::Right,
+        v => {
+            return Err(format!(
+                "traffic side byte is {v}; expected 0 (left) or 1 (right)"
+            ))
+        }
+    };
+    let id = c.string("sample id")?;
+    let weather = c.string("weather")?;
+    let time_of_day = c.string("time of day")?;
+    let scene = c.string("scene")?;
+    let count = c.u32("box count")? as usize;
+    // Check the count against the remaining bytes before allocating for it.
+    let remaining = bytes.len() - c.pos;
+    if count.checked_mul(BOX_LEN) != Some(remaining) {
+        return Err(format!(
+            "box count {count} needs {} bytes but the label block has {remaining} left",
+            count.saturating_mul(BOX_LEN)
+        ));
+    }
+    let mut boxes = Vec::with_capacity(count);
+    for _ in 0..count {
+        boxes.push(BoxLabel {
+            class: c.u16("box class")?,
+            x1: c.f32("box x1")?,
+            y1: c.f32("box y1")?,
+            x2: c.f32("box x2")?,
+            y2: c.f32("box y2")?,
+        });
+    }
+    Ok(Label {
+        width,
+        height,
+        traffic_side,
+        id,
+        conditions: Conditions {
+            weather,
+            time_of_day,
+            scene,
+        },
+        boxes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::test_sample;
+    use image::{GrayImage, Luma};
+
+    fn write_three(dir: &Path) -> (PathBuf, ShardInfo, Vec<Sample>) {
+        let path = dir.join("train-00000.shard");
+        let samples: Vec<Sample> = (0..3).map(test_sample).collect();
+        let mut w = ShardWriter::create(&path).unwrap();
+        let mut sums = Vec::new();
+        for s in &samples {
+            sums.push(w.push(s).unwrap());
+        }
+        let info = w.finish().unwrap();
+        assert_eq!(info.sample_checksums, sums);
+        (path, info, samples)
+    }
+
+    #[test]
+    fn round_trip_is_exact_for_labels_and_masks() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, info, samples) = write_three(dir.path());
+        assert_eq!(info.file_name, "train-00000.shard");
+        assert_eq!(info.samples, 3);
+        assert_eq!(info.bytes, std::fs::metadata(&path).unwrap().len());
+        assert!(!dir.path().join("train-00000.shard.tmp").exists());
+
+        let r = ShardReader::open(&path).unwrap();
+        assert_eq!(r.len(), 3);
+        assert_eq!(r.file_hash(), info.hash);
+        r.verify_file_hash(&info.hash).unwrap();
+        assert_eq!(r.sample_checksums(), info.sample_checksums);
+        for (i, want) in samples.iter().enumerate() {
+            let got = r.read(i).unwrap();
+            assert_eq!(got.id, want.id);
+            assert_eq!(got.boxes, want.boxes);
+            assert_eq!(got.conditions, want.conditions);
+            assert_eq!(got.traffic_side, want.traffic_side);
+            assert_eq!(got.drivable, want.drivable);
+            assert_eq!(got.lanes, want.lanes);
+            assert_eq!(got.image.dimensions(), want.image.dimensions());
+            let max_err = got
+                .image
+                .as_raw()
+                .iter()
+                .zip(want.image.as_raw())
+                .map(|(a, b)| (*a as i32 - *b as i32).abs())
+                .max()
+                .unwrap();
+            assert!(max_err <= 12, "JPEG error {max_err} too large");
+        }
+        assert!(matches!(
+            r.read(3),
+            Err(DataError::IndexOutOfRange {
+                index: 3,
+                len: 3,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn flipped_byte_in_record_names_the_sample() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, info, _) = write_three(dir.path());
+        let r = ShardReader::open(&path).unwrap();
+        let e1 = r.entries[1];
+        drop(r);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[(e1.offset + e1.length / 2) as usize] ^= 0x40;
+        std::fs::write(&path, &bytes).unwrap();
+
+        let r = ShardReader::open(&path).unwrap();
+        r.read(0).unwrap();
+        r.read(2).unwrap();
+        let err = r.read(1).unwrap_err();
+        match &err {
+            DataError::ChecksumMismatch {
+                index, expected, ..
+            } => {
+                assert_eq!(*index, 1);
+                assert_eq!(expected, &info.sample_checksums[1]);
+            }
+            other => panic!("expected a checksum mismatch, got {other}"),
+        }
+        let msg = err.to_string();
+        assert!(
+            msg.contains("sample 1") && msg.contains("train-00000.shard"),
+            "{msg}"
+        );
+        assert!(matches!(
+            r.verify_file_hash(&info.hash),
+            Err(DataError::ShardHashMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn truncated_files_are_errors_not_panics() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, _, _) = write_three(dir.path());
+        let full = std::fs::read(&path).unwrap();
+        for cut in [
+            0,
+            1,
+            7,
+            8,
+            20,
+            31,
+            32,
+            full.len() / 2,
+            full.len() - 25,
+            full.len() - 1,
+        ] {
+            let p = dir.path().join(format!("cut-{cut}.shard"));
+            std::fs::write(&p, &full[..cut]).unwrap();
+            let err = ShardReader::open(&p).expect_err("truncated shard must not open");
+            assert!(
+                err.to_string().contains(&format!("cut-{cut}.shard")),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn corrupt_index_and_footer_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, _, _) = write_three(dir.path());
+        let full = std::fs::read(&path).unwrap();
+        let n = full.len();
+        // Record count in the footer set huge: must not allocate or index out of bounds.
+        let mut b = full.clone();
+        b[n - 16..n - 8].copy_from_slice(&u64::MAX.to_le_bytes());
+        std::fs::write(&path, &b).unwrap();
+        assert!(matches!(
+            ShardReader::open(&path),
+            Err(DataError::CorruptShard { .. })
+        ));
+        // Length of record 2 in the index made to run past the index.
+        let mut b = full.clone();
+        let index_offset = read_u64(&full[n - 24..n - 16]) as usize;
+        let len_pos = index_offset + 2 * INDEX_ENTRY_LEN + 8;
+        b[len_pos..len_pos + 8].copy_from_slice(&(u64::MAX - 3).to_le_bytes());
+        std::fs::write(&path, &b).unwrap();
+        match ShardReader::open(&path) {
+            Err(DataError::CorruptRecord { index: 2, .. }) => {}
+            other => panic!("expected corrupt record 2, got {other:?}"),
+        }
+        // Not a shard at all.
+        std::fs::write(&path, vec![0u8; 100]).unwrap();
+        assert!(matches!(
+            ShardReader::open(&path),
+            Err(DataError::CorruptShard { .. })
+        ));
+    }
+
+    #[test]
+    fn dropped_writer_removes_its_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("val-00000.shard");
+        let mut w = ShardWriter::create(&path).unwrap();
+        w.push(&test_sample(1)).unwrap();
+        assert!(dir.path().join("val-00000.shard.tmp").exists());
+        drop(w);
+        assert!(!dir.path().join("val-00000.shard.tmp").exists());
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn invalid_samples_are_refused() {
+        let mut s = test_sample(2);
+        s.lanes = GrayImage::new(3, 3);
+        let err = EncodedRecord::encode(&s).unwrap_err();
+        assert!(err.to_string().contains("lane mask is 3x3"), "{err}");
+        let mut s = test_sample(2);
+        s.drivable.put_pixel(0, 0, Luma([255]));
+        assert!(matches!(
+            EncodedRecord::encode(&s),
+            Err(DataError::InvalidSample { .. })
+        ));
+        let mut s = test_sample(2);
+        s.boxes[0].x2 = f32::NAN;
+        assert!(EncodedRecord::encode(&s).is_err());
+    }
+
+    #[test]
+    fn empty_shard_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("empty.shard");
+        let info = ShardWriter::create(&path).unwrap().finish().unwrap();
+        assert_eq!(info.samples, 0);
+        assert_eq!(info.bytes, 32);
+        let r = ShardReader::open(&path).unwrap();
+        assert!(r.is_empty());
+    }
+}

@@ -1,0 +1,40 @@
+//! Helpers shared by the crate's tests.
+
+use image::{GrayImage, Luma, Rgb, RgbImage};
+
+use crate::sample::{BoxLabel, Conditions, Sample, TrafficSide};
+
+/// A small deterministic sample; `k` varies its size, boxes and labels.
+pub fn test_sample(k: u32) -> Sample {
+    let (w, h) = (40 + k * 8, 24 + k * 4);
+    let image = RgbImage::from_fn(w, h, |x, y| {
+        Rgb([(x * 255 / w) as u8, (y * 255 / h) as u8, (40 * k) as u8])
+    });
+    let drivable = GrayImage::from_fn(w, h, |_, y| Luma([(y > h / 2) as u8]));
+    let lanes = GrayImage::from_fn(w, h, |x, y| Luma([(x % 10 < 2 && y > h / 2) as u8]));
+    Sample {
+        id: format!("test-{k}"),
+        image,
+        boxes: (0..k)
+            .map(|j| BoxLabel {
+                class: j as u16,
+                x1: 1.25 + j as f32,
+                y1: 2.5,
+                x2: 10.75 + j as f32,
+                y2: 12.125,
+            })
+            .collect(),
+        drivable,
+        lanes,
+        conditions: Conditions {
+            weather: "rainy".into(),
+            time_of_day: if k % 2 == 0 { "night" } else { "daytime" }.into(),
+            scene: "city street".into(),
+        },
+        traffic_side: if k == 1 {
+            TrafficSide::Left
+        } else {
+            TrafficSide::Right
+        },
+    }
+}

@@ -1,0 +1,65 @@
+//! `percept-model`: the multi-task perception network of percept.
+//!
+//! One network, three tasks: multi-class 2D detection, drivable-area segmentation and
+//! lane-line segmentation, in the spirit of YOLOP/HybridNets with a YOLOv8-style body.
+//!
+//! ```text
+//! image [b, 3, h, w]
+//!   -> Backbone (stem + 4 CSP stages + SPPF)       strides 4, 8, 16, 32
+//!   -> Neck (FPN top-down + PAN bottom-up)          strides 8, 16, 32
+//!   -> DetectionHead (anchor-free, decoupled)       [b, anchors, classes] + [b, anchors, 4]
+//!   -> SegmentationHead x2 (stride 8 -> 1, with a stride-4 skip)
+//!                                                  drivable [b, 1, h, w], lanes [b, 1, h, w]
+//! ```
+//!
+//! Input sides must be multiples of 32. The default input is 640x384 (width x height).
+//!
+//! ## Sizes
+//!
+//! Width/depth multipliers over channels `[64, 128, 256, 512, 1024]` and depths `[3, 6, 6, 3]`.
+//! Parameters with 7 classes (the synthetic set; 10 classes adds a few hundred), all three
+//! heads; GFLOPs (2 x multiply-accumulates of the convolutions) per image. Both are computed by
+//! `percept info` (and checked by this crate's tests):
+//!
+//! | size   | width x depth | parameters | GFLOPs @ 640x384 | GFLOPs @ 320x192 |
+//! |--------|---------------|-----------:|-----------------:|-----------------:|
+//! | nano   | 0.25 x 0.34   |     2.49 M |             4.04 |             1.01 |
+//! | small  | 0.375 x 0.34  |     5.44 M |             8.37 |             2.09 |
+//! | medium | 0.5 x 0.67    |    12.20 M |            19.49 |             4.87 |
+//!
+//! For scale: YOLOP has 7.9 M parameters, HybridNets 12.8 M.
+//!
+//! ## Detection
+//!
+//! Anchor points are the cell centres of the three levels ([`anchor_points`]). The head predicts
+//! per-class logits (sigmoid, multi-label) and distances to the four box edges. Targets are
+//! assigned by [`assign_targets`] (centre sampling with one scale per level; see [`assign`]).
+//! Losses are in [`loss`]; decoding and class-aware NMS (burn-vision) in [`decode`].
+
+pub mod assign;
+pub mod backbone;
+pub mod batch_norm;
+pub mod conv_block;
+pub mod csp_block;
+pub mod decode;
+pub mod detection_head;
+pub mod loss;
+pub mod neck;
+pub mod network;
+pub mod segmentation_head;
+pub mod sppf;
+
+pub use assign::{assign_targets, DetectionTargets, TargetBox};
+pub use decode::{decode_detections, DecodeOptions, ScoredBox};
+pub use detection_head::{anchor_points, AnchorPoint, DetectionOutput, STRIDES};
+pub use loss::{multitask_loss, LossParts, LossWeights, SegmentationTargets};
+pub use network::{
+    check_input_size, ModelSize, PerceptionNet, PerceptionNetConfig, PerceptionOutput, Tasks,
+};
+
+/// Errors of model configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("{0}")]
+    Config(String),
+}

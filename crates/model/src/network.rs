@@ -1,0 +1,259 @@
+//! The multi-task perception network and its configuration.
+
+use burn::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::backbone::{Backbone, BackboneConfig};
+use crate::detection_head::{DetectionHead, DetectionHeadConfig, DetectionOutput};
+use crate::neck::{Neck, NeckConfig};
+use crate::segmentation_head::{SegmentationHead, SegmentationHeadConfig};
+use crate::ModelError;
+
+/// Model sizes: width and depth multipliers over a YOLOv8-style base of
+/// channels `[64, 128, 256, 512, 1024]` and CSP depths `[3, 6, 6, 3]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelSize {
+    Nano,
+    Small,
+    Medium,
+}
+
+impl ModelSize {
+    pub const ALL: [ModelSize; 3] = [ModelSize::Nano, ModelSize::Small, ModelSize::Medium];
+
+    /// `(width, depth)` multipliers.
+    pub fn multipliers(self) -> (f64, f64) {
+        match self {
+            ModelSize::Nano => (0.25, 0.34),
+            ModelSize::Small => (0.375, 0.34),
+            ModelSize::Medium => (0.5, 0.67),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ModelSize::Nano => "nano",
+            ModelSize::Small => "small",
+            ModelSize::Medium => "medium",
+        }
+    }
+}
+
+/// Which tasks the network is built for; a task switched off has no head and no loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tasks {
+    pub detection: bool,
+    pub drivable: bool,
+    pub lanes: bool,
+}
+
+impl Default for Tasks {
+    fn default() -> Self {
+        Tasks {
+            detection: true,
+            drivable: true,
+            lanes: true,
+        }
+    }
+}
+
+/// Architecture of a [`PerceptionNet`]; stored in every checkpoint and export so the network
+/// can be rebuilt from the file alone.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PerceptionNetConfig {
+    pub size: ModelSize,
+    pub num_classes: usize,
+    #[serde(default)]
+    pub tasks: Tasks,
+}
+
+/// Outputs of a forward pass.
+#[derive(Debug, Clone)]
+pub struct PerceptionOutput<B: Backend> {
+    /// Detection outputs, when the detection task is on.
+    pub detection: Option<DetectionOutput<B>>,
+    /// Drivable-area logits `[batch, 1, height, width]`.
+    pub drivable: Option<Tensor<B, 4>>,
+    /// Lane-line logits `[batch, 1, height, width]`.
+    pub lanes: Option<Tensor<B, 4>>,
+}
+
+/// Multi-task network: CSP backbone, FPN/PAN neck, anchor-free detection head, drivable-area
+/// and lane-line heads. Input `[batch, 3, height, width]`, normalised, both sides multiples of 32.
+#[derive(Module, Debug)]
+pub struct PerceptionNet<B: Backend> {
+    backbone: Backbone<B>,
+    neck: Neck<B>,
+    detection_head: Option<DetectionHead<B>>,
+    drivable_head: Option<SegmentationHead<B>>,
+    lane_head: Option<SegmentationHead<B>>,
+}
+
+/// Sizes of the parts of a network, derived from its config.
+struct Parts {
+    backbone: BackboneConfig,
+    neck: NeckConfig,
+    detection: DetectionHeadConfig,
+    segmentation: SegmentationHeadConfig,
+}
+
+fn scaled(base: usize, m: f64) -> usize {
+    // Round to a multiple of 8 (kernels like aligned channel counts), at least 8.
+    (((base as f64 * m) / 8.0).round() as usize * 8).max(8)
+}
+
+impl PerceptionNetConfig {
+    pub fn new(size: ModelSize, num_classes: usize) -> Self {
+        PerceptionNetConfig {
+            size,
+            num_classes,
+            tasks: Tasks::default(),
+        }
+    }
+
+    /// Checks the config; the message names the key and what would be valid.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        if self.num_classes == 0 && self.tasks.detection {
+            return Err(ModelError::Config(
+                "model.num_classes is 0 but detection is on: give at least one class".into(),
+            ));
+        }
+        if !(self.tasks.detection || self.tasks.drivable || self.tasks.lanes) {
+            return Err(ModelError::Config(
+                "every task is off (model.tasks): turn on detection, drivable or lanes".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn parts(&self) -> Parts {
+        let (wm, dm) = self.size.multipliers();
+        let widths = [64, 128, 256, 512, 1024].map(|c| scaled(c, wm));
+        let depths = [3, 6, 6, 3].map(|d| ((d as f64 * dm).round() as usize).max(1));
+        let hidden = widths[2].max(32);
+        Parts {
+            backbone: BackboneConfig::new(widths, depths),
+            neck: NeckConfig::new([widths[2], widths[3], widths[4]], depths[0]),
+            detection: DetectionHeadConfig::new(
+                [widths[2], widths[3], widths[4]],
+                hidden,
+                self.num_classes,
+            ),
+            segmentation: SegmentationHeadConfig::new(widths[2], widths[1], widths[2] / 2),
+        }
+    }
+
+    pub fn init<B: Backend>(&self, device: &B::Device) -> PerceptionNet<B> {
+        let parts = self.parts();
+        PerceptionNet {
+            backbone: parts.backbone.init(device),
+            neck: parts.neck.init(device),
+            detection_head: self.tasks.detection.then(|| parts.detection.init(device)),
+            drivable_head: self.tasks.drivable.then(|| parts.segmentation.init(device)),
+            lane_head: self.tasks.lanes.then(|| parts.segmentation.init(device)),
+        }
+    }
+
+    /// Floating-point operations (2 per multiply-accumulate) of the convolutions for one image
+    /// of `[height, width]`, in GFLOPs.
+    pub fn gflops(&self, height: usize, width: usize) -> f64 {
+        let parts = self.parts();
+        let hw = [height, width];
+        let mut macs = parts.backbone.macs(hw) + parts.neck.macs(hw);
+        if self.tasks.detection {
+            macs += parts.detection.macs(hw);
+        }
+        let seg_heads = self.tasks.drivable as u64 + self.tasks.lanes as u64;
+        macs += seg_heads * parts.segmentation.macs(hw);
+        2.0 * macs as f64 / 1e9
+    }
+}
+
+/// Checks that an input size is usable: both sides positive multiples of 32.
+pub fn check_input_size(height: usize, width: usize) -> Result<(), ModelError> {
+    if height == 0 || width == 0 || height % 32 != 0 || width % 32 != 0 {
+        return Err(ModelError::Config(format!(
+            "input size {width}x{height} (width x height) is not usable: both sides must be \
+             positive multiples of 32, e.g. 640x384 or 320x192"
+        )));
+    }
+    Ok(())
+}
+
+impl<B: Backend> PerceptionNet<B> {
+    /// `images: [batch, 3, height, width]` -> [`PerceptionOutput`].
+    pub fn forward(&self, images: Tensor<B, 4>) -> PerceptionOutput<B> {
+        let features = self.backbone.forward(images);
+        let neck = self.neck.forward(&features);
+        let segment = |head: &SegmentationHead<B>| head.forward(neck.p3.clone(), features.s4.clone());
+        PerceptionOutput {
+            detection: self.detection_head.as_ref().map(|h| h.forward(&neck)),
+            drivable: self.drivable_head.as_ref().map(segment),
+            lanes: self.lane_head.as_ref().map(segment),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detection_head::anchor_points;
+    use burn::backend::Flex;
+
+    #[test]
+    fn output_shapes_for_several_input_sizes() {
+        let device = Default::default();
+        let net = PerceptionNetConfig::new(ModelSize::Nano, 5).init::<Flex>(&device);
+        for (h, w) in [(64, 64), (96, 160), (192, 128)] {
+            let out = net.forward(Tensor::zeros([2, 3, h, w], &device));
+            let det = out.detection.unwrap();
+            let anchors = anchor_points(h, w).len();
+            assert_eq!(anchors, (h / 8) * (w / 8) + (h / 16) * (w / 16) + (h / 32) * (w / 32));
+            assert_eq!(det.class_logits.dims(), [2, anchors, 5]);
+            assert_eq!(det.distances.dims(), [2, anchors, 4]);
+            assert_eq!(out.drivable.unwrap().dims(), [2, 1, h, w]);
+            assert_eq!(out.lanes.unwrap().dims(), [2, 1, h, w]);
+        }
+    }
+
+    #[test]
+    fn switched_off_tasks_have_no_head() {
+        let device = Default::default();
+        let mut config = PerceptionNetConfig::new(ModelSize::Nano, 3);
+        let full = config.init::<Flex>(&device).num_params();
+        config.tasks.lanes = false;
+        config.tasks.detection = false;
+        let net = config.init::<Flex>(&device);
+        assert!(net.num_params() < full);
+        let out = net.forward(Tensor::zeros([1, 3, 64, 64], &device));
+        assert!(out.detection.is_none() && out.lanes.is_none());
+        assert_eq!(out.drivable.unwrap().dims(), [1, 1, 64, 64]);
+        config.tasks.drivable = false;
+        assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn sizes_match_the_documented_table() {
+        // The table in the crate docs (lib.rs): parameters (7 classes) and GFLOPs @ 640x384.
+        let device = Default::default();
+        let expected = [(ModelSize::Nano, 2.49, 4.04), (ModelSize::Small, 5.44, 8.37), (ModelSize::Medium, 12.20, 19.49)];
+        for (size, params_m, gflops) in expected {
+            let config = PerceptionNetConfig::new(size, 7);
+            let p = config.init::<Flex>(&device).num_params() as f64 / 1e6;
+            let g = config.gflops(384, 640);
+            println!("{} {p:.2} M {g:.2} GFLOPs @640x384 {:.2} @320x192", size.name(), config.gflops(192, 320));
+            assert!((p - params_m).abs() < 0.006, "{}: {p:.3} M", size.name());
+            assert!((g - gflops).abs() < 0.006, "{}: {g:.3} GFLOPs", size.name());
+        }
+    }
+
+    #[test]
+    fn input_size_must_be_multiple_of_32() {
+        assert!(check_input_size(384, 640).is_ok());
+        let e = check_input_size(380, 640).unwrap_err().to_string();
+        assert!(e.contains("640x380") && e.contains("multiples of 32"), "{e}");
+    }
+}

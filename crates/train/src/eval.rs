@@ -1,0 +1,233 @@
+//! Evaluation on a held-out split: detection AP (COCO-style, 101-point), drivable-area mIoU,
+//! lane-line IoU and accuracy, computed at network resolution on letterboxed inputs.
+
+use std::fmt::Write as _;
+
+use burn::prelude::*;
+use burn::vision::VisionBackend;
+use indicatif::ProgressBar;
+use percept_data::{collate, Batch, Dataset};
+use percept_model::{decode_detections, DecodeOptions, PerceptionNet};
+use serde::Serialize;
+
+use crate::metrics::{Detection, DetectionEvaluator, DetectionMetrics, SegmentationEvaluator};
+use crate::model_file::ModelCard;
+use crate::trainer::batch_tensors;
+use crate::TrainError;
+
+/// Score threshold used for the AP curves (COCO keeps low-scoring detections for AP; the
+/// operating threshold from the model card applies to recall).
+const AP_SCORE_THRESHOLD: f32 = 0.001;
+
+/// Metrics of one binary segmentation task.
+#[derive(Debug, Clone, Serialize)]
+pub struct SegmentationReport {
+    /// IoU of the positive class.
+    pub iou: f64,
+    /// Mean of background and positive IoU.
+    pub miou: f64,
+    /// TP / (TP + FN), the "lane accuracy" YOLOP reports.
+    pub pixel_recall: f64,
+    /// (TPR + TNR) / 2, the "lane accuracy" HybridNets reports.
+    pub balanced_accuracy: f64,
+}
+
+impl SegmentationReport {
+    fn from(e: &SegmentationEvaluator) -> Self {
+        SegmentationReport {
+            iou: e.iou(),
+            miou: e.miou(),
+            pixel_recall: e.pixel_recall(),
+            balanced_accuracy: e.balanced_accuracy(),
+        }
+    }
+}
+
+/// Detection metrics with class names and the vehicle group.
+#[derive(Debug, Clone, Serialize)]
+pub struct DetectionReport {
+    pub classes: Vec<String>,
+    pub metrics: DetectionMetrics,
+    /// Recall at IoU 0.5 over all classes at the operating score threshold.
+    pub recall50_at_threshold: f64,
+    pub operating_threshold: f32,
+    /// Mean AP@0.5 over the vehicle classes present (car, truck, bus).
+    pub vehicle_ap50: Option<f64>,
+}
+
+/// A whole evaluation.
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalReport {
+    pub images: usize,
+    /// Where metrics were computed: `network` (letterboxed input resolution).
+    pub resolution: String,
+    pub input: [usize; 2],
+    pub detection: Option<DetectionReport>,
+    pub drivable: Option<SegmentationReport>,
+    pub lanes: Option<SegmentationReport>,
+}
+
+fn masks(logits: Tensor<impl Backend, 4>) -> Vec<u8> {
+    logits
+        .greater_elem(0.0)
+        .int()
+        .into_data()
+        .convert::<u8>()
+        .to_vec()
+        .expect("u8 data")
+}
+
+fn targets(v: &[f32]) -> Vec<u8> {
+    v.iter().map(|&x| (x > 0.5) as u8).collect()
+}
+
+/// Evaluates `net` on every sample of `dataset`, `batch_size` at a time.
+pub fn evaluate<B: VisionBackend>(
+    net: &PerceptionNet<B>,
+    card: &ModelCard,
+    dataset: &Dataset,
+    batch_size: usize,
+    device: &B::Device,
+    bar: &ProgressBar,
+) -> Result<EvalReport, TrainError> {
+    let (w, h) = (card.input.width, card.input.height);
+    let num_classes = card.classes.len();
+    let mut ap = DetectionEvaluator::coco(num_classes);
+    let mut operating = DetectionEvaluator::new(num_classes, vec![0.5]);
+    let mut drivable = SegmentationEvaluator::new();
+    let mut lanes = SegmentationEvaluator::new();
+    let decode = DecodeOptions {
+        score_threshold: AP_SCORE_THRESHOLD.min(card.decode.score_threshold),
+        ..card.decode
+    };
+    bar.set_length(dataset.len() as u64);
+    for start in (0..dataset.len()).step_by(batch_size.max(1)) {
+        let samples = (start..(start + batch_size).min(dataset.len()))
+            .map(|i| dataset.get(i))
+            .collect::<Result<Vec<_>, _>>()?;
+        let batch: Batch = collate(&samples, w as u32, h as u32);
+        let (images, _) = batch_tensors::<B>(&batch, device);
+        let out = net.forward(images);
+        if let Some(det) = &out.detection {
+            for (dets, gt) in decode_detections(det, h, w, &decode).iter().zip(&batch.boxes) {
+                let dets: Vec<Detection> = dets
+                    .iter()
+                    .map(|d| Detection {
+                        class: d.class as u16,
+                        score: d.score,
+                        x1: d.bbox[0],
+                        y1: d.bbox[1],
+                        x2: d.bbox[2],
+                        y2: d.bbox[3],
+                    })
+                    .collect();
+                ap.add_image(&dets, gt);
+                let kept: Vec<Detection> = dets
+                    .into_iter()
+                    .filter(|d| d.score >= card.decode.score_threshold)
+                    .collect();
+                operating.add_image(&kept, gt);
+            }
+        }
+        let seg = |e: &mut SegmentationEvaluator, logits: Option<Tensor<B, 4>>, t: &[f32]| {
+            if let Some(l) = logits {
+                e.add(&masks(l), &targets(t))
+                    .map_err(|err| TrainError::Data(err.to_string()))?;
+            }
+            Ok::<(), TrainError>(())
+        };
+        seg(&mut drivable, out.drivable, &batch.drivable)?;
+        seg(&mut lanes, out.lanes, &batch.lanes)?;
+        bar.inc(samples.len() as u64);
+    }
+    let detection = card.architecture.tasks.detection.then(|| {
+        let metrics = ap.finish();
+        let op = operating.finish();
+        let (matched, total) = op.per_class.iter().fold((0.0, 0u64), |(m, t), c| {
+            (m + c.recall50.unwrap_or(0.0) * c.num_gt as f64, t + c.num_gt)
+        });
+        let vehicles: Vec<f64> = metrics
+            .per_class
+            .iter()
+            .filter(|c| {
+                matches!(
+                    card.classes.get(c.class as usize).map(String::as_str),
+                    Some("car" | "truck" | "bus")
+                )
+            })
+            .filter_map(|c| c.ap50)
+            .collect();
+        DetectionReport {
+            classes: card.classes.clone(),
+            metrics,
+            recall50_at_threshold: if total > 0 { matched / total as f64 } else { 0.0 },
+            operating_threshold: card.decode.score_threshold,
+            vehicle_ap50: (!vehicles.is_empty())
+                .then(|| vehicles.iter().sum::<f64>() / vehicles.len() as f64),
+        }
+    });
+    Ok(EvalReport {
+        images: dataset.len(),
+        resolution: "network".into(),
+        input: [w, h],
+        detection,
+        drivable: card
+            .architecture
+            .tasks
+            .drivable
+            .then(|| SegmentationReport::from(&drivable)),
+        lanes: card.architecture.tasks.lanes.then(|| SegmentationReport::from(&lanes)),
+    })
+}
+
+impl EvalReport {
+    /// The report as a plain-text table.
+    pub fn table(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "evaluated {} images at network resolution {}x{}",
+            self.images, self.input[0], self.input[1]
+        );
+        if let Some(d) = &self.detection {
+            let _ = writeln!(s, "\ndetection            AP@0.5  AP@.5:.95     GT    det");
+            for c in &d.metrics.per_class {
+                let name = d.classes.get(c.class as usize).map(String::as_str).unwrap_or("?");
+                let f = |v: Option<f64>| v.map(|v| format!("{v:6.3}")).unwrap_or("     -".into());
+                let _ = writeln!(
+                    s,
+                    "  {name:<18} {}     {}  {:5}  {:5}",
+                    f(c.ap50),
+                    f(c.ap50_95),
+                    c.num_gt,
+                    c.num_det
+                );
+            }
+            let _ = writeln!(
+                s,
+                "  {:<18} {:6.3}     {:6.3}",
+                "mean (mAP)", d.metrics.map50, d.metrics.map50_95
+            );
+            if let Some(v) = d.vehicle_ap50 {
+                let _ = writeln!(s, "  {:<18} {v:6.3}", "vehicles (car/truck/bus)");
+            }
+            let _ = writeln!(
+                s,
+                "  recall@0.5 at score >= {:.2}: {:.3}",
+                d.operating_threshold, d.recall50_at_threshold
+            );
+        }
+        let seg = |s: &mut String, name: &str, r: &Option<SegmentationReport>| {
+            if let Some(r) = r {
+                let _ = writeln!(
+                    s,
+                    "\n{name:<20} IoU {:.3}  mIoU {:.3}  pixel recall {:.3}  balanced acc {:.3}",
+                    r.iou, r.miou, r.pixel_recall, r.balanced_accuracy
+                );
+            }
+        };
+        seg(&mut s, "drivable area", &self.drivable);
+        seg(&mut s, "lane lines", &self.lanes);
+        s
+    }
+}

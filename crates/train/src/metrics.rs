@@ -1,0 +1,773 @@
+//! Evaluation metrics: COCO-style detection AP and binary segmentation scores.
+//!
+//! Both evaluators are streaming: they are fed one image at a time and keep only what the final
+//! numbers need, so memory grows with the number of detections (detection) or stays constant
+//! (segmentation), never with the number of images.
+//!
+//! Neither evaluator depends on the training backend; they work on plain Rust values.
+
+use percept_data::BoxLabel;
+use serde::{Deserialize, Serialize};
+
+/// The IoU thresholds of COCO's AP@[.50:.95]: 0.50, 0.55, ..., 0.95.
+pub const COCO_IOU_THRESHOLDS: [f32; 10] = [0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95];
+
+/// Number of recall points COCO samples the precision envelope at (0, 0.01, ..., 1.0).
+const RECALL_POINTS: usize = 101;
+
+/// One predicted box, in pixel coordinates of the image it was predicted on.
+///
+/// Coordinates follow [`BoxLabel`]'s convention: `x1,y1` is the top-left and `x2,y2` the
+/// bottom-right corner, both continuous.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Detection {
+    /// Class index (into the dataset's class list).
+    pub class: u16,
+    /// Confidence in `[0, 1]` (any finite value is accepted; only the order matters).
+    pub score: f32,
+    pub x1: f32,
+    pub y1: f32,
+    pub x2: f32,
+    pub y2: f32,
+}
+
+impl Detection {
+    /// The box as `[x1, y1, x2, y2]`.
+    pub fn bbox(&self) -> [f32; 4] {
+        [self.x1, self.y1, self.x2, self.y2]
+    }
+}
+
+/// Intersection over union of two `[x1, y1, x2, y2]` boxes in continuous coordinates.
+///
+/// Areas are `width * height` (no `+1`); boxes with a negative extent are treated as empty.
+/// Returns a value in `[0, 1]`; `0` when the union is empty or any input is not finite.
+pub fn box_iou(a: [f32; 4], b: [f32; 4]) -> f32 {
+    iou_f64(a, b) as f32
+}
+
+/// [`box_iou`] computed in `f64`, as pycocotools does.
+fn iou_f64(a: [f32; 4], b: [f32; 4]) -> f64 {
+    if a.iter().chain(b.iter()).any(|v| !v.is_finite()) {
+        return 0.0;
+    }
+    let [ax1, ay1, ax2, ay2] = a.map(f64::from);
+    let [bx1, by1, bx2, by2] = b.map(f64::from);
+    let area_a = (ax2 - ax1).max(0.0) * (ay2 - ay1).max(0.0);
+    let area_b = (bx2 - bx1).max(0.0) * (by2 - by1).max(0.0);
+    let iw = (ax2.min(bx2) - ax1.max(bx1)).max(0.0);
+    let ih = (ay2.min(by2) - ay1.max(by1)).max(0.0);
+    let inter = iw * ih;
+    let union = area_a + area_b - inter;
+    if union > 0.0 && union.is_finite() {
+        (inter / union).clamp(0.0, 1.0)
+    } else {
+        0.0
+    }
+}
+
+/// Per-class detection results.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassAp {
+    /// Class index.
+    pub class: u16,
+    /// AP at IoU 0.5 (101-point interpolated); `None` when the class has no ground truth.
+    pub ap50: Option<f64>,
+    /// Mean AP over the evaluator's IoU thresholds (AP@[.50:.95] with
+    /// [`COCO_IOU_THRESHOLDS`]); `None` when the class has no ground truth.
+    pub ap50_95: Option<f64>,
+    /// Ground-truth boxes of this class seen.
+    pub num_gt: u64,
+    /// Detections of this class seen.
+    pub num_det: u64,
+    /// Fraction of ground-truth boxes matched at IoU 0.5 by the detections passed in (the
+    /// caller applies any score threshold); `None` when the class has no ground truth.
+    pub recall50: Option<f64>,
+}
+
+/// Result of [`DetectionEvaluator::finish`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DetectionMetrics {
+    /// One entry per class, in class order.
+    pub per_class: Vec<ClassAp>,
+    /// Mean of `ap50` over classes with ground truth; `0.0` when no class has any.
+    pub map50: f64,
+    /// Mean of `ap50_95` over classes with ground truth; `0.0` when no class has any.
+    pub map50_95: f64,
+}
+
+/// Matching results of one class, over all images seen so far.
+#[derive(Debug, Clone, Default)]
+struct ClassAccumulator {
+    num_gt: u64,
+    /// Score of every detection, in insertion order (images in order, each image's detections
+    /// by descending score).
+    scores: Vec<f32>,
+    /// `is_tp[t][i]`: whether detection `i` matched a ground-truth box at threshold `t`.
+    is_tp: Vec<Vec<bool>>,
+}
+
+/// Streaming COCO-style detection evaluator.
+///
+/// For every image and class, detections are sorted by descending score and greedily matched,
+/// at each IoU threshold independently, to the still unmatched ground-truth box of the same
+/// class with the highest IoU `>=` the threshold (pycocotools' rule). A detection that matches
+/// nothing, including a duplicate of an already matched box, is a false positive. Only
+/// `(score, is_tp)` per detection and threshold and the ground-truth counts are kept.
+///
+/// AP is COCO's 101-point interpolated AP: detections of all images are ranked by score, the
+/// precision curve is made monotone from the right, and it is sampled at recall
+/// `0, 0.01, ..., 1.0` (the first rank whose recall reaches each point; `0` past the highest
+/// recall reached). Unlike pycocotools there is no per-image detection cap (`maxDets`), no
+/// area ranges and no crowd regions: the caller decides which detections to pass in.
+#[derive(Debug, Clone)]
+pub struct DetectionEvaluator {
+    /// IoU thresholds matched at: the configured ones first, then 0.5 if it was not among them.
+    thresholds: Vec<f64>,
+    /// How many of `thresholds` were configured (and are averaged into `ap50_95`).
+    configured: usize,
+    /// Index of the 0.5 threshold in `thresholds`.
+    idx50: usize,
+    classes: Vec<ClassAccumulator>,
+    ignored: u64,
+}
+
+impl DetectionEvaluator {
+    /// An evaluator for classes `0..num_classes` matching at `iou_thresholds`.
+    ///
+    /// `ap50_95` is the mean AP over `iou_thresholds` (pass [`COCO_IOU_THRESHOLDS`] for COCO's
+    /// AP@[.50:.95]); `ap50` and `recall50` always use IoU 0.5, whether or not it is listed.
+    /// Thresholds that are not finite or lie outside `[0, 1]` are dropped; if none remain, the
+    /// COCO thresholds are used. A threshold of exactly 1 behaves as `1 - 1e-10`, as in
+    /// pycocotools.
+    pub fn new(num_classes: usize, iou_thresholds: Vec<f32>) -> Self {
+        let mut thresholds: Vec<f64> = iou_thresholds
+            .into_iter()
+            .filter(|t| t.is_finite() && (0.0..=1.0).contains(t))
+            .map(widen)
+            .collect();
+        if thresholds.is_empty() {
+            thresholds = COCO_IOU_THRESHOLDS.into_iter().map(widen).collect();
+        }
+        let configured = thresholds.len();
+        let idx50 = match thresholds.iter().position(|&t| t == 0.5) {
+            Some(i) => i,
+            None => {
+                thresholds.push(0.5);
+                thresholds.len() - 1
+            }
+        };
+        let classes = (0..num_classes)
+            .map(|_| ClassAccumulator {
+                is_tp: vec![Vec::new(); thresholds.len()],
+                ..ClassAccumulator::default()
+            })
+            .collect();
+        Self {
+            thresholds,
+            configured,
+            idx50,
+            classes,
+            ignored: 0,
+        }
+    }
+
+    /// An evaluator using [`COCO_IOU_THRESHOLDS`].
+    pub fn coco(num_classes: usize) -> Self {
+        Self::new(num_classes, COCO_IOU_THRESHOLDS.to_vec())
+    }
+
+    /// The IoU thresholds averaged into `ap50_95`, after validation.
+    pub fn iou_thresholds(&self) -> Vec<f32> {
+        self.thresholds[..self.configured]
+            .iter()
+            .map(|&t| t as f32)
+            .collect()
+    }
+
+    /// Detections and ground-truth boxes skipped so far because their class was out of range,
+    /// or (detections) because their score was NaN.
+    pub fn num_ignored(&self) -> u64 {
+        self.ignored
+    }
+
+    /// Adds one image's detections and ground truth.
+    ///
+    /// Entries whose class is `>= num_classes` and detections with a NaN score are ignored
+    /// (counted by [`num_ignored`](Self::num_ignored)). Detections with non-finite coordinates
+    /// match nothing.
+    pub fn add_image(&mut self, detections: &[Detection], ground_truth: &[BoxLabel]) {
+        let num_classes = self.classes.len();
+        let mut dets_by_class: Vec<Vec<&Detection>> = vec![Vec::new(); num_classes];
+        let mut gts_by_class: Vec<Vec<[f32; 4]>> = vec![Vec::new(); num_classes];
+        for det in detections {
+            match dets_by_class.get_mut(usize::from(det.class)) {
+                Some(list) if !det.score.is_nan() => list.push(det),
+                _ => self.ignored += 1,
+            }
+        }
+        for gt in ground_truth {
+            match gts_by_class.get_mut(usize::from(gt.class)) {
+                Some(list) => list.push([gt.x1, gt.y1, gt.x2, gt.y2]),
+                None => self.ignored += 1,
+            }
+        }
+
+        for ((acc, mut dets), gts) in self.classes.iter_mut().zip(dets_by_class).zip(gts_by_class) {
+            acc.num_gt += gts.len() as u64;
+            if dets.is_empty() {
+                continue;
+            }
+            // Stable sort, so equal scores keep their input order (pycocotools' mergesort).
+            dets.sort_by(|a, b| b.score.total_cmp(&a.score));
+            let ious: Vec<Vec<f64>> = dets
+                .iter()
+                .map(|d| gts.iter().map(|&g| iou_f64(d.bbox(), g)).collect())
+                .collect();
+            for (&threshold, is_tp) in self.thresholds.iter().zip(acc.is_tp.iter_mut()) {
+                let mut matched = vec![false; gts.len()];
+                for det_ious in &ious {
+                    let mut best_iou = threshold.min(1.0 - 1e-10);
+                    let mut best = None;
+                    for (g, &iou) in det_ious.iter().enumerate() {
+                        if matched[g] || iou < best_iou {
+                            continue;
+                        }
+                        best_iou = iou;
+                        best = Some(g);
+                    }
+                    if let Some(g) = best {
+                        matched[g] = true;
+                    }
+                    is_tp.push(best.is_some());
+                }
+            }
+            acc.scores.extend(dets.iter().map(|d| d.score));
+        }
+    }
+
+    /// Computes AP and recall per class and their means over classes with ground truth.
+    pub fn finish(&self) -> DetectionMetrics {
+        let per_class: Vec<ClassAp> = self
+            .classes
+            .iter()
+            .enumerate()
+            .map(|(class, acc)| self.class_ap(class, acc))
+            .collect();
+        let mean = |values: Vec<f64>| {
+            if values.is_empty() {
+                0.0
+            } else {
+                values.iter().sum::<f64>() / values.len() as f64
+            }
+        };
+        DetectionMetrics {
+            map50: mean(per_class.iter().filter_map(|c| c.ap50).collect()),
+            map50_95: mean(per_class.iter().filter_map(|c| c.ap50_95).collect()),
+            per_class,
+        }
+    }
+
+    fn class_ap(&self, class: usize, acc: &ClassAccumulator) -> ClassAp {
+        let num_det = acc.scores.len() as u64;
+        let class = u16::try_from(class).unwrap_or(u16::MAX);
+        if acc.num_gt == 0 {
+            return ClassAp {
+                class,
+                ap50: None,
+                ap50_95: None,
+                num_gt: 0,
+                num_det,
+                recall50: None,
+            };
+        }
+        // Rank all detections of the class by descending score; the sort is stable so ties
+        // keep image order, as pycocotools' mergesort does.
+        let mut order: Vec<usize> = (0..acc.scores.len()).collect();
+        order.sort_by(|&a, &b| acc.scores[b].total_cmp(&acc.scores[a]));
+        let aps: Vec<f64> = acc
+            .is_tp
+            .iter()
+            .map(|is_tp| average_precision(order.iter().map(|&i| is_tp[i]), acc.num_gt))
+            .collect();
+        let ap50_95 = aps[..self.configured].iter().sum::<f64>() / self.configured as f64;
+        let tp50 = acc.is_tp[self.idx50].iter().filter(|&&tp| tp).count();
+        ClassAp {
+            class,
+            ap50: Some(aps[self.idx50]),
+            ap50_95: Some(ap50_95),
+            num_gt: acc.num_gt,
+            num_det,
+            recall50: Some(tp50 as f64 / acc.num_gt as f64),
+        }
+    }
+}
+
+/// Widens an `f32` threshold through its shortest decimal form, so `0.55f32` compares as the
+/// `f64` `0.55` (as pycocotools' thresholds do) rather than `0.550000011920929`.
+fn widen(t: f32) -> f64 {
+    t.to_string().parse().unwrap_or(f64::from(t))
+}
+
+/// COCO's 101-point interpolated AP of a ranked list of detections (`true` = true positive)
+/// against `num_gt > 0` ground-truth boxes.
+fn average_precision(ranked_is_tp: impl Iterator<Item = bool>, num_gt: u64) -> f64 {
+    let num_gt = num_gt as f64;
+    let mut recall = Vec::new();
+    let mut precision = Vec::new();
+    let (mut tp, mut fp) = (0u64, 0u64);
+    for is_tp in ranked_is_tp {
+        if is_tp {
+            tp += 1;
+        } else {
+            fp += 1;
+        }
+        // tp + fp >= 1, so no epsilon is needed in the denominator.
+        recall.push(tp as f64 / num_gt);
+        precision.push(tp as f64 / (tp + fp) as f64);
+    }
+    // Precision envelope: monotone non-increasing from the right.
+    for i in (1..precision.len()).rev() {
+        if precision[i] > precision[i - 1] {
+            precision[i - 1] = precision[i];
+        }
+    }
+    let mut sum = 0.0;
+    for k in 0..RECALL_POINTS {
+        // `np.linspace(0, 1, 101)` computes `k * 0.01`; matching it keeps ties identical.
+        let threshold = k as f64 * 0.01;
+        // searchsorted(side = "left"): first rank whose recall reaches the threshold.
+        let idx = recall.partition_point(|&r| r < threshold);
+        match precision.get(idx) {
+            Some(&p) => sum += p,
+            // Recall is non-decreasing, so no later point is reachable either.
+            None => break,
+        }
+    }
+    sum / RECALL_POINTS as f64
+}
+
+/// Error from [`SegmentationEvaluator::add`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MetricsError {
+    /// Prediction and target masks have different pixel counts.
+    #[error("segmentation mask size mismatch: prediction has {pred} pixels, target has {target}")]
+    LengthMismatch { pred: usize, target: usize },
+}
+
+/// Streaming binary segmentation evaluator (one foreground class against background).
+///
+/// Accumulates a confusion matrix over all pixels added. A pixel value of `0` is background and
+/// any non-zero value (normally `1`) is foreground. Every ratio whose denominator is zero (for
+/// example the foreground IoU before any foreground pixel was predicted or labelled) is
+/// reported as `0.0`, so no metric is ever NaN.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SegmentationEvaluator {
+    /// `confusion[target][pred]`.
+    confusion: [[u64; 2]; 2],
+}
+
+impl SegmentationEvaluator {
+    /// An empty evaluator.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds one mask pair; `pred` and `target` are per-pixel labels in the same order.
+    ///
+    /// Returns [`MetricsError::LengthMismatch`] (and adds nothing) if their lengths differ.
+    pub fn add(&mut self, pred: &[u8], target: &[u8]) -> Result<(), MetricsError> {
+        if pred.len() != target.len() {
+            return Err(MetricsError::LengthMismatch {
+                pred: pred.len(),
+                target: target.len(),
+            });
+        }
+        let mut counts = [[0u64; 2]; 2];
+        for (&p, &t) in pred.iter().zip(target) {
+            counts[usize::from(t != 0)][usize::from(p != 0)] += 1;
+        }
+        for (row, add) in self.confusion.iter_mut().zip(counts) {
+            for (cell, n) in row.iter_mut().zip(add) {
+                *cell += n;
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds another evaluator's counts (for evaluating shards in parallel).
+    pub fn merge(&mut self, other: &SegmentationEvaluator) {
+        for (row, add) in self.confusion.iter_mut().zip(other.confusion) {
+            for (cell, n) in row.iter_mut().zip(add) {
+                *cell += n;
+            }
+        }
+    }
+
+    /// The confusion matrix `[[tn, fp], [fn, tp]]`, indexed `[target][pred]`.
+    pub fn confusion(&self) -> [[u64; 2]; 2] {
+        self.confusion
+    }
+
+    /// Total pixels added.
+    pub fn num_pixels(&self) -> u64 {
+        self.confusion.iter().flatten().sum()
+    }
+
+    fn tn(&self) -> u64 {
+        self.confusion[0][0]
+    }
+    fn fp(&self) -> u64 {
+        self.confusion[0][1]
+    }
+    fn fn_(&self) -> u64 {
+        self.confusion[1][0]
+    }
+    fn tp(&self) -> u64 {
+        self.confusion[1][1]
+    }
+
+    /// Foreground IoU `TP / (TP + FP + FN)`; `0` when there is no foreground at all.
+    pub fn iou(&self) -> f64 {
+        ratio(self.tp(), self.tp() + self.fp() + self.fn_())
+    }
+
+    /// Background IoU `TN / (TN + FP + FN)`; `0` when there is no background at all.
+    pub fn background_iou(&self) -> f64 {
+        ratio(self.tn(), self.tn() + self.fp() + self.fn_())
+    }
+
+    /// Mean of the background and foreground IoU.
+    pub fn miou(&self) -> f64 {
+        (self.background_iou() + self.iou()) / 2.0
+    }
+
+    /// Foreground recall (true-positive rate) `TP / (TP + FN)`; `0` without foreground targets.
+    pub fn pixel_recall(&self) -> f64 {
+        ratio(self.tp(), self.tp() + self.fn_())
+    }
+
+    /// Foreground precision `TP / (TP + FP)`; `0` when nothing was predicted foreground.
+    pub fn pixel_precision(&self) -> f64 {
+        ratio(self.tp(), self.tp() + self.fp())
+    }
+
+    /// Balanced accuracy `(TPR + TNR) / 2`, where each rate is `0` when its class has no
+    /// target pixels.
+    pub fn balanced_accuracy(&self) -> f64 {
+        let tnr = ratio(self.tn(), self.tn() + self.fp());
+        (self.pixel_recall() + tnr) / 2.0
+    }
+}
+
+/// `num / den`, or `0` when `den == 0`.
+fn ratio(num: u64, den: u64) -> f64 {
+    if den == 0 {
+        0.0
+    } else {
+        num as f64 / den as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn det(class: u16, score: f32, b: [f32; 4]) -> Detection {
+        Detection {
+            class,
+            score,
+            x1: b[0],
+            y1: b[1],
+            x2: b[2],
+            y2: b[3],
+        }
+    }
+
+    fn gt(class: u16, b: [f32; 4]) -> BoxLabel {
+        BoxLabel {
+            class,
+            x1: b[0],
+            y1: b[1],
+            x2: b[2],
+            y2: b[3],
+        }
+    }
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-9
+    }
+
+    #[test]
+    fn iou_of_known_boxes() {
+        // Identical boxes.
+        assert_eq!(box_iou([0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 10.0]), 1.0);
+        // Overlap 5x10 = 50; union 100 + 100 - 50 = 150.
+        let iou = box_iou([0.0, 0.0, 10.0, 10.0], [5.0, 0.0, 15.0, 10.0]);
+        assert!((iou - 1.0 / 3.0).abs() < 1e-6, "{iou}");
+        // Overlap 2x2 = 4; areas 16 and 4 -> union 16.
+        let iou = box_iou([0.0, 0.0, 4.0, 4.0], [1.0, 1.0, 3.0, 3.0]);
+        assert!((iou - 0.25).abs() < 1e-6, "{iou}");
+        // Touching edges: no overlap.
+        assert_eq!(
+            box_iou([0.0, 0.0, 10.0, 10.0], [10.0, 0.0, 20.0, 10.0]),
+            0.0
+        );
+        // Degenerate and non-finite boxes.
+        assert_eq!(box_iou([0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]), 0.0);
+        assert_eq!(box_iou([5.0, 5.0, 0.0, 0.0], [0.0, 0.0, 5.0, 5.0]), 0.0);
+        assert_eq!(
+            box_iou([f32::NAN, 0.0, 1.0, 1.0], [0.0, 0.0, 1.0, 1.0]),
+            0.0
+        );
+        assert_eq!(
+            box_iou([0.0, 0.0, f32::INFINITY, 1.0], [0.0, 0.0, 1.0, 1.0]),
+            0.0
+        );
+    }
+
+    #[test]
+    fn hand_computed_ap() {
+        // 3 GT boxes; 4 detections ranked TP, FP, TP, FP.
+        // cum TP 1,1,2,2 / cum FP 0,1,1,2 -> recall 1/3,1/3,2/3,2/3, precision 1,1/2,2/3,1/2.
+        // Envelope from the right: 1, 2/3, 2/3, 1/2.
+        // Recall points 0.00..=0.33 (34) -> 1; 0.34..=0.66 (33) -> 2/3; 0.67..=1.00 (34) -> 0.
+        // AP = (34 + 33 * 2/3) / 101 = 56/101.
+        let gts = [
+            gt(0, [0.0, 0.0, 10.0, 10.0]),
+            gt(0, [20.0, 0.0, 30.0, 10.0]),
+            gt(0, [40.0, 0.0, 50.0, 10.0]),
+        ];
+        let dets = [
+            det(0, 0.9, [0.0, 0.0, 10.0, 10.0]),
+            det(0, 0.8, [60.0, 0.0, 70.0, 10.0]),
+            det(0, 0.7, [20.0, 0.0, 30.0, 10.0]),
+            det(0, 0.6, [80.0, 0.0, 90.0, 10.0]),
+        ];
+        let mut ev = DetectionEvaluator::coco(1);
+        ev.add_image(&dets, &gts);
+        let m = ev.finish();
+        let c = &m.per_class[0];
+        assert!(close(c.ap50.unwrap(), 56.0 / 101.0), "{c:?}");
+        // Exact matches, so every threshold gives the same AP.
+        assert!(close(c.ap50_95.unwrap(), 56.0 / 101.0), "{c:?}");
+        assert!(close(c.recall50.unwrap(), 2.0 / 3.0));
+        assert_eq!((c.num_gt, c.num_det), (3, 4));
+        assert!(close(m.map50, 56.0 / 101.0));
+    }
+
+    #[test]
+    fn ranking_spans_images() {
+        // Same case as `hand_computed_ap`, split over two images in a scrambled order:
+        // the ranking is global, so AP is unchanged.
+        let mut ev = DetectionEvaluator::coco(1);
+        ev.add_image(
+            &[
+                det(0, 0.6, [80.0, 0.0, 90.0, 10.0]),
+                det(0, 0.9, [0.0, 0.0, 10.0, 10.0]),
+            ],
+            &[
+                gt(0, [0.0, 0.0, 10.0, 10.0]),
+                gt(0, [40.0, 0.0, 50.0, 10.0]),
+            ],
+        );
+        ev.add_image(
+            &[
+                det(0, 0.7, [20.0, 0.0, 30.0, 10.0]),
+                det(0, 0.8, [60.0, 0.0, 70.0, 10.0]),
+            ],
+            &[gt(0, [20.0, 0.0, 30.0, 10.0])],
+        );
+        assert!(close(ev.finish().map50, 56.0 / 101.0));
+    }
+
+    #[test]
+    fn perfect_detector_and_no_detections() {
+        let gts = [gt(0, [0.0, 0.0, 10.0, 10.0]), gt(0, [5.0, 5.0, 25.0, 30.0])];
+        let dets: Vec<Detection> = gts
+            .iter()
+            .map(|g| det(g.class, 0.5, [g.x1, g.y1, g.x2, g.y2]))
+            .collect();
+        let mut ev = DetectionEvaluator::coco(1);
+        ev.add_image(&dets, &gts);
+        let m = ev.finish();
+        assert_eq!(m.map50, 1.0);
+        assert_eq!(m.map50_95, 1.0);
+        assert_eq!(m.per_class[0].recall50, Some(1.0));
+
+        let mut ev = DetectionEvaluator::coco(1);
+        ev.add_image(&[], &gts);
+        let m = ev.finish();
+        assert_eq!(m.per_class[0].ap50, Some(0.0));
+        assert_eq!(m.per_class[0].ap50_95, Some(0.0));
+        assert_eq!(m.per_class[0].recall50, Some(0.0));
+        assert_eq!(m.map50, 0.0);
+    }
+
+    #[test]
+    fn duplicate_detection_is_false_positive() {
+        // 2 GT; ranked: A on GT1 (TP), B duplicate of GT1 (FP), C on GT2 (TP).
+        // recall 1/2,1/2,1; precision 1,1/2,2/3 -> envelope 1,2/3,2/3.
+        // Recall points 0.00..=0.50 (51) -> 1; 0.51..=1.00 (50) -> 2/3.
+        // AP = (51 + 50 * 2/3) / 101 = 253/303.
+        let gts = [
+            gt(0, [0.0, 0.0, 10.0, 10.0]),
+            gt(0, [20.0, 0.0, 30.0, 10.0]),
+        ];
+        let dets = [
+            det(0, 0.9, [0.0, 0.0, 10.0, 10.0]),
+            det(0, 0.8, [0.0, 0.0, 10.0, 10.0]),
+            det(0, 0.7, [20.0, 0.0, 30.0, 10.0]),
+        ];
+        let mut ev = DetectionEvaluator::coco(1);
+        ev.add_image(&dets, &gts);
+        let c = &ev.finish().per_class[0];
+        assert!(close(c.ap50.unwrap(), 253.0 / 303.0), "{c:?}");
+        assert_eq!(c.recall50, Some(1.0));
+        assert_eq!(c.num_det, 3);
+    }
+
+    #[test]
+    fn greedy_match_takes_highest_iou() {
+        // The first detection overlaps GT 0 with IoU 0.6 and GT 1 with IoU 1: it takes GT 1
+        // (not the first GT above the threshold), leaving GT 0 for the second detection, which
+        // overlaps it exactly. Both are TPs at every threshold.
+        let gts = [gt(0, [0.0, 0.0, 10.0, 6.0]), gt(0, [0.0, 0.0, 10.0, 10.0])];
+        let dets = [
+            det(0, 0.9, [0.0, 0.0, 10.0, 10.0]),
+            det(0, 0.8, [0.0, 0.0, 10.0, 6.0]),
+        ];
+        let mut ev = DetectionEvaluator::coco(1);
+        ev.add_image(&dets, &gts);
+        assert_eq!(ev.finish().map50_95, 1.0);
+    }
+
+    #[test]
+    fn iou_thresholds_split_ap50_and_ap50_95() {
+        // One GT [0,10]x[0,10], one detection [0,10]x[0,6]: IoU 0.6, a TP at thresholds
+        // 0.50, 0.55, 0.60 and a FP at the 7 higher ones -> AP50 = 1, AP50:95 = 3/10.
+        let mut ev = DetectionEvaluator::coco(1);
+        ev.add_image(
+            &[det(0, 0.9, [0.0, 0.0, 10.0, 6.0])],
+            &[gt(0, [0.0, 0.0, 10.0, 10.0])],
+        );
+        let c = &ev.finish().per_class[0];
+        assert_eq!(c.ap50, Some(1.0));
+        assert!(close(c.ap50_95.unwrap(), 0.3), "{c:?}");
+
+        // Without 0.5 in the list, AP50 is still computed but not averaged in.
+        let mut ev = DetectionEvaluator::new(1, vec![0.75]);
+        assert_eq!(ev.iou_thresholds(), vec![0.75]);
+        ev.add_image(
+            &[det(0, 0.9, [0.0, 0.0, 10.0, 6.0])],
+            &[gt(0, [0.0, 0.0, 10.0, 10.0])],
+        );
+        let c = &ev.finish().per_class[0];
+        assert_eq!((c.ap50, c.ap50_95), (Some(1.0), Some(0.0)));
+
+        // Invalid thresholds fall back to COCO's.
+        let ev = DetectionEvaluator::new(1, vec![f32::NAN, 1.5]);
+        assert_eq!(ev.iou_thresholds(), COCO_IOU_THRESHOLDS.to_vec());
+    }
+
+    #[test]
+    fn classes_are_separate() {
+        // Class 0: perfect. Class 1: its only detection sits on a class-0 box, so it is a FP
+        // and the class-1 GT is missed. Class 2: no GT, excluded from the mean.
+        let gts = [
+            gt(0, [0.0, 0.0, 10.0, 10.0]),
+            gt(1, [50.0, 50.0, 60.0, 60.0]),
+        ];
+        let dets = [
+            det(0, 0.9, [0.0, 0.0, 10.0, 10.0]),
+            det(1, 0.9, [0.0, 0.0, 10.0, 10.0]),
+            det(2, 0.9, [50.0, 50.0, 60.0, 60.0]),
+            // Out-of-range class and NaN score: ignored.
+            det(7, 0.9, [0.0, 0.0, 10.0, 10.0]),
+            det(0, f32::NAN, [0.0, 0.0, 10.0, 10.0]),
+        ];
+        let mut ev = DetectionEvaluator::coco(3);
+        ev.add_image(&dets, &gts);
+        assert_eq!(ev.num_ignored(), 2);
+        let m = ev.finish();
+        assert_eq!(m.per_class.len(), 3);
+        assert_eq!(m.per_class[0].ap50, Some(1.0));
+        assert_eq!(m.per_class[1].ap50, Some(0.0));
+        assert_eq!(m.per_class[1].recall50, Some(0.0));
+        assert_eq!(m.per_class[2].ap50, None);
+        assert_eq!(m.per_class[2].recall50, None);
+        assert_eq!(m.per_class[2].num_det, 1);
+        assert!(close(m.map50, 0.5));
+        assert!(close(m.map50_95, 0.5));
+    }
+
+    #[test]
+    fn no_ground_truth_anywhere() {
+        let mut ev = DetectionEvaluator::coco(2);
+        ev.add_image(&[det(0, 0.9, [0.0, 0.0, 1.0, 1.0])], &[]);
+        let m = ev.finish();
+        assert_eq!((m.map50, m.map50_95), (0.0, 0.0));
+        assert!(m.per_class.iter().all(|c| c.ap50.is_none()));
+        // Serializes without NaN.
+        let json = serde_json::to_string(&m).unwrap();
+        assert!(!json.contains("NaN"), "{json}");
+    }
+
+    #[test]
+    fn segmentation_scores() {
+        // target: 1 1 0 0 0 0 1 1 ; pred: 1 0 0 0 1 0 1 1
+        // TP = 3 (px 0, 6, 7), FN = 1 (px 1), FP = 1 (px 4), TN = 3 (px 2, 3, 5).
+        let target = [1, 1, 0, 0, 0, 0, 1, 1];
+        let pred = [1, 0, 0, 0, 1, 0, 1, 1];
+        let mut ev = SegmentationEvaluator::new();
+        ev.add(&pred, &target).unwrap();
+        assert_eq!(ev.confusion(), [[3, 1], [1, 3]]);
+        assert_eq!(ev.num_pixels(), 8);
+        // IoU fg = 3 / 5, bg = 3 / 5 -> mIoU 3/5.
+        assert!(close(ev.iou(), 0.6));
+        assert!(close(ev.background_iou(), 0.6));
+        assert!(close(ev.miou(), 0.6));
+        // Recall 3/4, precision 3/4, TNR 3/4 -> balanced accuracy 3/4.
+        assert!(close(ev.pixel_recall(), 0.75));
+        assert!(close(ev.pixel_precision(), 0.75));
+        assert!(close(ev.balanced_accuracy(), 0.75));
+
+        // A second mask, all predicted background: target 1 0 0 0, pred 0 0 0 0.
+        // Totals: TP 3, FN 2, FP 1, TN 6.
+        ev.add(&[0, 0, 0, 0], &[1, 0, 0, 0]).unwrap();
+        assert_eq!(ev.confusion(), [[6, 1], [2, 3]]);
+        // fg IoU 3/6; bg IoU 6/9; mIoU (1/2 + 2/3)/2 = 7/12.
+        assert!(close(ev.iou(), 0.5));
+        assert!(close(ev.miou(), 7.0 / 12.0));
+        // TPR 3/5, TNR 6/7 -> (3/5 + 6/7)/2 = 51/70.
+        assert!(close(ev.pixel_recall(), 0.6));
+        assert!(close(ev.balanced_accuracy(), 51.0 / 70.0));
+
+        // Merging doubles every count and keeps every ratio.
+        let mut doubled = ev;
+        doubled.merge(&ev);
+        assert_eq!(doubled.confusion(), [[12, 2], [4, 6]]);
+        assert!(close(doubled.miou(), ev.miou()));
+    }
+
+    #[test]
+    fn segmentation_edge_cases() {
+        let mut ev = SegmentationEvaluator::new();
+        let err = ev.add(&[0, 1], &[0]).unwrap_err();
+        assert_eq!(err, MetricsError::LengthMismatch { pred: 2, target: 1 });
+        assert!(err.to_string().contains("mismatch"));
+        assert_eq!(ev.num_pixels(), 0);
+        // Empty evaluator: every ratio is defined as 0.
+        assert_eq!(ev.iou(), 0.0);
+        assert_eq!(ev.miou(), 0.0);
+        assert_eq!(ev.pixel_recall(), 0.0);
+        assert_eq!(ev.balanced_accuracy(), 0.0);
+        // Non-zero values other than 1 count as foreground; background only -> fg IoU 0.
+        ev.add(&[255, 0], &[1, 0]).unwrap();
+        assert_eq!(ev.confusion(), [[1, 0], [0, 1]]);
+        let mut bg = SegmentationEvaluator::new();
+        bg.add(&[0, 0], &[0, 0]).unwrap();
+        assert_eq!((bg.iou(), bg.background_iou(), bg.miou()), (0.0, 1.0, 0.5));
+        assert_eq!(bg.balanced_accuracy(), 0.5);
+    }
+}

@@ -1,0 +1,180 @@
+//! Prediction on one image: letterbox, forward, decode, map back to the image, overlay.
+
+use std::path::{Path, PathBuf};
+
+use burn::prelude::*;
+use burn::vision::VisionBackend;
+use image::{imageops, GrayImage, RgbImage};
+use percept_data::{image_to_chw, letterbox_image, BoxLabel, Letterbox};
+use percept_model::{decode_detections, PerceptionNet};
+use serde::Serialize;
+
+use crate::fsutil::write_atomic;
+use crate::metrics::Detection;
+use crate::model_file::ModelCard;
+use crate::overlay::draw_overlay;
+use crate::TrainError;
+
+/// A detection in original image pixels, as written to JSON.
+#[derive(Debug, Clone, Serialize)]
+pub struct PredictedBox {
+    pub class: usize,
+    pub class_name: String,
+    pub score: f32,
+    /// `[x1, y1, x2, y2]` in image pixels.
+    #[serde(rename = "box")]
+    pub bbox: [f32; 4],
+}
+
+/// Everything predicted for one image.
+#[derive(Debug, Clone, Serialize)]
+pub struct Prediction {
+    pub image: PathBuf,
+    pub width: u32,
+    pub height: u32,
+    pub detections: Vec<PredictedBox>,
+    /// Fraction of image pixels predicted drivable.
+    pub drivable_fraction: Option<f64>,
+    /// Image pixels predicted to be lane line.
+    pub lane_pixels: Option<u64>,
+    #[serde(skip)]
+    pub drivable: Option<GrayImage>,
+    #[serde(skip)]
+    pub lanes: Option<GrayImage>,
+}
+
+/// Reads an image file (JPEG, PNG), naming the file on failure.
+pub fn read_image(path: &Path) -> Result<RgbImage, TrainError> {
+    let img = image::ImageReader::open(path)
+        .map_err(|e| TrainError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        })?
+        .with_guessed_format()
+        .map_err(|e| TrainError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        })?
+        .decode()
+        .map_err(|e| TrainError::Image {
+            path: path.to_path_buf(),
+            message: format!("{e} (percept reads JPEG and PNG)"),
+        })?;
+    Ok(img.to_rgb8())
+}
+
+/// A network-resolution mask (logits > 0) cut out of the letterbox and resized to the image.
+fn mask_to_image(logits: Tensor<impl Backend, 4>, lb: &Letterbox, img_w: u32, img_h: u32) -> GrayImage {
+    let [_, _, h, w] = logits.dims();
+    let values: Vec<u8> = logits
+        .greater_elem(0.0)
+        .int()
+        .into_data()
+        .convert::<u8>()
+        .to_vec()
+        .expect("u8 data");
+    let net_mask = GrayImage::from_raw(w as u32, h as u32, values).expect("mask size");
+    let x0 = lb.pad_x.floor().max(0.0) as u32;
+    let y0 = lb.pad_y.floor().max(0.0) as u32;
+    let cw = ((img_w as f32 * lb.scale).round() as u32).clamp(1, w as u32 - x0);
+    let ch = ((img_h as f32 * lb.scale).round() as u32).clamp(1, h as u32 - y0);
+    let crop = imageops::crop_imm(&net_mask, x0, y0, cw, ch).to_image();
+    imageops::resize(&crop, img_w, img_h, imageops::FilterType::Nearest)
+}
+
+/// Runs `net` on `image`.
+pub fn predict_image<B: VisionBackend>(
+    net: &PerceptionNet<B>,
+    card: &ModelCard,
+    image: &RgbImage,
+    image_path: &Path,
+    device: &B::Device,
+) -> Prediction {
+    let (w, h) = (card.input.width, card.input.height);
+    let (letterboxed, lb) = letterbox_image(image, w as u32, h as u32);
+    let chw = image_to_chw(&letterboxed);
+    let input = Tensor::<B, 1>::from_floats(chw.as_slice(), device).reshape([1, 3, h, w]);
+    let out = net.forward(input);
+    let (iw, ih) = image.dimensions();
+    let detections = out
+        .detection
+        .as_ref()
+        .map(|d| decode_detections(d, h, w, &card.decode).remove(0))
+        .unwrap_or_default()
+        .into_iter()
+        .map(|d| {
+            let b = lb.to_image(&BoxLabel {
+                class: d.class as u16,
+                x1: d.bbox[0],
+                y1: d.bbox[1],
+                x2: d.bbox[2],
+                y2: d.bbox[3],
+            });
+            PredictedBox {
+                class: d.class,
+                class_name: card.classes.get(d.class).cloned().unwrap_or_default(),
+                score: d.score,
+                bbox: [
+                    b.x1.clamp(0.0, iw as f32),
+                    b.y1.clamp(0.0, ih as f32),
+                    b.x2.clamp(0.0, iw as f32),
+                    b.y2.clamp(0.0, ih as f32),
+                ],
+            }
+        })
+        .collect();
+    let drivable = out.drivable.map(|l| mask_to_image(l, &lb, iw, ih));
+    let lanes = out.lanes.map(|l| mask_to_image(l, &lb, iw, ih));
+    let count = |m: &GrayImage| m.pixels().filter(|p| p.0[0] > 0).count() as u64;
+    Prediction {
+        image: image_path.to_path_buf(),
+        width: iw,
+        height: ih,
+        detections,
+        drivable_fraction: drivable
+            .as_ref()
+            .map(|m| count(m) as f64 / (iw as f64 * ih as f64)),
+        lane_pixels: lanes.as_ref().map(count),
+        drivable,
+        lanes,
+    }
+}
+
+/// Writes the overlay PNG and the detections JSON of a prediction.
+pub fn write_prediction(
+    prediction: &Prediction,
+    image: &RgbImage,
+    card: &ModelCard,
+    png: &Path,
+    json: &Path,
+) -> Result<(), TrainError> {
+    let detections: Vec<Detection> = prediction
+        .detections
+        .iter()
+        .map(|d| Detection {
+            class: d.class as u16,
+            score: d.score,
+            x1: d.bbox[0],
+            y1: d.bbox[1],
+            x2: d.bbox[2],
+            y2: d.bbox[3],
+        })
+        .collect();
+    let overlay = draw_overlay(
+        image,
+        prediction.drivable.as_ref(),
+        prediction.lanes.as_ref(),
+        &detections,
+        &card.classes,
+    );
+    let mut png_bytes = Vec::new();
+    overlay
+        .write_to(&mut std::io::Cursor::new(&mut png_bytes), image::ImageFormat::Png)
+        .map_err(|e| TrainError::Image {
+            path: png.to_path_buf(),
+            message: e.to_string(),
+        })?;
+    write_atomic(png, &png_bytes)?;
+    let text = serde_json::to_string_pretty(prediction).expect("serialises");
+    write_atomic(json, text.as_bytes())
+}

@@ -1,0 +1,152 @@
+//! `percept quickstart`: the whole path on synthetic data, on the built-in smoke config:
+//! synth -> train -> eval (trained and untrained) -> export -> predict.
+
+use std::path::{Path, PathBuf};
+
+use percept_data::{Dataset, Split, SynthOptions};
+use serde::Serialize;
+
+use crate::backend::DeviceSpec;
+use crate::commands;
+use crate::config::RunConfig;
+use crate::eval::EvalReport;
+use crate::fsutil::write_atomic;
+use crate::model_file::read_model_card;
+use crate::TrainError;
+
+/// The smoke config, built in so the quickstart runs from anywhere.
+pub const SMOKE_CONFIG: &str = include_str!("../../../configs/smoke.toml");
+
+/// Settings of a quickstart.
+#[derive(Debug, Clone)]
+pub struct QuickstartOptions {
+    /// Parent of the run directory (`<runs_dir>/quickstart`).
+    pub runs_dir: PathBuf,
+    pub device: DeviceSpec,
+    /// Training steps (default: the smoke config's).
+    pub steps: Option<usize>,
+    pub train_samples: usize,
+    pub val_samples: usize,
+}
+
+impl Default for QuickstartOptions {
+    fn default() -> Self {
+        QuickstartOptions {
+            runs_dir: PathBuf::from("runs"),
+            device: DeviceSpec::Cpu,
+            steps: None,
+            train_samples: 2000,
+            val_samples: 200,
+        }
+    }
+}
+
+/// Where each artefact of a quickstart is.
+#[derive(Debug, Clone, Serialize)]
+pub struct QuickstartArtefacts {
+    pub data: PathBuf,
+    pub run_dir: PathBuf,
+    pub checkpoint: PathBuf,
+    pub metrics: PathBuf,
+    pub eval_report: PathBuf,
+    pub export: PathBuf,
+    pub input_image: PathBuf,
+    pub overlay: PathBuf,
+    pub detections: PathBuf,
+    pub trained: EvalReport,
+    pub untrained: EvalReport,
+}
+
+/// Runs the quickstart, logging each stage.
+pub fn quickstart(options: &QuickstartOptions) -> Result<QuickstartArtefacts, TrainError> {
+    let mut config = RunConfig::parse(SMOKE_CONFIG, Path::new("<built-in smoke config>"))?;
+    config.name = "quickstart".into();
+    config.runs_dir = options.runs_dir.clone();
+    if let Some(steps) = options.steps {
+        config.train.steps = steps;
+    }
+    let run_dir = config.run_dir();
+    let data = run_dir.join("data");
+    config.data.datasets = vec![data.clone()];
+    config
+        .validate()
+        .map_err(|m| TrainError::Invalid(format!("quickstart: {m}")))?;
+
+    let synth = SynthOptions {
+        name: "synthetic-quickstart".into(),
+        region: config.site.region.clone(),
+        width: config.model.input.width as u32,
+        height: config.model.input.height as u32,
+        train: options.train_samples,
+        val: options.val_samples,
+        seed: config.train.seed,
+        samples_per_shard: 256,
+    };
+    tracing::info!(
+        "1/5 synth: {} train + {} held-out scenes ({}x{}, region {}) -> {}",
+        synth.train,
+        synth.val,
+        synth.width,
+        synth.height,
+        synth.region,
+        data.display()
+    );
+    commands::synth(&synth, &data)?;
+
+    tracing::info!("2/5 train: {} steps of {} images on {}", config.train.steps, config.train.batch_size, options.device);
+    let summary = commands::train(&config, options.device)?;
+    tracing::info!(
+        "trained in {:.0} s ({:.1} images/s), final {}",
+        summary.seconds,
+        summary.images_per_second,
+        serde_json::to_string(&summary.final_losses).unwrap_or_default()
+    );
+
+    tracing::info!("3/5 eval on the held-out split (trained and untrained)");
+    let eval_report = run_dir.join("eval.json");
+    let trained = commands::eval(
+        &summary.checkpoint,
+        &data,
+        Split::Val,
+        None,
+        8,
+        Some(&eval_report),
+        options.device,
+    )?;
+    let card = read_model_card(&summary.checkpoint)?;
+    let val = Dataset::open(&data, Split::Val)?;
+    let untrained = commands::eval_untrained(&card, &val, config.train.seed, options.device)?;
+
+    tracing::info!("4/5 export");
+    let export = run_dir.join("export").join("model.safetensors");
+    commands::export_model(&summary.checkpoint, &export, options.device)?;
+
+    tracing::info!("5/5 predict on a held-out scene");
+    let input_image = run_dir.join("predict").join("held-out-0.png");
+    let sample = val.get(0)?;
+    let mut png = Vec::new();
+    sample
+        .image
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .map_err(|e| TrainError::Image {
+            path: input_image.clone(),
+            message: e.to_string(),
+        })?;
+    write_atomic(&input_image, &png)?;
+    let (overlay, detections) = commands::prediction_paths(&input_image, &run_dir.join("predict"));
+    commands::predict(&export, &input_image, &overlay, &detections, options.device)?;
+
+    Ok(QuickstartArtefacts {
+        data,
+        metrics: run_dir.join("metrics.jsonl"),
+        checkpoint: summary.checkpoint,
+        run_dir,
+        eval_report,
+        export,
+        input_image,
+        overlay,
+        detections,
+        trained,
+        untrained,
+    })
+}

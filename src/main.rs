@@ -1,0 +1,320 @@
+//! The `percept` command line: a thin layer over `percept_train::commands`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use percept::data::{Split, SynthOptions};
+use percept::model::{ModelSize, PerceptionNetConfig};
+use percept::train::quickstart::{quickstart, QuickstartOptions};
+use percept::train::{commands, DeviceSpec, RunConfig};
+
+#[derive(Parser)]
+#[command(
+    name = "percept",
+    version,
+    about = "Train, evaluate and export a multi-task driving perception network",
+    long_about = "Train, evaluate and export a multi-task driving perception network \
+                  (2D detection, drivable area, lane lines) from region-tagged data shards."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Synthetic data -> training -> evaluation -> export -> prediction, into runs/quickstart/
+    Quickstart {
+        /// Device: cpu, wgpu, cuda or cuda:N
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Training steps (default: the smoke config's)
+        #[arg(long)]
+        steps: Option<usize>,
+        /// Synthetic training scenes
+        #[arg(long, default_value_t = 2000)]
+        train_samples: usize,
+        /// Synthetic held-out scenes
+        #[arg(long, default_value_t = 200)]
+        val_samples: usize,
+        /// Parent directory of the run
+        #[arg(long, default_value = "runs")]
+        runs_dir: PathBuf,
+    },
+    /// Write a synthetic dataset (shards + manifest) of procedural road scenes
+    Synth {
+        /// Output dataset directory
+        #[arg(long)]
+        out: PathBuf,
+        /// Region the data belongs to (ISO 3166-1 alpha-2); sets the traffic side
+        #[arg(long, default_value = "DE")]
+        region: String,
+        /// Training scenes
+        #[arg(long, default_value_t = 2000)]
+        train: usize,
+        /// Held-out scenes
+        #[arg(long, default_value_t = 200)]
+        val: usize,
+        #[arg(long, default_value_t = 320)]
+        width: u32,
+        #[arg(long, default_value_t = 192)]
+        height: u32,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// Scenes per shard file
+        #[arg(long, default_value_t = 256)]
+        samples_per_shard: usize,
+        /// Dataset name in the manifest (default: synthetic-<region>)
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Train from a run config (TOML)
+    Train {
+        #[arg(long)]
+        config: PathBuf,
+        /// Device: cpu, wgpu, cuda or cuda:N
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
+    /// Evaluate a checkpoint or export on a dataset split
+    Eval {
+        /// Model file (checkpoint or export)
+        #[arg(long)]
+        model: PathBuf,
+        /// Dataset directory
+        #[arg(long)]
+        data: PathBuf,
+        /// Split: train or val
+        #[arg(long, default_value = "val")]
+        split: String,
+        /// Site region to check the data's policy against (default: the model's training site)
+        #[arg(long)]
+        site: Option<String>,
+        #[arg(long, default_value_t = 8)]
+        batch_size: usize,
+        /// Write the report as JSON here
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Device: cpu, wgpu, cuda or cuda:N
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
+    /// Export a checkpoint as a deployable safetensors model file (verified by reloading)
+    Export {
+        /// Checkpoint, e.g. runs/<name>/checkpoints/final.safetensors
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Output model file
+        #[arg(long)]
+        out: PathBuf,
+        /// Device: cpu, wgpu, cuda or cuda:N
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
+    /// Run a model on a JPEG/PNG image: overlay PNG + detections JSON
+    Predict {
+        /// Model file (export or checkpoint)
+        #[arg(long)]
+        model: PathBuf,
+        /// Input image (JPEG or PNG)
+        #[arg(long)]
+        image: PathBuf,
+        /// Output directory for <stem>.overlay.png and <stem>.detections.json
+        #[arg(long, default_value = ".")]
+        out_dir: PathBuf,
+        /// Device: cpu, wgpu, cuda or cuda:N
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
+    /// Print parameter counts and GFLOPs of the model sizes
+    Info {
+        /// Number of detection classes
+        #[arg(long, default_value_t = 7)]
+        classes: usize,
+        #[arg(long, default_value_t = 640)]
+        width: usize,
+        #[arg(long, default_value_t = 384)]
+        height: usize,
+        /// Device to build the networks on: cpu, wgpu, cuda or cuda:N
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
+}
+
+fn device(s: &str) -> Result<DeviceSpec> {
+    s.parse::<DeviceSpec>().context("--device")
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Quickstart {
+            device: d,
+            steps,
+            train_samples,
+            val_samples,
+            runs_dir,
+        } => {
+            let a = quickstart(&QuickstartOptions {
+                runs_dir,
+                device: device(&d)?,
+                steps,
+                train_samples,
+                val_samples,
+            })?;
+            println!("\nheld-out evaluation, trained model:\n{}", a.trained.table());
+            println!("untrained model (same architecture and seed):\n{}", a.untrained.table());
+            println!("artefacts:");
+            for (what, p) in [
+                ("synthetic dataset", &a.data),
+                ("run directory", &a.run_dir),
+                ("metrics", &a.metrics),
+                ("checkpoint", &a.checkpoint),
+                ("eval report", &a.eval_report),
+                ("export", &a.export),
+                ("input image", &a.input_image),
+                ("overlay", &a.overlay),
+                ("detections", &a.detections),
+            ] {
+                println!("  {what:<18} {}", p.display());
+            }
+        }
+        Command::Synth {
+            out,
+            region,
+            train,
+            val,
+            width,
+            height,
+            seed,
+            samples_per_shard,
+            name,
+        } => {
+            let options = SynthOptions {
+                name: name.unwrap_or_else(|| format!("synthetic-{}", region.to_lowercase())),
+                region,
+                width,
+                height,
+                train,
+                val,
+                seed,
+                samples_per_shard,
+            };
+            let manifest = commands::synth(&options, &out)?;
+            println!(
+                "wrote {} ({} shards, {} train + {} val scenes, region {}, manifest {})",
+                out.display(),
+                manifest.shards.len(),
+                train,
+                val,
+                manifest.region,
+                manifest.hash()
+            );
+        }
+        Command::Train { config, device: d } => {
+            let config = RunConfig::load(&config)?;
+            let s = commands::train(&config, device(&d)?)?;
+            println!(
+                "trained {} steps in {:.0} s ({:.1} images/s); checkpoint {}; metrics {}",
+                s.steps,
+                s.seconds,
+                s.images_per_second,
+                s.checkpoint.display(),
+                s.run_dir.join("metrics.jsonl").display()
+            );
+        }
+        Command::Eval {
+            model,
+            data,
+            split,
+            site,
+            batch_size,
+            out,
+            device: d,
+        } => {
+            let split: Split = split.parse().context("--split")?;
+            let report = commands::eval(
+                &model,
+                &data,
+                split,
+                site.as_deref(),
+                batch_size,
+                out.as_deref(),
+                device(&d)?,
+            )?;
+            print!("{}", report.table());
+            if let Some(out) = out {
+                println!("report: {}", out.display());
+            }
+        }
+        Command::Export {
+            checkpoint,
+            out,
+            device: d,
+        } => {
+            let s = commands::export_model(&checkpoint, &out, device(&d)?)?;
+            println!(
+                "exported {} ({:.2} M parameters, blake3 {}), trained on regions {:?}; reload \
+                 verified bit-identical",
+                s.path.display(),
+                s.parameters as f64 / 1e6,
+                s.hash,
+                s.card.provenance.regions
+            );
+        }
+        Command::Predict {
+            model,
+            image,
+            out_dir,
+            device: d,
+        } => {
+            let (png, json) = commands::prediction_paths(&image, &out_dir);
+            let p = commands::predict(&model, &image, &png, &json, device(&d)?)?;
+            println!(
+                "{} detections; overlay {}; detections {}",
+                p.detections.len(),
+                png.display(),
+                json.display()
+            );
+        }
+        Command::Info {
+            classes,
+            width,
+            height,
+            device: d,
+        } => {
+            percept::model::check_input_size(height, width)?;
+            println!("size     parameters   GFLOPs @ {width}x{height}");
+            for size in ModelSize::ALL {
+                let config = PerceptionNetConfig::new(size, classes);
+                let params = commands::parameter_count(&config, device(&d)?)?;
+                println!(
+                    "{:<8} {:>8.2} M   {:>8.2}",
+                    size.name(),
+                    params as f64 / 1e6,
+                    config.gflops(height, width)
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
