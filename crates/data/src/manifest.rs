@@ -461,7 +461,8 @@ mod tests {
 
     #[test]
     fn invalid_values_are_refused_naming_the_key() {
-        let cases: Vec<(Box<dyn FnOnce(&mut serde_json::Value)>, &str)> = vec![
+        type Edit = Box<dyn FnOnce(&mut serde_json::Value)>;
+        let cases: Vec<(Edit, &str)> = vec![
             (Box::new(|v| v["region"] = "de".into()), "`region` is `de`"),
             (
                 Box::new(|v| v["region"] = "DEU".into()),

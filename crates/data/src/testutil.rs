@@ -28,7 +28,12 @@ pub fn test_sample(k: u32) -> Sample {
         lanes,
         conditions: Conditions {
             weather: "rainy".into(),
-            time_of_day: if k % 2 == 0 { "night" } else { "daytime" }.into(),
+            time_of_day: if k.is_multiple_of(2) {
+                "night"
+            } else {
+                "daytime"
+            }
+            .into(),
             scene: "city street".into(),
         },
         traffic_side: if k == 1 {

@@ -1,9 +1,9 @@
-//! The basic unit of the network: convolution, batch norm, SiLU.
+//! The basic unit of the network: convolution, batch norm, ReLU.
 
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::PaddingConfig2d;
 use burn::prelude::*;
-use burn::tensor::activation::silu;
+use burn::tensor::activation::relu;
 
 use crate::batch_norm::{BatchNorm2d, BatchNorm2dConfig};
 
@@ -19,7 +19,10 @@ pub struct ConvBlockConfig {
     pub stride: usize,
 }
 
-/// Conv2d (no bias) -> BatchNorm -> SiLU.
+/// Conv2d (no bias) -> BatchNorm -> ReLU.
+///
+/// ReLU rather than YOLOv8's SiLU: on burn-flex, SiLU forward + backward costs ten times ReLU
+/// (49 ms vs 5 ms for `[8, 16, 96, 160]` on 2 cores), and every block of the network pays it.
 ///
 /// Input `[batch, in, height, width]`, output `[batch, out, height / stride, width / stride]`.
 #[derive(Module, Debug)]
@@ -52,6 +55,6 @@ impl ConvBlockConfig {
 impl<B: Backend> ConvBlock<B> {
     /// `[batch, in, h, w]` -> `[batch, out, h / stride, w / stride]`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        silu(self.norm.forward(self.conv.forward(x)))
+        relu(self.norm.forward(self.conv.forward(x)))
     }
 }

@@ -2,6 +2,9 @@
 
 use std::io::Write;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use image::RgbImage;
 
 use crate::TrainError;
 
@@ -18,9 +21,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
     };
     std::fs::create_dir_all(dir).map_err(io)?;
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    // Unique per process and call, so concurrent writers never share a temp file.
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let tmp = dir.join(format!(".{name}.{}.{n}.tmp", std::process::id()));
     let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)?;
@@ -36,6 +45,18 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
     result.map_err(io)
 }
 
+/// Encodes `image` as PNG and writes it atomically.
+pub fn save_png_atomic(image: &RgbImage, path: &Path) -> Result<(), TrainError> {
+    let mut png = Vec::new();
+    image
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .map_err(|e| TrainError::Image {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+    write_atomic(path, &png)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -49,5 +70,15 @@ mod tests {
         assert_eq!(std::fs::read(&p).unwrap(), b"two");
         let names: Vec<_> = std::fs::read_dir(p.parent().unwrap()).unwrap().collect();
         assert_eq!(names.len(), 1);
+    }
+
+    #[test]
+    fn png_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("o.png");
+        let mut img = RgbImage::new(5, 3);
+        img.put_pixel(4, 2, image::Rgb([1, 2, 3]));
+        save_png_atomic(&img, &p).unwrap();
+        assert_eq!(image::open(&p).unwrap().to_rgb8(), img);
     }
 }

@@ -1,17 +1,11 @@
-//! Drawing predictions onto camera frames (`percept predict`), and saving them safely.
+//! Drawing predictions onto camera frames (`percept predict`).
 //!
 //! Drawing order: drivable area (translucent green tint), lane lines (opaque magenta), boxes
 //! (2-pixel outlines in a per-class colour), then one label per box with the class name and
 //! score in an 8x8 bitmap font. Everything is clipped to the image, so boxes partly or wholly
 //! outside it are fine.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-
-use image::codecs::png::PngEncoder;
-use image::{ExtendedColorType, GrayImage, ImageEncoder, Rgb, RgbImage};
+use image::{GrayImage, Rgb, RgbImage};
 
 use crate::metrics::Detection;
 
@@ -259,68 +253,6 @@ fn text_color(background: Rgb<u8>) -> Rgb<u8> {
     }
 }
 
-/// Encodes `image` as PNG and writes it to `path` atomically.
-///
-/// The PNG is encoded in memory, written to a temporary file in the destination directory,
-/// flushed to disk, then renamed over `path`, so readers see either the old file or the whole
-/// new one. The directory entry is then synced (best effort, Unix only). Encoding failures are
-/// reported as [`io::ErrorKind::Other`]; a `path` without a file name as
-/// [`io::ErrorKind::InvalidInput`].
-pub fn save_png_atomic(image: &RgbImage, path: &Path) -> io::Result<()> {
-    let mut png = Vec::new();
-    PngEncoder::new(&mut png)
-        .write_image(
-            image.as_raw(),
-            image.width(),
-            image.height(),
-            ExtendedColorType::Rgb8,
-        )
-        .map_err(io::Error::other)?;
-    write_atomic(path, &png)
-}
-
-/// Writes `bytes` to `path` via a synced temporary sibling and a rename.
-fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let file_name = path.file_name().ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("not a file path: {}", path.display()),
-        )
-    })?;
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(file_name);
-    tmp_name.push(format!(
-        ".{}.{}.tmp",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let tmp = dir.join(tmp_name);
-
-    let result = (|| {
-        let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        drop(file);
-        fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        // Best effort: the temporary may not exist if creating it failed.
-        let _ = fs::remove_file(&tmp);
-        return result;
-    }
-    #[cfg(unix)]
-    if let Ok(d) = File::open(&dir) {
-        // Best effort: persists the rename; some filesystems refuse to sync directories.
-        let _ = d.sync_all();
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -529,25 +461,5 @@ mod tests {
         );
         assert_ne!(out, img);
         assert_eq!(glyph('é'), glyph('?'));
-    }
-
-    #[test]
-    fn png_is_saved_atomically() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("overlay.png");
-        let mut img = grey(5, 3);
-        img.put_pixel(4, 2, Rgb([1, 2, 3]));
-        save_png_atomic(&img, &path).unwrap();
-        // Overwriting an existing file works too.
-        save_png_atomic(&img, &path).unwrap();
-        let back = image::open(&path).unwrap().to_rgb8();
-        assert_eq!(back, img);
-        let entries: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
-        assert_eq!(entries.len(), 1, "temporary file left behind");
-
-        let missing = dir.path().join("no/such/dir/out.png");
-        assert!(save_png_atomic(&img, &missing).is_err());
-        let err = save_png_atomic(&img, Path::new("/")).unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
     }
 }

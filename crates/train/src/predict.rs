@@ -9,7 +9,7 @@ use percept_data::{image_to_chw, letterbox_image, BoxLabel, Letterbox};
 use percept_model::{decode_detections, PerceptionNet};
 use serde::Serialize;
 
-use crate::fsutil::write_atomic;
+use crate::fsutil::{save_png_atomic, write_atomic};
 use crate::metrics::Detection;
 use crate::model_file::ModelCard;
 use crate::overlay::draw_overlay;
@@ -167,14 +167,7 @@ pub fn write_prediction(
         &detections,
         &card.classes,
     );
-    let mut png_bytes = Vec::new();
-    overlay
-        .write_to(&mut std::io::Cursor::new(&mut png_bytes), image::ImageFormat::Png)
-        .map_err(|e| TrainError::Image {
-            path: png.to_path_buf(),
-            message: e.to_string(),
-        })?;
-    write_atomic(png, &png_bytes)?;
+    save_png_atomic(&overlay, png)?;
     let text = serde_json::to_string_pretty(prediction).expect("serialises");
     write_atomic(json, text.as_bytes())
 }

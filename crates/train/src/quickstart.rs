@@ -10,7 +10,7 @@ use crate::backend::DeviceSpec;
 use crate::commands;
 use crate::config::RunConfig;
 use crate::eval::EvalReport;
-use crate::fsutil::write_atomic;
+use crate::fsutil::save_png_atomic;
 use crate::model_file::read_model_card;
 use crate::TrainError;
 
@@ -57,6 +57,24 @@ pub struct QuickstartArtefacts {
     pub untrained: EvalReport,
 }
 
+/// Whether `dir` already holds a complete, verified synthetic dataset made with `options`.
+fn reusable(dir: &Path, options: &SynthOptions) -> bool {
+    let open = |split| Dataset::open(dir, split).ok();
+    match (open(Split::Train), open(Split::Val)) {
+        (Some(train), Some(val)) => {
+            let m = train.manifest();
+            m.name == options.name
+                && m.region == options.region
+                && train.len() == options.train
+                && val.len() == options.val
+                && train
+                    .get(0)
+                    .is_ok_and(|s| s.image.dimensions() == (options.width, options.height))
+        }
+        _ => false,
+    }
+}
+
 /// Runs the quickstart, logging each stage.
 pub fn quickstart(options: &QuickstartOptions) -> Result<QuickstartArtefacts, TrainError> {
     let mut config = RunConfig::parse(SMOKE_CONFIG, Path::new("<built-in smoke config>"))?;
@@ -91,7 +109,19 @@ pub fn quickstart(options: &QuickstartOptions) -> Result<QuickstartArtefacts, Tr
         synth.region,
         data.display()
     );
-    commands::synth(&synth, &data)?;
+    if reusable(&data, &synth) {
+        tracing::info!("reusing the synthetic dataset already in {}", data.display());
+    } else {
+        if data.exists() {
+            // Only ever the quickstart's own data directory, made by an earlier quickstart
+            // with other settings or interrupted.
+            std::fs::remove_dir_all(&data).map_err(|e| TrainError::Io {
+                path: data.clone(),
+                source: e,
+            })?;
+        }
+        commands::synth(&synth, &data)?;
+    }
 
     tracing::info!("2/5 train: {} steps of {} images on {}", config.train.steps, config.train.batch_size, options.device);
     let summary = commands::train(&config, options.device)?;
@@ -124,15 +154,7 @@ pub fn quickstart(options: &QuickstartOptions) -> Result<QuickstartArtefacts, Tr
     tracing::info!("5/5 predict on a held-out scene");
     let input_image = run_dir.join("predict").join("held-out-0.png");
     let sample = val.get(0)?;
-    let mut png = Vec::new();
-    sample
-        .image
-        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
-        .map_err(|e| TrainError::Image {
-            path: input_image.clone(),
-            message: e.to_string(),
-        })?;
-    write_atomic(&input_image, &png)?;
+    save_png_atomic(&sample.image, &input_image)?;
     let (overlay, detections) = commands::prediction_paths(&input_image, &run_dir.join("predict"));
     commands::predict(&export, &input_image, &overlay, &detections, options.device)?;
 

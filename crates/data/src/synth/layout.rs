@@ -14,7 +14,7 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
 use super::canvas::{mix, scale, Col};
-use super::render::{LIGHT_LONG, LIGHT_SHORT};
+use super::objects::{LIGHT_LONG, LIGHT_SHORT};
 use super::{CentreLine, BUS, CAR, CYCLIST, PEDESTRIAN, SIGN, TRAFFIC_LIGHT, TRUCK};
 
 pub(crate) type R = ChaCha8Rng;

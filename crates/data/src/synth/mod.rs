@@ -34,6 +34,7 @@
 
 mod canvas;
 mod layout;
+mod objects;
 mod render;
 
 use std::path::Path;
@@ -206,7 +207,7 @@ pub struct SynthOptions {
     /// Region (ISO 3166-1 alpha-2): sets traffic side, centre-line colour and the manifest's
     /// region and policy.
     pub region: String,
-    /// Frame size, 64..=8192 px a side.
+    /// Frame size, 64..=4096 px a side.
     pub width: u32,
     pub height: u32,
     /// Number of training samples (indices `0..train`).
@@ -220,7 +221,8 @@ pub struct SynthOptions {
 
 /// Samples generated and encoded at once: bounds memory while keeping all cores busy.
 const CHUNK: usize = 64;
-const MAX_SIDE: u32 = 8192;
+/// Largest frame side: a 4096x4096 frame already needs ~320 MB of render buffers.
+const MAX_SIDE: u32 = 4096;
 
 /// Generates a synthetic dataset into `out` (created if missing; must not hold a dataset).
 ///

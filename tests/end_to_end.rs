@@ -1,0 +1,211 @@
+//! End-to-end tests of the library and the `percept` binary on tiny synthetic data.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use burn::backend::{Autodiff, Flex};
+use burn::module::AutodiffModule;
+use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use percept::data::{collate, write_synthetic_dataset, Dataset, Split, SynthOptions};
+use percept::model::{ModelSize, PerceptionNet, PerceptionNetConfig};
+use percept::train::config::RunConfig;
+use percept::train::export::{output_values, probe_input};
+use percept::train::model_file::load_model;
+use percept::train::trainer::batch_loss;
+use percept::train::{commands, DeviceSpec};
+
+const W: u32 = 96;
+const H: u32 = 64;
+
+fn synth(dir: &Path, region: &str, train: usize) -> PathBuf {
+    let out = dir.join(format!("synth-{region}"));
+    let options = SynthOptions {
+        name: format!("test-{region}"),
+        region: region.into(),
+        width: W,
+        height: H,
+        train,
+        val: 4,
+        seed: 3,
+        samples_per_shard: 8,
+    };
+    write_synthetic_dataset(&out, &options, &|_| {}).unwrap();
+    out
+}
+
+fn config(dir: &Path, data: &Path, steps: usize) -> RunConfig {
+    let text = format!(
+        r#"
+name = "e2e"
+runs_dir = "{runs}"
+[site]
+region = "DE"
+name = "test"
+[model]
+size = "nano"
+input = {{ width = {W}, height = {H} }}
+[data]
+datasets = ["{data}"]
+[train]
+steps = {steps}
+batch_size = 2
+seed = 1
+log_every = 1
+[optimizer]
+lr = 0.002
+weight_decay = 0.0
+warmup_steps = 0
+min_lr_ratio = 1.0
+"#,
+        runs = dir.join("runs").display(),
+        data = data.display(),
+    );
+    RunConfig::parse(&text, Path::new("e2e.toml")).unwrap()
+}
+
+#[test]
+fn train_export_reload_predict() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = synth(dir.path(), "DE", 6);
+    let config = config(dir.path(), &data, 2);
+    let summary = commands::train(&config, DeviceSpec::Cpu).unwrap();
+    assert_eq!(summary.steps, 2);
+    let run = dir.path().join("runs/e2e");
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 2);
+    let resolved = RunConfig::load(&run.join("config.toml")).unwrap();
+    assert_eq!(resolved, config);
+
+    // Export: provenance names the dataset by manifest hash and region; no sample ids.
+    let export = dir.path().join("model.safetensors");
+    let s = commands::export_model(&summary.checkpoint, &export, DeviceSpec::Cpu).unwrap();
+    let manifest_hash = Dataset::open(&data, Split::Train).unwrap().manifest().hash().to_string();
+    assert_eq!(s.card.provenance.datasets[0].manifest_hash, manifest_hash);
+    assert_eq!(s.card.provenance.regions, vec!["DE".to_string()]);
+    assert_eq!(s.card.provenance.steps, 2);
+    assert_eq!(s.card.input.width, W as usize);
+    let bytes = std::fs::read(&export).unwrap();
+    assert!(!String::from_utf8_lossy(&bytes).contains("synth-DE-train"));
+
+    // Loading the export gives bit-identical outputs to the checkpoint.
+    let device = Default::default();
+    let (a, _) = load_model::<Flex>(&summary.checkpoint, &device).unwrap();
+    let (b, card) = load_model::<Flex>(&export, &device).unwrap();
+    let input = || probe_input::<Flex>(H as usize, W as usize, &device);
+    let (va, vb) = (output_values(&a, input()), output_values(&b, input()));
+    assert_eq!(va.len(), vb.len());
+    assert!(va.iter().zip(&vb).all(|(x, y)| x.to_bits() == y.to_bits()));
+    assert_eq!(card.classes.len(), 7);
+
+    // Predict on a PNG of another size: the overlay has the input's size.
+    let image_path = dir.path().join("frame.png");
+    image::RgbImage::from_pixel(150, 90, image::Rgb([90, 90, 90]))
+        .save(&image_path)
+        .unwrap();
+    let (png, json) = commands::prediction_paths(&image_path, dir.path());
+    commands::predict(&export, &image_path, &png, &json, DeviceSpec::Cpu).unwrap();
+    let overlay = image::open(&png).unwrap();
+    assert_eq!((overlay.width(), overlay.height()), (150, 90));
+    let j: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(j["width"], 150);
+    assert!(j["detections"].is_array());
+
+    // Eval writes a report with every task.
+    let report_path = dir.path().join("eval.json");
+    let report = commands::eval(&export, &data, Split::Val, None, 2, Some(&report_path), DeviceSpec::Cpu)
+        .unwrap();
+    assert_eq!(report.images, 4);
+    let j: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report_path).unwrap()).unwrap();
+    assert!(j["drivable"]["miou"].as_f64().unwrap() >= 0.0);
+    assert!(j["detection"]["metrics"]["map50"].is_number());
+}
+
+#[test]
+fn a_fixed_batch_overfits() {
+    type A = Autodiff<Flex>;
+    let dir = tempfile::tempdir().unwrap();
+    let data = synth(dir.path(), "DE", 2);
+    let mut config = config(dir.path(), &data, 1);
+    config.optimizer.lr = 0.01;
+    let ds = Dataset::open(&data, Split::Train).unwrap();
+    let samples = vec![ds.get(0).unwrap(), ds.get(1).unwrap()];
+    let batch = collate(&samples, W, H);
+    let device = Default::default();
+    let mut net: PerceptionNet<A> = PerceptionNetConfig::new(ModelSize::Nano, 7).init(&device);
+    let mut optim = AdamWConfig::new().with_weight_decay(0.0).init::<A, PerceptionNet<A>>();
+    let mut first = None;
+    let mut last = 0.0;
+    for _ in 0..150 {
+        let loss = batch_loss(&net, &batch, 7, &config, &device);
+        last = loss.total.clone().into_scalar();
+        first.get_or_insert(last);
+        let grads = GradientsParams::from_grads(loss.total.backward(), &net);
+        net = optim.step(config.optimizer.lr, net, grads);
+    }
+    let first = first.unwrap();
+    assert!(last < first / 10.0, "loss went from {first} to {last}");
+    // The trained weights decode to a non-trivial network in inference mode.
+    let _ = net.valid();
+}
+
+fn percept(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_percept"))
+        .args(args)
+        .output()
+        .unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn bad_configs_are_refused_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = include_str!("../configs/smoke.toml");
+    let cases = [
+        (good.replace("seed = 7", "seed = 7\nsed = 8"), "sed"),
+        (good.replace("batch_size = 8", "batch_size = \"eight\""), "batch_size"),
+        (good.replace("size = \"nano\"", "size = \"tiny\""), "nano"),
+    ];
+    for (i, (text, key)) in cases.iter().enumerate() {
+        let path = dir.path().join(format!("bad{i}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let (ok, stderr) = percept(&["train", "--config", path.to_str().unwrap()]);
+        assert!(!ok);
+        assert!(stderr.contains(key), "{stderr}");
+        assert!(stderr.contains(&format!("bad{i}.toml")), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+#[test]
+fn user_errors_name_the_file_and_never_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope.safetensors");
+    let (ok, stderr) = percept(&[
+        "predict",
+        "--model",
+        missing.to_str().unwrap(),
+        "--image",
+        "x.png",
+    ]);
+    assert!(!ok && stderr.contains("nope.safetensors"), "{stderr}");
+    let not_model = dir.path().join("junk.safetensors");
+    std::fs::write(&not_model, b"not a model").unwrap();
+    let (ok, stderr) = percept(&["export", "--checkpoint", not_model.to_str().unwrap(), "--out", "o"]);
+    assert!(!ok && stderr.contains("junk.safetensors"), "{stderr}");
+    let (ok, stderr) = percept(&["info", "--device", "tpu"]);
+    assert!(!ok && stderr.contains("cuda:N"), "{stderr}");
+    for e in [&stderr] {
+        assert!(!e.contains("panicked"));
+    }
+}
+
+#[test]
+fn a_site_outside_the_policy_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = synth(dir.path(), "CN", 2);
+    let config = config(dir.path(), &data, 1);
+    let err = commands::train(&config, DeviceSpec::Cpu).unwrap_err().to_string();
+    assert!(err.contains("CN") && err.contains("DE"), "{err}");
+    assert!(!dir.path().join("runs/e2e").exists());
+}
