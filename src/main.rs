@@ -163,8 +163,14 @@ fn run(cli: Cli) -> Result<()> {
                 train_samples,
                 val_samples,
             })?;
-            println!("\nheld-out evaluation, trained model:\n{}", a.trained.table());
-            println!("untrained model (same architecture and seed):\n{}", a.untrained.table());
+            println!(
+                "\nheld-out evaluation, trained model:\n{}",
+                a.trained.table()
+            );
+            println!(
+                "untrained model (same architecture and seed):\n{}",
+                a.untrained.table()
+            );
             println!("artefacts:");
             for (what, p) in [
                 ("synthetic dataset", &a.data),

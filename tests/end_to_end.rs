@@ -79,7 +79,11 @@ fn train_export_reload_predict() {
     // Export: provenance names the dataset by manifest hash and region; no sample ids.
     let export = dir.path().join("model.safetensors");
     let s = commands::export_model(&summary.checkpoint, &export, DeviceSpec::Cpu).unwrap();
-    let manifest_hash = Dataset::open(&data, Split::Train).unwrap().manifest().hash().to_string();
+    let manifest_hash = Dataset::open(&data, Split::Train)
+        .unwrap()
+        .manifest()
+        .hash()
+        .to_string();
     assert_eq!(s.card.provenance.datasets[0].manifest_hash, manifest_hash);
     assert_eq!(s.card.provenance.regions, vec!["DE".to_string()]);
     assert_eq!(s.card.provenance.steps, 2);
@@ -112,8 +116,16 @@ fn train_export_reload_predict() {
 
     // Eval writes a report with every task.
     let report_path = dir.path().join("eval.json");
-    let report = commands::eval(&export, &data, Split::Val, None, 2, Some(&report_path), DeviceSpec::Cpu)
-        .unwrap();
+    let report = commands::eval(
+        &export,
+        &data,
+        Split::Val,
+        None,
+        2,
+        Some(&report_path),
+        DeviceSpec::Cpu,
+    )
+    .unwrap();
     assert_eq!(report.images, 4);
     let j: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&report_path).unwrap()).unwrap();
@@ -133,7 +145,9 @@ fn a_fixed_batch_overfits() {
     let batch = collate(&samples, W, H);
     let device = Default::default();
     let mut net: PerceptionNet<A> = PerceptionNetConfig::new(ModelSize::Nano, 7).init(&device);
-    let mut optim = AdamWConfig::new().with_weight_decay(0.0).init::<A, PerceptionNet<A>>();
+    let mut optim = AdamWConfig::new()
+        .with_weight_decay(0.0)
+        .init::<A, PerceptionNet<A>>();
     let mut first = None;
     let mut last = 0.0;
     for _ in 0..150 {
@@ -154,7 +168,10 @@ fn percept(args: &[&str]) -> (bool, String) {
         .args(args)
         .output()
         .unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -163,7 +180,10 @@ fn bad_configs_are_refused_naming_the_key() {
     let good = include_str!("../configs/smoke.toml");
     let cases = [
         (good.replace("seed = 7", "seed = 7\nsed = 8"), "sed"),
-        (good.replace("batch_size = 8", "batch_size = \"eight\""), "batch_size"),
+        (
+            good.replace("batch_size = 8", "batch_size = \"eight\""),
+            "batch_size",
+        ),
         (good.replace("size = \"nano\"", "size = \"tiny\""), "nano"),
     ];
     for (i, (text, key)) in cases.iter().enumerate() {
@@ -177,27 +197,36 @@ fn bad_configs_are_refused_naming_the_key() {
     }
 }
 
+/// Runs the binary, expecting a refusal whose message contains `needle` and no panic.
+fn refused(args: &[&str], needle: &str) {
+    let (ok, stderr) = percept(args);
+    assert!(!ok, "{args:?} succeeded");
+    assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+}
+
 #[test]
 fn user_errors_name_the_file_and_never_panic() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("nope.safetensors");
-    let (ok, stderr) = percept(&[
-        "predict",
-        "--model",
-        missing.to_str().unwrap(),
-        "--image",
-        "x.png",
-    ]);
-    assert!(!ok && stderr.contains("nope.safetensors"), "{stderr}");
-    let not_model = dir.path().join("junk.safetensors");
-    std::fs::write(&not_model, b"not a model").unwrap();
-    let (ok, stderr) = percept(&["export", "--checkpoint", not_model.to_str().unwrap(), "--out", "o"]);
-    assert!(!ok && stderr.contains("junk.safetensors"), "{stderr}");
-    let (ok, stderr) = percept(&["info", "--device", "tpu"]);
-    assert!(!ok && stderr.contains("cuda:N"), "{stderr}");
-    for e in [&stderr] {
-        assert!(!e.contains("panicked"));
-    }
+    let missing = missing.to_str().unwrap();
+    refused(
+        &["predict", "--model", missing, "--image", "x.png"],
+        "nope.safetensors",
+    );
+    let junk = dir.path().join("junk.safetensors");
+    std::fs::write(&junk, b"not a model").unwrap();
+    let junk = junk.to_str().unwrap();
+    refused(
+        &["export", "--checkpoint", junk, "--out", "o"],
+        "junk.safetensors",
+    );
+    refused(&["info", "--device", "tpu"], "cuda:N");
+    refused(&["info", "--width", "100"], "multiples of 32");
+    refused(
+        &["eval", "--model", missing, "--data", ".", "--split", "test"],
+        "test",
+    );
 }
 
 #[test]
@@ -205,7 +234,9 @@ fn a_site_outside_the_policy_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let data = synth(dir.path(), "CN", 2);
     let config = config(dir.path(), &data, 1);
-    let err = commands::train(&config, DeviceSpec::Cpu).unwrap_err().to_string();
+    let err = commands::train(&config, DeviceSpec::Cpu)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("CN") && err.contains("DE"), "{err}");
     assert!(!dir.path().join("runs/e2e").exists());
 }

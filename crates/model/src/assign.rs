@@ -88,7 +88,8 @@ pub fn assign_targets(
             let (gw, gh) = (width / STRIDES[level], height / STRIDES[level]);
             let (cx, cy) = ((x1 + x2) / 2.0, (y1 + y2) / 2.0);
             let radius = CENTRE_RADIUS * stride;
-            let cell = |v: f32, cells: usize| ((v / stride).floor().max(0.0) as usize).min(cells - 1);
+            let cell =
+                |v: f32, cells: usize| ((v / stride).floor().max(0.0) as usize).min(cells - 1);
             let nearest = (cell(cx, gw), cell(cy, gh));
             let area = (x2 - x1) * (y2 - y1);
             for gy in cell(cy - radius, gh)..=cell(cy + radius, gh) {

@@ -49,7 +49,9 @@ impl BatchNorm2dConfig {
 /// `[channels]` -> `[batch * channels, 1]`, channel-major within each image.
 fn per_row<B: Backend>(v: Tensor<B, 1>, batch: usize) -> Tensor<B, 2> {
     let c = v.dims()[0];
-    v.reshape([1, c]).repeat_dim(0, batch).reshape([batch * c, 1])
+    v.reshape([1, c])
+        .repeat_dim(0, batch)
+        .reshape([batch * c, 1])
 }
 
 impl<B: Backend> BatchNorm2d<B> {
@@ -58,7 +60,12 @@ impl<B: Backend> BatchNorm2d<B> {
         let [b, c, h, w] = x.dims();
         let rows = x.reshape([b * c, h * w]);
         let y = if B::ad_enabled(&rows.device()) {
-            let mean = rows.clone().mean_dim(1).reshape([b, c]).mean_dim(0).reshape([c]);
+            let mean = rows
+                .clone()
+                .mean_dim(1)
+                .reshape([b, c])
+                .mean_dim(0)
+                .reshape([c]);
             let centred = rows - per_row(mean.clone(), b);
             let var = centred
                 .clone()
@@ -99,7 +106,10 @@ mod tests {
     fn matches_burn_batch_norm_in_training_and_inference() {
         type A = Autodiff<Flex>;
         let d = Default::default();
-        let ours = BatchNorm2dConfig::new(3).with_momentum(0.1).with_epsilon(1e-5).init::<A>(&d);
+        let ours = BatchNorm2dConfig::new(3)
+            .with_momentum(0.1)
+            .with_epsilon(1e-5)
+            .init::<A>(&d);
         let gamma = Tensor::<A, 1>::from_floats([0.5, 2.0, -1.0], &d);
         let beta = Tensor::<A, 1>::from_floats([0.1, -0.2, 0.3], &d);
         let ours = BatchNorm2d {
@@ -111,16 +121,19 @@ mod tests {
         theirs.gamma = Param::from_tensor(gamma);
         theirs.beta = Param::from_tensor(beta);
         for step in 0..3 {
-            let x = Tensor::<A, 4>::random([2, 3, 4, 5], Distribution::Normal(step as f64, 2.0), &d);
+            let x =
+                Tensor::<A, 4>::random([2, 3, 4, 5], Distribution::Normal(step as f64, 2.0), &d);
             let (xa, xb) = (x.clone().detach().require_grad(), x.detach().require_grad());
             let a = ours.forward(xa.clone());
             let b = theirs.forward(xb.clone());
-            a.to_data().assert_approx_eq::<f32>(&b.to_data(), Tolerance::default());
+            a.to_data()
+                .assert_approx_eq::<f32>(&b.to_data(), Tolerance::default());
             // Same input gradients through a non-trivial downstream function.
             let w = Tensor::<A, 4>::random([2, 3, 4, 5], Distribution::Default, &d);
             let ga = xa.grad(&(a * w.clone()).sum().backward()).unwrap();
             let gb = xb.grad(&(b * w).sum().backward()).unwrap();
-            ga.to_data().assert_approx_eq::<f32>(&gb.to_data(), Tolerance::default());
+            ga.to_data()
+                .assert_approx_eq::<f32>(&gb.to_data(), Tolerance::default());
         }
         ours.running_mean
             .value()
@@ -134,6 +147,7 @@ mod tests {
         let x = Tensor::<Flex, 4>::random([2, 3, 4, 5], Distribution::Default, &d);
         let a = ours.valid().forward(x.clone());
         let b = theirs.valid().forward(x);
-        a.to_data().assert_approx_eq::<f32>(&b.to_data(), Tolerance::default());
+        a.to_data()
+            .assert_approx_eq::<f32>(&b.to_data(), Tolerance::default());
     }
 }

@@ -104,7 +104,11 @@ pub fn decode_detections<B: VisionBackend>(
                         max_output_boxes: options.max_detections,
                     },
                 );
-            let keep: Vec<i64> = keep.into_data().convert::<i64>().to_vec().expect("int data");
+            let keep: Vec<i64> = keep
+                .into_data()
+                .convert::<i64>()
+                .to_vec()
+                .expect("int data");
             let mut kept: Vec<ScoredBox> = keep.iter().map(|&i| candidates[i as usize]).collect();
             kept.sort_by(|a, b| b.score.total_cmp(&a.score));
             kept.truncate(options.max_detections);

@@ -143,7 +143,9 @@ impl<B: Backend> DetectionHead<B> {
             let cls = head.cls.iter().fold(x.clone(), |t, c| c.forward(t));
             let reg = head.reg.iter().fold(x.clone(), |t, c| c.forward(t));
             logits.push(flatten(head.cls_out.forward(cls)));
-            distances.push(flatten(softplus(head.reg_out.forward(reg), 1.0) * stride as f64));
+            distances.push(flatten(
+                softplus(head.reg_out.forward(reg), 1.0) * stride as f64,
+            ));
         }
         DetectionOutput {
             class_logits: Tensor::cat(logits, 1),

@@ -78,7 +78,9 @@ pub fn focal_loss<B: Backend, const D: usize>(
     let ce = bce_with_logits(logits, targets.clone());
     // 1 - p_t = p + t - 2 p t
     let one_minus_pt = p.clone() + targets.clone() - p * targets.clone() * 2.0;
-    let alpha = targets.mul_scalar(2.0 * FOCAL_ALPHA - 1.0).add_scalar(1.0 - FOCAL_ALPHA);
+    let alpha = targets
+        .mul_scalar(2.0 * FOCAL_ALPHA - 1.0)
+        .add_scalar(1.0 - FOCAL_ALPHA);
     alpha * one_minus_pt.powi_scalar(2) * ce
 }
 
@@ -102,8 +104,10 @@ pub fn generalized_iou<B: Backend>(a: Tensor<B, 3>, b: Tensor<B, 3>) -> Tensor<B
     let coord = |t: &Tensor<B, 3>, i: usize| t.clone().narrow(2, i, 1).squeeze_dim::<2>(2);
     let [ax1, ay1, ax2, ay2] = [0, 1, 2, 3].map(|i| coord(&a, i));
     let [bx1, by1, bx2, by2] = [0, 1, 2, 3].map(|i| coord(&b, i));
-    let area_a = (ax2.clone() - ax1.clone()).clamp_min(0.0) * (ay2.clone() - ay1.clone()).clamp_min(0.0);
-    let area_b = (bx2.clone() - bx1.clone()).clamp_min(0.0) * (by2.clone() - by1.clone()).clamp_min(0.0);
+    let area_a =
+        (ax2.clone() - ax1.clone()).clamp_min(0.0) * (ay2.clone() - ay1.clone()).clamp_min(0.0);
+    let area_b =
+        (bx2.clone() - bx1.clone()).clamp_min(0.0) * (by2.clone() - by1.clone()).clamp_min(0.0);
     let iw = (ax2.clone().min_pair(bx2.clone()) - ax1.clone().max_pair(bx1.clone())).clamp_min(0.0);
     let ih = (ay2.clone().min_pair(by2.clone()) - ay1.clone().max_pair(by1.clone())).clamp_min(0.0);
     let inter = iw * ih;
@@ -123,12 +127,12 @@ pub fn detection_loss<B: Backend>(
 ) -> (Tensor<B, 1>, Tensor<B, 1>) {
     let device = output.class_logits.device();
     let [b, n, c] = [targets.batch, targets.anchors, targets.num_classes];
-    let tensor3 = |v: &[f32], shape: [usize; 3]| {
-        Tensor::<B, 1>::from_floats(v, &device).reshape(shape)
-    };
+    let tensor3 =
+        |v: &[f32], shape: [usize; 3]| Tensor::<B, 1>::from_floats(v, &device).reshape(shape);
     let class_targets = tensor3(&targets.classes, [b, n, c]);
     let box_targets = tensor3(&targets.boxes, [b, n, 4]);
-    let positive = Tensor::<B, 1>::from_floats(targets.positive.as_slice(), &device).reshape([b, n]);
+    let positive =
+        Tensor::<B, 1>::from_floats(targets.positive.as_slice(), &device).reshape([b, n]);
     let norm = targets.num_positive.max(1) as f64;
 
     let classification = focal_loss(output.class_logits.clone(), class_targets).sum() / norm;
@@ -214,7 +218,12 @@ mod tests {
         let t = Tensor::<B, 1>::from_floats([1.0, 0.0, 0.0, 1.0], &d);
         let v: Vec<f32> = bce_with_logits(x, t).into_data().to_vec().unwrap();
         // -ln(sigmoid(0)) = ln 2; -ln(1 - sigmoid(2)) = ln(1 + e^2); ln(1 + e^-3); ~0.
-        let want = [2f32.ln(), (1.0 + 2f32.exp()).ln(), (1.0 + (-3f32).exp()).ln(), 0.0];
+        let want = [
+            2f32.ln(),
+            (1.0 + 2f32.exp()).ln(),
+            (1.0 + (-3f32).exp()).ln(),
+            0.0,
+        ];
         for (a, b) in v.iter().zip(want) {
             assert!(close(*a, b), "{a} vs {b}");
         }
@@ -249,7 +258,10 @@ mod tests {
         let d = Default::default();
         // 32x32 input: 16 + 4 + 1 anchors; first anchor at (4, 4).
         let dist = Tensor::<B, 3>::ones([1, 21, 4], &d);
-        let v: Vec<f32> = distances_to_boxes(dist, 32, 32).into_data().to_vec().unwrap();
+        let v: Vec<f32> = distances_to_boxes(dist, 32, 32)
+            .into_data()
+            .to_vec()
+            .unwrap();
         assert_eq!(&v[0..4], &[3.0, 3.0, 5.0, 5.0]);
         // Last anchor: level 2 (stride 32) centre (16, 16).
         assert_eq!(&v[80..84], &[15.0, 15.0, 17.0, 17.0]);
@@ -259,7 +271,11 @@ mod tests {
     fn perfect_segmentation_has_low_loss() {
         let d = Default::default();
         let t = Tensor::<B, 3>::from_floats([[[1.0, 0.0], [0.0, 1.0]]], &d);
-        let good = t.clone().mul_scalar(40.0).sub_scalar(20.0).reshape([1, 1, 2, 2]);
+        let good = t
+            .clone()
+            .mul_scalar(40.0)
+            .sub_scalar(20.0)
+            .reshape([1, 1, 2, 2]);
         let bad = good.clone().neg();
         let lg: f32 = segmentation_loss(good, t.clone()).into_scalar();
         let lb: f32 = segmentation_loss(bad, t).into_scalar();

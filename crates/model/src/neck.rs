@@ -51,7 +51,12 @@ impl NeckConfig {
         let [c3, c4, c5] = self.widths;
         let csp = |cin, cout| CspBlockConfig::new([cin, cout], self.depth).with_shortcut(false);
         (
-            [csp(c5 + c4, c4), csp(c4 + c3, c3), csp(c3 + c4, c4), csp(c4 + c5, c5)],
+            [
+                csp(c5 + c4, c4),
+                csp(c4 + c3, c3),
+                csp(c3 + c4, c4),
+                csp(c4 + c5, c5),
+            ],
             [
                 ConvBlockConfig::new([c3, c3]).with_stride(2),
                 ConvBlockConfig::new([c4, c4]).with_stride(2),
@@ -86,18 +91,20 @@ impl NeckConfig {
 
 impl<B: Backend> Neck<B> {
     pub fn forward(&self, f: &BackboneFeatures<B>) -> NeckFeatures<B> {
-        let n4 = self
-            .top_down4
-            .forward(Tensor::cat(vec![upsample2(f.s32.clone()), f.s16.clone()], 1));
+        let n4 = self.top_down4.forward(Tensor::cat(
+            vec![upsample2(f.s32.clone()), f.s16.clone()],
+            1,
+        ));
         let p3 = self
             .top_down3
             .forward(Tensor::cat(vec![upsample2(n4.clone()), f.s8.clone()], 1));
         let p4 = self
             .bottom_up4
             .forward(Tensor::cat(vec![self.down3.forward(p3.clone()), n4], 1));
-        let p5 = self
-            .bottom_up5
-            .forward(Tensor::cat(vec![self.down4.forward(p4.clone()), f.s32.clone()], 1));
+        let p5 = self.bottom_up5.forward(Tensor::cat(
+            vec![self.down4.forward(p4.clone()), f.s32.clone()],
+            1,
+        ));
         NeckFeatures { p3, p4, p5 }
     }
 }

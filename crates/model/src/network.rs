@@ -174,7 +174,7 @@ impl PerceptionNetConfig {
 
 /// Checks that an input size is usable: both sides positive multiples of 32.
 pub fn check_input_size(height: usize, width: usize) -> Result<(), ModelError> {
-    if height == 0 || width == 0 || height % 32 != 0 || width % 32 != 0 {
+    if height == 0 || width == 0 || !height.is_multiple_of(32) || !width.is_multiple_of(32) {
         return Err(ModelError::Config(format!(
             "input size {width}x{height} (width x height) is not usable: both sides must be \
              positive multiples of 32, e.g. 640x384 or 320x192"
@@ -188,7 +188,8 @@ impl<B: Backend> PerceptionNet<B> {
     pub fn forward(&self, images: Tensor<B, 4>) -> PerceptionOutput<B> {
         let features = self.backbone.forward(images);
         let neck = self.neck.forward(&features);
-        let segment = |head: &SegmentationHead<B>| head.forward(neck.p3.clone(), features.s4.clone());
+        let segment =
+            |head: &SegmentationHead<B>| head.forward(neck.p3.clone(), features.s4.clone());
         PerceptionOutput {
             detection: self.detection_head.as_ref().map(|h| h.forward(&neck)),
             drivable: self.drivable_head.as_ref().map(segment),
@@ -211,7 +212,10 @@ mod tests {
             let out = net.forward(Tensor::zeros([2, 3, h, w], &device));
             let det = out.detection.unwrap();
             let anchors = anchor_points(h, w).len();
-            assert_eq!(anchors, (h / 8) * (w / 8) + (h / 16) * (w / 16) + (h / 32) * (w / 32));
+            assert_eq!(
+                anchors,
+                (h / 8) * (w / 8) + (h / 16) * (w / 16) + (h / 32) * (w / 32)
+            );
             assert_eq!(det.class_logits.dims(), [2, anchors, 5]);
             assert_eq!(det.distances.dims(), [2, anchors, 4]);
             assert_eq!(out.drivable.unwrap().dims(), [2, 1, h, w]);
@@ -239,12 +243,15 @@ mod tests {
     fn sizes_match_the_documented_table() {
         // The table in the crate docs (lib.rs): parameters (7 classes) and GFLOPs @ 640x384.
         let device = Default::default();
-        let expected = [(ModelSize::Nano, 2.49, 4.04), (ModelSize::Small, 5.44, 8.37), (ModelSize::Medium, 12.20, 19.49)];
+        let expected = [
+            (ModelSize::Nano, 3.07, 6.23),
+            (ModelSize::Small, 6.89, 13.98),
+            (ModelSize::Medium, 16.45, 31.10),
+        ];
         for (size, params_m, gflops) in expected {
             let config = PerceptionNetConfig::new(size, 7);
             let p = config.init::<Flex>(&device).num_params() as f64 / 1e6;
             let g = config.gflops(384, 640);
-            println!("{} {p:.2} M {g:.2} GFLOPs @640x384 {:.2} @320x192", size.name(), config.gflops(192, 320));
             assert!((p - params_m).abs() < 0.006, "{}: {p:.3} M", size.name());
             assert!((g - gflops).abs() < 0.006, "{}: {g:.3} GFLOPs", size.name());
         }
@@ -254,6 +261,9 @@ mod tests {
     fn input_size_must_be_multiple_of_32() {
         assert!(check_input_size(384, 640).is_ok());
         let e = check_input_size(380, 640).unwrap_err().to_string();
-        assert!(e.contains("640x380") && e.contains("multiples of 32"), "{e}");
+        assert!(
+            e.contains("640x380") && e.contains("multiples of 32"),
+            "{e}"
+        );
     }
 }

@@ -22,9 +22,11 @@ pub enum DeviceSpec {
 impl FromStr for DeviceSpec {
     type Err = TrainError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || TrainError::Device(format!(
-            "unknown device {s:?}: use cpu, wgpu, cuda or cuda:N (N = GPU index)"
-        ));
+        let bad = || {
+            TrainError::Device(format!(
+                "unknown device {s:?}: use cpu, wgpu, cuda or cuda:N (N = GPU index)"
+            ))
+        };
         match s {
             "cpu" => Ok(DeviceSpec::Cpu),
             "wgpu" => Ok(DeviceSpec::Wgpu),

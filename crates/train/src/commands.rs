@@ -143,7 +143,14 @@ pub fn eval_untrained(
     seed: u64,
     device: DeviceSpec,
 ) -> Result<EvalReport, TrainError> {
-    dispatch(device, UntrainedEvalTask { card, dataset, seed })?
+    dispatch(
+        device,
+        UntrainedEvalTask {
+            card,
+            dataset,
+            seed,
+        },
+    )?
 }
 
 struct ExportTask<'a> {
@@ -240,6 +247,9 @@ impl BackendTask for ParameterCountTask<'_> {
 }
 
 /// Parameters of a network of `config`.
-pub fn parameter_count(config: &PerceptionNetConfig, device: DeviceSpec) -> Result<usize, TrainError> {
+pub fn parameter_count(
+    config: &PerceptionNetConfig,
+    device: DeviceSpec,
+) -> Result<usize, TrainError> {
     dispatch(device, ParameterCountTask(config))
 }

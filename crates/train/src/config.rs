@@ -161,13 +161,13 @@ impl RunConfig {
                 o.min_lr_ratio
             ));
         }
-        if !(o.weight_decay >= 0.0) {
+        if o.weight_decay.is_nan() || o.weight_decay < 0.0 {
             problems.push(format!(
                 "optimizer.weight_decay = {}: give a value >= 0",
                 o.weight_decay
             ));
         }
-        if o.grad_clip.is_some_and(|c| !(c > 0.0)) {
+        if o.grad_clip.is_some_and(|c| c.is_nan() || c <= 0.0) {
             problems.push("optimizer.grad_clip must be > 0 (or left out)".into());
         }
         let t = &self.model.tasks;
@@ -227,7 +227,9 @@ min_lr_ratio = 0.1
 "#;
 
     fn err(text: &str) -> String {
-        RunConfig::parse(text, Path::new("x.toml")).unwrap_err().to_string()
+        RunConfig::parse(text, Path::new("x.toml"))
+            .unwrap_err()
+            .to_string()
     }
 
     #[test]

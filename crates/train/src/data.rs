@@ -21,7 +21,12 @@ pub struct TrainingData {
 pub fn open_for_site(dir: &Path, split: Split, site_region: &str) -> Result<Dataset, TrainError> {
     let manifest_path = dir.join("manifest.json");
     let manifest = percept_data::Manifest::load(&manifest_path)?;
-    if !manifest.policy.processing_regions.iter().any(|r| r == site_region) {
+    if !manifest
+        .policy
+        .processing_regions
+        .iter()
+        .any(|r| r == site_region)
+    {
         return Err(TrainError::Residency(format!(
             "dataset {:?} ({}) holds data collected in {} whose policy allows processing only \
              in {:?}; this run's site is {site_region}. Run it at a site in one of those \

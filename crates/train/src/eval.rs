@@ -109,7 +109,10 @@ pub fn evaluate<B: VisionBackend>(
         let (images, _) = batch_tensors::<B>(&batch, device);
         let out = net.forward(images);
         if let Some(det) = &out.detection {
-            for (dets, gt) in decode_detections(det, h, w, &decode).iter().zip(&batch.boxes) {
+            for (dets, gt) in decode_detections(det, h, w, &decode)
+                .iter()
+                .zip(&batch.boxes)
+            {
                 let dets: Vec<Detection> = dets
                     .iter()
                     .map(|d| Detection {
@@ -144,7 +147,10 @@ pub fn evaluate<B: VisionBackend>(
         let metrics = ap.finish();
         let op = operating.finish();
         let (matched, total) = op.per_class.iter().fold((0.0, 0u64), |(m, t), c| {
-            (m + c.recall50.unwrap_or(0.0) * c.num_gt as f64, t + c.num_gt)
+            (
+                m + c.recall50.unwrap_or(0.0) * c.num_gt as f64,
+                t + c.num_gt,
+            )
         });
         let vehicles: Vec<f64> = metrics
             .per_class
@@ -160,7 +166,11 @@ pub fn evaluate<B: VisionBackend>(
         DetectionReport {
             classes: card.classes.clone(),
             metrics,
-            recall50_at_threshold: if total > 0 { matched / total as f64 } else { 0.0 },
+            recall50_at_threshold: if total > 0 {
+                matched / total as f64
+            } else {
+                0.0
+            },
             operating_threshold: card.decode.score_threshold,
             vehicle_ap50: (!vehicles.is_empty())
                 .then(|| vehicles.iter().sum::<f64>() / vehicles.len() as f64),
@@ -176,7 +186,11 @@ pub fn evaluate<B: VisionBackend>(
             .tasks
             .drivable
             .then(|| SegmentationReport::from(&drivable)),
-        lanes: card.architecture.tasks.lanes.then(|| SegmentationReport::from(&lanes)),
+        lanes: card
+            .architecture
+            .tasks
+            .lanes
+            .then(|| SegmentationReport::from(&lanes)),
     })
 }
 
@@ -192,7 +206,11 @@ impl EvalReport {
         if let Some(d) = &self.detection {
             let _ = writeln!(s, "\ndetection            AP@0.5  AP@.5:.95     GT    det");
             for c in &d.metrics.per_class {
-                let name = d.classes.get(c.class as usize).map(String::as_str).unwrap_or("?");
+                let name = d
+                    .classes
+                    .get(c.class as usize)
+                    .map(String::as_str)
+                    .unwrap_or("?");
                 let f = |v: Option<f64>| v.map(|v| format!("{v:6.3}")).unwrap_or("     -".into());
                 let _ = writeln!(
                     s,

@@ -157,10 +157,12 @@ pub fn load_model<B: Backend>(
         })?;
     let mut net = card.architecture.init::<B>(device);
     let mut store = SafetensorsStore::from_bytes(Some(bytes));
-    let result = net.load_from(&mut store).map_err(|e| TrainError::ModelFile {
-        path: path.to_path_buf(),
-        message: format!("weights do not fit the architecture in the model card: {e}"),
-    })?;
+    let result = net
+        .load_from(&mut store)
+        .map_err(|e| TrainError::ModelFile {
+            path: path.to_path_buf(),
+            message: format!("weights do not fit the architecture in the model card: {e}"),
+        })?;
     if !result.errors.is_empty() || !result.unused.is_empty() || !result.missing.is_empty() {
         return Err(TrainError::ModelFile {
             path: path.to_path_buf(),

@@ -64,7 +64,12 @@ pub fn read_image(path: &Path) -> Result<RgbImage, TrainError> {
 }
 
 /// A network-resolution mask (logits > 0) cut out of the letterbox and resized to the image.
-fn mask_to_image(logits: Tensor<impl Backend, 4>, lb: &Letterbox, img_w: u32, img_h: u32) -> GrayImage {
+fn mask_to_image(
+    logits: Tensor<impl Backend, 4>,
+    lb: &Letterbox,
+    img_w: u32,
+    img_h: u32,
+) -> GrayImage {
     let [_, _, h, w] = logits.dims();
     let values: Vec<u8> = logits
         .greater_elem(0.0)

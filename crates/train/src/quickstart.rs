@@ -110,7 +110,10 @@ pub fn quickstart(options: &QuickstartOptions) -> Result<QuickstartArtefacts, Tr
         data.display()
     );
     if reusable(&data, &synth) {
-        tracing::info!("reusing the synthetic dataset already in {}", data.display());
+        tracing::info!(
+            "reusing the synthetic dataset already in {}",
+            data.display()
+        );
     } else {
         if data.exists() {
             // Only ever the quickstart's own data directory, made by an earlier quickstart
@@ -123,7 +126,12 @@ pub fn quickstart(options: &QuickstartOptions) -> Result<QuickstartArtefacts, Tr
         commands::synth(&synth, &data)?;
     }
 
-    tracing::info!("2/5 train: {} steps of {} images on {}", config.train.steps, config.train.batch_size, options.device);
+    tracing::info!(
+        "2/5 train: {} steps of {} images on {}",
+        config.train.steps,
+        config.train.batch_size,
+        options.device
+    );
     let summary = commands::train(&config, options.device)?;
     tracing::info!(
         "trained in {:.0} s ({:.1} images/s), final {}",

@@ -62,7 +62,12 @@ pub struct LossValues {
 impl LossValues {
     /// Reads every term with one device-to-host transfer.
     fn read<B: Backend>(parts: &LossParts<B>) -> LossValues {
-        let terms = [&parts.classification, &parts.box_iou, &parts.drivable, &parts.lanes];
+        let terms = [
+            &parts.classification,
+            &parts.box_iou,
+            &parts.drivable,
+            &parts.lanes,
+        ];
         let mut all = vec![parts.total.clone()];
         all.extend(terms.iter().filter_map(|t| (*t).clone()));
         let values: Vec<f32> = Tensor::cat(all, 0)
@@ -83,7 +88,8 @@ impl LossValues {
     }
 
     fn short(&self) -> String {
-        let f = |name: &str, v: Option<f32>| v.map(|v| format!(" {name} {v:.3}")).unwrap_or_default();
+        let f =
+            |name: &str, v: Option<f32>| v.map(|v| format!(" {name} {v:.3}")).unwrap_or_default();
         format!(
             "loss {:.3}{}{}{}{}",
             self.total,
@@ -157,12 +163,13 @@ pub fn batch_loss<B: Backend>(
 /// Spawns the loader thread: it draws a seeded, epoch-shuffled order over all training samples
 /// and sends collated batches ahead of the training loop (two in flight), so decoding overlaps
 /// compute.
-fn spawn_loader(
-    data: TrainingData,
-    config: &RunConfig,
-) -> Receiver<Result<Batch, TrainError>> {
+fn spawn_loader(data: TrainingData, config: &RunConfig) -> Receiver<Result<Batch, TrainError>> {
     let (tx, rx) = sync_channel(2);
-    let (steps, batch_size, seed) = (config.train.steps, config.train.batch_size, config.train.seed);
+    let (steps, batch_size, seed) = (
+        config.train.steps,
+        config.train.batch_size,
+        config.train.seed,
+    );
     let (w, h) = (config.model.input.width, config.model.input.height);
     std::thread::spawn(move || {
         let total = data.len();
@@ -181,7 +188,9 @@ fn spawn_loader(
                 picks.push(order[cursor]);
                 cursor += 1;
             }
-            let batch = data.load(&picks).map(|samples| collate(&samples, w as u32, h as u32));
+            let batch = data
+                .load(&picks)
+                .map(|samples| collate(&samples, w as u32, h as u32));
             let failed = batch.is_err();
             if tx.send(batch).is_err() || failed {
                 return;
@@ -308,7 +317,10 @@ where
         if step % config.train.log_every == 0 || step == config.train.steps || step == 1 {
             last = LossValues::read(&parts);
             if !last.total.is_finite() {
-                return Err(TrainError::Diverged { step, loss: last.total });
+                return Err(TrainError::Diverged {
+                    step,
+                    loss: last.total,
+                });
             }
             let elapsed = start.elapsed().as_secs_f64();
             let ips = (step * config.train.batch_size) as f64 / elapsed.max(1e-9);
@@ -319,11 +331,15 @@ where
                 images_per_second: ips,
                 elapsed_seconds: elapsed,
             };
-            writeln!(metrics, "{}", serde_json::to_string(&line).expect("serialises"))
-                .map_err(|e| TrainError::Io {
-                    path: metrics_path.clone(),
-                    source: e,
-                })?;
+            writeln!(
+                metrics,
+                "{}",
+                serde_json::to_string(&line).expect("serialises")
+            )
+            .map_err(|e| TrainError::Io {
+                path: metrics_path.clone(),
+                source: e,
+            })?;
             bar.set_message(format!("{} lr {lr:.2e} {ips:.1} img/s", last.short()));
             if bar.is_hidden() {
                 tracing::info!(
@@ -364,7 +380,9 @@ where
     };
     write_atomic(
         &run_dir.join("summary.json"),
-        serde_json::to_string_pretty(&summary).expect("serialises").as_bytes(),
+        serde_json::to_string_pretty(&summary)
+            .expect("serialises")
+            .as_bytes(),
     )?;
     Ok(summary)
 }
