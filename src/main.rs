@@ -14,9 +14,7 @@ use percept::train::{commands, DeviceSpec, RunConfig};
 #[command(
     name = "percept",
     version,
-    about = "Train, evaluate and export a multi-task driving perception network",
-    long_about = "Train, evaluate and export a multi-task driving perception network \
-                  (2D detection, drivable area, lane lines) from region-tagged data shards."
+    about = "Train, evaluate and export a multi-task driving perception network"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -57,10 +55,13 @@ enum Command {
         /// Held-out scenes
         #[arg(long, default_value_t = 200)]
         val: usize,
+        /// Frame width in pixels
         #[arg(long, default_value_t = 320)]
         width: u32,
+        /// Frame height in pixels
         #[arg(long, default_value_t = 192)]
         height: u32,
+        /// Seed: the same seed gives the same scenes
         #[arg(long, default_value_t = 7)]
         seed: u64,
         /// Scenes per shard file
@@ -72,6 +73,7 @@ enum Command {
     },
     /// Train from a run config (TOML)
     Train {
+        /// Run config (TOML), e.g. configs/smoke.toml
         #[arg(long)]
         config: PathBuf,
         /// Device: cpu, wgpu, cuda or cuda:N
@@ -92,6 +94,7 @@ enum Command {
         /// Site region to check the data's policy against (default: the model's training site)
         #[arg(long)]
         site: Option<String>,
+        /// Images per forward pass
         #[arg(long, default_value_t = 8)]
         batch_size: usize,
         /// Write the report as JSON here
@@ -133,8 +136,10 @@ enum Command {
         /// Number of detection classes
         #[arg(long, default_value_t = 7)]
         classes: usize,
+        /// Input width (a multiple of 32)
         #[arg(long, default_value_t = 640)]
         width: usize,
+        /// Input height (a multiple of 32)
         #[arg(long, default_value_t = 384)]
         height: usize,
         /// Device to build the networks on: cpu, wgpu, cuda or cuda:N
