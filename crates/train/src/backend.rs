@@ -59,6 +59,11 @@ pub trait BackendTask {
         B::InnerBackend: VisionBackend;
 }
 
+// Unused only in a build with every backend compiled in.
+#[cfg_attr(
+    all(feature = "flex", feature = "wgpu", feature = "cuda"),
+    allow(dead_code)
+)]
 fn missing(spec: DeviceSpec, feature: &str) -> TrainError {
     TrainError::Device(format!(
         "device {spec} needs the `{feature}` feature, which this binary was built without: \
