@@ -20,7 +20,7 @@
 //! in provenance is [`Manifest::hash`], the blake3 of its exact bytes on disk.
 
 use std::fmt;
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -240,16 +240,7 @@ impl Manifest {
             let _ = std::fs::remove_file(&tmp);
             return Err(DataError::io(path, e));
         }
-        #[cfg(unix)]
-        {
-            let dir = match path.parent() {
-                Some(p) if !p.as_os_str().is_empty() => p,
-                _ => Path::new("."),
-            };
-            File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| DataError::io(dir, e))?;
-        }
+        crate::shard::sync_parent_dir(path)?;
         self.disk_hash = Some(blake3::hash(&bytes).to_hex().to_string());
         Ok(())
     }

@@ -298,7 +298,7 @@ impl Drop for ShardWriter {
 }
 
 /// fsync the directory so the rename itself survives a crash.
-fn sync_parent_dir(path: &Path) -> Result<()> {
+pub(crate) fn sync_parent_dir(path: &Path) -> Result<()> {
     #[cfg(unix)]
     {
         let dir = match path.parent() {

@@ -67,7 +67,8 @@ pub struct EvalReport {
     pub lanes: Option<SegmentationReport>,
 }
 
-fn masks(logits: Tensor<impl Backend, 4>) -> Vec<u8> {
+/// Binary masks (logit > 0) of `[batch, 1, h, w]` logits, flattened.
+pub(crate) fn masks(logits: Tensor<impl Backend, 4>) -> Vec<u8> {
     logits
         .greater_elem(0.0)
         .int()
@@ -115,14 +116,7 @@ pub fn evaluate<B: VisionBackend>(
             {
                 let dets: Vec<Detection> = dets
                     .iter()
-                    .map(|d| Detection {
-                        class: d.class as u16,
-                        score: d.score,
-                        x1: d.bbox[0],
-                        y1: d.bbox[1],
-                        x2: d.bbox[2],
-                        y2: d.bbox[3],
-                    })
+                    .map(|d| Detection::new(d.class, d.score, d.bbox))
                     .collect();
                 ap.add_image(&dets, gt);
                 let kept: Vec<Detection> = dets

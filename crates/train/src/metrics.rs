@@ -32,6 +32,18 @@ pub struct Detection {
 }
 
 impl Detection {
+    /// A detection of `class` with `score` at `[x1, y1, x2, y2]`.
+    pub fn new(class: usize, score: f32, [x1, y1, x2, y2]: [f32; 4]) -> Self {
+        Detection {
+            class: class as u16,
+            score,
+            x1,
+            y1,
+            x2,
+            y2,
+        }
+    }
+
     /// The box as `[x1, y1, x2, y2]`.
     pub fn bbox(&self) -> [f32; 4] {
         [self.x1, self.y1, self.x2, self.y2]
@@ -474,14 +486,7 @@ mod tests {
     use super::*;
 
     fn det(class: u16, score: f32, b: [f32; 4]) -> Detection {
-        Detection {
-            class,
-            score,
-            x1: b[0],
-            y1: b[1],
-            x2: b[2],
-            y2: b[3],
-        }
+        Detection::new(class as usize, score, b)
     }
 
     fn gt(class: u16, b: [f32; 4]) -> BoxLabel {

@@ -264,14 +264,7 @@ mod tests {
     }
 
     fn det(class: u16, score: f32, b: [f32; 4]) -> Detection {
-        Detection {
-            class,
-            score,
-            x1: b[0],
-            y1: b[1],
-            x2: b[2],
-            y2: b[3],
-        }
+        Detection::new(class as usize, score, b)
     }
 
     fn names() -> Vec<String> {

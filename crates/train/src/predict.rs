@@ -9,6 +9,7 @@ use percept_data::{image_to_chw, letterbox_image, BoxLabel, Letterbox};
 use percept_model::{decode_detections, PerceptionNet};
 use serde::Serialize;
 
+use crate::eval::masks;
 use crate::fsutil::{save_png_atomic, write_atomic};
 use crate::metrics::Detection;
 use crate::model_file::ModelCard;
@@ -71,14 +72,7 @@ fn mask_to_image(
     img_h: u32,
 ) -> GrayImage {
     let [_, _, h, w] = logits.dims();
-    let values: Vec<u8> = logits
-        .greater_elem(0.0)
-        .int()
-        .into_data()
-        .convert::<u8>()
-        .to_vec()
-        .expect("u8 data");
-    let net_mask = GrayImage::from_raw(w as u32, h as u32, values).expect("mask size");
+    let net_mask = GrayImage::from_raw(w as u32, h as u32, masks(logits)).expect("mask size");
     let x0 = lb.pad_x.floor().max(0.0) as u32;
     let y0 = lb.pad_y.floor().max(0.0) as u32;
     let cw = ((img_w as f32 * lb.scale).round() as u32).clamp(1, w as u32 - x0);
@@ -156,14 +150,7 @@ pub fn write_prediction(
     let detections: Vec<Detection> = prediction
         .detections
         .iter()
-        .map(|d| Detection {
-            class: d.class as u16,
-            score: d.score,
-            x1: d.bbox[0],
-            y1: d.bbox[1],
-            x2: d.bbox[2],
-            y2: d.bbox[3],
-        })
+        .map(|d| Detection::new(d.class, d.score, d.bbox))
         .collect();
     let overlay = draw_overlay(
         image,
