@@ -316,7 +316,9 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                // percept's own progress at info; burn/cubecl (kernel autotuning) only when
+                // they warn, unless RUST_LOG asks for more.
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,percept=info")),
         )
         .with_writer(std::io::stderr)
         .with_target(false)
