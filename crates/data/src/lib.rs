@@ -8,11 +8,15 @@
 //!   [`write_synthetic_dataset`]).
 //! - [`batch`]: letterboxing, normalisation and collation into flat arrays ([`Batch`]).
 
+pub mod audit;
+pub mod augment;
 pub mod batch;
 pub mod dataset;
 pub mod error;
 pub mod manifest;
+pub mod residency;
 pub mod sample;
+pub mod sampler;
 pub mod shard;
 pub mod synth;
 #[cfg(test)]
