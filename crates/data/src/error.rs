@@ -98,6 +98,44 @@ pub enum DataError {
         what: String,
     },
 
+    /// The residency guard refused a dataset at this site.
+    #[error(
+        "dataset `{dataset}` ({manifest}) holds data collected in {data_region}; its \
+         `{policy_line}` does not allow processing at this site (region {site_region}, site \
+         `{site_name}`). Run this job at a site in one of those regions; only trained weights \
+         may leave them"
+    )]
+    ResidencyRefused {
+        dataset: String,
+        manifest: PathBuf,
+        data_region: String,
+        site_region: String,
+        site_name: String,
+        policy_line: String,
+    },
+
+    /// A shard the manifest lists could not be opened; under the `skip` integrity policy its
+    /// samples are reported one by one with this reason.
+    #[error("shard {path}, sample {index}: the shard is unusable: {why}")]
+    ShardUnusable {
+        path: PathBuf,
+        index: usize,
+        why: String,
+    },
+
+    /// A box's class index is outside the dataset's class list.
+    #[error(
+        "shard {path}, sample {index}: box {box_index} has class index {class} but the dataset \
+         has {classes} classes (0..{classes})"
+    )]
+    UnknownClass {
+        path: PathBuf,
+        index: usize,
+        box_index: usize,
+        class: u16,
+        classes: usize,
+    },
+
     /// Invalid options for a generator or writer (the message names the option).
     #[error("invalid options: {0}")]
     InvalidOptions(String),

@@ -3,6 +3,7 @@
 //! - [`sample`]: one labelled frame ([`Sample`]).
 //! - [`shard`]: the shard file format v1 ([`ShardWriter`], [`ShardReader`]).
 //! - [`manifest`]: dataset manifests with region and residency policy ([`Manifest`]).
+//! - [`residency`]: the residency guard, the only way to open a dataset ([`ResidencyGuard`]).
 //! - [`dataset`]: one verified split of a dataset directory ([`Dataset`]).
 //! - [`synth`]: procedural driving scenes and synthetic datasets ([`SceneGenerator`],
 //!   [`write_synthetic_dataset`]).
@@ -25,10 +26,15 @@ mod testutil;
 pub use batch::{
     collate, image_to_chw, letterbox_image, letterbox_mask, Batch, Letterbox, NORM_MEAN, NORM_STD,
 };
-pub use dataset::Dataset;
+pub use dataset::{Dataset, IntegrityPolicy, ShardCheck};
 pub use error::{DataError, Result};
 pub use manifest::{is_region_code, Manifest, Policy, ShardEntry, Split, MANIFEST_FILE};
+pub use residency::{ClearedDataset, GuardDecision, GuardRefusal, ResidencyGuard, Site};
 pub use sample::{BoxLabel, Conditions, Sample, TrafficSide};
+pub use sampler::{
+    RegionSampler, SampleRef, SamplerConfig, SamplerError, SamplerSource, SamplerState,
+    SAMPLER_STATE_VERSION,
+};
 pub use shard::{EncodedRecord, ShardInfo, ShardReader, ShardWriter};
 pub use synth::{
     write_synthetic_dataset, CentreLine, SceneGenerator, SynthOptions, SYNTH_CLASSES,

@@ -4,7 +4,7 @@
 //!
 //! ```json
 //! {
-//!   "format": 1,
+//!   "format": 2,
 //!   "name": "synth-de",
 //!   "region": "DE",
 //!   "policy": { "processing_regions": ["DE"], "export": "weights-only" },
@@ -12,12 +12,20 @@
 //!   "shards": [
 //!     { "file": "train-00000.shard", "split": "train", "samples": 2,
 //!       "hash": "<blake3 hex of the file>", "sample_checksums": ["<hex>", "<hex>"] }
-//!   ]
+//!   ],
+//!   "seal": "<blake3 hex of the content above>"
 //! }
 //! ```
 //!
 //! Unknown keys are refused (a typo is an error, not a silent default). The manifest's identity
 //! in provenance is [`Manifest::hash`], the blake3 of its exact bytes on disk.
+//!
+//! `seal` is the blake3 of the manifest's content (every field but `seal`, serialised compactly
+//! in field order), written by [`Manifest::save`] and checked by [`Manifest::load`]. A shard
+//! list, hash, class list or policy edited by hand after the manifest was written no longer
+//! matches its seal and is refused. The seal is not a signature: whoever recomputes it can forge
+//! an edit, which is why a run also pins each manifest's [`hash`](Manifest::hash) in its audit
+//! log and checkpoint state and refuses to resume over a changed one.
 
 use std::fmt;
 use std::fs::OpenOptions;
@@ -30,7 +38,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{DataError, Result};
 
 /// The manifest format this build reads and writes.
-pub const MANIFEST_FORMAT: u32 = 1;
+pub const MANIFEST_FORMAT: u32 = 2;
 /// File name of the manifest inside a dataset directory.
 pub const MANIFEST_FILE: &str = "manifest.json";
 /// The only export policy: trained weights may leave the processing regions, data may not.
@@ -131,6 +139,9 @@ pub struct Manifest {
     /// Class names; a box's `class` indexes this list.
     pub classes: Vec<String>,
     pub shards: Vec<ShardEntry>,
+    /// blake3 hex of the content (see the module docs); set by [`save`](Self::save).
+    #[serde(default)]
+    pub seal: String,
     /// blake3 hex of the bytes last loaded from or saved to disk.
     #[serde(skip)]
     disk_hash: Option<String>,
@@ -167,6 +178,7 @@ impl Manifest {
             policy: Policy::home_only(region),
             classes,
             shards: Vec::new(),
+            seal: String::new(),
             disk_hash: None,
         };
         m.validate().map_err(|reason| DataError::BadManifest {
@@ -198,6 +210,21 @@ impl Manifest {
             m.policy.processing_regions = vec![m.region.clone()];
         }
         m.validate().map_err(bad)?;
+        let content = m.content_seal();
+        if m.seal != content {
+            return Err(bad(if m.seal.is_empty() {
+                "`seal` is missing; manifests are written with a seal over their content. \
+                 Re-create the dataset with the tool that wrote it"
+                    .into()
+            } else {
+                format!(
+                    "the content hashes to {content} but `seal` says {}: the manifest was \
+                     edited after it was written (shard lists, hashes, classes and policy \
+                     cannot be edited by hand). Restore the original or re-create the dataset",
+                    m.seal
+                )
+            }));
+        }
         m.disk_hash = Some(blake3::hash(&bytes).to_hex().to_string());
         Ok(m)
     }
@@ -216,6 +243,7 @@ impl Manifest {
             reason,
         };
         self.validate().map_err(bad)?;
+        self.seal = self.content_seal();
         let bytes = self.to_json_bytes().map_err(bad)?;
         let file_name = path
             .file_name()
@@ -259,10 +287,26 @@ impl Manifest {
         }
     }
 
-    /// The bytes [`save`](Self::save) writes: pretty JSON and a final newline.
+    /// blake3 hex of every field but `seal`, serialised compactly in field order (independent
+    /// of how the file is formatted).
+    pub fn content_seal(&self) -> String {
+        let unsealed = Manifest {
+            seal: String::new(),
+            disk_hash: None,
+            ..self.clone()
+        };
+        let bytes = serde_json::to_vec(&unsealed).expect("a manifest always serialises");
+        blake3::hash(&bytes).to_hex().to_string()
+    }
+
+    /// The bytes [`save`](Self::save) writes: pretty JSON, sealed, and a final newline.
     pub fn to_json_bytes(&self) -> std::result::Result<Vec<u8>, String> {
+        let sealed = Manifest {
+            seal: self.content_seal(),
+            ..self.clone()
+        };
         let mut bytes =
-            serde_json::to_vec_pretty(self).map_err(|e| format!("cannot serialise: {e}"))?;
+            serde_json::to_vec_pretty(&sealed).map_err(|e| format!("cannot serialise: {e}"))?;
         bytes.push(b'\n');
         Ok(bytes)
     }
@@ -427,7 +471,8 @@ mod tests {
     }
 
     fn with(edit: impl FnOnce(&mut serde_json::Value)) -> String {
-        let mut v = serde_json::to_value(example()).unwrap();
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&example().to_json_bytes().unwrap()).unwrap();
         edit(&mut v);
         v.to_string()
     }
@@ -459,7 +504,7 @@ mod tests {
                 Box::new(|v| v["region"] = "DEU".into()),
                 "`region` is `DEU`",
             ),
-            (Box::new(|v| v["format"] = 2.into()), "`format` is 2"),
+            (Box::new(|v| v["format"] = 1.into()), "`format` is 1"),
             (Box::new(|v| v["format"] = "1".into()), "at `format`"),
             (
                 Box::new(|v| v["policy"]["export"] = "everything".into()),
@@ -497,6 +542,42 @@ mod tests {
                 "expected `{want}` in: {err}"
             );
         }
+    }
+
+    #[test]
+    fn edits_after_writing_break_the_seal() {
+        // Untouched, the sealed bytes load.
+        let m = load_str(&with(|_| {})).unwrap();
+        assert_eq!(m, example());
+        assert_eq!(m.seal, example().content_seal());
+        // Formatting does not matter, content does.
+        let compact = serde_json::to_string(&m).unwrap();
+        assert_eq!(load_str(&compact).unwrap(), m);
+
+        type Edit = Box<dyn FnOnce(&mut serde_json::Value)>;
+        let edits: Vec<Edit> = vec![
+            Box::new(|v| v["shards"][0]["hash"] = "ef".repeat(32).into()),
+            Box::new(|v| {
+                v["shards"].as_array_mut().unwrap().remove(1);
+            }),
+            Box::new(|v| v["policy"]["processing_regions"] = vec!["DE", "CN"].into()),
+            Box::new(|v| v["shards"][0]["sample_checksums"][1] = "09".repeat(32).into()),
+        ];
+        for edit in edits {
+            let err = load_str(&with(edit)).unwrap_err();
+            let msg = err.to_string();
+            assert!(
+                matches!(err, DataError::BadManifest { .. })
+                    && msg.contains("edited after it was written")
+                    && msg.contains("manifest.json"),
+                "{msg}"
+            );
+        }
+        let err = load_str(&with(|v| {
+            v.as_object_mut().unwrap().remove("seal");
+        }))
+        .unwrap_err();
+        assert!(err.to_string().contains("`seal` is missing"), "{err}");
     }
 
     #[test]

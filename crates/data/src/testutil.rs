@@ -43,3 +43,15 @@ pub fn test_sample(k: u32) -> Sample {
         },
     }
 }
+
+/// Opens `split` of the dataset in `dir` at a site in the dataset's own region, failing on any
+/// integrity problem.
+pub fn open_at_home(dir: &std::path::Path, split: crate::Split) -> crate::Result<crate::Dataset> {
+    let manifest = crate::Manifest::load_dir(dir)?;
+    let guard = crate::ResidencyGuard::new(crate::Site {
+        region: manifest.region.clone(),
+        name: "test".into(),
+    })?;
+    let cleared = guard.check(dir).map_err(|r| r.error)?;
+    crate::Dataset::open(&cleared, split, crate::IntegrityPolicy::Fail, &mut |_| {})
+}

@@ -321,7 +321,6 @@ fn validate_options(o: &SynthOptions) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dataset::Dataset;
 
     fn gen(side: TrafficSide) -> SceneGenerator {
         SceneGenerator::new(320, 192, side, 42)
@@ -498,7 +497,7 @@ mod tests {
             m.hash()
         );
 
-        let train = Dataset::open(&out, Split::Train).unwrap();
+        let train = crate::testutil::open_at_home(&out, Split::Train).unwrap();
         assert_eq!(train.len(), 5);
         let s4 = train.get(4).unwrap();
         assert_eq!(s4.id, "synth-JP-train-4");
@@ -506,7 +505,7 @@ mod tests {
         let fresh = SceneGenerator::for_region(96, 64, "JP", 9).generate(4);
         assert_eq!(s4.boxes, fresh.boxes);
         assert_eq!(s4.drivable, fresh.drivable);
-        let val = Dataset::open(&out, Split::Val).unwrap();
+        let val = crate::testutil::open_at_home(&out, Split::Val).unwrap();
         assert_eq!(val.len(), 2);
         let v0 = val.get(0).unwrap();
         assert_eq!(v0.id, "synth-JP-val-0");
