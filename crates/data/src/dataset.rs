@@ -473,7 +473,11 @@ mod tests {
         let files: Vec<_> = checks.iter().map(|c| c.shard.as_str()).collect();
         assert_eq!(
             files,
-            ["train-00000.shard", "train-00001.shard", "train-00002.shard"]
+            [
+                "train-00000.shard",
+                "train-00001.shard",
+                "train-00002.shard"
+            ]
         );
         assert!(checks.iter().all(|c| c.result == "ok"));
         assert_eq!(checks[2].hash, m.shards[2].hash);

@@ -98,20 +98,16 @@ pub enum DataError {
         what: String,
     },
 
-    /// The residency guard refused a dataset at this site.
+    /// The residency guard refused a dataset at this site. `detail` names the data's region,
+    /// the policy line and the site.
     #[error(
-        "dataset `{dataset}` ({manifest}) holds data collected in {data_region}; its \
-         `{policy_line}` does not allow processing at this site (region {site_region}, site \
-         `{site_name}`). Run this job at a site in one of those regions; only trained weights \
-         may leave them"
+        "dataset `{dataset}` ({manifest}) {detail}. Run this job at a site in one of those \
+         regions; only trained weights may leave them"
     )]
     ResidencyRefused {
         dataset: String,
         manifest: PathBuf,
-        data_region: String,
-        site_region: String,
-        site_name: String,
-        policy_line: String,
+        detail: String,
     },
 
     /// A shard the manifest lists could not be opened; under the `skip` integrity policy its

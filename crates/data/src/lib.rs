@@ -23,6 +23,7 @@ pub mod synth;
 #[cfg(test)]
 mod testutil;
 
+pub use audit::{AuditEntry, AuditError, AuditEvent, AuditHead, AuditLog, AuditReport, AUDIT_FILE};
 pub use batch::{
     collate, image_to_chw, letterbox_image, letterbox_mask, Batch, Letterbox, NORM_MEAN, NORM_STD,
 };

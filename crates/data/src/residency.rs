@@ -103,7 +103,7 @@ impl ResidencyGuard {
     ///
     /// Reads the manifest only, never a shard. A manifest that cannot be read or fails its
     /// seal is refused too: the guard fails closed.
-    pub fn check(&self, dir: &Path) -> Result<ClearedDataset, GuardRefusal> {
+    pub fn check(&self, dir: &Path) -> Result<ClearedDataset, Box<GuardRefusal>> {
         let path = dir.join(MANIFEST_FILE);
         let manifest = match Manifest::load(&path) {
             Ok(m) => m,
@@ -117,7 +117,7 @@ impl ResidencyGuard {
                     allowed: false,
                     reason: format!("the manifest cannot be verified: {error}"),
                 };
-                return Err(GuardRefusal { decision, error });
+                return Err(Box::new(GuardRefusal { decision, error }));
             }
         };
         let regions = &manifest.policy.processing_regions;
@@ -149,12 +149,13 @@ impl ResidencyGuard {
             let error = DataError::ResidencyRefused {
                 dataset: manifest.name.clone(),
                 manifest: path,
-                data_region: manifest.region.clone(),
-                site_region: self.site.region.clone(),
-                site_name: self.site.name.clone(),
-                policy_line,
+                detail: format!(
+                    "holds data collected in {}; its `{policy_line}` does not allow processing \
+                     at this site (region {}, site `{}`)",
+                    manifest.region, self.site.region, self.site.name
+                ),
             };
-            return Err(GuardRefusal { decision, error });
+            return Err(Box::new(GuardRefusal { decision, error }));
         }
         Ok(ClearedDataset {
             dir: dir.to_path_buf(),
