@@ -131,6 +131,16 @@ enum Command {
         #[arg(long, default_value = "cpu")]
         device: String,
     },
+    /// Check a run's audit log: the hash chain and the heads its checkpoints pinned
+    Audit {
+        #[command(subcommand)]
+        action: AuditAction,
+    },
+    /// Measure throughput
+    Bench {
+        #[command(subcommand)]
+        what: BenchWhat,
+    },
     /// Print parameter counts and GFLOPs of the model sizes
     Info {
         /// Number of detection classes
@@ -146,6 +156,59 @@ enum Command {
         #[arg(long, default_value = "cpu")]
         device: String,
     },
+}
+
+#[derive(Subcommand)]
+enum AuditAction {
+    /// Verify the chain of runs/<name>/audit.jsonl; report the first broken, edited,
+    /// reordered or missing entry, or that it holds
+    Verify {
+        /// Run directory (runs/<name>) or an audit.jsonl
+        run: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchWhat {
+    /// Input pipeline (read + verify + decode + augment + batch) against JPEG decoding alone
+    Data {
+        /// Synthetic frames to write and read
+        #[arg(long, default_value_t = 64)]
+        frames: usize,
+        /// Stored frame size, WIDTHxHEIGHT
+        #[arg(long, default_value = "1280x720")]
+        source: String,
+        /// Network input size, WIDTHxHEIGHT
+        #[arg(long, default_value = "640x384")]
+        input: String,
+        /// Images per batch
+        #[arg(long, default_value_t = 8)]
+        batch_size: usize,
+        /// Thread counts to measure, comma-separated (default: 1 and every core)
+        #[arg(long, value_delimiter = ',')]
+        threads: Vec<usize>,
+        /// Passes over the frames per measurement
+        #[arg(long, default_value_t = 2)]
+        passes: usize,
+        /// Share of mosaic samples in the pipeline
+        #[arg(long, default_value_t = 0.0)]
+        mosaic: f32,
+        /// Where to write the scratch dataset (removed afterwards)
+        #[arg(long)]
+        scratch: Option<PathBuf>,
+        /// Also write the report as JSON here
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+/// Parses `WIDTHxHEIGHT`.
+fn size(flag: &str, s: &str) -> Result<(u32, u32)> {
+    let parsed = s
+        .split_once('x')
+        .and_then(|(w, h)| Some((w.parse().ok()?, h.parse().ok()?)))
+        .filter(|&(w, h)| w > 0 && h > 0);
+    parsed.with_context(|| format!("{flag} {s:?}: give WIDTHxHEIGHT, e.g. 1280x720"))
 }
 
 fn device(s: &str) -> Result<DeviceSpec> {
@@ -288,6 +351,72 @@ fn run(cli: Cli) -> Result<()> {
                 png.display(),
                 json.display()
             );
+        }
+        Command::Audit {
+            action: AuditAction::Verify { run },
+        } => {
+            let v = commands::audit_verify(&run)?;
+            println!(
+                "audit log {}: the chain holds ({} entries, head {})",
+                v.log.display(),
+                v.report.entries,
+                v.report.head.hash
+            );
+            for pin in &v.pins {
+                println!("  head pinned by {} is in the log", pin.display());
+            }
+            let kinds: Vec<String> = v
+                .report
+                .events_by_kind
+                .iter()
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect();
+            println!("  events: {}", kinds.join(", "));
+        }
+        Command::Bench {
+            what:
+                BenchWhat::Data {
+                    frames,
+                    source,
+                    input,
+                    batch_size,
+                    threads,
+                    passes,
+                    mosaic,
+                    scratch,
+                    out,
+                },
+        } => {
+            let (source_width, source_height) = size("--source", &source)?;
+            let (width, height) = size("--input", &input)?;
+            let threads = if threads.is_empty() {
+                let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+                if cores > 1 {
+                    vec![1, cores]
+                } else {
+                    vec![1]
+                }
+            } else {
+                threads
+            };
+            let options = percept::train::bench::DataBenchOptions {
+                frames,
+                source_width,
+                source_height,
+                width,
+                height,
+                batch_size,
+                threads,
+                passes,
+                mosaic_probability: mosaic,
+                scratch: scratch.unwrap_or_else(percept::train::bench::default_scratch),
+            };
+            let report =
+                percept::train::bench::bench_data(&options, &|line| tracing::info!("{line}"))?;
+            print!("{}", report.table());
+            if let Some(out) = out {
+                percept::train::fsutil::write_atomic(&out, report.to_json().as_bytes())?;
+            }
         }
         Command::Info {
             classes,

@@ -1,17 +1,19 @@
 //! Network input preparation: letterboxing to the network size, normalisation, and collating
-//! samples into flat batch arrays that the model crate turns into tensors.
+//! frames into flat batch arrays that the model crate turns into tensors.
 //!
 //! Images are resized keeping their aspect ratio and centred on a canvas of the network size;
-//! the border is grey 114 in images and 0 (not drivable, no lane) in masks. Pixel values are
-//! normalised as `(v / 255 - NORM_MEAN[c]) / NORM_STD[c]`.
+//! the border is grey 114 in images and 0 (not drivable, no lane) in masks. Resampling is the
+//! warp of [`crate::augment`] (bilinear with box pre-averaging below half scale for images,
+//! nearest for masks), so letterboxed and augmented frames are resampled the same way. Pixel
+//! values are normalised as `(v / 255 - NORM_MEAN[c]) / NORM_STD[c]`.
 
-use std::borrow::Cow;
-
-use image::imageops::{self, FilterType};
-use image::{GrayImage, Luma, Rgb, RgbImage};
+use image::{GrayImage, RgbImage};
 use rayon::prelude::*;
 
-use crate::sample::{BoxLabel, Sample};
+use crate::augment::{
+    augment, grey_canvas, warp_image, warp_mask, AugmentParams, Augmented, Placement,
+};
+use crate::sample::{BoxLabel, Sample, TrafficSide};
 
 /// Per-channel (RGB) mean of images scaled to 0..1 (ImageNet statistics).
 pub const NORM_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
@@ -87,59 +89,19 @@ impl Letterbox {
     }
 }
 
-/// Letterboxes an image to `width x height` (Triangle filter, grey-114 border).
-///
-/// Returns the image as is when it already has the network size.
+/// Letterboxes an image to `width x height` (bilinear, grey-114 border).
 pub fn letterbox_image(img: &RgbImage, width: u32, height: u32) -> (RgbImage, Letterbox) {
-    letterbox(
-        img,
-        width,
-        height,
-        FilterType::Triangle,
-        Rgb([PAD_VALUE; 3]),
-    )
+    let lb = Letterbox::fit(img.width(), img.height(), width, height);
+    let mut out = grey_canvas(width, height);
+    warp_image(img, &Placement::letterbox(&lb, width, height), &mut out);
+    (out, lb)
 }
 
-/// Letterboxes a 0/1 mask to `width x height` (Nearest filter, so values stay 0/1; border 0).
+/// Letterboxes a 0/1 mask to `width x height` (nearest, so values stay 0/1; border 0).
 pub fn letterbox_mask(mask: &GrayImage, width: u32, height: u32) -> (GrayImage, Letterbox) {
-    letterbox(mask, width, height, FilterType::Nearest, Luma([0]))
-}
-
-fn letterbox<P>(
-    img: &image::ImageBuffer<P, Vec<u8>>,
-    width: u32,
-    height: u32,
-    filter: FilterType,
-    pad: P,
-) -> (image::ImageBuffer<P, Vec<u8>>, Letterbox)
-where
-    P: image::Pixel<Subpixel = u8> + 'static,
-{
-    let (sw, sh) = img.dimensions();
-    let lb = Letterbox::fit(sw, sh, width, height);
-    if (sw, sh) == (width, height) {
-        return (img.clone(), lb);
-    }
-    let mut out = image::ImageBuffer::from_pixel(width, height, pad);
-    if sw == 0 || sh == 0 || width == 0 || height == 0 {
-        return (out, lb);
-    }
-    let (nw, nh) = lb.resized_size(sw, sh, width, height);
-    let resized = if (nw, nh) == (sw, sh) {
-        Cow::Borrowed(img)
-    } else {
-        Cow::Owned(imageops::resize(img, nw, nh, filter))
-    };
-    // Whole-row copies: the resized image fits inside the canvas by construction.
-    let channels = P::CHANNEL_COUNT as usize;
-    let row = nw as usize * channels;
-    let (px, py) = (lb.pad_x as usize, lb.pad_y as usize);
-    let out_stride = width as usize * channels;
-    let dst = &mut *out;
-    for (y, src_row) in resized.as_raw().chunks_exact(row).enumerate() {
-        let start = (py + y) * out_stride + px * channels;
-        dst[start..start + row].copy_from_slice(src_row);
-    }
+    let lb = Letterbox::fit(mask.width(), mask.height(), width, height);
+    let mut out = GrayImage::new(width, height);
+    warp_mask(mask, &Placement::letterbox(&lb, width, height), &mut out);
     (out, lb)
 }
 
@@ -154,6 +116,8 @@ pub struct Batch {
     pub lanes: Vec<f32>,
     /// Per image, boxes in network pixel coordinates, clipped to the canvas.
     pub boxes: Vec<Vec<BoxLabel>>,
+    /// Per image, the traffic side it shows (after any flip).
+    pub traffic_sides: Vec<TrafficSide>,
     pub batch_size: usize,
     pub height: usize,
     pub width: usize,
@@ -174,10 +138,10 @@ fn write_chw(img: &RgbImage, out: &mut [f32], lut: &[[f32; 256]; 3]) {
     let hw = img.width() as usize * img.height() as usize;
     let (r, rest) = out.split_at_mut(hw);
     let (g, b) = rest.split_at_mut(hw);
-    for (i, px) in img.as_raw().chunks_exact(3).enumerate() {
-        r[i] = lut[0][px[0] as usize];
-        g[i] = lut[1][px[1] as usize];
-        b[i] = lut[2][px[2] as usize];
+    for (((px, r), g), b) in img.as_raw().chunks_exact(3).zip(r).zip(g).zip(b) {
+        *r = lut[0][px[0] as usize];
+        *g = lut[1][px[1] as usize];
+        *b = lut[2][px[2] as usize];
     }
 }
 
@@ -188,54 +152,69 @@ pub fn image_to_chw(img: &RgbImage) -> Vec<f32> {
     out
 }
 
-/// Letterboxes every sample to `width x height` (on rayon threads) and stacks them.
+/// Letterboxes every sample to `width x height` (on rayon threads) and stacks them: each
+/// sample through [`augment`] with [`AugmentParams::identity`] (evaluation's input).
 ///
 /// Boxes are mapped to network pixels and clipped to the canvas; boxes narrower or lower than
-/// one network pixel afterwards are dropped. Mask pixels count as set when non-zero.
+/// [`DEFAULT_MIN_BOX_SIDE`](crate::augment::DEFAULT_MIN_BOX_SIDE) network pixels afterwards are dropped.
 pub fn collate(samples: &[Sample], width: u32, height: u32) -> Batch {
-    let (w, h) = (width as usize, height as usize);
+    let items: Vec<Augmented> = samples
+        .par_iter()
+        .map(|s| augment(s, &AugmentParams::identity(), width, height))
+        .collect();
+    stack(&items, width as usize, height as usize)
+}
+
+/// Stacks augmented frames (on rayon threads): images normalised to CHW floats, masks as
+/// 0.0/1.0 (non-zero counts as set).
+///
+/// # Panics
+///
+/// When the frames differ in size: they come from one loader with one network size.
+pub fn collate_augmented(items: &[Augmented]) -> Batch {
+    let (w, h) = items.first().map_or((0, 0), |a| a.image.dimensions());
+    stack(items, w as usize, h as usize)
+}
+
+fn stack(items: &[Augmented], w: usize, h: usize) -> Batch {
+    for (i, a) in items.iter().enumerate() {
+        let sizes = [
+            a.image.dimensions(),
+            a.drivable.dimensions(),
+            a.lanes.dimensions(),
+        ];
+        assert!(
+            sizes.iter().all(|&(iw, ih)| (iw as usize, ih as usize) == (w, h)),
+            "collate: item {i} has image/drivable/lanes sizes {sizes:?}, the batch {w}x{h}"
+        );
+    }
     let hw = w * h;
-    let n = samples.len();
+    let n = items.len();
     let mut images = vec![0.0f32; n * 3 * hw];
     let mut drivable = vec![0.0f32; n * hw];
     let mut lanes = vec![0.0f32; n * hw];
-    let boxes = if hw == 0 {
-        vec![Vec::new(); n]
-    } else {
+    if hw > 0 {
         let lut = norm_lut();
         images
             .par_chunks_mut(3 * hw)
             .zip(drivable.par_chunks_mut(hw))
             .zip(lanes.par_chunks_mut(hw))
-            .zip(samples.par_iter())
-            .map(|(((img_out, drv_out), lane_out), s)| {
-                let (img, lb) = letterbox_image(&s.image, width, height);
-                write_chw(&img, img_out, &lut);
-                for (mask, out) in [(&s.drivable, drv_out), (&s.lanes, lane_out)] {
-                    let (m, _) = letterbox_mask(mask, width, height);
-                    for (o, &v) in out.iter_mut().zip(m.as_raw()) {
+            .zip(items.par_iter())
+            .for_each(|(((img_out, drv_out), lane_out), a)| {
+                write_chw(&a.image, img_out, &lut);
+                for (mask, out) in [(&a.drivable, drv_out), (&a.lanes, lane_out)] {
+                    for (o, &v) in out.iter_mut().zip(mask.as_raw()) {
                         *o = if v > 0 { 1.0 } else { 0.0 };
                     }
                 }
-                s.boxes
-                    .iter()
-                    .filter_map(|b| {
-                        let mut nb = lb.to_network(b);
-                        nb.x1 = nb.x1.clamp(0.0, w as f32);
-                        nb.x2 = nb.x2.clamp(0.0, w as f32);
-                        nb.y1 = nb.y1.clamp(0.0, h as f32);
-                        nb.y2 = nb.y2.clamp(0.0, h as f32);
-                        (nb.width() >= 1.0 && nb.height() >= 1.0).then_some(nb)
-                    })
-                    .collect()
-            })
-            .collect()
-    };
+            });
+    }
     Batch {
         images,
         drivable,
         lanes,
-        boxes,
+        boxes: items.iter().map(|a| a.boxes.clone()).collect(),
+        traffic_sides: items.iter().map(|a| a.traffic_side).collect(),
         batch_size: n,
         height: h,
         width: w,
@@ -245,7 +224,8 @@ pub fn collate(samples: &[Sample], width: u32, height: u32) -> Batch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sample::{Conditions, TrafficSide};
+    use crate::sample::Conditions;
+    use image::{Luma, Rgb};
 
     fn bx(x1: f32, y1: f32, x2: f32, y2: f32) -> BoxLabel {
         BoxLabel {
@@ -340,7 +320,7 @@ mod tests {
         Sample {
             id: "hand".into(),
             image,
-            boxes: vec![bx(0.0, 0.0, 1.0, 2.0), bx(1.0, 1.0, 1.5, 1.2)],
+            boxes: vec![bx(0.0, 0.0, 2.0, 2.0), bx(1.0, 1.0, 2.0, 1.5)],
             drivable: GrayImage::from_raw(2, 2, vec![0, 1, 1, 1]).unwrap(),
             lanes: GrayImage::from_raw(2, 2, vec![0, 0, 0, 1]).unwrap(),
             conditions: Conditions {
@@ -383,8 +363,10 @@ mod tests {
         assert!((batch.images[12..24].iter().zip(&batch.images[..12])).all(|(a, b)| a == b));
         assert_eq!(&batch.drivable[..4], &[0.0, 1.0, 1.0, 1.0]);
         assert_eq!(&batch.lanes[..4], &[0.0, 0.0, 0.0, 1.0]);
-        // The 0.5x0.2 px box is dropped, the other kept as is (same size, no letterbox).
-        assert_eq!(batch.boxes, vec![vec![bx(0.0, 0.0, 1.0, 2.0)]; 2]);
+        // The 1x0.5 px box is under the 2 px minimum and dropped, the other kept as is (same
+        // size, no letterbox).
+        assert_eq!(batch.boxes, vec![vec![bx(0.0, 0.0, 2.0, 2.0)]; 2]);
+        assert_eq!(batch.traffic_sides, vec![TrafficSide::Right; 2]);
         assert_eq!(
             image_to_chw(&two_by_two().image),
             batch.images[..12].to_vec()
@@ -396,18 +378,72 @@ mod tests {
         let mut s = two_by_two();
         s.image = RgbImage::from_pixel(8, 4, Rgb([10, 20, 30]));
         s.drivable = GrayImage::from_pixel(8, 4, Luma([1]));
-        s.lanes = GrayImage::new(8, 4);
-        s.boxes = vec![bx(2.0, 1.0, 6.0, 3.0), bx(-5.0, -5.0, 1.0, 1.0)];
+        s.lanes = GrayImage::from_fn(8, 4, |x, _| Luma([(x < 2) as u8]));
+        s.boxes = vec![bx(2.0, 0.0, 6.0, 4.0), bx(-5.0, -5.0, 1.0, 1.0)];
         let batch = collate(&[s], 4, 4);
-        // scale 0.5, pad_y 1: (2,1,6,3) -> (1,1.5,3,2.5); (-5,-5,1,1) clipped -> (0,0,0.5,1.5)
-        // is under 1 px wide and dropped.
-        assert_eq!(batch.boxes, vec![vec![bx(1.0, 1.5, 3.0, 2.5)]]);
-        let pad = (PAD_VALUE as f32 / 255.0 - NORM_MEAN[0]) / NORM_STD[0];
-        assert!((batch.images[0] - pad).abs() < 1e-6);
+        // scale 0.5, pad_y 1: (2,0,6,4) -> (1,1,3,3); (-5,-5,1,1) clipped -> (0,0,0.5,1.5) is
+        // under 2 px and dropped.
+        assert_eq!(batch.boxes, vec![vec![bx(1.0, 1.0, 3.0, 3.0)]]);
+        let norm = |v: f32, c: usize| (v / 255.0 - NORM_MEAN[c]) / NORM_STD[c];
+        // Row 0 and 3 border, rows 1 and 2 the (uniform) image, in each channel plane.
+        for (c, v) in [10.0, 20.0, 30.0].into_iter().enumerate() {
+            let plane = &batch.images[c * 16..][..16];
+            for (i, &got) in plane.iter().enumerate() {
+                let want = if (4..12).contains(&i) { v } else { PAD_VALUE as f32 };
+                assert!((got - norm(want, c)).abs() < 1e-6, "channel {c} at {i}: {got}");
+            }
+        }
         assert_eq!(
             batch.drivable,
             vec![0., 0., 0., 0., 1., 1., 1., 1., 1., 1., 1., 1., 0., 0., 0., 0.]
         );
-        assert!(collate(&[], 4, 4).images.is_empty());
+        // Canvas column 0 samples source column 1 (centre 0.5 / 0.5), a lane; column 1
+        // samples source column 3, not.
+        assert_eq!(
+            batch.lanes,
+            vec![0., 0., 0., 0., 1., 0., 0., 0., 1., 0., 0., 0., 0., 0., 0., 0.]
+        );
+        let empty = collate(&[], 4, 4);
+        assert!(empty.images.is_empty() && empty.boxes.is_empty());
+        assert_eq!((empty.batch_size, empty.height, empty.width), (0, 4, 4));
+    }
+
+    #[test]
+    fn collate_augmented_stacks_flipped_frames() {
+        let s = two_by_two();
+        let flipped = AugmentParams {
+            flip: true,
+            ..AugmentParams::identity()
+        };
+        let items = [
+            augment(&s, &AugmentParams::identity(), 2, 2),
+            augment(&s, &flipped, 2, 2),
+        ];
+        let batch = collate_augmented(&items);
+        assert_eq!(batch, {
+            let mut b = collate(&[s.clone()], 2, 2);
+            let f = collate_augmented(&items[1..]);
+            b.images.extend(f.images);
+            b.drivable.extend(f.drivable);
+            b.lanes.extend(f.lanes);
+            b.boxes.extend(f.boxes);
+            b.traffic_sides.extend(f.traffic_sides);
+            b.batch_size = 2;
+            b
+        });
+        assert_eq!(
+            batch.traffic_sides,
+            vec![TrafficSide::Right, TrafficSide::Left]
+        );
+        // Mirrored: drivable [0 1; 1 1] -> [1 0; 1 1], lanes [0 0; 0 1] -> [0 0; 1 0], the box
+        // (0,0)-(2,2) stays.
+        assert_eq!(&batch.drivable[4..], &[1.0, 0.0, 1.0, 1.0]);
+        assert_eq!(&batch.lanes[4..], &[0.0, 0.0, 1.0, 0.0]);
+        assert_eq!(batch.boxes[1], vec![bx(0.0, 0.0, 2.0, 2.0)]);
+        let red = (1.0 - NORM_MEAN[0]) / NORM_STD[0];
+        // Red plane of the flipped image: row 0 (255, 0) from (0, 255); row 1 (0, 255).
+        let plane = &batch.images[12..16];
+        assert!((plane[0] - red).abs() < 1e-6 && (plane[3] - red).abs() < 1e-6);
+        assert!(collate_augmented(&[]).images.is_empty());
     }
 }

@@ -241,6 +241,19 @@ impl Dataset {
         Ok((k, i - self.starts[k]))
     }
 
+    /// The verified JPEG bytes of sample `i`, undecoded.
+    pub fn jpeg_bytes(&self, i: usize) -> Result<&[u8]> {
+        let (k, local) = self.locate(i)?;
+        match &self.shards[k] {
+            ShardSlot::Open(reader) => reader.jpeg_bytes(local),
+            ShardSlot::Unusable { path, why } => Err(DataError::ShardUnusable {
+                path: path.clone(),
+                index: local,
+                why: why.clone(),
+            }),
+        }
+    }
+
     /// Reads, verifies and decodes sample `i` (global index within the split).
     ///
     /// Box classes are checked against the dataset's class list.

@@ -7,6 +7,8 @@
 //! - [`dataset`]: one verified split of a dataset directory ([`Dataset`]).
 //! - [`synth`]: procedural driving scenes and synthetic datasets ([`SceneGenerator`],
 //!   [`write_synthetic_dataset`]).
+//! - [`augment`]: training-time augmentation: zoom, shift, flip, HSV jitter, mosaics
+//!   ([`augment()`], [`mosaic`]).
 //! - [`batch`]: letterboxing, normalisation and collation into flat arrays ([`Batch`]).
 
 pub mod audit;
@@ -24,8 +26,13 @@ pub mod synth;
 mod testutil;
 
 pub use audit::{AuditEntry, AuditError, AuditEvent, AuditHead, AuditLog, AuditReport, AUDIT_FILE};
+pub use augment::{
+    augment, mosaic, AugmentConfig, AugmentParams, Augmented, FlipPolicy, HsvJitter, MosaicParams,
+    DEFAULT_MIN_BOX_SIDE,
+};
 pub use batch::{
-    collate, image_to_chw, letterbox_image, letterbox_mask, Batch, Letterbox, NORM_MEAN, NORM_STD,
+    collate, collate_augmented, image_to_chw, letterbox_image, letterbox_mask, Batch, Letterbox,
+    NORM_MEAN, NORM_STD,
 };
 pub use dataset::{Dataset, IntegrityPolicy, ShardCheck};
 pub use error::{DataError, Result};

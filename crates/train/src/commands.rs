@@ -7,18 +7,21 @@ use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use burn::vision::VisionBackend;
 use indicatif::{ProgressBar, ProgressStyle};
-use percept_data::{write_synthetic_dataset, Dataset, Manifest, Split, SynthOptions};
+use percept_data::{
+    write_synthetic_dataset, AuditEvent, AuditHead, AuditLog, AuditReport, Dataset, Manifest,
+    Split, SynthOptions, AUDIT_FILE,
+};
 use percept_model::PerceptionNetConfig;
 
 use crate::backend::{dispatch, BackendTask, DeviceSpec};
 use crate::config::RunConfig;
-use crate::data::{open_for_site, TrainingData};
+use crate::data::{audit, open_for_site, TrainingData};
 use crate::eval::{evaluate, EvalReport};
 use crate::export::{export, ExportSummary};
 use crate::fsutil::write_atomic;
 use crate::model_file::{load_model, read_model_card, ModelCard};
 use crate::predict::{predict_image, read_image, write_prediction, Prediction};
-use crate::trainer::{TrainSummary, TrainTask};
+use crate::trainer::{RunState, TrainSummary, TrainTask};
 use crate::TrainError;
 
 /// A progress bar on a terminal, hidden elsewhere (batch logs stay clean).
@@ -43,10 +46,46 @@ pub fn synth(options: &SynthOptions, out: &Path) -> Result<Manifest, TrainError>
     Ok(manifest)
 }
 
-/// `percept train`.
+/// `percept train`: opens the run's audit log, records the start, clears and opens the data
+/// (every guard decision and shard check recorded), trains, and records how the run ended.
 pub fn train(config: &RunConfig, device: DeviceSpec) -> Result<TrainSummary, TrainError> {
-    let data = TrainingData::open(config)?;
-    dispatch(device, TrainTask { config, data })?
+    let run_dir = config.run_dir();
+    std::fs::create_dir_all(&run_dir).map_err(|e| TrainError::Io {
+        path: run_dir.clone(),
+        source: e,
+    })?;
+    let mut log = AuditLog::open(run_dir.join(AUDIT_FILE))
+        .map_err(|e| TrainError::Audit(e.to_string()))?;
+    write_atomic(&run_dir.join("config.toml"), config.to_toml().as_bytes())?;
+    audit(
+        &mut log,
+        AuditEvent::RunStart {
+            run: config.name.clone(),
+            config_hash: config.hash(),
+            site_region: config.site.region.clone(),
+            site_name: config.site.name.clone(),
+            percept_version: env!("CARGO_PKG_VERSION").into(),
+        },
+    )?;
+    let result = TrainingData::open(config, &mut log).and_then(|data| {
+        dispatch(
+            device,
+            TrainTask {
+                config,
+                data,
+                audit: &mut log,
+            },
+        )?
+    });
+    if let Err(e) = &result {
+        // Best effort: the run already failed; a failing log append must not hide why.
+        let _ = log.append(AuditEvent::RunEnd {
+            steps: 0,
+            skipped_samples: 0,
+            status: format!("failed: {e}"),
+        });
+    }
+    result
 }
 
 struct EvalTask<'a> {
@@ -169,13 +208,101 @@ impl BackendTask for ExportTask<'_> {
     }
 }
 
-/// `percept export`.
+/// `percept export`. When the checkpoint is in a run's `checkpoints/`, the export is recorded
+/// in that run's audit log.
 pub fn export_model(
     checkpoint: &Path,
     out: &Path,
     device: DeviceSpec,
 ) -> Result<ExportSummary, TrainError> {
-    dispatch(device, ExportTask { checkpoint, out })?
+    let summary = dispatch(device, ExportTask { checkpoint, out })??;
+    let run_log = checkpoint
+        .parent()
+        .filter(|dir| dir.file_name().is_some_and(|n| n == "checkpoints"))
+        .and_then(Path::parent)
+        .map(|run| run.join(AUDIT_FILE))
+        .filter(|log| log.exists());
+    if let Some(path) = run_log {
+        let mut log = AuditLog::open(&path).map_err(|e| TrainError::Audit(e.to_string()))?;
+        audit(
+            &mut log,
+            AuditEvent::Export {
+                path: out.display().to_string(),
+                hash: summary.hash.clone(),
+                source: checkpoint.display().to_string(),
+            },
+        )?;
+    }
+    Ok(summary)
+}
+
+/// What `percept audit verify` established.
+#[derive(Debug, Clone)]
+pub struct AuditVerification {
+    pub log: PathBuf,
+    pub report: AuditReport,
+    /// Files whose pinned audit head the log matches (checkpoint states, the run summary).
+    pub pins: Vec<PathBuf>,
+}
+
+/// `percept audit verify`: checks the hash chain of a run's audit log (`run` is the run
+/// directory or the log itself), then that the log still holds every head pinned by the run's
+/// checkpoint states and summary (so deleted trailing entries are caught too).
+pub fn audit_verify(run: &Path) -> Result<AuditVerification, TrainError> {
+    let (run_dir, log) = if run.is_dir() {
+        (run.to_path_buf(), run.join(AUDIT_FILE))
+    } else {
+        (
+            run.parent().unwrap_or(Path::new(".")).to_path_buf(),
+            run.to_path_buf(),
+        )
+    };
+    if !log.exists() {
+        return Err(TrainError::Audit(format!(
+            "{} does not exist; give a run directory (runs/<name>) or its audit.jsonl",
+            log.display()
+        )));
+    }
+    let report = percept_data::audit::verify(&log).map_err(|e| TrainError::Audit(e.to_string()))?;
+    let mut pinned: Vec<(PathBuf, AuditHead)> = Vec::new();
+    let states = run_dir.join("checkpoints");
+    if let Ok(entries) = std::fs::read_dir(&states) {
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.to_string_lossy().ends_with(".state.json"))
+            .collect();
+        files.sort();
+        for file in files {
+            let state = RunState::load(&file)?;
+            pinned.push((file, state.audit_head));
+        }
+    }
+    let summary = run_dir.join("summary.json");
+    if summary.exists() {
+        let text = std::fs::read_to_string(&summary).map_err(|e| TrainError::Io {
+            path: summary.clone(),
+            source: e,
+        })?;
+        let head = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| serde_json::from_value::<AuditHead>(v["audit_head"].clone()).ok())
+            .ok_or_else(|| TrainError::Audit(format!("{} has no audit_head", summary.display())))?;
+        pinned.push((summary, head));
+    }
+    for (file, head) in &pinned {
+        percept_data::audit::verify_against(&log, head).map_err(|e| {
+            TrainError::Audit(format!(
+                "{e} (the head was pinned by {} at entry {})",
+                file.display(),
+                head.entries
+            ))
+        })?;
+    }
+    Ok(AuditVerification {
+        log,
+        report,
+        pins: pinned.into_iter().map(|(f, _)| f).collect(),
+    })
 }
 
 struct PredictTask<'a> {

@@ -1,8 +1,10 @@
 //! Run configs: one TOML file drives a run. Unknown keys and wrong types are errors that name
 //! the file and the key.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use percept_data::{AugmentConfig, IntegrityPolicy};
 use percept_model::{check_input_size, DecodeOptions, LossWeights, ModelSize, Tasks};
 use serde::{Deserialize, Serialize};
 
@@ -22,6 +24,9 @@ pub struct RunConfig {
     pub data: DataConfig,
     pub train: TrainConfig,
     pub optimizer: OptimizerConfig,
+    /// Training-time augmentation (evaluation never augments).
+    #[serde(default)]
+    pub augment: AugmentConfig,
     #[serde(default)]
     pub loss: LossWeights,
     #[serde(default)]
@@ -63,6 +68,24 @@ pub struct ModelConfig {
 pub struct DataConfig {
     /// Dataset directories (each with a `manifest.json`), relative to the working directory.
     pub datasets: Vec<PathBuf>,
+    /// Share of each region (by the manifests' `region`) in every epoch, e.g.
+    /// `{ CN = 0.7, DE = 0.3 }`; normalised. Empty: every sample equally likely.
+    #[serde(default)]
+    pub region_weights: BTreeMap<String, f64>,
+    /// What a sample or shard that fails verification or decoding does: `fail` stops the run,
+    /// `skip` skips it, counts it and records it in the audit log.
+    #[serde(default)]
+    pub integrity: IntegrityPolicy,
+    /// Batches decoded ahead of the training step.
+    #[serde(default = "default_prefetch_batches")]
+    pub prefetch_batches: usize,
+    /// Decode/augment threads; 0 means one per core.
+    #[serde(default)]
+    pub workers: usize,
+}
+
+fn default_prefetch_batches() -> usize {
+    4
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -76,6 +99,9 @@ pub struct TrainConfig {
     /// A metrics line (and, off a terminal, a log line) every this many steps.
     #[serde(default = "default_log_every")]
     pub log_every: usize,
+    /// Write a checkpoint (weights + run state) every this many steps; 0: only at the end.
+    #[serde(default)]
+    pub checkpoint_every: usize,
 }
 
 fn default_log_every() -> usize {
@@ -141,6 +167,19 @@ impl RunConfig {
         }
         if self.data.datasets.is_empty() {
             problems.push("data.datasets is empty: list at least one dataset directory".into());
+        }
+        for (region, w) in &self.data.region_weights {
+            if !w.is_finite() || *w < 0.0 {
+                problems.push(format!(
+                    "data.region_weights.{region} = {w}: give a finite weight >= 0"
+                ));
+            }
+        }
+        if self.data.prefetch_batches == 0 {
+            problems.push("data.prefetch_batches = 0: give at least 1".into());
+        }
+        if let Err(e) = self.augment.validate() {
+            problems.push(e);
         }
         if self.train.steps == 0 {
             problems.push("train.steps = 0: give at least 1".into());

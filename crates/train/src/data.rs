@@ -1,85 +1,163 @@
-//! The datasets of a run, opened and checked against the run's site.
+//! The datasets of a run: cleared by the residency guard, opened under the run's integrity
+//! policy, every decision and shard check written to the run's audit log.
 
 use std::path::{Path, PathBuf};
 
-use percept_data::{Dataset, Sample, Split};
-use rayon::prelude::*;
+use percept_data::{
+    AuditEvent, AuditLog, ClearedDataset, Dataset, IntegrityPolicy, RegionSampler, ResidencyGuard,
+    Sample, SampleRef, SamplerConfig, SamplerSource, SamplerState, ShardCheck, Site, Split,
+};
 
 use crate::config::RunConfig;
 use crate::model_file::{DatasetRef, Provenance};
 use crate::TrainError;
 
-/// The training split of every dataset of a run, as one indexable collection.
+/// One split of every dataset of a run, ready for the sampler.
 pub struct TrainingData {
     datasets: Vec<(PathBuf, Dataset)>,
-    /// Cumulative sample counts: dataset `d` holds global indices `offsets[d]..offsets[d+1]`.
-    offsets: Vec<usize>,
     classes: Vec<String>,
+    integrity: IntegrityPolicy,
 }
 
-/// Opens `dir`'s `split`, refusing it unless its policy lets it be processed at `site_region`.
-pub fn open_for_site(dir: &Path, split: Split, site_region: &str) -> Result<Dataset, TrainError> {
-    let manifest_path = dir.join("manifest.json");
-    let manifest = percept_data::Manifest::load(&manifest_path)?;
-    if !manifest
-        .policy
-        .processing_regions
-        .iter()
-        .any(|r| r == site_region)
-    {
-        return Err(TrainError::Residency(format!(
-            "dataset {:?} ({}) holds data collected in {} whose policy allows processing only \
-             in {:?}; this run's site is {site_region}. Run it at a site in one of those \
-             regions.",
-            manifest.name,
-            manifest_path.display(),
-            manifest.region,
-            manifest.policy.processing_regions
-        )));
+/// Appends to the audit log, turning its errors into a [`TrainError`].
+pub fn audit(log: &mut AuditLog, event: AuditEvent) -> Result<percept_data::AuditHead, TrainError> {
+    log.append(event)
+        .map_err(|e| TrainError::Audit(e.to_string()))
+}
+
+fn guard_event(d: &percept_data::GuardDecision) -> AuditEvent {
+    AuditEvent::GuardDecision {
+        dataset: d.dataset.clone(),
+        manifest: d.manifest.display().to_string(),
+        manifest_hash: d.manifest_hash.clone(),
+        data_region: d.data_region.clone(),
+        site_region: d.site_region.clone(),
+        allowed: d.allowed,
+        reason: d.reason.clone(),
     }
-    Ok(Dataset::open(dir, split)?)
+}
+
+/// Runs the guard over every directory before any shard is opened: all decisions go to the
+/// audit log (when given), and any refusal stops here, naming every refused dataset.
+pub fn clear_all(
+    dirs: &[PathBuf],
+    site: &Site,
+    mut log: Option<&mut AuditLog>,
+) -> Result<Vec<ClearedDataset>, TrainError> {
+    let guard = ResidencyGuard::new(site.clone())?;
+    let mut cleared = Vec::new();
+    let mut refusals = Vec::new();
+    for dir in dirs {
+        let (decision, outcome) = match guard.check(dir) {
+            Ok(c) => (c.decision().clone(), Ok(c)),
+            Err(r) => (r.decision.clone(), Err(r.error)),
+        };
+        if let Some(log) = log.as_deref_mut() {
+            audit(log, guard_event(&decision))?;
+        }
+        match outcome {
+            Ok(c) => cleared.push(c),
+            Err(e) => refusals.push(e.to_string()),
+        }
+    }
+    if !refusals.is_empty() {
+        return Err(TrainError::Residency(refusals.join("\n")));
+    }
+    Ok(cleared)
+}
+
+/// Opens one cleared dataset's split, logging every shard check.
+pub fn open_cleared(
+    cleared: &ClearedDataset,
+    split: Split,
+    integrity: IntegrityPolicy,
+    mut log: Option<&mut AuditLog>,
+) -> Result<Dataset, TrainError> {
+    let name = cleared.manifest().name.clone();
+    let mut checks: Vec<ShardCheck> = Vec::new();
+    let opened = Dataset::open(cleared, split, integrity, &mut |c| checks.push(c.clone()));
+    if let Some(log) = log.as_deref_mut() {
+        for c in checks {
+            audit(
+                log,
+                AuditEvent::ShardOpened {
+                    dataset: name.clone(),
+                    shard: c.shard,
+                    split: c.split.to_string(),
+                    hash: c.hash,
+                    result: c.result,
+                },
+            )?;
+        }
+    }
+    Ok(opened?)
+}
+
+/// Opens `dir`'s `split` for evaluation at `site_region` (guard first, integrity `fail`).
+pub fn open_for_site(dir: &Path, split: Split, site_region: &str) -> Result<Dataset, TrainError> {
+    let site = Site {
+        region: site_region.to_string(),
+        name: format!("eval at {site_region}"),
+    };
+    let cleared = clear_all(&[dir.to_path_buf()], &site, None)?;
+    open_cleared(&cleared[0], split, IntegrityPolicy::Fail, None)
 }
 
 impl TrainingData {
-    /// Opens the training split of every dataset in the config.
-    pub fn open(config: &RunConfig) -> Result<TrainingData, TrainError> {
+    /// Clears every dataset of the config with the guard, then opens their training splits;
+    /// each decision and shard check is written to `log`.
+    pub fn open(config: &RunConfig, log: &mut AuditLog) -> Result<TrainingData, TrainError> {
+        let site = Site {
+            region: config.site.region.clone(),
+            name: config.site.name.clone(),
+        };
+        Self::open_dirs(
+            &config.data.datasets,
+            &site,
+            config.data.integrity,
+            Some(log),
+        )
+    }
+
+    /// [`open`](Self::open) without a run config: the training splits of `dirs` at `site`.
+    pub fn open_dirs(
+        dirs: &[PathBuf],
+        site: &Site,
+        integrity: IntegrityPolicy,
+        mut log: Option<&mut AuditLog>,
+    ) -> Result<TrainingData, TrainError> {
+        let cleared = clear_all(dirs, site, log.as_deref_mut())?;
         let mut datasets = Vec::new();
-        let mut offsets = vec![0];
         let mut classes: Option<(PathBuf, Vec<String>)> = None;
-        for dir in &config.data.datasets {
-            let ds = open_for_site(dir, Split::Train, &config.site.region)?;
+        for c in &cleared {
+            let dir = c.dir().to_path_buf();
+            let ds = open_cleared(c, Split::Train, integrity, log.as_deref_mut())?;
             match &classes {
                 None => classes = Some((dir.clone(), ds.classes().to_vec())),
-                Some((first, c)) if c.as_slice() != ds.classes() => {
+                Some((first, cl)) if cl.as_slice() != ds.classes() => {
                     return Err(TrainError::Data(format!(
                         "datasets {} and {} have different class lists ({:?} vs {:?}): \
                          import them with the same class map",
                         first.display(),
                         dir.display(),
-                        c,
+                        cl,
                         ds.classes()
                     )))
                 }
                 Some(_) => {}
             }
-            if ds.is_empty() {
-                return Err(TrainError::Data(format!(
-                    "dataset {} has no training samples",
-                    dir.display()
-                )));
-            }
-            offsets.push(offsets.last().unwrap() + ds.len());
-            datasets.push((dir.clone(), ds));
+            datasets.push((dir, ds));
         }
         Ok(TrainingData {
             datasets,
-            offsets,
             classes: classes.map(|(_, c)| c).unwrap_or_default(),
+            integrity,
         })
     }
 
+    /// Total samples over all datasets.
     pub fn len(&self) -> usize {
-        *self.offsets.last().unwrap_or(&0)
+        self.datasets.iter().map(|(_, d)| d.len()).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -90,15 +168,70 @@ impl TrainingData {
         &self.classes
     }
 
-    /// Reads and verifies the samples at global `indices`, in parallel.
-    pub fn load(&self, indices: &[usize]) -> Result<Vec<Sample>, TrainError> {
-        indices
-            .par_iter()
-            .map(|&i| {
-                let d = self.offsets.partition_point(|&o| o <= i) - 1;
-                Ok(self.datasets[d].1.get(i - self.offsets[d])?)
+    pub fn integrity(&self) -> IntegrityPolicy {
+        self.integrity
+    }
+
+    /// The opened datasets, in config order (the sampler's source order).
+    pub fn datasets(&self) -> impl Iterator<Item = &Dataset> {
+        self.datasets.iter().map(|(_, d)| d)
+    }
+
+    /// The datasets as the sampler knows them.
+    pub fn sampler_sources(&self) -> Vec<SamplerSource> {
+        self.datasets
+            .iter()
+            .map(|(_, d)| SamplerSource {
+                name: d.manifest().name.clone(),
+                region: d.manifest().region.clone(),
+                manifest_hash: d.manifest().hash(),
+                len: d.len(),
             })
             .collect()
+    }
+
+    /// A fresh sampler for this run (rank 0 of 1).
+    pub fn sampler(&self, config: &RunConfig) -> Result<RegionSampler, TrainError> {
+        RegionSampler::new(
+            self.sampler_sources(),
+            SamplerConfig {
+                seed: config.train.seed,
+                region_weights: config.data.region_weights.clone(),
+                rank: 0,
+                world_size: 1,
+            },
+        )
+        .map_err(|e| TrainError::Data(e.to_string()))
+    }
+
+    /// The sampler continuing from a saved state; refused when the datasets (manifest hashes,
+    /// sizes, order) or the sampling settings differ from those the state was saved with.
+    pub fn resume_sampler(
+        &self,
+        config: &RunConfig,
+        state: SamplerState,
+    ) -> Result<RegionSampler, TrainError> {
+        let wanted = SamplerConfig {
+            seed: config.train.seed,
+            region_weights: config.data.region_weights.clone(),
+            rank: state.rank,
+            world_size: state.world_size,
+        };
+        state
+            .check_config(&wanted)
+            .map_err(|e| TrainError::Data(e.to_string()))?;
+        RegionSampler::resume(self.sampler_sources(), state)
+            .map_err(|e| TrainError::Data(e.to_string()))
+    }
+
+    /// Reads, verifies and decodes the sample a slot refers to.
+    pub fn get(&self, r: &SampleRef) -> Result<Sample, percept_data::DataError> {
+        self.datasets[r.dataset].1.get(r.index)
+    }
+
+    /// The dataset behind a slot.
+    pub fn dataset(&self, index: usize) -> &Dataset {
+        &self.datasets[index].1
     }
 
     /// Provenance of weights trained on these datasets (steps filled in by the trainer).
@@ -109,7 +242,7 @@ impl TrainingData {
             .map(|(_, ds)| DatasetRef {
                 name: ds.manifest().name.clone(),
                 region: ds.manifest().region.clone(),
-                manifest_hash: ds.manifest().hash().to_string(),
+                manifest_hash: ds.manifest().hash(),
             })
             .collect();
         let mut regions: Vec<String> = datasets.iter().map(|d| d.region.clone()).collect();
@@ -123,6 +256,7 @@ impl TrainingData {
             config_hash: config.hash(),
             base_checkpoint: None,
             steps: 0,
+            audit_head: None,
             percept_version: env!("CARGO_PKG_VERSION").into(),
         }
     }

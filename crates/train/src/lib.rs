@@ -2,12 +2,14 @@
 //! prediction. The `percept` binary is a thin layer over [`commands`].
 
 pub mod backend;
+pub mod bench;
 pub mod commands;
 pub mod config;
 pub mod data;
 pub mod eval;
 pub mod export;
 pub mod fsutil;
+pub mod loader;
 pub mod metrics;
 pub mod model_file;
 pub mod overlay;
@@ -41,6 +43,8 @@ pub enum TrainError {
     Data(String),
     #[error("residency: {0}")]
     Residency(String),
+    #[error("audit log: {0}")]
+    Audit(String),
     #[error("model file {}: {message}", path.display())]
     ModelFile { path: PathBuf, message: String },
     #[error("image {}: {message}", path.display())]

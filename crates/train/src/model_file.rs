@@ -64,6 +64,10 @@ pub struct Provenance {
     /// blake3 of the checkpoint a fine-tune started from.
     pub base_checkpoint: Option<String>,
     pub steps: usize,
+    /// Head of the run's audit log when the weights were written: ties the file to the log
+    /// that records which data trained it (`percept audit verify` checks it).
+    #[serde(default)]
+    pub audit_head: Option<percept_data::AuditHead>,
     pub percept_version: String,
 }
 

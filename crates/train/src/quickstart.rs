@@ -3,12 +3,13 @@
 
 use std::path::{Path, PathBuf};
 
-use percept_data::{Dataset, Split, SynthOptions};
+use percept_data::{Split, SynthOptions};
 use serde::Serialize;
 
 use crate::backend::DeviceSpec;
 use crate::commands;
 use crate::config::RunConfig;
+use crate::data::open_for_site;
 use crate::eval::EvalReport;
 use crate::fsutil::save_png_atomic;
 use crate::model_file::read_model_card;
@@ -59,7 +60,7 @@ pub struct QuickstartArtefacts {
 
 /// Whether `dir` already holds a complete, verified synthetic dataset made with `options`.
 fn reusable(dir: &Path, options: &SynthOptions) -> bool {
-    let open = |split| Dataset::open(dir, split).ok();
+    let open = |split| open_for_site(dir, split, &options.region).ok();
     match (open(Split::Train), open(Split::Val)) {
         (Some(train), Some(val)) => {
             let m = train.manifest();
@@ -152,7 +153,7 @@ pub fn quickstart(options: &QuickstartOptions) -> Result<QuickstartArtefacts, Tr
         options.device,
     )?;
     let card = read_model_card(&summary.checkpoint)?;
-    let val = Dataset::open(&data, Split::Val)?;
+    let val = open_for_site(&data, Split::Val, &config.site.region)?;
     let untrained = commands::eval_untrained(&card, &val, config.train.seed, options.device)?;
 
     tracing::info!("4/5 export");

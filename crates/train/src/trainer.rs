@@ -1,12 +1,12 @@
-//! The training loop: datasets -> prefetched batches -> forward -> multi-task loss -> backward
-//! -> AdamW step, with a warm-up + cosine learning rate, progress, `metrics.jsonl` and a final
-//! checkpoint.
+//! The training loop: sampler -> prefetched, augmented batches -> forward -> multi-task loss ->
+//! backward -> AdamW step, with a warm-up + cosine learning rate, progress, `metrics.jsonl`,
+//! checkpoints with their run state, and every data decision in the run's audit log.
 
 use std::fs::File;
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
-use std::sync::mpsc::{sync_channel, Receiver};
-use std::time::Instant;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use burn::grad_clipping::GradientClippingConfig;
 use burn::lr_scheduler::composed::ComposedLrSchedulerConfig;
@@ -19,21 +19,19 @@ use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use burn::vision::VisionBackend;
 use indicatif::{ProgressBar, ProgressStyle};
-use percept_data::{collate, Batch};
+use percept_data::{AuditEvent, AuditHead, AuditLog, Batch, SamplerState};
 use percept_model::{
     assign_targets, multitask_loss, LossParts, PerceptionNet, PerceptionNetConfig,
     SegmentationTargets, TargetBox,
 };
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::backend::BackendTask;
 use crate::config::RunConfig;
-use crate::data::TrainingData;
+use crate::data::{audit, TrainingData};
 use crate::fsutil::write_atomic;
-use crate::model_file::{save_model, ModelCard, Normalization, Provenance, MODEL_FORMAT};
+use crate::loader::{BatchBuilder, BatchLoader, LoaderOptions};
+use crate::model_file::{save_model, ModelCard, Normalization, MODEL_FORMAT};
 use crate::TrainError;
 
 /// What a finished run produced.
@@ -47,6 +45,48 @@ pub struct TrainSummary {
     pub final_losses: LossValues,
     pub images_per_second: f64,
     pub seconds: f64,
+    /// Share of the wall time the step waited for data (0 when prefetch keeps up).
+    pub data_wait_fraction: f64,
+    /// Distinct samples skipped under the `skip` integrity policy (each is in the audit log).
+    pub skipped_samples: usize,
+    /// The audit log's head after the run ended.
+    pub audit_head: AuditHead,
+}
+
+/// What is saved beside each checkpoint (`<checkpoint>.state.json`): enough to continue the
+/// data stream exactly, and the pins that tie the checkpoint to its data and audit log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunState {
+    pub step: usize,
+    /// File name of the checkpoint within `checkpoints/`.
+    pub checkpoint: String,
+    pub checkpoint_hash: String,
+    pub config_hash: String,
+    /// Sampler position after `step` steps; it pins every dataset's manifest hash.
+    pub sampler: SamplerState,
+    pub skipped_samples: usize,
+    /// The audit log's head right after this checkpoint's entry.
+    pub audit_head: AuditHead,
+}
+
+impl RunState {
+    /// Reads a `*.state.json`.
+    pub fn load(path: &Path) -> Result<RunState, TrainError> {
+        let text = std::fs::read_to_string(path).map_err(|e| TrainError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
+        serde_json::from_str(&text).map_err(|e| TrainError::Config {
+            path: path.to_path_buf(),
+            message: format!("not a run state: {e}"),
+        })
+    }
+}
+
+/// `<dir>/<stem>.state.json`, the run state beside checkpoint `<dir>/<stem>.safetensors`.
+pub fn state_path(checkpoint: &Path) -> PathBuf {
+    checkpoint.with_extension("state.json")
 }
 
 /// Loss values of one step (unweighted terms), as logged.
@@ -109,6 +149,8 @@ struct MetricsLine<'a> {
     losses: &'a LossValues,
     images_per_second: f64,
     elapsed_seconds: f64,
+    data_wait_fraction: f64,
+    skipped_samples: usize,
 }
 
 /// Converts a batch's labels into detection targets of the model crate.
@@ -160,50 +202,11 @@ pub fn batch_loss<B: Backend>(
     multitask_loss(&output, det_targets.as_ref(), &seg, &config.loss)
 }
 
-/// Spawns the loader thread: it draws a seeded, epoch-shuffled order over all training samples
-/// and sends collated batches ahead of the training loop (two in flight), so decoding overlaps
-/// compute.
-fn spawn_loader(data: TrainingData, config: &RunConfig) -> Receiver<Result<Batch, TrainError>> {
-    let (tx, rx) = sync_channel(2);
-    let (steps, batch_size, seed) = (
-        config.train.steps,
-        config.train.batch_size,
-        config.train.seed,
-    );
-    let (w, h) = (config.model.input.width, config.model.input.height);
-    std::thread::spawn(move || {
-        let total = data.len();
-        let mut order: Vec<usize> = Vec::new();
-        let mut epoch = 0u64;
-        let mut cursor = 0usize;
-        for _ in 0..steps {
-            let mut picks = Vec::with_capacity(batch_size);
-            while picks.len() < batch_size {
-                if cursor == order.len() {
-                    order = (0..total).collect();
-                    order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed ^ (epoch << 32)));
-                    epoch += 1;
-                    cursor = 0;
-                }
-                picks.push(order[cursor]);
-                cursor += 1;
-            }
-            let batch = data
-                .load(&picks)
-                .map(|samples| collate(&samples, w as u32, h as u32));
-            let failed = batch.is_err();
-            if tx.send(batch).is_err() || failed {
-                return;
-            }
-        }
-    });
-    rx
-}
-
 /// Trains a run; the task of [`crate::backend::dispatch`].
 pub struct TrainTask<'a> {
     pub config: &'a RunConfig,
     pub data: TrainingData,
+    pub audit: &'a mut AuditLog,
 }
 
 impl BackendTask for TrainTask<'_> {
@@ -214,7 +217,7 @@ impl BackendTask for TrainTask<'_> {
         B: AutodiffBackend,
         B::InnerBackend: VisionBackend,
     {
-        train::<B>(self.config, self.data, &device)
+        train::<B>(self.config, self.data, self.audit, &device)
     }
 }
 
@@ -249,9 +252,61 @@ fn progress_bar(steps: usize) -> ProgressBar {
     bar
 }
 
+/// Writes a checkpoint and its run state, and records it in the audit log.
+struct Checkpointer<'a> {
+    dir: PathBuf,
+    card: ModelCard,
+    config_hash: String,
+    audit: &'a mut AuditLog,
+}
+
+impl Checkpointer<'_> {
+    /// Saves `net` as `<name>.safetensors` (its provenance pins the audit head before the
+    /// checkpoint entry) and `<name>.state.json` (pinning the head after it).
+    fn save<B: Backend>(
+        &mut self,
+        name: &str,
+        net: &PerceptionNet<B>,
+        step: usize,
+        sampler: SamplerState,
+        skipped_samples: usize,
+    ) -> Result<(PathBuf, String), TrainError> {
+        let path = self.dir.join(format!("{name}.safetensors"));
+        let mut card = self.card.clone();
+        card.provenance.steps = step;
+        card.provenance.audit_head = Some(self.audit.head());
+        let hash = save_model(net, &card, &path)?;
+        let audit_head = audit(
+            self.audit,
+            AuditEvent::Checkpoint {
+                path: path.display().to_string(),
+                step: step as u64,
+                hash: hash.clone(),
+            },
+        )?;
+        let state = RunState {
+            step,
+            checkpoint: format!("{name}.safetensors"),
+            checkpoint_hash: hash.clone(),
+            config_hash: self.config_hash.clone(),
+            sampler,
+            skipped_samples,
+            audit_head,
+        };
+        write_atomic(
+            &state_path(&path),
+            serde_json::to_string_pretty(&state)
+                .expect("serialises")
+                .as_bytes(),
+        )?;
+        Ok((path, hash))
+    }
+}
+
 fn train<B>(
     config: &RunConfig,
     data: TrainingData,
+    audit_log: &mut AuditLog,
     device: &B::Device,
 ) -> Result<TrainSummary, TrainError>
 where
@@ -259,12 +314,6 @@ where
     B::InnerBackend: VisionBackend,
 {
     let run_dir = config.run_dir();
-    std::fs::create_dir_all(&run_dir).map_err(|e| TrainError::Io {
-        path: run_dir.clone(),
-        source: e,
-    })?;
-    write_atomic(&run_dir.join("config.toml"), config.to_toml().as_bytes())?;
-
     let classes = data.classes().to_vec();
     let provenance = data.provenance(config);
     let arch = PerceptionNetConfig {
@@ -300,20 +349,81 @@ where
         path: metrics_path.clone(),
         source: e,
     })?;
-    let batches = spawn_loader(data, config);
+    let data = Arc::new(data);
+    let sampler = data.sampler(config)?;
+    let builder = BatchBuilder::new(
+        data.clone(),
+        sampler,
+        LoaderOptions {
+            batch_size: config.train.batch_size,
+            width: config.model.input.width as u32,
+            height: config.model.input.height as u32,
+            augment: config.augment.clone(),
+            prefetch_batches: config.data.prefetch_batches,
+            workers: config.data.workers,
+        },
+    )?;
+    let batches = BatchLoader::spawn(builder, config.train.steps);
+    let mut checkpointer = Checkpointer {
+        dir: run_dir.join("checkpoints"),
+        card: ModelCard {
+            format: MODEL_FORMAT.into(),
+            architecture: arch,
+            classes,
+            input: config.model.input.clone(),
+            normalization: Normalization::default(),
+            decode: config.eval,
+            provenance,
+        },
+        config_hash: config.hash(),
+        audit: audit_log,
+    };
     let bar = progress_bar(config.train.steps);
     let start = Instant::now();
+    let mut waited = Duration::ZERO;
+    let mut skipped_samples = 0usize;
     let mut last = LossValues::default();
-    let num_classes = classes.len();
+    let mut sampler_state = None;
+    let num_classes = checkpointer.card.classes.len();
     for step in 1..=config.train.steps {
-        let batch = batches
-            .recv()
-            .map_err(|_| TrainError::Data("the data loader stopped unexpectedly".into()))??;
+        let wait = Instant::now();
+        let loaded = batches.next()?;
+        waited += wait.elapsed();
+        for s in &loaded.skipped {
+            tracing::warn!(
+                "skipped sample {} of {} in dataset {}: {}",
+                s.index,
+                s.shard,
+                s.dataset,
+                s.reason
+            );
+            audit(
+                checkpointer.audit,
+                AuditEvent::SampleSkipped {
+                    dataset: s.dataset.clone(),
+                    shard: s.shard.clone(),
+                    index: s.index as u64,
+                    sample_id: None,
+                    reason: s.reason.clone(),
+                },
+            )?;
+        }
+        skipped_samples += loaded.skipped.len();
         let lr = schedule.step();
-        let parts = batch_loss(&net, &batch, num_classes, config, device);
+        let parts = batch_loss(&net, &loaded.batch, num_classes, config, device);
         let grads = GradientsParams::from_grads(parts.total.backward(), &net);
         net = optimizer.step(lr, net, grads);
 
+        let every = config.train.checkpoint_every;
+        if every > 0 && step % every == 0 && step < config.train.steps {
+            checkpointer.save(
+                &format!("step-{step:06}"),
+                &net.valid(),
+                step,
+                loaded.sampler_state.clone(),
+                skipped_samples,
+            )?;
+        }
         if step % config.train.log_every == 0 || step == config.train.steps || step == 1 {
             last = LossValues::read(&parts);
             if !last.total.is_finite() {
@@ -324,12 +434,15 @@ where
             }
             let elapsed = start.elapsed().as_secs_f64();
             let ips = (step * config.train.batch_size) as f64 / elapsed.max(1e-9);
+            let data_wait_fraction = waited.as_secs_f64() / elapsed.max(1e-9);
             let line = MetricsLine {
                 step,
                 lr,
                 losses: &last,
                 images_per_second: ips,
                 elapsed_seconds: elapsed,
+                data_wait_fraction,
+                skipped_samples,
             };
             writeln!(
                 metrics,
@@ -343,31 +456,34 @@ where
             bar.set_message(format!("{} lr {lr:.2e} {ips:.1} img/s", last.short()));
             if bar.is_hidden() {
                 tracing::info!(
-                    "step {step}/{} {} lr {lr:.2e} {ips:.1} img/s",
+                    "step {step}/{} {} lr {lr:.2e} {ips:.1} img/s, data wait {:.0}%",
                     config.train.steps,
-                    last.short()
+                    last.short(),
+                    100.0 * data_wait_fraction
                 );
             }
         }
+        sampler_state = Some(loaded.sampler_state);
         bar.inc(1);
     }
     bar.finish_and_clear();
     let seconds = start.elapsed().as_secs_f64();
 
-    let card = ModelCard {
-        format: MODEL_FORMAT.into(),
-        architecture: arch,
-        classes,
-        input: config.model.input.clone(),
-        normalization: Normalization::default(),
-        decode: config.eval,
-        provenance: Provenance {
-            steps: config.train.steps,
-            ..provenance
+    let (checkpoint, checkpoint_hash) = checkpointer.save(
+        "final",
+        &net.valid(),
+        config.train.steps,
+        sampler_state.expect("at least one step"),
+        skipped_samples,
+    )?;
+    let audit_head = audit(
+        checkpointer.audit,
+        AuditEvent::RunEnd {
+            steps: config.train.steps as u64,
+            skipped_samples: skipped_samples as u64,
+            status: "completed".into(),
         },
-    };
-    let checkpoint = run_dir.join("checkpoints").join("final.safetensors");
-    let checkpoint_hash = save_model(&net.valid(), &card, &checkpoint)?;
+    )?;
     let summary = TrainSummary {
         run_dir: run_dir.clone(),
         checkpoint,
@@ -377,6 +493,9 @@ where
         final_losses: last,
         images_per_second: (config.train.steps * config.train.batch_size) as f64 / seconds,
         seconds,
+        data_wait_fraction: waited.as_secs_f64() / seconds.max(1e-9),
+        skipped_samples,
+        audit_head,
     };
     write_atomic(
         &run_dir.join("summary.json"),

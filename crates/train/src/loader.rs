@@ -1,0 +1,230 @@
+//! Batches for training: the sampler picks slots, worker threads read, verify, decode and
+//! augment them, and a loader thread keeps `prefetch_batches` batches ready ahead of the step.
+//!
+//! Every random choice of a slot (augmentation parameters, mosaic partners) comes from a
+//! ChaCha8 RNG seeded by the slot's own seed, so a batch depends only on the sampler state it
+//! was drawn from: a run resumed from a saved state sees exactly the batches it would have seen.
+
+use std::collections::BTreeSet;
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use percept_data::{
+    augment, collate_augmented, mosaic, AugmentConfig, AugmentParams, Augmented, Batch,
+    DataError, IntegrityPolicy, MosaicParams, RegionSampler, Sample, SampleRef, SamplerState,
+};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+
+use crate::data::TrainingData;
+use crate::TrainError;
+
+/// How batches are built.
+#[derive(Debug, Clone)]
+pub struct LoaderOptions {
+    pub batch_size: usize,
+    /// Network input size.
+    pub width: u32,
+    pub height: u32,
+    pub augment: AugmentConfig,
+    /// Batches kept ready ahead of the consumer.
+    pub prefetch_batches: usize,
+    /// Decode/augment threads; 0: one per core.
+    pub workers: usize,
+}
+
+/// A sample that failed verification or decoding and was skipped (integrity policy `skip`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkippedSample {
+    pub dataset: String,
+    pub shard: String,
+    /// Index within the shard.
+    pub index: usize,
+    pub reason: String,
+}
+
+/// One batch and what it took to build it.
+#[derive(Debug, Clone)]
+pub struct LoadedBatch {
+    pub batch: Batch,
+    /// The slots the batch holds, in order.
+    pub slots: Vec<SampleRef>,
+    /// Samples skipped for the first time while building this batch.
+    pub skipped: Vec<SkippedSample>,
+    /// The sampler state after this batch: saved with a checkpoint taken after this step.
+    pub sampler_state: SamplerState,
+}
+
+/// Builds batches one after another; owns the sampler and the set of known-bad samples.
+pub struct BatchBuilder {
+    data: Arc<TrainingData>,
+    sampler: RegionSampler,
+    options: LoaderOptions,
+    pool: rayon::ThreadPool,
+    /// `(dataset, index)` of samples already skipped: reported once, never read again.
+    bad: BTreeSet<(usize, usize)>,
+}
+
+impl BatchBuilder {
+    pub fn new(
+        data: Arc<TrainingData>,
+        sampler: RegionSampler,
+        options: LoaderOptions,
+    ) -> Result<BatchBuilder, TrainError> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(options.workers)
+            .thread_name(|i| format!("percept-data-{i}"))
+            .build()
+            .map_err(|e| TrainError::Invalid(format!("data.workers: {e}")))?;
+        Ok(BatchBuilder {
+            data,
+            sampler,
+            options,
+            pool,
+            bad: BTreeSet::new(),
+        })
+    }
+
+    /// Draws, reads and augments the next batch. Under integrity `skip`, a failing sample is
+    /// recorded and its slot refilled from the sampler; under `fail` the error names it.
+    pub fn next_batch(&mut self) -> Result<LoadedBatch, TrainError> {
+        let n = self.options.batch_size;
+        let mut slots: Vec<SampleRef> = Vec::with_capacity(n);
+        let mut items: Vec<Augmented> = Vec::with_capacity(n);
+        let mut skipped = Vec::new();
+        while items.len() < n {
+            let wanted = n - items.len();
+            let mut fresh = Vec::with_capacity(wanted);
+            while fresh.len() < wanted {
+                let r = self.sampler.next();
+                if !self.bad.contains(&(r.dataset, r.index)) {
+                    fresh.push(r);
+                }
+            }
+            let data = &self.data;
+            let options = &self.options;
+            let results: Vec<Result<Augmented, (SampleRef, DataError)>> = self.pool.install(|| {
+                fresh
+                    .par_iter()
+                    .map(|r| prepare(data, r, options).map_err(|e| e))
+                    .collect()
+            });
+            for (r, result) in fresh.iter().zip(results) {
+                match result {
+                    Ok(item) => {
+                        slots.push(*r);
+                        items.push(item);
+                    }
+                    Err((failed, error)) => {
+                        if self.data.integrity() == IntegrityPolicy::Fail {
+                            return Err(TrainError::Dataset(error));
+                        }
+                        if self.bad.insert((failed.dataset, failed.index)) {
+                            skipped.push(self.describe(&failed, &error));
+                        }
+                        if self.bad.len() >= self.data.len() {
+                            return Err(TrainError::Data(format!(
+                                "every one of the {} training samples failed verification or \
+                                 decoding; the last: {error}",
+                                self.data.len()
+                            )));
+                        }
+                    }
+                }
+            }
+        }
+        let batch = self.pool.install(|| collate_augmented(&items));
+        Ok(LoadedBatch {
+            batch,
+            slots,
+            skipped,
+            sampler_state: self.sampler.state(),
+        })
+    }
+
+    fn describe(&self, r: &SampleRef, error: &DataError) -> SkippedSample {
+        let ds = self.data.dataset(r.dataset);
+        let (shard, index) = match (ds.shard_file(r.index), ds.locate(r.index)) {
+            (Ok(file), Ok((_, local))) => (file.to_string(), local),
+            _ => (String::new(), r.index),
+        };
+        SkippedSample {
+            dataset: ds.manifest().name.clone(),
+            shard,
+            index,
+            reason: error.to_string(),
+        }
+    }
+}
+
+/// Reads and augments one slot: its RNG decides the augmentation and, with probability
+/// `mosaic_probability`, three mosaic partners from the same dataset (same region, so the
+/// same traffic side).
+fn prepare(
+    data: &TrainingData,
+    r: &SampleRef,
+    options: &LoaderOptions,
+) -> Result<Augmented, (SampleRef, DataError)> {
+    let mut rng = ChaCha8Rng::seed_from_u64(r.seed);
+    let sample = data.get(r).map_err(|e| (*r, e))?;
+    let (w, h) = (options.width, options.height);
+    let cfg = &options.augment;
+    if cfg.mosaic_probability > 0.0 && rng.random::<f32>() < cfg.mosaic_probability {
+        let len = data.dataset(r.dataset).len();
+        let partners: Vec<SampleRef> = (0..3)
+            .map(|_| SampleRef {
+                index: rng.random_range(0..len),
+                ..*r
+            })
+            .collect();
+        let tiles: Vec<Sample> = partners
+            .iter()
+            .map(|p| data.get(p).map_err(|e| (*p, e)))
+            .collect::<Result<_, _>>()?;
+        let params = MosaicParams::draw(cfg, &mut rng);
+        let all = [&sample, &tiles[0], &tiles[1], &tiles[2]];
+        if let Ok(item) = mosaic(all, &params, w, h) {
+            return Ok(item);
+        }
+    }
+    let params = AugmentParams::draw(cfg, &mut rng);
+    Ok(augment(&sample, &params, w, h))
+}
+
+/// The loader thread: builds batches ahead of the training loop.
+pub struct BatchLoader {
+    rx: Receiver<Result<LoadedBatch, TrainError>>,
+    _thread: JoinHandle<()>,
+}
+
+impl BatchLoader {
+    /// Starts building `batches` batches (the run's remaining steps) on a background thread.
+    pub fn spawn(mut builder: BatchBuilder, batches: usize) -> BatchLoader {
+        let (tx, rx) = sync_channel(builder.options.prefetch_batches.max(1));
+        let thread = std::thread::Builder::new()
+            .name("percept-loader".into())
+            .spawn(move || {
+                for _ in 0..batches {
+                    let batch = builder.next_batch();
+                    let failed = batch.is_err();
+                    if tx.send(batch).is_err() || failed {
+                        return;
+                    }
+                }
+            })
+            .expect("spawn the loader thread");
+        BatchLoader {
+            rx,
+            _thread: thread,
+        }
+    }
+
+    /// The next batch, waiting for it if the workers are behind.
+    pub fn next(&self) -> Result<LoadedBatch, TrainError> {
+        self.rx
+            .recv()
+            .map_err(|_| TrainError::Data("the data loader stopped unexpectedly".into()))?
+    }
+}
