@@ -557,11 +557,7 @@ impl ShardReader {
     /// `percept bench data` decodes alone as its baseline).
     pub fn jpeg_bytes(&self, i: usize) -> Result<&[u8]> {
         let bytes = self.record_bytes(i)?;
-        let parts = split_record(bytes).map_err(|what| DataError::CorruptRecord {
-            path: self.path.clone(),
-            index: i,
-            what,
-        })?;
+        let parts = split_record(bytes).map_err(|what| self.corrupt(i, what))?;
         Ok(parts.image)
     }
 
@@ -1138,17 +1134,17 @@ mod tests {
                 let record = entries
                     .iter()
                     .position(|e| (e.offset..e.offset + e.length).contains(&(pos as u64)));
-                let in_index = (index_offset..n - FOOTER_LEN).contains(&pos);
-                let (entry, field) = (
-                    pos.wrapping_sub(index_offset) / INDEX_ENTRY_LEN,
-                    pos.wrapping_sub(index_offset) % INDEX_ENTRY_LEN,
-                );
+                // (entry, byte within the entry) for a byte of the index.
+                let in_index = pos
+                    .checked_sub(index_offset)
+                    .filter(|&k| k < entries.len() * INDEX_ENTRY_LEN)
+                    .map(|k| (k / INDEX_ENTRY_LEN, k % INDEX_ENTRY_LEN));
                 let damaged = match (record, in_index) {
                     // Record bytes or the checksum the index keeps for them.
                     (Some(i), _) => Some(i),
-                    (None, true) if field >= 16 => Some(entry),
+                    (None, Some((entry, field))) if field >= 16 => Some(entry),
                     // Magics, footer, index offsets and lengths: refused on open.
-                    (None, true) => {
+                    (None, Some((entry, _))) => {
                         match opened {
                             Err(DataError::CorruptRecord { index, .. })
                                 if index == entry || index == entry + 1 => {}
@@ -1157,7 +1153,7 @@ mod tests {
                         }
                         None
                     }
-                    (None, false) => {
+                    (None, None) => {
                         assert!(
                             matches!(opened, Err(DataError::CorruptShard { .. })),
                             "byte {pos} ^ {flip:#x}: got {opened:?}"
@@ -1211,6 +1207,14 @@ mod tests {
             Err(DataError::CorruptRecord { index: 2, .. }) => {}
             other => panic!("expected corrupt record 2, got {other:?}"),
         }
+        // Index offset near u64::MAX: `offset + 48 * count` must not overflow (the input on
+        // which the fuzz harness's own index walk overflowed).
+        let mut b = full.clone();
+        b[n - 24..n - 16].copy_from_slice(&(u64::MAX - 40).to_le_bytes());
+        assert!(matches!(
+            ShardReader::from_bytes(&path, b),
+            Err(DataError::CorruptShard { .. })
+        ));
         // Not a shard at all.
         std::fs::write(&path, vec![0u8; 100]).unwrap();
         assert!(matches!(
