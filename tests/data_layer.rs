@@ -34,7 +34,10 @@ fn synth(dir: &Path, region: &str, train: usize, seed: u64) -> PathBuf {
 }
 
 fn config(dir: &Path, data: &[&Path], site: &str, extra: &str) -> RunConfig {
-    let datasets: Vec<String> = data.iter().map(|d| format!("{:?}", d.display().to_string())).collect();
+    let datasets: Vec<String> = data
+        .iter()
+        .map(|d| format!("{:?}", d.display().to_string()))
+        .collect();
     let text = format!(
         r#"
 name = "run"
@@ -104,8 +107,8 @@ fn a_cn_site_over_de_data_is_refused_before_any_shard_is_read() {
     for shard in shard_files(&data) {
         std::fs::remove_file(shard).unwrap();
     }
-    let err = commands::train(&config(dir.path(), &[&data], "CN", ""), DeviceSpec::Cpu)
-        .unwrap_err();
+    let err =
+        commands::train(&config(dir.path(), &[&data], "CN", ""), DeviceSpec::Cpu).unwrap_err();
     assert!(matches!(err, TrainError::Residency(_)), "{err}");
     let msg = err.to_string();
     for want in [
@@ -164,9 +167,10 @@ fn an_edited_manifest_is_refused() {
 /// Flips one byte inside record `k` of `shard` (records follow the 8-byte magic back to back).
 fn damage_record(shard: &Path, k: usize) {
     let reader = ShardReader::open(shard).unwrap();
-    let offset: usize = 8 + (0..k)
-        .map(|i| reader.record_bytes(i).unwrap().len())
-        .sum::<usize>();
+    let offset: usize = 8
+        + (0..k)
+            .map(|i| reader.record_bytes(i).unwrap().len())
+            .sum::<usize>();
     let len = reader.record_bytes(k).unwrap().len();
     drop(reader);
     let mut bytes = std::fs::read(shard).unwrap();
@@ -180,7 +184,12 @@ fn a_damaged_sample_stops_the_run_or_is_skipped_and_recorded() {
     let data = synth(dir.path(), "DE", 4, 1);
     let shard = shard_files(&data)
         .into_iter()
-        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("train"))
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("train")
+        })
         .unwrap();
     damage_record(&shard, 2);
 
@@ -192,12 +201,7 @@ fn a_damaged_sample_stops_the_run_or_is_skipped_and_recorded() {
     assert!(opened[0]["result"].as_str().unwrap().contains("blake3"));
 
     // Under `skip` the run goes on: 2 steps x 2 images over 4 samples meets sample 2 once.
-    let config = config(
-        dir.path(),
-        &[&data],
-        "DE",
-        "integrity = \"skip\"",
-    );
+    let config = config(dir.path(), &[&data], "DE", "integrity = \"skip\"");
     std::fs::remove_dir_all(dir.path().join("runs")).unwrap();
     let summary = commands::train(&config, DeviceSpec::Cpu).unwrap();
     assert_eq!(summary.skipped_samples, 1);
@@ -237,8 +241,8 @@ fn percept(args: &[&str]) -> (bool, String, String) {
 fn audit_verify_holds_and_catches_deleted_edited_and_truncated_entries() {
     let dir = tempfile::tempdir().unwrap();
     let data = synth(dir.path(), "DE", 4, 1);
-    let summary = commands::train(&config(dir.path(), &[&data], "DE", ""), DeviceSpec::Cpu)
-        .unwrap();
+    let summary =
+        commands::train(&config(dir.path(), &[&data], "DE", ""), DeviceSpec::Cpu).unwrap();
     let run = dir.path().join("runs/run");
     let export = dir.path().join("model.safetensors");
     commands::export_model(&summary.checkpoint, &export, DeviceSpec::Cpu).unwrap();
@@ -260,7 +264,10 @@ fn audit_verify_holds_and_catches_deleted_edited_and_truncated_entries() {
 
     // The state beside the step-1 checkpoint holds the sampler one batch in.
     let state = RunState::load(&run.join("checkpoints/step-000001.state.json")).unwrap();
-    assert_eq!((state.step, state.sampler.epoch, state.sampler.position), (1, 0, 2));
+    assert_eq!(
+        (state.step, state.sampler.epoch, state.sampler.position),
+        (1, 0, 2)
+    );
     assert_eq!(
         state.sampler.datasets[0].manifest_hash,
         Manifest::load_dir(&data).unwrap().hash()
@@ -270,13 +277,20 @@ fn audit_verify_holds_and_catches_deleted_edited_and_truncated_entries() {
     assert_eq!(v.report.entries, 7);
     assert_eq!(v.pins.len(), 3, "two checkpoint states and the summary");
     let (ok, stdout, _) = percept(&["audit", "verify", run.to_str().unwrap()]);
-    assert!(ok && stdout.contains("the chain holds (7 entries"), "{stdout}");
+    assert!(
+        ok && stdout.contains("the chain holds (7 entries"),
+        "{stdout}"
+    );
 
     let log = run.join("audit.jsonl");
     let original = std::fs::read_to_string(&log).unwrap();
     let lines: Vec<&str> = original.lines().collect();
     let rewrite = |lines: &[&str]| {
-        std::fs::write(&log, lines.iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap()
+        std::fs::write(
+            &log,
+            lines.iter().map(|l| format!("{l}\n")).collect::<String>(),
+        )
+        .unwrap()
     };
 
     // A deleted entry.
@@ -377,9 +391,16 @@ fn a_resumed_data_stream_equals_the_uninterrupted_one() {
         .flat_map(|b| &b.slots)
         .filter(|s| s.dataset == 1)
         .count();
-    assert_eq!(at_slots, 8 + 0, "quota of AT in the first epoch is round(0.7 * 12) = 8");
+    assert_eq!(
+        at_slots,
+        8 + 0,
+        "quota of AT in the first epoch is round(0.7 * 12) = 8"
+    );
     // Mirrored frames carry the opposite traffic side.
-    let sides: Vec<TrafficSide> = straight.iter().flat_map(|b| b.batch.traffic_sides.clone()).collect();
+    let sides: Vec<TrafficSide> = straight
+        .iter()
+        .flat_map(|b| b.batch.traffic_sides.clone())
+        .collect();
     assert!(sides.contains(&TrafficSide::Left) && sides.contains(&TrafficSide::Right));
 
     for cut in [1, 4, 5] {

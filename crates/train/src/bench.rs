@@ -113,7 +113,9 @@ pub fn bench_data(
             "--threads {t}: give thread counts of at least 1"
         )));
     }
-    let dir = options.scratch.join(format!("percept-bench-data-{}", std::process::id()));
+    let dir = options
+        .scratch
+        .join(format!("percept-bench-data-{}", std::process::id()));
     if dir.exists() {
         return Err(TrainError::Invalid(format!(
             "scratch directory {} already exists; remove it or pick another --scratch",

@@ -54,8 +54,8 @@ pub fn train(config: &RunConfig, device: DeviceSpec) -> Result<TrainSummary, Tra
         path: run_dir.clone(),
         source: e,
     })?;
-    let mut log = AuditLog::open(run_dir.join(AUDIT_FILE))
-        .map_err(|e| TrainError::Audit(e.to_string()))?;
+    let mut log =
+        AuditLog::open(run_dir.join(AUDIT_FILE)).map_err(|e| TrainError::Audit(e.to_string()))?;
     write_atomic(&run_dir.join("config.toml"), config.to_toml().as_bytes())?;
     audit(
         &mut log,

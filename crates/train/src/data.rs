@@ -71,12 +71,12 @@ pub fn open_cleared(
     cleared: &ClearedDataset,
     split: Split,
     integrity: IntegrityPolicy,
-    mut log: Option<&mut AuditLog>,
+    log: Option<&mut AuditLog>,
 ) -> Result<Dataset, TrainError> {
     let name = cleared.manifest().name.clone();
     let mut checks: Vec<ShardCheck> = Vec::new();
     let opened = Dataset::open(cleared, split, integrity, &mut |c| checks.push(c.clone()));
-    if let Some(log) = log.as_deref_mut() {
+    if let Some(log) = log {
         for c in checks {
             audit(
                 log,

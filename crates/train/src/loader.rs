@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use percept_data::{
-    augment, collate_augmented, mosaic, AugmentConfig, AugmentParams, Augmented, Batch,
-    DataError, IntegrityPolicy, MosaicParams, RegionSampler, Sample, SampleRef, SamplerState,
+    augment, collate_augmented, mosaic, AugmentConfig, AugmentParams, Augmented, Batch, DataError,
+    IntegrityPolicy, MosaicParams, RegionSampler, Sample, SampleRef, SamplerState,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -105,10 +105,10 @@ impl BatchBuilder {
             }
             let data = &self.data;
             let options = &self.options;
-            let results: Vec<Result<Augmented, (SampleRef, DataError)>> = self.pool.install(|| {
+            let results: Vec<Result<Augmented, SlotFailure>> = self.pool.install(|| {
                 fresh
                     .par_iter()
-                    .map(|r| prepare(data, r, options).map_err(|e| e))
+                    .map(|r| prepare(data, r, options))
                     .collect()
             });
             for (r, result) in fresh.iter().zip(results) {
@@ -117,7 +117,8 @@ impl BatchBuilder {
                         slots.push(*r);
                         items.push(item);
                     }
-                    Err((failed, error)) => {
+                    Err(failure) => {
+                        let (failed, error) = *failure;
                         if self.data.integrity() == IntegrityPolicy::Fail {
                             return Err(TrainError::Dataset(error));
                         }
@@ -159,6 +160,9 @@ impl BatchBuilder {
     }
 }
 
+/// A slot whose sample (or one of its mosaic partners) failed: which sample, and why.
+type SlotFailure = Box<(SampleRef, DataError)>;
+
 /// Reads and augments one slot: its RNG decides the augmentation and, with probability
 /// `mosaic_probability`, three mosaic partners from the same dataset (same region, so the
 /// same traffic side).
@@ -166,9 +170,9 @@ fn prepare(
     data: &TrainingData,
     r: &SampleRef,
     options: &LoaderOptions,
-) -> Result<Augmented, (SampleRef, DataError)> {
+) -> Result<Augmented, SlotFailure> {
     let mut rng = ChaCha8Rng::seed_from_u64(r.seed);
-    let sample = data.get(r).map_err(|e| (*r, e))?;
+    let sample = data.get(r).map_err(|e| Box::new((*r, e)))?;
     let (w, h) = (options.width, options.height);
     let cfg = &options.augment;
     if cfg.mosaic_probability > 0.0 && rng.random::<f32>() < cfg.mosaic_probability {
@@ -181,7 +185,7 @@ fn prepare(
             .collect();
         let tiles: Vec<Sample> = partners
             .iter()
-            .map(|p| data.get(p).map_err(|e| (*p, e)))
+            .map(|p| data.get(p).map_err(|e| Box::new((*p, e))))
             .collect::<Result<_, _>>()?;
         let params = MosaicParams::draw(cfg, &mut rng);
         let all = [&sample, &tiles[0], &tiles[1], &tiles[2]];
