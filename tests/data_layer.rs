@@ -2,36 +2,17 @@
 //! records and proves what a run did, integrity policies, and an exactly resumable data stream.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 
-use percept::data::{
-    audit, write_synthetic_dataset, Manifest, ShardReader, Site, SynthOptions, TrafficSide,
-};
+use percept::data::{audit, Manifest, ShardReader, Site, TrafficSide};
 use percept::train::config::RunConfig;
 use percept::train::data::TrainingData;
 use percept::train::loader::{BatchBuilder, LoadedBatch, LoaderOptions};
 use percept::train::trainer::RunState;
 use percept::train::{commands, DeviceSpec, TrainError};
 
-const W: u32 = 96;
-const H: u32 = 64;
-
-fn synth(dir: &Path, region: &str, train: usize, seed: u64) -> PathBuf {
-    let out = dir.join(format!("synth-{region}"));
-    let options = SynthOptions {
-        name: format!("test-{region}"),
-        region: region.into(),
-        width: W,
-        height: H,
-        train,
-        val: 2,
-        seed,
-        samples_per_shard: 8,
-    };
-    write_synthetic_dataset(&out, &options, &|_| {}).unwrap();
-    out
-}
+mod common;
+use common::{percept, synth, H, W};
 
 fn config(dir: &Path, data: &[&Path], site: &str, extra: &str) -> RunConfig {
     let datasets: Vec<String> = data
@@ -225,18 +206,6 @@ fn a_damaged_sample_stops_the_run_or_is_skipped_and_recorded() {
     assert_eq!(end["status"], "completed");
 }
 
-fn percept(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_percept"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn audit_verify_holds_and_catches_deleted_edited_and_truncated_entries() {
     let dir = tempfile::tempdir().unwrap();
@@ -276,7 +245,7 @@ fn audit_verify_holds_and_catches_deleted_edited_and_truncated_entries() {
     let v = commands::audit_verify(&run).unwrap();
     assert_eq!(v.report.entries, 7);
     assert_eq!(v.pins.len(), 3, "two checkpoint states and the summary");
-    let (ok, stdout, _) = percept(&["audit", "verify", run.to_str().unwrap()]);
+    let common::Output { ok, stdout, .. } = percept(&["audit", "verify", run.to_str().unwrap()]);
     assert!(
         ok && stdout.contains("the chain holds (7 entries"),
         "{stdout}"
@@ -297,7 +266,7 @@ fn audit_verify_holds_and_catches_deleted_edited_and_truncated_entries() {
     let mut deleted = lines.clone();
     deleted.remove(2);
     rewrite(&deleted);
-    let (ok, _, stderr) = percept(&["audit", "verify", run.to_str().unwrap()]);
+    let common::Output { ok, stderr, .. } = percept(&["audit", "verify", run.to_str().unwrap()]);
     assert!(!ok);
     assert!(
         stderr.contains("line 3") && stderr.contains("seq 2") && stderr.contains("missing"),
@@ -332,9 +301,11 @@ fn audit_verify_holds_and_catches_deleted_edited_and_truncated_entries() {
 }
 
 fn loader_options() -> LoaderOptions {
-    let mut augment = percept::data::AugmentConfig::default();
-    augment.flip = percept::data::FlipPolicy::MirrorTrafficSide;
-    augment.mosaic_probability = 0.3;
+    let augment = percept::data::AugmentConfig {
+        flip: percept::data::FlipPolicy::MirrorTrafficSide,
+        mosaic_probability: 0.3,
+        ..Default::default()
+    };
     LoaderOptions {
         batch_size: 3,
         width: W,
@@ -392,8 +363,7 @@ fn a_resumed_data_stream_equals_the_uninterrupted_one() {
         .filter(|s| s.dataset == 1)
         .count();
     assert_eq!(
-        at_slots,
-        8 + 0,
+        at_slots, 8,
         "quota of AT in the first epoch is round(0.7 * 12) = 8"
     );
     // Mirrored frames carry the opposite traffic side.
@@ -425,8 +395,7 @@ fn a_resumed_data_stream_equals_the_uninterrupted_one() {
     synth(dir.path(), "DE", 7, 99);
     let err = open()
         .resume_sampler(&config, saved)
-        .err()
-        .expect("refused")
+        .unwrap_err()
         .to_string();
     assert!(err.contains("test-DE"), "{err}");
 }

@@ -1,12 +1,11 @@
 //! End-to-end tests of the library and the `percept` binary on tiny synthetic data.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
 use burn::backend::{Autodiff, Flex};
 use burn::module::AutodiffModule;
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
-use percept::data::{collate, write_synthetic_dataset, Manifest, Split, SynthOptions};
+use percept::data::{collate, Manifest, Split};
 use percept::model::{ModelSize, PerceptionNet, PerceptionNetConfig};
 use percept::train::config::RunConfig;
 use percept::train::data::open_for_site;
@@ -15,24 +14,8 @@ use percept::train::model_file::load_model;
 use percept::train::trainer::batch_loss;
 use percept::train::{commands, DeviceSpec};
 
-const W: u32 = 96;
-const H: u32 = 64;
-
-fn synth(dir: &Path, region: &str, train: usize) -> PathBuf {
-    let out = dir.join(format!("synth-{region}"));
-    let options = SynthOptions {
-        name: format!("test-{region}"),
-        region: region.into(),
-        width: W,
-        height: H,
-        train,
-        val: 4,
-        seed: 3,
-        samples_per_shard: 8,
-    };
-    write_synthetic_dataset(&out, &options, &|_| {}).unwrap();
-    out
-}
+mod common;
+use common::{percept, synth, H, W};
 
 fn config(dir: &Path, data: &Path, steps: usize) -> RunConfig {
     let text = format!(
@@ -67,7 +50,7 @@ min_lr_ratio = 1.0
 #[test]
 fn train_export_reload_predict() {
     let dir = tempfile::tempdir().unwrap();
-    let data = synth(dir.path(), "DE", 6);
+    let data = synth(dir.path(), "DE", 6, 3);
     let config = config(dir.path(), &data, 2);
     let summary = commands::train(&config, DeviceSpec::Cpu).unwrap();
     assert_eq!(summary.steps, 2);
@@ -134,7 +117,7 @@ fn train_export_reload_predict() {
 fn a_fixed_batch_overfits() {
     type A = Autodiff<Flex>;
     let dir = tempfile::tempdir().unwrap();
-    let data = synth(dir.path(), "DE", 2);
+    let data = synth(dir.path(), "DE", 2, 3);
     let mut config = config(dir.path(), &data, 1);
     config.optimizer.lr = 0.01;
     let ds = open_for_site(&data, Split::Train, "DE").unwrap();
@@ -160,17 +143,6 @@ fn a_fixed_batch_overfits() {
     let _ = net.valid();
 }
 
-fn percept(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_percept"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn bad_configs_are_refused_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
@@ -186,7 +158,8 @@ fn bad_configs_are_refused_naming_the_key() {
     for (i, (text, key)) in cases.iter().enumerate() {
         let path = dir.path().join(format!("bad{i}.toml"));
         std::fs::write(&path, text).unwrap();
-        let (ok, stderr) = percept(&["train", "--config", path.to_str().unwrap()]);
+        let common::Output { ok, stderr, .. } =
+            percept(&["train", "--config", path.to_str().unwrap()]);
         assert!(!ok);
         assert!(stderr.contains(key), "{stderr}");
         assert!(stderr.contains(&format!("bad{i}.toml")), "{stderr}");
@@ -196,7 +169,7 @@ fn bad_configs_are_refused_naming_the_key() {
 
 /// Runs the binary, expecting a refusal whose message contains `needle` and no panic.
 fn refused(args: &[&str], needle: &str) {
-    let (ok, stderr) = percept(args);
+    let common::Output { ok, stderr, .. } = percept(args);
     assert!(!ok, "{args:?} succeeded");
     assert!(stderr.contains(needle), "{args:?}: {stderr}");
     assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
