@@ -16,6 +16,7 @@
 //! caller's RNG (seeded per sample by the loader); [`augment`] and [`mosaic`] are deterministic.
 
 use std::ops::Range;
+use std::ptr;
 
 use image::{GrayImage, RgbImage};
 use rand::Rng;
@@ -98,20 +99,23 @@ impl AugmentConfig {
     /// Checks the ranges the types cannot; every problem names its key and the valid range,
     /// one per line.
     pub fn validate(&self) -> Result<(), String> {
-        let unit = |v: f32| (0.0..=1.0).contains(&v);
-        let checks = [
-            ("scale", self.scale, (0.0..1.0).contains(&self.scale), "[0, 1)"),
-            ("translate", self.translate, (0.0..=0.5).contains(&self.translate), "[0, 0.5]"),
-            ("hue", self.hue, (0.0..=0.5).contains(&self.hue), "[0, 0.5]"),
-            ("saturation", self.saturation, unit(self.saturation), "[0, 1]"),
-            ("value", self.value, unit(self.value), "[0, 1]"),
-            ("flip_probability", self.flip_probability, unit(self.flip_probability), "[0, 1]"),
-            ("mosaic_probability", self.mosaic_probability, unit(self.mosaic_probability), "[0, 1]"),
+        // Every range starts at 0; the upper bound is allowed where the flag says so.
+        let ranges = [
+            ("scale", self.scale, 1.0, false),
+            ("translate", self.translate, 0.5, true),
+            ("hue", self.hue, 0.5, true),
+            ("saturation", self.saturation, 1.0, true),
+            ("value", self.value, 1.0, true),
+            ("flip_probability", self.flip_probability, 1.0, true),
+            ("mosaic_probability", self.mosaic_probability, 1.0, true),
         ];
-        let mut problems: Vec<String> = checks
+        let mut problems: Vec<String> = ranges
             .into_iter()
-            .filter(|&(_, _, valid, _)| !valid)
-            .map(|(key, v, _, range)| format!("augment.{key} = {v}: give a value in {range}"))
+            .filter(|&(_, v, max, inclusive)| !(v >= 0.0 && (v < max || inclusive && v == max)))
+            .map(|(key, v, max, inclusive)| {
+                let close = if inclusive { ']' } else { ')' };
+                format!("augment.{key} = {v}: give a value in [0, {max}{close}")
+            })
             .collect();
         if !(self.min_box_side.is_finite() && self.min_box_side >= 0.0) {
             problems.push(format!(
@@ -279,10 +283,19 @@ impl Augmented {
 
     /// Paints `sample` through `placement`: pixels, masks and boxes.
     fn paint(&mut self, sample: &Sample, placement: &Placement, min_box_side: f32) {
+        let size = sample.image.dimensions();
+        // The image's map is the masks' map too.
+        assert!(
+            sample.drivable.dimensions() == size && sample.lanes.dimensions() == size,
+            "sample {}: masks must have the image's size",
+            sample.id
+        );
         warp_image(&sample.image, placement, &mut self.image);
-        // Masks have the image's size (a `Sample` invariant), so the image's map fits them.
-        warp_mask(&sample.drivable, placement, &mut self.drivable);
-        warp_mask(&sample.lanes, placement, &mut self.lanes);
+        warp_masks(
+            [&sample.drivable, &sample.lanes],
+            placement,
+            [&mut self.drivable, &mut self.lanes],
+        );
         self.boxes.extend(
             sample
                 .boxes
@@ -315,7 +328,7 @@ pub fn augment(sample: &Sample, params: &AugmentParams, width: u32, height: u32)
 
 /// A YOLO-style mosaic of four frames on one `width x height` canvas.
 ///
-/// The tiles meet at `params.centre`: tile 0 fills the top-left quadrant, 1 the top-right, 2 the
+/// The tiles meet at `(centre_x, centre_y)`: tile 0 fills the top-left quadrant, 1 the top-right, 2 the
 /// bottom-left and 3 the bottom-right, each touching the centre with its inner corner (tile 0
 /// its bottom-right corner, and so on) and cropped to its quadrant. Each tile is scaled by its
 /// own letterbox scale times `params.zoom`. Then the whole canvas is flipped and jittered like a
@@ -329,7 +342,11 @@ pub fn mosaic(
     height: u32,
 ) -> Result<Augmented, String> {
     let side = tiles[0].traffic_side;
-    if let Some((i, odd)) = tiles.iter().enumerate().find(|(_, t)| t.traffic_side != side) {
+    if let Some((i, odd)) = tiles
+        .iter()
+        .enumerate()
+        .find(|(_, t)| t.traffic_side != side)
+    {
         return Err(format!(
             "mosaic tiles must share one traffic side: tile 0 ({}) drives on the {}, tile {i} \
              ({}) on the {}",
@@ -339,7 +356,8 @@ pub fn mosaic(
             side_name(odd.traffic_side)
         ));
     }
-    let at = |fraction: f32, len: u32| (fraction * len as f32).round().clamp(0.0, len as f32) as u32;
+    let at =
+        |fraction: f32, len: u32| (fraction * len as f32).round().clamp(0.0, len as f32) as u32;
     let centre = (at(params.centre_x, width), at(params.centre_y, height));
     let mut out = Augmented::blank(
         width,
@@ -404,8 +422,9 @@ impl AxisMap {
     }
 }
 
-/// Where one source frame lands on the canvas: the map of each axis and the window of canvas
-/// pixels it may paint (`x0..x1` by `y0..y1`: its quadrant in a mosaic, else the whole canvas).
+/// Where one source frame lands on the canvas: the map of each axis and, per axis, the
+/// half-open window of canvas pixels it may paint (its quadrant in a mosaic, else the whole
+/// canvas).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct Placement {
     x: AxisMap,
@@ -508,7 +527,10 @@ impl Placement {
             let (a, b) = (map.apply(lo), map.apply(hi));
             // A mirrored axis maps the far edge to the near one.
             let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
-            (lo.clamp(w0 as f32, w1 as f32), hi.clamp(w0 as f32, w1 as f32))
+            (
+                lo.clamp(w0 as f32, w1 as f32),
+                hi.clamp(w0 as f32, w1 as f32),
+            )
         };
         let (x1, x2) = span(self.x, b.x1, b.x2, self.x_window);
         let (y1, y2) = span(self.y, b.y1, b.y2, self.y_window);
@@ -619,17 +641,27 @@ pub(crate) fn warp_image(src: &RgbImage, placement: &Placement, canvas: &mut Rgb
         let start = rows.start as usize * stride + cols.start as usize * 3;
         (&src.as_raw()[start..], stride)
     } else {
-        downsampled = box_downsample(src, factor, cols.clone(), rows);
+        downsampled = run_simd(BoxDownsample {
+            src,
+            factor,
+            cols: cols.clone(),
+            rows,
+        });
         (downsampled.as_slice(), cols.len() * 3)
     };
     let canvas_stride = canvas.width() as usize * 3;
     let canvas = &mut canvas.as_mut()[y_first * canvas_stride + x_first * 3..];
-    let source = Rows {
-        pixels,
-        stride,
-        len: cols.len() * 3,
-    };
-    resample(&source, &x_taps, &y_taps, canvas, canvas_stride);
+    run_simd(Resample {
+        source: Rows {
+            pixels,
+            stride,
+            len: cols.len() * 3,
+        },
+        x_taps: &x_taps,
+        y_taps: &y_taps,
+        canvas,
+        canvas_stride,
+    });
 }
 
 /// RGB rows of a source: row `r` is `pixels[r * stride..][..len]`.
@@ -648,86 +680,223 @@ impl Rows<'_> {
 /// Bilinear resampling of `source` at the given taps into `canvas` rows (`canvas_stride`
 /// bytes apart; row 0, pixel 0 is the first tap pair's pixel).
 ///
-/// Vertical blend first: it runs over whole contiguous rows in u16 and vectorises; the
-/// horizontal pass then gathers two blended pixels per canvas pixel. Weights are 8-bit, so the
-/// products fit u16 (255 * 256) and u32 (65280 * 256).
-fn resample(
-    source: &Rows<'_>,
-    x_taps: &[LinearTap],
-    y_taps: &[LinearTap],
-    canvas: &mut [u8],
+/// Per canvas row: a vertical blend of two source rows, a gather of each canvas pixel's two
+/// blended neighbours, and the horizontal blend. The blends run over contiguous u16 values
+/// and vectorise. Weights are 8-bit (sum 256): the vertical blend is at most 255 * 256; the
+/// horizontal one takes the high halves of 16-bit products with weights scaled by 128 (one
+/// SIMD instruction per 16 values), which truncates less than 1/128 of a level per product
+/// (uniform areas and whole-pixel copies come out exact).
+struct Resample<'a> {
+    source: Rows<'a>,
+    x_taps: &'a [LinearTap],
+    y_taps: &'a [LinearTap],
+    canvas: &'a mut [u8],
     canvas_stride: usize,
-) {
-    // Whole pixels, so that the gather below costs one bounds check per tap.
-    let mut blended = vec![[0u16; 3]; source.len / 3];
-    for (y, tap) in y_taps.iter().enumerate() {
-        let (near, far) = (source.row(tap.near), source.row(tap.far));
-        let (wn, wf) = (256 - tap.weight, tap.weight);
-        for ((b, &n), &f) in blended.as_flattened_mut().iter_mut().zip(near).zip(far) {
-            *b = n as u16 * wn + f as u16 * wf;
-        }
-        let out = &mut canvas[y * canvas_stride..][..x_taps.len() * 3];
-        for (px, tap) in out.chunks_exact_mut(3).zip(x_taps) {
-            let (near, far) = (blended[tap.near as usize], blended[tap.far as usize]);
-            let (wn, wf) = (256 - tap.weight as u32, tap.weight as u32);
-            for c in 0..3 {
-                let v = near[c] as u32 * wn + far[c] as u32 * wf;
-                px[c] = ((v + (1 << 15)) >> 16) as u8;
+}
+
+impl SimdKernel for Resample<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run(self) {
+        let values = self.x_taps.len() * 3;
+        let per_value = |weight: fn(&LinearTap) -> u16| -> Vec<u16> {
+            self.x_taps.iter().flat_map(|t| [weight(t); 3]).collect()
+        };
+        let (near_weights, far_weights) = (
+            per_value(|t| (256 - t.weight) * 128),
+            per_value(|t| t.weight * 128),
+        );
+        let gather = |pixel: fn(&LinearTap) -> u32| {
+            PixelGather::new(self.x_taps.iter().map(pixel).collect(), self.source.len)
+        };
+        let (near_pixels, far_pixels) = (gather(|t| t.near), gather(|t| t.far));
+        let mut blended = vec![0u16; PixelGather::row_len(self.source.len)];
+        let mut near = vec![0u16; PixelGather::lanes_len(self.x_taps.len())];
+        let mut far = vec![0u16; near.len()];
+        for (y, tap) in self.y_taps.iter().enumerate() {
+            let (top, bottom) = (self.source.row(tap.near), self.source.row(tap.far));
+            let (wt, wb) = (256 - tap.weight, tap.weight);
+            for ((b, &t), &u) in blended.iter_mut().zip(top).zip(bottom) {
+                *b = t as u16 * wt + u as u16 * wb;
             }
+            near_pixels.run(&blended, &mut near);
+            far_pixels.run(&blended, &mut far);
+            let out = &mut self.canvas[y * self.canvas_stride..][..values];
+            let pairs = near.iter().zip(&far);
+            let weights = near_weights.iter().zip(&far_weights);
+            for (o, ((&n, &f), (&wn, &wf))) in out.iter_mut().zip(pairs.zip(weights)) {
+                let high = |v: u16, w: u16| ((v as u32 * w as u32) >> 16) as u16;
+                // At most 65280 * 32768 / 65536 = 32640: level * 128.
+                let v = high(n, wn) + high(f, wf);
+                *o = ((v + 64) >> 7) as u8;
+            }
+        }
+    }
+}
+
+/// Copies chosen RGB pixels of a row of u16 values into consecutive pixels of a lane array,
+/// so that arithmetic on them runs over contiguous values.
+///
+/// Each pixel moves as one 8-byte copy of 4 values (its RGB and the next red, which the next
+/// copy overwrites), without bounds checks, which would be most of the work: the indices are
+/// checked once, here, against the row length, and each call checks the lengths of its
+/// slices. Rows and lane arrays carry one spare value for the last 4-value copy.
+struct PixelGather {
+    pixels: Vec<u32>,
+    row_values: usize,
+}
+
+impl PixelGather {
+    /// Gathers `pixels` (RGB indices) from rows of `row_values` values.
+    fn new(pixels: Vec<u32>, row_values: usize) -> Self {
+        assert!(
+            pixels.iter().all(|&p| p as usize * 3 + 3 <= row_values),
+            "pixel indices inside the row"
+        );
+        PixelGather { pixels, row_values }
+    }
+
+    /// Length of a row buffer for rows of `values` values (one spare).
+    fn row_len(values: usize) -> usize {
+        values + 1
+    }
+
+    /// Length of a lane array for `pixels` pixels (one spare).
+    fn lanes_len(pixels: usize) -> usize {
+        pixels * 3 + 1
+    }
+
+    #[inline(always)]
+    fn run(&self, row: &[u16], lanes: &mut [u16]) {
+        assert!(row.len() >= Self::row_len(self.row_values));
+        assert!(lanes.len() >= Self::lanes_len(self.pixels.len()));
+        let (src, dst) = (row.as_ptr(), lanes.as_mut_ptr());
+        for (x, &p) in self.pixels.iter().enumerate() {
+            // SAFETY: reads `3p .. 3p + 4 <= row_values + 1 <= row.len()` (checked in `new`
+            // and above), writes `3x .. 3x + 4 <= lanes.len()`; `row` and `lanes` are
+            // distinct borrows.
+            unsafe { ptr::copy_nonoverlapping(src.add(p as usize * 3), dst.add(x * 3), 4) };
         }
     }
 }
 
 /// The `factor x factor` block averages of `src` over block columns `cols` and block rows
 /// `rows` (all whole blocks inside the image), RGB row-major.
-fn box_downsample(src: &RgbImage, factor: u32, cols: Range<u32>, rows: Range<u32>) -> Vec<u8> {
-    let f = factor as usize;
-    let stride = src.width() as usize * 3;
-    let span = cols.start as usize * f * 3..cols.end as usize * f * 3;
-    // `sum * scale >> 16` divides by the block's pixel count (exactly for powers of two);
-    // block sums are at most 255 * MAX_DOWNSAMPLE^2, so the product fits u32.
-    let scale = (65536.0 / (f * f) as f32).round() as u32;
-    let mut out = vec![0u8; cols.len() * rows.len() * 3];
-    let mut sums = vec![0u16; span.len()];
-    for (block_row, out_row) in rows.zip(out.chunks_exact_mut(cols.len() * 3)) {
-        sums.fill(0);
-        for y in block_row as usize * f..(block_row as usize + 1) * f {
-            let row = &src.as_raw()[y * stride..][span.clone()];
-            for (s, &p) in sums.iter_mut().zip(row) {
-                *s += p as u16;
-            }
-        }
-        for (o, block) in out_row.chunks_exact_mut(3).zip(sums.chunks_exact(3 * f)) {
-            let mut total = [0u32; 3];
-            for px in block.chunks_exact(3) {
-                for c in 0..3 {
-                    total[c] += px[c] as u32;
-                }
-            }
-            for c in 0..3 {
-                o[c] = ((total[c] * scale + (1 << 15)) >> 16) as u8;
-            }
-        }
-    }
-    out
+///
+/// Per block row: the block's source rows summed (contiguous, vectorises), then per pixel
+/// within a block, a gather of that pixel of every block and a sum over the gathered rows.
+/// Sums are at most `255 * MAX_DOWNSAMPLE^2`, which fits u16.
+struct BoxDownsample<'a> {
+    src: &'a RgbImage,
+    factor: u32,
+    cols: Range<u32>,
+    rows: Range<u32>,
 }
 
-/// Warps a mask through `placement` into `canvas`, nearest neighbour; canvas pixels outside
-/// the source or the window are left as they are.
-pub(crate) fn warp_mask(src: &GrayImage, placement: &Placement, canvas: &mut GrayImage) {
-    let (w, h) = src.dimensions();
+impl SimdKernel for BoxDownsample<'_> {
+    type Output = Vec<u8>;
+
+    #[inline(always)]
+    fn run(self) -> Vec<u8> {
+        let f = self.factor as usize;
+        let stride = self.src.width() as usize * 3;
+        let span = self.cols.start as usize * f * 3..self.cols.end as usize * f * 3;
+        let blocks = self.cols.len();
+        // Pixel `k` of every block, relative to the span.
+        let gathers: Vec<PixelGather> = (0..self.factor)
+            .map(|k| {
+                let pixels = (0..blocks as u32).map(|j| j * self.factor + k).collect();
+                PixelGather::new(pixels, span.len())
+            })
+            .collect();
+        // `sum * scale >> 16` divides by the block's pixel count (exactly for powers of two).
+        let scale = (65536.0 / (f * f) as f32).round() as u32;
+        let mut out = vec![0u8; blocks * self.rows.len() * 3];
+        let mut sums = vec![0u16; PixelGather::row_len(span.len())];
+        let mut lanes = vec![0u16; PixelGather::lanes_len(blocks)];
+        let mut totals = vec![0u16; lanes.len()];
+        for (block_row, out_row) in self.rows.zip(out.chunks_exact_mut(blocks * 3)) {
+            sums.fill(0);
+            for y in block_row as usize * f..(block_row as usize + 1) * f {
+                let row = &self.src.as_raw()[y * stride..][span.clone()];
+                for (s, &p) in sums.iter_mut().zip(row) {
+                    *s += p as u16;
+                }
+            }
+            totals.fill(0);
+            for gather in &gathers {
+                gather.run(&sums, &mut lanes);
+                for (t, &l) in totals.iter_mut().zip(&lanes) {
+                    *t += l;
+                }
+            }
+            for (o, &t) in out_row.iter_mut().zip(&totals) {
+                *o = ((t as u32 * scale + (1 << 15)) >> 16) as u8;
+            }
+        }
+        out
+    }
+}
+
+/// Warps masks of one size through `placement` into canvases of one size, nearest
+/// neighbour; canvas pixels outside the source or the window are left as they are.
+///
+/// The masks of a frame go together: they share the source coordinates and the loop.
+pub(crate) fn warp_masks<const N: usize>(
+    sources: [&GrayImage; N],
+    placement: &Placement,
+    canvases: [&mut GrayImage; N],
+) {
+    let Some(first) = sources.first() else {
+        return;
+    };
+    let (w, h) = first.dimensions();
+    let canvas_stride = canvases[0].width() as usize;
+    assert!(
+        sources.iter().all(|s| s.dimensions() == (w, h))
+            && canvases
+                .iter()
+                .all(|c| c.dimensions() == canvases[0].dimensions()),
+        "the masks of a frame share one size"
+    );
     let (x_first, x_coords) = source_coords(placement.x, w, placement.x_window);
     let (y_first, y_coords) = source_coords(placement.y, h, placement.y_window);
     // `source_coords` keeps coordinates in `[0, len)`, so truncation is an index in range.
-    let xs: Vec<usize> = x_coords.iter().map(|&s| s as usize).collect();
+    let xs = ByteGather::new(x_coords.iter().map(|&s| s as u32).collect(), w as usize);
     let src_stride = w as usize;
-    let canvas_stride = canvas.width() as usize;
-    let canvas = canvas.as_mut();
+    let mut canvases = canvases.map(|c| c.as_mut());
     for (y, &sy) in y_coords.iter().enumerate() {
-        let row = &src.as_raw()[sy as usize * src_stride..][..src_stride];
         let start = (y_first + y) * canvas_stride + x_first;
-        for (out, &sx) in canvas[start..start + xs.len()].iter_mut().zip(&xs) {
-            *out = row[sx];
+        for (source, canvas) in sources.iter().zip(&mut canvases) {
+            let row = &source.as_raw()[sy as usize * src_stride..][..src_stride];
+            xs.run(row, &mut canvas[start..start + x_coords.len()]);
+        }
+    }
+}
+
+/// Copies chosen bytes of a row into consecutive bytes, without bounds checks (which would
+/// be most of the work): the indices are checked once, here, against the row length, and each
+/// call checks the lengths of its slices.
+struct ByteGather {
+    indices: Vec<u32>,
+    row_len: usize,
+}
+
+impl ByteGather {
+    fn new(indices: Vec<u32>, row_len: usize) -> Self {
+        assert!(
+            indices.iter().all(|&i| (i as usize) < row_len),
+            "indices inside the row"
+        );
+        ByteGather { indices, row_len }
+    }
+
+    fn run(&self, row: &[u8], out: &mut [u8]) {
+        assert!(row.len() >= self.row_len && out.len() >= self.indices.len());
+        for (o, &i) in out.iter_mut().zip(&self.indices) {
+            // SAFETY: `i < row_len <= row.len()`, checked in `new` and above.
+            *o = unsafe { *row.get_unchecked(i as usize) };
         }
     }
 }
@@ -735,24 +904,21 @@ pub(crate) fn warp_mask(src: &GrayImage, placement: &Placement, canvas: &mut Gra
 // ---------------------------------------------------------------------------------------------
 // HSV jitter
 
-/// Hue resolution: 256 steps in each of the 6 sectors of the colour hexagon. Fine enough that
-/// an 8-bit RGB pixel goes to HSV and back unchanged (see `hsv_round_trip_is_exact`).
-const HUE_STEPS: f32 = 1536.0;
-
 /// Pixels per batch of the HSV pass. The per-pixel arithmetic runs lane by lane over a batch,
 /// which the compiler turns into SIMD.
-const HSV_BATCH: usize = 16;
+const HSV_BATCH: usize = 64;
 
-/// One [`HsvJitter`] on 8-bit levels.
-///
-/// YOLOv5 converts to HSV, maps each channel through a lookup table of `round(level * gain)`
-/// and converts back. Here the table entries are computed rather than looked up: a lookup per
-/// pixel is a gather, which keeps the whole pass scalar. All values are whole numbers below
-/// 2^13, exact in `f32`, and every rounding is of a quotient of such numbers, so the results
-/// are those of exact integer arithmetic.
+/// Sectors of the colour hexagon: hues are measured in sectors, red at 0, green at 2, blue at 4.
+const SECTORS: f32 = 6.0;
+
+/// `MAGIC + x` rounds `x` to a whole number (ties to even) for `|x| < 2^22`, and the whole
+/// number then sits in the low mantissa bits.
+const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23
+
+/// One [`HsvJitter`] in the units of [`HsvGains::apply`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct HsvGains {
-    /// Added to the hue, a whole number in `0..HUE_STEPS`.
+    /// Added to the hue, in sectors, in `[-3, 3]`.
     hue_shift: f32,
     saturation: f32,
     value: f32,
@@ -760,26 +926,31 @@ struct HsvGains {
 
 impl HsvGains {
     fn new(jitter: &HsvJitter) -> Self {
+        let turns = jitter.hue_shift - jitter.hue_shift.round();
         HsvGains {
-            hue_shift: (jitter.hue_shift * HUE_STEPS).round().rem_euclid(HUE_STEPS),
-            saturation: jitter.saturation_gain,
-            value: jitter.value_gain,
+            hue_shift: turns * SECTORS,
+            saturation: jitter.saturation_gain.max(0.0),
+            value: jitter.value_gain.max(0.0),
         }
     }
 
-    /// Whether every colour maps to itself (the gains round to identity tables).
     fn is_identity(&self) -> bool {
-        let identity = |gain| (0..=255).all(|v| gained_level(v as f32, gain) == v as f32);
-        self.hue_shift == 0.0 && identity(self.saturation) && identity(self.value)
+        self.hue_shift == 0.0 && self.saturation == 1.0 && self.value == 1.0
     }
 
-    /// `HSV_BATCH` RGB pixels to HSV, through the gains, and back.
+    /// `HSV_BATCH` RGB pixels to HSV, through the gains, and back, rounded once at the end.
+    ///
+    /// YOLOv5 maps 8-bit H, S and V through lookup tables; a lookup per pixel is a gather,
+    /// which keeps a loop scalar, so here the same maps are computed in `f32` lanes instead,
+    /// and without 8-bit rounding in between (neutral gains give back every colour exactly).
     ///
     /// Value is the largest channel and chroma the spread (value - smallest); saturation is
     /// chroma / value. Scaling saturation scales chroma (clipped at value, saturation 1), and
-    /// scaling value at fixed saturation scales chroma by the same factor. The hue says which
-    /// channel is largest and smallest and where the middle one sits between them. Grey
-    /// (chroma 0) stays grey whatever the hue.
+    /// scaling value at fixed saturation scales chroma by the same factor. Each channel is at
+    /// value within one sector of its own hue, falls to value - chroma over the next sector on
+    /// either side, and stays there beyond. Selects and min/max instead of branches keep the
+    /// loop vectorisable; grey (chroma 0) stays grey whatever the hue.
+    #[inline(always)]
     fn apply(&self, pixels: &mut [u8; 3 * HSV_BATCH]) {
         let mut planes = [[0.0f32; HSV_BATCH]; 3];
         for (i, px) in pixels.chunks_exact(3).enumerate() {
@@ -788,102 +959,132 @@ impl HsvGains {
             }
         }
         let [r, g, b] = planes;
-        let mut out = [[0.0f32; HSV_BATCH]; 3];
+        let mut out = [[0u8; HSV_BATCH]; 3];
         for i in 0..HSV_BATCH {
             let (r, g, b) = (r[i], g[i], b[i]);
-            let value = r.max(g).max(b);
-            let chroma = value - r.min(g).min(b);
-            // The largest channel picks a pair of sectors; the other two, in hue order, say how
-            // far the hue lies before or after the pair's middle, in 1/256ths of a sector.
-            let (centre, after, before) = if r == value {
-                (0.0, g, b)
+            let value = max(max(r, g), b);
+            let chroma = value - min(min(r, g), b);
+            // The largest channel's hue, moved towards the larger of the other two.
+            let (centre, diff) = if r == value {
+                (0.0, g - b)
             } else if g == value {
-                (512.0, b, r)
+                (2.0, b - r)
             } else {
-                (1024.0, r, g)
+                (4.0, r - g)
             };
-            let offset = round_half_up(256.0 * (after - before).abs() / chroma.max(1.0));
-            let hue = centre + self.hue_shift
-                + if after >= before {
-                    offset
-                } else {
-                    HUE_STEPS - offset
-                };
-            let hue = wrap_hue(wrap_hue(hue));
-            let new_value = gained_level(value, self.value);
-            let chroma = gained_level(chroma, self.saturation).min(value);
-            let chroma = round_half_up(chroma * new_value / value.max(1.0));
-            let low = new_value - chroma;
-            let sector = floor(hue / 256.0);
-            let step = hue - 256.0 * sector;
-            // The middle channel rises through even sectors and falls through odd ones.
-            let odd = sector - 2.0 * floor(sector / 2.0) == 1.0;
-            let rise = if odd { 256.0 - step } else { step };
-            let mid = low + floor((chroma * rise + 128.0) / 256.0);
-            // Sectors 0..6 start at red, yellow, green, cyan, blue, magenta.
-            let level = |top: [f32; 2], middle: [f32; 2]| {
-                if top.contains(&sector) {
-                    new_value
-                } else if middle.contains(&sector) {
-                    mid
-                } else {
-                    low
-                }
-            };
-            out[0][i] = level([0.0, 5.0], [1.0, 4.0]);
-            out[1][i] = level([1.0, 2.0], [0.0, 3.0]);
-            out[2][i] = level([3.0, 4.0], [2.0, 5.0]);
+            // One division for both quotients below (`1 / (chroma * value)`); the products are
+            // whole numbers below 2^16, exact in `f32`.
+            let reciprocal = 1.0 / max(chroma * value, 1.0);
+            let hue = centre + diff * value * reciprocal + self.hue_shift;
+            let new_value = min(value * self.value, 255.0);
+            let new_chroma = min(chroma * self.saturation, value) * new_value * chroma * reciprocal;
+            for (plane, own) in out.iter_mut().zip([0.0, 2.0, 4.0]) {
+                // Distance around the circle: `hue - own` lies within ±8 sectors.
+                let distance = (hue - own).abs();
+                let distance = min(distance, (SECTORS - distance).abs());
+                let fall = min(max(distance - 1.0, 0.0), 1.0);
+                plane[i] = level_to_u8(new_value - fall * new_chroma);
+            }
         }
         for (i, px) in pixels.chunks_exact_mut(3).enumerate() {
             for c in 0..3 {
-                px[c] = out[c][i] as u8;
+                px[c] = out[c][i];
             }
         }
     }
 }
 
-/// `x` rounded down, for `0 <= x < 2^31` (a truncating conversion, which SIMD has).
-fn floor(x: f32) -> f32 {
-    x as i32 as f32
+/// A level in `0..=255`, rounded, as a byte: a bit cast, which vectorises (a saturating
+/// `as u8` does not).
+#[inline(always)]
+fn level_to_u8(level: f32) -> u8 {
+    (level + MAGIC).to_bits() as u8
 }
 
-/// `x` rounded to the nearest whole number, halves up, for `0 <= x < 2^31`.
-fn round_half_up(x: f32) -> f32 {
-    floor(x + 0.5)
-}
-
-/// A hue of up to two turns brought back by one turn.
-fn wrap_hue(hue: f32) -> f32 {
-    if hue >= HUE_STEPS {
-        hue - HUE_STEPS
+/// The larger of two non-NaN values, as one SIMD instruction (`f32::max` also orders NaN).
+#[inline(always)]
+fn max(a: f32, b: f32) -> f32 {
+    if a > b {
+        a
     } else {
-        hue
+        b
     }
 }
 
-/// `round(level * gain)` clamped to `0..=255`: one entry of a YOLOv5 per-channel table.
-fn gained_level(level: f32, gain: f32) -> f32 {
-    round_half_up((level * gain).max(0.0)).min(255.0)
+/// The smaller of two non-NaN values.
+#[inline(always)]
+fn min(a: f32, b: f32) -> f32 {
+    if a < b {
+        a
+    } else {
+        b
+    }
 }
 
 /// Applies `jitter` to every pixel of `image` (border included, as YOLOv5 does).
 fn apply_hsv(image: &mut RgbImage, jitter: &HsvJitter) {
     let gains = HsvGains::new(jitter);
-    // Most eval and many training frames have no jitter: skip the pass.
+    // Evaluation and unjittered training frames skip the pass.
     if gains.is_identity() {
         return;
     }
-    let mut batches = image.as_mut().chunks_exact_mut(3 * HSV_BATCH);
-    for batch in &mut batches {
-        gains.apply(batch.try_into().expect("a batch of whole pixels"));
+    run_simd(HsvPass {
+        pixels: image.as_mut(),
+        gains,
+    });
+}
+
+/// [`HsvGains::apply`] over a whole image.
+struct HsvPass<'a> {
+    pixels: &'a mut [u8],
+    gains: HsvGains,
+}
+
+impl SimdKernel for HsvPass<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run(self) {
+        let mut batches = self.pixels.chunks_exact_mut(3 * HSV_BATCH);
+        for batch in &mut batches {
+            self.gains
+                .apply(batch.try_into().expect("a batch of whole pixels"));
+        }
+        let tail = batches.into_remainder();
+        if !tail.is_empty() {
+            let mut padded = [0u8; 3 * HSV_BATCH];
+            padded[..tail.len()].copy_from_slice(tail);
+            self.gains.apply(&mut padded);
+            tail.copy_from_slice(&padded[..tail.len()]);
+        }
     }
-    let tail = batches.into_remainder();
-    if !tail.is_empty() {
-        let mut padded = [0u8; 3 * HSV_BATCH];
-        padded[..tail.len()].copy_from_slice(tail);
-        gains.apply(&mut padded);
-        tail.copy_from_slice(&padded[..tail.len()]);
+}
+
+/// A hot loop written for the compiler to vectorise, which [`run_simd`] compiles twice.
+///
+/// `run` must be `#[inline(always)]`, and so must what it calls, to be compiled into both.
+pub(crate) trait SimdKernel {
+    type Output;
+    fn run(self) -> Self::Output;
+}
+
+/// Runs `kernel` compiled for AVX2 and FMA where the CPU has them, else for the build target.
+///
+/// The default x86-64 target has only SSE2; AVX2 doubles the lanes. Results are the same
+/// either way: Rust never fuses a multiply and an add on its own.
+pub(crate) fn run_simd<K: SimdKernel>(kernel: K) -> K::Output {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2,fma")]
+        fn avx2<K: SimdKernel>(kernel: K) -> K::Output {
+            kernel.run()
+        }
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU has the features `avx2` is compiled for.
+            return unsafe { avx2(kernel) };
+        }
     }
+    kernel.run()
 }
 
 #[cfg(test)]
@@ -966,7 +1167,10 @@ mod tests {
                     || cy < b.y1 - margin
                     || cy > b.y2 + margin;
                 let px = *out.image.get_pixel(x, y);
-                let masks = [out.drivable.get_pixel(x, y)[0], out.lanes.get_pixel(x, y)[0]];
+                let masks = [
+                    out.drivable.get_pixel(x, y)[0],
+                    out.lanes.get_pixel(x, y)[0],
+                ];
                 if inside {
                     assert_eq!((px, masks), (colour, [1, 1]), "inside at ({x}, {y})");
                 } else if outside {
@@ -1024,10 +1228,16 @@ mod tests {
         let flips = (0..1000)
             .filter(|_| AugmentParams::draw(&mirror, &mut rng).flip)
             .count();
-        assert!((400..600).contains(&flips), "{flips} flips of 1000 at p = 0.5");
+        assert!(
+            (400..600).contains(&flips),
+            "{flips} flips of 1000 at p = 0.5"
+        );
 
         let mut p = AugmentParams::identity();
-        assert_eq!(augment(&sample, &p, 64, 32).traffic_side, TrafficSide::Right);
+        assert_eq!(
+            augment(&sample, &p, 64, 32).traffic_side,
+            TrafficSide::Right
+        );
         p.flip = true;
         let flipped = augment(&sample, &p, 64, 32);
         assert_eq!(flipped.traffic_side, TrafficSide::Left);
@@ -1109,7 +1319,7 @@ mod tests {
         let (w, h) = sample.image.dimensions();
         let out = augment(&sample, &AugmentParams::identity(), w, h);
         assert_eq!(out.image, sample.image);
-        // Gains that round to identity tables skip the pass as well.
+        // Gains within rounding of neutral change nothing either.
         let mut image = sample.image.clone();
         apply_hsv(
             &mut image,
@@ -1161,12 +1371,21 @@ mod tests {
         // Value clips at 255: 200 * 1.5 -> 255, the rest scaled with it (chroma 160 -> 204).
         assert_eq!(apply([200, 40, 40], jitter(0.0, 1.0, 1.5)), [255, 51, 51]);
         // Saturation x0.5 halves the spread below value; x4 clips at saturation 1.
-        assert_eq!(apply([200, 100, 40], jitter(0.0, 0.5, 1.0)), [200, 150, 120]);
+        assert_eq!(
+            apply([200, 100, 40], jitter(0.0, 0.5, 1.0)),
+            [200, 150, 120]
+        );
         assert_eq!(apply([200, 100, 150], jitter(0.0, 4.0, 1.0)), [200, 0, 100]);
         // A third of the circle turns red into green and green into blue.
         assert_eq!(apply([255, 0, 0], jitter(1.0 / 3.0, 1.0, 1.0)), [0, 255, 0]);
-        assert_eq!(apply([10, 200, 10], jitter(1.0 / 3.0, 1.0, 1.0)), [10, 10, 200]);
-        assert_eq!(apply([255, 0, 0], jitter(-1.0 / 6.0, 1.0, 1.0)), [255, 0, 255]);
+        assert_eq!(
+            apply([10, 200, 10], jitter(1.0 / 3.0, 1.0, 1.0)),
+            [10, 10, 200]
+        );
+        assert_eq!(
+            apply([255, 0, 0], jitter(-1.0 / 6.0, 1.0, 1.0)),
+            [255, 0, 255]
+        );
     }
 
     #[test]
@@ -1233,7 +1452,10 @@ mod tests {
             "augment.mosaic_probability = -1: give a value in [0, 1]",
             "augment.min_box_side = -2: give a number of pixels >= 0",
         ] {
-            assert!(message.lines().any(|l| l == line), "{line:?} not in\n{message}");
+            assert!(
+                message.lines().any(|l| l == line),
+                "{line:?} not in\n{message}"
+            );
         }
     }
 
@@ -1293,9 +1515,15 @@ mod tests {
         ];
         assert_eq!(out.boxes, want);
         for (b, tile) in want.iter().zip(&tiles) {
-            assert_eq!(out.image.get_pixel(b.x1 as u32 + 5, b.y1 as u32 + 5), tile.image.get_pixel(15, 15));
+            assert_eq!(
+                out.image.get_pixel(b.x1 as u32 + 5, b.y1 as u32 + 5),
+                tile.image.get_pixel(15, 15)
+            );
         }
-        assert_eq!(out.drivable.as_raw().iter().filter(|&&v| v == 1).count(), 4 * 80 * 40);
+        assert_eq!(
+            out.drivable.as_raw().iter().filter(|&&v| v == 1).count(),
+            4 * 80 * 40
+        );
 
         // Centre (60, 72) (0.3 * 200, 0.6 * 120), zoom 0.75 -> scale 1.5 (tiles 150x90), then
         // flipped. Before the flip, tile 0 spans x -90..60, y -18..72; its box (10,10)-(90,50)
@@ -1335,5 +1563,70 @@ mod tests {
         let refs = [&tiles[0], &tiles[1], &tiles[2], &tiles[3]];
         let err = mosaic(refs, &mosaic_params(0.5, 0.5, 1.0, false), 64, 64).unwrap_err();
         assert!(err.contains("tile 2 (odd-one) on the left"), "{err}");
+    }
+
+    #[test]
+    fn simd_dispatch_matches_the_portable_build() {
+        // `run_simd` picks the AVX2 build where the CPU has one; calling `run` directly uses
+        // the build target's. Same source, same arithmetic: the results must be identical.
+        let (w, h) = (97u32, 61u32);
+        let noise = |x: u32, y: u32, k: u32| ((x * 73 + y * 151 + k * 29) ^ (x * y)) as u8;
+        let src = RgbImage::from_fn(w, h, |x, y| {
+            Rgb([noise(x, y, 1), noise(x, y, 2), noise(x, y, 3)])
+        });
+
+        let downsample = || BoxDownsample {
+            src: &src,
+            factor: 3,
+            cols: 2..30,
+            rows: 1..19,
+        };
+        assert_eq!(run_simd(downsample()), downsample().run());
+
+        let coords = |n: u32, step: f32| (0..n).map(|i| 0.3 + i as f32 * step).collect::<Vec<_>>();
+        let (x_taps, y_taps) = (
+            linear_taps(&coords(150, 0.61), 1, w),
+            linear_taps(&coords(90, 0.63), 1, h),
+        );
+        let resample = |canvas: &mut [u8], simd: bool| {
+            let kernel = Resample {
+                source: Rows {
+                    pixels: src.as_raw(),
+                    stride: w as usize * 3,
+                    len: w as usize * 3,
+                },
+                x_taps: &x_taps,
+                y_taps: &y_taps,
+                canvas,
+                canvas_stride: 150 * 3,
+            };
+            if simd {
+                run_simd(kernel)
+            } else {
+                kernel.run()
+            }
+        };
+        let (mut a, mut b) = (vec![0u8; 150 * 90 * 3], vec![0u8; 150 * 90 * 3]);
+        resample(&mut a, true);
+        resample(&mut b, false);
+        assert_eq!(a, b);
+
+        let gains = HsvGains::new(&HsvJitter {
+            hue_shift: -0.21,
+            saturation_gain: 1.4,
+            value_gain: 0.7,
+        });
+        let (mut a, mut b) = (src.as_raw().clone(), src.as_raw().clone());
+        run_simd(HsvPass {
+            pixels: &mut a,
+            gains,
+        });
+        HsvPass {
+            pixels: &mut b,
+            gains,
+        }
+        .run();
+        assert_eq!(a, b);
+        assert_ne!(&a, src.as_raw());
     }
 }

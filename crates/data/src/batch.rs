@@ -7,11 +7,14 @@
 //! nearest for masks), so letterboxed and augmented frames are resampled the same way. Pixel
 //! values are normalised as `(v / 255 - NORM_MEAN[c]) / NORM_STD[c]`.
 
+use std::mem::MaybeUninit;
+
 use image::{GrayImage, RgbImage};
 use rayon::prelude::*;
 
 use crate::augment::{
-    augment, grey_canvas, warp_image, warp_mask, AugmentParams, Augmented, Placement,
+    augment, grey_canvas, run_simd, warp_image, warp_masks, AugmentParams, Augmented, Placement,
+    SimdKernel,
 };
 use crate::sample::{BoxLabel, Sample, TrafficSide};
 
@@ -101,7 +104,11 @@ pub fn letterbox_image(img: &RgbImage, width: u32, height: u32) -> (RgbImage, Le
 pub fn letterbox_mask(mask: &GrayImage, width: u32, height: u32) -> (GrayImage, Letterbox) {
     let lb = Letterbox::fit(mask.width(), mask.height(), width, height);
     let mut out = GrayImage::new(width, height);
-    warp_mask(mask, &Placement::letterbox(&lb, width, height), &mut out);
+    warp_masks(
+        [mask],
+        &Placement::letterbox(&lb, width, height),
+        [&mut out],
+    );
     (out, lb)
 }
 
@@ -134,29 +141,129 @@ fn norm_lut() -> [[f32; 256]; 3] {
     lut
 }
 
-fn write_chw(img: &RgbImage, out: &mut [f32], lut: &[[f32; 256]; 3]) {
-    let hw = img.width() as usize * img.height() as usize;
-    let (r, rest) = out.split_at_mut(hw);
-    let (g, b) = rest.split_at_mut(hw);
-    for (((px, r), g), b) in img.as_raw().chunks_exact(3).zip(r).zip(g).zip(b) {
-        *r = lut[0][px[0] as usize];
-        *g = lut[1][px[1] as usize];
-        *b = lut[2][px[2] as usize];
+/// `images` (each `width * height = pixels`) as normalised `[n, 3, height, width]` floats,
+/// on rayon threads, without zero-filling the floats first (for a batch that pass costs about
+/// as much as the writing).
+fn chw_images(images: &[&RgbImage], pixels: usize) -> Vec<f32> {
+    let lut = norm_lut();
+    let len = images.len() * 3 * pixels;
+    let mut out = Vec::with_capacity(len);
+    if pixels > 0 {
+        out.spare_capacity_mut()[..len]
+            .par_chunks_mut(3 * pixels)
+            .zip(images)
+            .for_each(|(slots, img)| {
+                let written = run_simd(WriteChw {
+                    img,
+                    slots,
+                    lut: &lut,
+                });
+                assert_eq!(written, pixels, "image of {written} pixels, not {pixels}");
+            });
+    }
+    // SAFETY: each block of `3 * pixels` slots is three planes of `pixels`, and `WriteChw`
+    // writes index `i` of all three for each of the `written == pixels` pixels it counts; a
+    // short image panics out of `for_each` before this line.
+    unsafe { out.set_len(len) };
+    out
+}
+
+/// Writes an image's pixels into the three planes of `slots`, one pixel per index, and
+/// counts them (one pass over the interleaved pixels).
+struct WriteChw<'a> {
+    img: &'a RgbImage,
+    slots: &'a mut [MaybeUninit<f32>],
+    lut: &'a [[f32; 256]; 3],
+}
+
+impl SimdKernel for WriteChw<'_> {
+    type Output = usize;
+
+    #[inline(always)]
+    fn run(self) -> usize {
+        let plane = self.slots.len() / 3;
+        let (r, rest) = self.slots.split_at_mut(plane);
+        let (g, b) = rest.split_at_mut(plane);
+        let pixels = self.img.as_raw().chunks_exact(3);
+        // The zip below runs exactly this often (a counter in the loop would keep it scalar).
+        let written = pixels.len().min(plane);
+        for (((px, r), g), b) in pixels.zip(r).zip(g).zip(b) {
+            r.write(self.lut[0][px[0] as usize]);
+            g.write(self.lut[1][px[1] as usize]);
+            b.write(self.lut[2][px[2] as usize]);
+        }
+        written
+    }
+}
+
+/// A mask as 1.0 (non-zero) / 0.0, row-major.
+fn mask_plane(mask: &GrayImage) -> impl Iterator<Item = f32> + '_ {
+    let pixels = mask.width() as usize * mask.height() as usize;
+    mask.as_raw()[..pixels]
+        .iter()
+        .map(|&v| if v > 0 { 1.0 } else { 0.0 })
+}
+
+/// `count` planes of `plane` floats, plane `i` taken from `values(i)`, on rayon threads.
+///
+/// The floats are not zero-filled first (see [`chw_images`]): each plane is written in place
+/// and counted, and a short one panics.
+fn planes<I: Iterator<Item = f32>>(
+    count: usize,
+    plane: usize,
+    values: impl Fn(usize) -> I + Sync,
+) -> Vec<f32> {
+    let len = count * plane;
+    let mut out = Vec::with_capacity(len);
+    if plane > 0 {
+        out.spare_capacity_mut()[..len]
+            .par_chunks_mut(plane)
+            .enumerate()
+            .for_each(|(i, slots)| {
+                let written = run_simd(WritePlane {
+                    slots,
+                    values: values(i),
+                });
+                assert_eq!(written, plane, "plane {i} has {written} of {plane} values");
+            });
+    }
+    // SAFETY: every plane of `0..len` was written whole (counted above; a short plane panics
+    // out of `for_each` before this line).
+    unsafe { out.set_len(len) };
+    out
+}
+
+/// Writes `values` into `slots` and counts them.
+struct WritePlane<'a, I> {
+    slots: &'a mut [MaybeUninit<f32>],
+    values: I,
+}
+
+impl<I: Iterator<Item = f32>> SimdKernel for WritePlane<'_, I> {
+    type Output = usize;
+
+    #[inline(always)]
+    fn run(self) -> usize {
+        let mut written = 0;
+        for (slot, v) in self.slots.iter_mut().zip(self.values) {
+            slot.write(v);
+            written += 1;
+        }
+        written
     }
 }
 
 /// An RGB image as normalised `[3, height, width]` floats (the predictor's input).
 pub fn image_to_chw(img: &RgbImage) -> Vec<f32> {
-    let mut out = vec![0.0; 3 * img.width() as usize * img.height() as usize];
-    write_chw(img, &mut out, &norm_lut());
-    out
+    chw_images(&[img], img.width() as usize * img.height() as usize)
 }
 
 /// Letterboxes every sample to `width x height` (on rayon threads) and stacks them: each
 /// sample through [`augment`] with [`AugmentParams::identity`] (evaluation's input).
 ///
 /// Boxes are mapped to network pixels and clipped to the canvas; boxes narrower or lower than
-/// [`DEFAULT_MIN_BOX_SIDE`](crate::augment::DEFAULT_MIN_BOX_SIDE) network pixels afterwards are dropped.
+/// [`DEFAULT_MIN_BOX_SIDE`](crate::augment::DEFAULT_MIN_BOX_SIDE) network pixels afterwards
+/// are dropped.
 pub fn collate(samples: &[Sample], width: u32, height: u32) -> Batch {
     let items: Vec<Augmented> = samples
         .par_iter()
@@ -184,31 +291,17 @@ fn stack(items: &[Augmented], w: usize, h: usize) -> Batch {
             a.lanes.dimensions(),
         ];
         assert!(
-            sizes.iter().all(|&(iw, ih)| (iw as usize, ih as usize) == (w, h)),
+            sizes
+                .iter()
+                .all(|&(iw, ih)| (iw as usize, ih as usize) == (w, h)),
             "collate: item {i} has image/drivable/lanes sizes {sizes:?}, the batch {w}x{h}"
         );
     }
-    let hw = w * h;
-    let n = items.len();
-    let mut images = vec![0.0f32; n * 3 * hw];
-    let mut drivable = vec![0.0f32; n * hw];
-    let mut lanes = vec![0.0f32; n * hw];
-    if hw > 0 {
-        let lut = norm_lut();
-        images
-            .par_chunks_mut(3 * hw)
-            .zip(drivable.par_chunks_mut(hw))
-            .zip(lanes.par_chunks_mut(hw))
-            .zip(items.par_iter())
-            .for_each(|(((img_out, drv_out), lane_out), a)| {
-                write_chw(&a.image, img_out, &lut);
-                for (mask, out) in [(&a.drivable, drv_out), (&a.lanes, lane_out)] {
-                    for (o, &v) in out.iter_mut().zip(mask.as_raw()) {
-                        *o = if v > 0 { 1.0 } else { 0.0 };
-                    }
-                }
-            });
-    }
+    let (hw, n) = (w * h, items.len());
+    let images: Vec<&RgbImage> = items.iter().map(|a| &a.image).collect();
+    let images = chw_images(&images, hw);
+    let drivable = planes(n, hw, |i| mask_plane(&items[i].drivable));
+    let lanes = planes(n, hw, |i| mask_plane(&items[i].lanes));
     Batch {
         images,
         drivable,
@@ -389,8 +482,15 @@ mod tests {
         for (c, v) in [10.0, 20.0, 30.0].into_iter().enumerate() {
             let plane = &batch.images[c * 16..][..16];
             for (i, &got) in plane.iter().enumerate() {
-                let want = if (4..12).contains(&i) { v } else { PAD_VALUE as f32 };
-                assert!((got - norm(want, c)).abs() < 1e-6, "channel {c} at {i}: {got}");
+                let want = if (4..12).contains(&i) {
+                    v
+                } else {
+                    PAD_VALUE as f32
+                };
+                assert!(
+                    (got - norm(want, c)).abs() < 1e-6,
+                    "channel {c} at {i}: {got}"
+                );
             }
         }
         assert_eq!(
@@ -421,7 +521,7 @@ mod tests {
         ];
         let batch = collate_augmented(&items);
         assert_eq!(batch, {
-            let mut b = collate(&[s.clone()], 2, 2);
+            let mut b = collate(std::slice::from_ref(&s), 2, 2);
             let f = collate_augmented(&items[1..]);
             b.images.extend(f.images);
             b.drivable.extend(f.drivable);
