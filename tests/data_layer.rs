@@ -399,3 +399,57 @@ fn a_resumed_data_stream_equals_the_uninterrupted_one() {
         .to_string();
     assert!(err.contains("test-DE"), "{err}");
 }
+
+#[test]
+fn the_stream_does_not_depend_on_the_number_of_workers_even_with_skips() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = synth(dir.path(), "DE", 12, 4);
+    let shards = shard_files(&data);
+    let train: Vec<&PathBuf> = shards
+        .iter()
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("train")
+        })
+        .collect();
+    damage_record(train[0], 5);
+    damage_record(train[1], 1);
+    let site = Site {
+        region: "DE".into(),
+        name: "t".into(),
+    };
+    let config = config(dir.path(), &[&data], "DE", "integrity = \"skip\"");
+    let data = Arc::new(
+        TrainingData::open_dirs(
+            &config.data.datasets,
+            &site,
+            percept::data::IntegrityPolicy::Skip,
+            None,
+        )
+        .unwrap(),
+    );
+    let stream = |workers| {
+        let options = LoaderOptions {
+            workers,
+            ..loader_options()
+        };
+        let mut builder =
+            BatchBuilder::new(data.clone(), data.sampler(&config).unwrap(), options).unwrap();
+        batches(&mut builder, 10)
+    };
+    let (one, many) = (stream(1), stream(8));
+    let skipped: Vec<_> = one.iter().flat_map(|b| b.skipped.clone()).collect();
+    assert_eq!(
+        skipped.len(),
+        2,
+        "both damaged samples met and skipped once"
+    );
+    for (i, (a, b)) in one.iter().zip(&many).enumerate() {
+        assert_eq!(a.slots, b.slots, "batch {i}");
+        assert_eq!(a.skipped, b.skipped, "batch {i}");
+        assert_eq!(a.sampler_state, b.sampler_state, "batch {i}");
+        assert_eq!(a.batch, b.batch, "batch {i}");
+    }
+}

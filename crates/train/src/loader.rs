@@ -5,7 +5,7 @@
 //! ChaCha8 RNG seeded by the slot's own seed, so a batch depends only on the sampler state it
 //! was drawn from: a run resumed from a saved state sees exactly the batches it would have seen.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -57,12 +57,21 @@ pub struct LoadedBatch {
     pub sampler_state: SamplerState,
 }
 
-/// Builds batches one after another; owns the sampler and the set of known-bad samples.
+/// Builds batches in order; owns the sampler and the set of known-bad samples.
+///
+/// To keep every worker busy when there are more workers than images per batch, it prepares
+/// several batches at once, speculatively: their slots are drawn in order, and if a sample of
+/// batch `j` fails, batch `j` is finished from the sampler state right after its own draws and
+/// the batches after it are dropped and drawn again. So the stream is exactly the one built
+/// one batch at a time, whatever the number of workers.
 pub struct BatchBuilder {
     data: Arc<TrainingData>,
     sampler: RegionSampler,
     options: LoaderOptions,
     pool: rayon::ThreadPool,
+    /// Batches prepared together.
+    lookahead: usize,
+    ready: VecDeque<LoadedBatch>,
     /// `(dataset, index)` of samples already skipped: reported once, never read again.
     bad: BTreeSet<(usize, usize)>,
 }
@@ -78,11 +87,15 @@ impl BatchBuilder {
             .thread_name(|i| format!("percept-data-{i}"))
             .build()
             .map_err(|e| TrainError::Invalid(format!("data.workers: {e}")))?;
+        // Two images per worker in flight balances uneven per-image costs.
+        let lookahead = (2 * pool.current_num_threads()).div_ceil(options.batch_size.max(1));
         Ok(BatchBuilder {
             data,
             sampler,
             options,
             pool,
+            lookahead: lookahead.max(1),
+            ready: VecDeque::new(),
             bad: BTreeSet::new(),
         })
     }
@@ -90,31 +103,114 @@ impl BatchBuilder {
     /// Draws, reads and augments the next batch. Under integrity `skip`, a failing sample is
     /// recorded and its slot refilled from the sampler; under `fail` the error names it.
     pub fn next_batch(&mut self) -> Result<LoadedBatch, TrainError> {
+        if self.ready.is_empty() {
+            self.fill()?;
+        }
+        Ok(self
+            .ready
+            .pop_front()
+            .expect("fill prepares at least one batch"))
+    }
+
+    /// The next `n` slots, passing over samples already known to be bad.
+    fn draw(&mut self, n: usize) -> Vec<SampleRef> {
+        let mut slots = Vec::with_capacity(n);
+        while slots.len() < n {
+            let r = self.sampler.next();
+            if !self.bad.contains(&(r.dataset, r.index)) {
+                slots.push(r);
+            }
+        }
+        slots
+    }
+
+    /// Reads and augments `slots` on the workers.
+    fn prepare_all(&self, slots: &[SampleRef]) -> Vec<Result<Augmented, SlotFailure>> {
+        let (data, options) = (&self.data, &self.options);
+        self.pool.install(|| {
+            slots
+                .par_iter()
+                .map(|r| prepare(data, r, options))
+                .collect()
+        })
+    }
+
+    /// Prepares the next `lookahead` batches into `ready` (see the type's docs).
+    fn fill(&mut self) -> Result<(), TrainError> {
+        let n = self.options.batch_size;
+        let mut drawn = Vec::with_capacity(self.lookahead);
+        let mut states = Vec::with_capacity(self.lookahead);
+        // The sampler right after each batch's draws, to rewind to (not needed after the last).
+        let mut after = Vec::with_capacity(self.lookahead);
+        for j in 0..self.lookahead {
+            drawn.push(self.draw(n));
+            states.push(self.sampler.state());
+            if j + 1 < self.lookahead {
+                after.push(self.sampler.clone());
+            }
+        }
+        let flat: Vec<SampleRef> = drawn.concat();
+        let mut results = self.prepare_all(&flat).into_iter();
+        let mut good: Vec<(Vec<SampleRef>, Vec<Augmented>)> = Vec::new();
+        for (j, slots) in drawn.into_iter().enumerate() {
+            let outcome: Vec<_> = results.by_ref().take(slots.len()).collect();
+            if outcome.iter().all(Result::is_ok) {
+                good.push((slots, outcome.into_iter().flatten().collect()));
+                continue;
+            }
+            // Batch j met a bad sample: rewind to right after its draws and finish it alone.
+            if j < after.len() {
+                self.sampler = after.swap_remove(j);
+            }
+            self.collate_into_ready(good, states);
+            let batch = self.finish_batch(slots, outcome)?;
+            self.ready.push_back(batch);
+            return Ok(());
+        }
+        self.collate_into_ready(good, states);
+        Ok(())
+    }
+
+    /// Collates complete batches (in parallel) into `ready`, each with the sampler state
+    /// after its draws.
+    fn collate_into_ready(
+        &mut self,
+        good: Vec<(Vec<SampleRef>, Vec<Augmented>)>,
+        states: Vec<SamplerState>,
+    ) {
+        let batches: Vec<Batch> = self.pool.install(|| {
+            good.par_iter()
+                .map(|(_, items)| collate_augmented(items))
+                .collect()
+        });
+        for (((slots, _), batch), state) in good.into_iter().zip(batches).zip(states) {
+            self.ready.push_back(LoadedBatch {
+                batch,
+                slots,
+                skipped: Vec::new(),
+                sampler_state: state,
+            });
+        }
+    }
+
+    /// Finishes a batch whose first draw held failures: records them (or stops, under
+    /// `fail`) and refills the failed slots from the sampler one round at a time.
+    fn finish_batch(
+        &mut self,
+        drawn: Vec<SampleRef>,
+        outcome: Vec<Result<Augmented, SlotFailure>>,
+    ) -> Result<LoadedBatch, TrainError> {
         let n = self.options.batch_size;
         let mut slots: Vec<SampleRef> = Vec::with_capacity(n);
         let mut items: Vec<Augmented> = Vec::with_capacity(n);
         let mut skipped = Vec::new();
-        while items.len() < n {
-            let wanted = n - items.len();
-            let mut fresh = Vec::with_capacity(wanted);
-            while fresh.len() < wanted {
-                let r = self.sampler.next();
-                if !self.bad.contains(&(r.dataset, r.index)) {
-                    fresh.push(r);
-                }
-            }
-            let data = &self.data;
-            let options = &self.options;
-            let results: Vec<Result<Augmented, SlotFailure>> = self.pool.install(|| {
-                fresh
-                    .par_iter()
-                    .map(|r| prepare(data, r, options))
-                    .collect()
-            });
-            for (r, result) in fresh.iter().zip(results) {
+        let mut round: Vec<(SampleRef, Result<Augmented, SlotFailure>)> =
+            drawn.into_iter().zip(outcome).collect();
+        loop {
+            for (r, result) in round {
                 match result {
                     Ok(item) => {
-                        slots.push(*r);
+                        slots.push(r);
                         items.push(item);
                     }
                     Err(failure) => {
@@ -135,6 +231,12 @@ impl BatchBuilder {
                     }
                 }
             }
+            if items.len() == n {
+                break;
+            }
+            let fresh = self.draw(n - items.len());
+            let results = self.prepare_all(&fresh);
+            round = fresh.into_iter().zip(results).collect();
         }
         let batch = self.pool.install(|| collate_augmented(&items));
         Ok(LoadedBatch {
