@@ -240,10 +240,12 @@ fn run(cli: Cli) -> Result<()> {
                 a.untrained.table()
             );
             println!("artefacts:");
+            let audit_log = a.run_dir.join(percept::data::AUDIT_FILE);
             for (what, p) in [
                 ("synthetic dataset", &a.data),
                 ("run directory", &a.run_dir),
                 ("metrics", &a.metrics),
+                ("audit log", &audit_log),
                 ("checkpoint", &a.checkpoint),
                 ("eval report", &a.eval_report),
                 ("export", &a.export),
@@ -290,13 +292,22 @@ fn run(cli: Cli) -> Result<()> {
             let config = RunConfig::load(&config)?;
             let s = commands::train(&config, device(&d)?)?;
             println!(
-                "trained {} steps in {:.0} s ({:.1} images/s); checkpoint {}; metrics {}",
+                "trained {} steps in {:.0} s ({:.1} images/s, {:.0}% waiting for data); \
+                 checkpoint {}; metrics {}; audit log {}",
                 s.steps,
                 s.seconds,
                 s.images_per_second,
+                100.0 * s.data_wait_fraction,
                 s.checkpoint.display(),
-                s.run_dir.join("metrics.jsonl").display()
+                s.run_dir.join("metrics.jsonl").display(),
+                s.run_dir.join(percept::data::AUDIT_FILE).display()
             );
+            if s.skipped_samples > 0 {
+                println!(
+                    "skipped {} damaged samples (integrity = \"skip\"); each is in the audit log",
+                    s.skipped_samples
+                );
+            }
         }
         Command::Eval {
             model,
