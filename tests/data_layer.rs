@@ -15,39 +15,7 @@ mod common;
 use common::{percept, synth, H, W};
 
 fn config(dir: &Path, data: &[&Path], site: &str, extra: &str) -> RunConfig {
-    let datasets: Vec<String> = data
-        .iter()
-        .map(|d| format!("{:?}", d.display().to_string()))
-        .collect();
-    let text = format!(
-        r#"
-name = "run"
-runs_dir = "{runs}"
-[site]
-region = "{site}"
-name = "test-site"
-[model]
-size = "nano"
-input = {{ width = {W}, height = {H} }}
-[data]
-datasets = [{datasets}]
-{extra}
-[train]
-steps = 2
-batch_size = 2
-seed = 5
-log_every = 1
-checkpoint_every = 1
-[optimizer]
-lr = 0.002
-weight_decay = 0.0
-warmup_steps = 0
-min_lr_ratio = 1.0
-"#,
-        runs = dir.join("runs").display(),
-        datasets = datasets.join(", "),
-    );
-    RunConfig::parse(&text, Path::new("test.toml")).unwrap()
+    common::run_config(dir, data, site, 2, extra)
 }
 
 fn audit_kinds(run: &Path) -> Vec<String> {

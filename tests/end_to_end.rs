@@ -18,33 +18,7 @@ mod common;
 use common::{percept, synth, H, W};
 
 fn config(dir: &Path, data: &Path, steps: usize) -> RunConfig {
-    let text = format!(
-        r#"
-name = "e2e"
-runs_dir = "{runs}"
-[site]
-region = "DE"
-name = "test"
-[model]
-size = "nano"
-input = {{ width = {W}, height = {H} }}
-[data]
-datasets = ["{data}"]
-[train]
-steps = {steps}
-batch_size = 2
-seed = 1
-log_every = 1
-[optimizer]
-lr = 0.002
-weight_decay = 0.0
-warmup_steps = 0
-min_lr_ratio = 1.0
-"#,
-        runs = dir.join("runs").display(),
-        data = data.display(),
-    );
-    RunConfig::parse(&text, Path::new("e2e.toml")).unwrap()
+    common::run_config(dir, &[data], "DE", steps, "")
 }
 
 #[test]
@@ -54,7 +28,7 @@ fn train_export_reload_predict() {
     let config = config(dir.path(), &data, 2);
     let summary = commands::train(&config, DeviceSpec::Cpu).unwrap();
     assert_eq!(summary.steps, 2);
-    let run = dir.path().join("runs/e2e");
+    let run = dir.path().join("runs/run");
     let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
     assert_eq!(metrics.lines().count(), 2);
     let resolved = RunConfig::load(&run.join("config.toml")).unwrap();

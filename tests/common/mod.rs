@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use percept::data::{write_synthetic_dataset, SynthOptions};
+use percept::train::config::RunConfig;
 
 /// Frame and network size of the test datasets.
 pub const W: u32 = 96;
@@ -28,6 +29,50 @@ pub fn synth(dir: &Path, region: &str, train: usize, seed: u64) -> PathBuf {
     };
     write_synthetic_dataset(&out, &options, &|_| {}).unwrap();
     out
+}
+
+/// A nano run `run` under `<dir>/runs` at a site in `site`: batch 2, a metrics line and a
+/// checkpoint every step; `data_extra` adds keys to `[data]`.
+pub fn run_config(
+    dir: &Path,
+    datasets: &[&Path],
+    site: &str,
+    steps: usize,
+    data_extra: &str,
+) -> RunConfig {
+    let datasets: Vec<String> = datasets
+        .iter()
+        .map(|d| format!("{:?}", d.display().to_string()))
+        .collect();
+    let text = format!(
+        r#"
+name = "run"
+runs_dir = "{runs}"
+[site]
+region = "{site}"
+name = "test-site"
+[model]
+size = "nano"
+input = {{ width = {W}, height = {H} }}
+[data]
+datasets = [{datasets}]
+{data_extra}
+[train]
+steps = {steps}
+batch_size = 2
+seed = 5
+log_every = 1
+checkpoint_every = 1
+[optimizer]
+lr = 0.002
+weight_decay = 0.0
+warmup_steps = 0
+min_lr_ratio = 1.0
+"#,
+        runs = dir.join("runs").display(),
+        datasets = datasets.join(", "),
+    );
+    RunConfig::parse(&text, Path::new("test.toml")).unwrap()
 }
 
 /// What a run of the `percept` binary printed.
