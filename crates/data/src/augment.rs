@@ -316,7 +316,7 @@ pub fn augment(sample: &Sample, params: &AugmentParams, width: u32, height: u32)
     let (w, h) = sample.image.dimensions();
     let placement = Placement::frame(params, w, h, width, height);
     let side = if params.flip {
-        mirrored(sample.traffic_side)
+        sample.traffic_side.mirrored()
     } else {
         sample.traffic_side
     };
@@ -351,9 +351,9 @@ pub fn mosaic(
             "mosaic tiles must share one traffic side: tile 0 ({}) drives on the {}, tile {i} \
              ({}) on the {}",
             tiles[0].id,
-            side_name(side),
+            side.name(),
             odd.id,
-            side_name(odd.traffic_side)
+            odd.traffic_side.name()
         ));
     }
     let at =
@@ -362,7 +362,7 @@ pub fn mosaic(
     let mut out = Augmented::blank(
         width,
         height,
-        if params.flip { mirrored(side) } else { side },
+        if params.flip { side.mirrored() } else { side },
     );
     for (quadrant, tile) in tiles.into_iter().enumerate() {
         let (w, h) = tile.image.dimensions();
@@ -377,20 +377,6 @@ pub fn mosaic(
 pub(crate) fn grey_canvas(width: u32, height: u32) -> RgbImage {
     let len = width as usize * height as usize * 3;
     RgbImage::from_raw(width, height, vec![PAD_VALUE; len]).expect("buffer of the image size")
-}
-
-fn mirrored(side: TrafficSide) -> TrafficSide {
-    match side {
-        TrafficSide::Left => TrafficSide::Right,
-        TrafficSide::Right => TrafficSide::Left,
-    }
-}
-
-fn side_name(side: TrafficSide) -> &'static str {
-    match side {
-        TrafficSide::Left => "left",
-        TrafficSide::Right => "right",
-    }
 }
 
 // ---------------------------------------------------------------------------------------------

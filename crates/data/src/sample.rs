@@ -36,6 +36,22 @@ pub enum TrafficSide {
 }
 
 impl TrafficSide {
+    /// The side a left-right mirrored frame shows.
+    pub fn mirrored(self) -> Self {
+        match self {
+            TrafficSide::Left => TrafficSide::Right,
+            TrafficSide::Right => TrafficSide::Left,
+        }
+    }
+
+    /// `"left"` or `"right"`, as serialised.
+    pub fn name(self) -> &'static str {
+        match self {
+            TrafficSide::Left => "left",
+            TrafficSide::Right => "right",
+        }
+    }
+
     /// The traffic side of a region (ISO 3166-1 alpha-2), by the countries that drive on the
     /// left; every other code drives on the right.
     pub fn of_region(region: &str) -> Self {
@@ -77,4 +93,25 @@ pub struct Sample {
     pub lanes: GrayImage,
     pub conditions: Conditions,
     pub traffic_side: TrafficSide,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mirroring_swaps_the_side_and_names_match_serde() {
+        for side in [TrafficSide::Left, TrafficSide::Right] {
+            assert_ne!(side.mirrored(), side);
+            assert_eq!(side.mirrored().mirrored(), side);
+            assert_eq!(
+                serde_json::to_string(&side).unwrap(),
+                format!("\"{}\"", side.name())
+            );
+        }
+        assert_eq!(
+            TrafficSide::of_region("GB").mirrored(),
+            TrafficSide::of_region("DE")
+        );
+    }
 }
