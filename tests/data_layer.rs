@@ -113,6 +113,30 @@ fn an_edited_manifest_is_refused() {
         .contains("cannot be verified"));
 }
 
+/// The training shards of a dataset directory, in file order.
+fn train_shards(dir: &Path) -> Vec<PathBuf> {
+    shard_files(dir)
+        .into_iter()
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("train")
+        })
+        .collect()
+}
+
+/// The training data of `config`, opened at its site under its integrity policy (no audit log).
+fn open_training(config: &RunConfig) -> Arc<TrainingData> {
+    let site = Site {
+        region: config.site.region.clone(),
+        name: config.site.name.clone(),
+    };
+    let data =
+        TrainingData::open_dirs(&config.data.datasets, &site, config.data.integrity, None).unwrap();
+    Arc::new(data)
+}
+
 /// Flips one byte inside record `k` of `shard` (records follow the 8-byte magic back to back).
 fn damage_record(shard: &Path, k: usize) {
     let reader = ShardReader::open(shard).unwrap();
@@ -131,16 +155,7 @@ fn damage_record(shard: &Path, k: usize) {
 fn a_damaged_sample_stops_the_run_or_is_skipped_and_recorded() {
     let dir = tempfile::tempdir().unwrap();
     let data = synth(dir.path(), "DE", 4, 1);
-    let shard = shard_files(&data)
-        .into_iter()
-        .find(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("train")
-        })
-        .unwrap();
-    damage_record(&shard, 2);
+    damage_record(&train_shards(&data)[0], 2);
 
     let err = commands::train(&config(dir.path(), &[&data], "DE", ""), DeviceSpec::Cpu)
         .unwrap_err()
@@ -303,21 +318,7 @@ fn a_resumed_data_stream_equals_the_uninterrupted_one() {
         "DE",
         "region_weights = { DE = 0.3, AT = 0.7 }",
     );
-    let site = Site {
-        region: "DE".into(),
-        name: "t".into(),
-    };
-    let open = || {
-        Arc::new(
-            TrainingData::open_dirs(
-                &config.data.datasets,
-                &site,
-                percept::data::IntegrityPolicy::Fail,
-                None,
-            )
-            .unwrap(),
-        )
-    };
+    let open = || open_training(&config);
     let data = open();
     let builder = |data: &Arc<TrainingData>, sampler| {
         BatchBuilder::new(data.clone(), sampler, loader_options()).unwrap()
@@ -372,32 +373,11 @@ fn a_resumed_data_stream_equals_the_uninterrupted_one() {
 fn the_stream_does_not_depend_on_the_number_of_workers_even_with_skips() {
     let dir = tempfile::tempdir().unwrap();
     let data = synth(dir.path(), "DE", 12, 4);
-    let shards = shard_files(&data);
-    let train: Vec<&PathBuf> = shards
-        .iter()
-        .filter(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("train")
-        })
-        .collect();
-    damage_record(train[0], 5);
-    damage_record(train[1], 1);
-    let site = Site {
-        region: "DE".into(),
-        name: "t".into(),
-    };
+    let train = train_shards(&data);
+    damage_record(&train[0], 5);
+    damage_record(&train[1], 1);
     let config = config(dir.path(), &[&data], "DE", "integrity = \"skip\"");
-    let data = Arc::new(
-        TrainingData::open_dirs(
-            &config.data.datasets,
-            &site,
-            percept::data::IntegrityPolicy::Skip,
-            None,
-        )
-        .unwrap(),
-    );
+    let data = open_training(&config);
     let stream = |workers| {
         let options = LoaderOptions {
             workers,
