@@ -5,5 +5,6 @@
 //! This crate re-exports the workspace's crates; the `percept` binary is its command line.
 
 pub use percept_data as data;
+pub use percept_import as import;
 pub use percept_model as model;
 pub use percept_train as train;

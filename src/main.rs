@@ -10,6 +10,9 @@ use percept::model::{ModelSize, PerceptionNetConfig};
 use percept::train::quickstart::{quickstart, QuickstartOptions};
 use percept::train::{commands, DeviceSpec, RunConfig};
 
+mod import_cmd;
+use import_cmd::{run_import, ImportFormat};
+
 #[derive(Parser)]
 #[command(
     name = "percept",
@@ -70,6 +73,11 @@ enum Command {
         /// Dataset name in the manifest (default: synthetic-<region>)
         #[arg(long)]
         name: Option<String>,
+    },
+    /// Import a public dataset from disk into region-tagged shards (resumable)
+    Import {
+        #[command(subcommand)]
+        format: ImportFormat,
     },
     /// Train from a run config (TOML)
     Train {
@@ -288,6 +296,7 @@ fn run(cli: Cli) -> Result<()> {
                 manifest.hash()
             );
         }
+        Command::Import { format } => run_import(format)?,
         Command::Train { config, device: d } => {
             let config = RunConfig::load(&config)?;
             let s = commands::train(&config, device(&d)?)?;

@@ -23,7 +23,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::batch::{Letterbox, PAD_VALUE};
-use crate::sample::{BoxLabel, Sample, TrafficSide};
+use crate::sample::{BoxLabel, IgnoreRegion, Sample, TrafficSide};
 
 /// Default of [`AugmentConfig::min_box_side`], and the box filter of [`AugmentParams::identity`].
 pub const DEFAULT_MIN_BOX_SIDE: f32 = 2.0;
@@ -59,7 +59,8 @@ pub struct AugmentConfig {
     pub flip_probability: f32,
     /// Chance that the loader builds a [`mosaic`] instead of augmenting one frame.
     pub mosaic_probability: f32,
-    /// Boxes narrower or lower than this many network pixels after clipping are dropped.
+    /// Boxes narrower or lower than this many network pixels after clipping become ignore
+    /// regions (too small to learn from, but not background either).
     pub min_box_side: f32,
 }
 
@@ -173,7 +174,8 @@ pub struct AugmentParams {
     /// Mirror left-right (and the traffic side with it).
     pub flip: bool,
     pub hsv: HsvJitter,
-    /// Boxes narrower or lower than this many network pixels after clipping are dropped.
+    /// Boxes narrower or lower than this many network pixels after clipping become ignore
+    /// regions (too small to learn from, but not background either).
     pub min_box_side: f32,
 }
 
@@ -221,7 +223,8 @@ pub struct MosaicParams {
     /// Mirror the whole mosaic left-right (and the traffic side with it).
     pub flip: bool,
     pub hsv: HsvJitter,
-    /// Boxes narrower or lower than this many network pixels after clipping are dropped.
+    /// Boxes narrower or lower than this many network pixels after clipping become ignore
+    /// regions (too small to learn from, but not background either).
     pub min_box_side: f32,
 }
 
@@ -265,6 +268,10 @@ pub struct Augmented {
     pub lanes: GrayImage,
     /// Boxes in network pixels, clipped to the canvas.
     pub boxes: Vec<BoxLabel>,
+    /// Ignore regions in network pixels, clipped to the canvas: the sample's own, and boxes
+    /// that came out under `min_box_side` (too small to learn from, but objects all the same:
+    /// neither targets nor background).
+    pub ignore: Vec<IgnoreRegion>,
     /// The traffic side the frame now shows (mirrored when the frame was flipped).
     pub traffic_side: TrafficSide,
 }
@@ -277,6 +284,7 @@ impl Augmented {
             drivable: GrayImage::new(width, height),
             lanes: GrayImage::new(width, height),
             boxes: Vec::new(),
+            ignore: Vec::new(),
             traffic_side,
         }
     }
@@ -296,12 +304,37 @@ impl Augmented {
             placement,
             [&mut self.drivable, &mut self.lanes],
         );
-        self.boxes.extend(
-            sample
-                .boxes
-                .iter()
-                .filter_map(|b| placement.map_box(b, min_box_side)),
-        );
+        for b in &sample.boxes {
+            let Some(mapped) = placement.map_box(b) else {
+                continue;
+            };
+            if mapped.width() >= min_box_side && mapped.height() >= min_box_side {
+                self.boxes.push(mapped);
+            } else {
+                self.ignore.push(region_of(&mapped));
+            }
+        }
+        for r in &sample.ignore {
+            let as_box = BoxLabel {
+                class: 0,
+                x1: r.x1,
+                y1: r.y1,
+                x2: r.x2,
+                y2: r.y2,
+            };
+            if let Some(mapped) = placement.map_box(&as_box) {
+                self.ignore.push(region_of(&mapped));
+            }
+        }
+    }
+}
+
+fn region_of(b: &BoxLabel) -> IgnoreRegion {
+    IgnoreRegion {
+        x1: b.x1,
+        y1: b.y1,
+        x2: b.x2,
+        y2: b.y2,
     }
 }
 
@@ -506,9 +539,8 @@ impl Placement {
         }
     }
 
-    /// A source box on the canvas, clipped to the window; `None` when a side is then under
-    /// `min_box_side` or empty.
-    fn map_box(&self, b: &BoxLabel, min_box_side: f32) -> Option<BoxLabel> {
+    /// A source box on the canvas, clipped to the window; `None` when nothing is left.
+    fn map_box(&self, b: &BoxLabel) -> Option<BoxLabel> {
         let span = |map: AxisMap, lo: f32, hi: f32, (w0, w1): (u32, u32)| {
             let (a, b) = (map.apply(lo), map.apply(hi));
             // A mirrored axis maps the far edge to the near one.
@@ -521,7 +553,7 @@ impl Placement {
         let (x1, x2) = span(self.x, b.x1, b.x2, self.x_window);
         let (y1, y2) = span(self.y, b.y1, b.y2, self.y_window);
         let (w, h) = (x2 - x1, y2 - y1);
-        (w > 0.0 && h > 0.0 && w >= min_box_side && h >= min_box_side).then_some(BoxLabel {
+        (w > 0.0 && h > 0.0).then_some(BoxLabel {
             class: b.class,
             x1,
             y1,
@@ -1103,6 +1135,7 @@ mod tests {
             id: format!("rect-{w}x{h}"),
             image: RgbImage::from_fn(w, h, |x, y| if inside(x, y) { colour } else { BACKGROUND }),
             boxes: vec![bx(1, x0 as f32, y0 as f32, x1 as f32, y1 as f32)],
+            ignore: Vec::new(),
             drivable: GrayImage::from_fn(w, h, |x, y| Luma([inside(x, y) as u8])),
             lanes: GrayImage::from_fn(w, h, |x, y| Luma([inside(x, y) as u8])),
             conditions: Conditions {

@@ -16,7 +16,8 @@ use crate::augment::{
     augment, grey_canvas, run_simd, warp_image, warp_masks, AugmentParams, Augmented, Placement,
     SimdKernel,
 };
-use crate::sample::{BoxLabel, Sample, TrafficSide};
+use crate::manifest::LabelledTasks;
+use crate::sample::{BoxLabel, IgnoreRegion, Sample, TrafficSide};
 
 /// Per-channel (RGB) mean of images scaled to 0..1 (ImageNet statistics).
 pub const NORM_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
@@ -123,6 +124,11 @@ pub struct Batch {
     pub lanes: Vec<f32>,
     /// Per image, boxes in network pixel coordinates, clipped to the canvas.
     pub boxes: Vec<Vec<BoxLabel>>,
+    /// Per image, ignore regions in network pixel coordinates (see [`Augmented::ignore`]).
+    pub ignore: Vec<Vec<IgnoreRegion>>,
+    /// Per image, which tasks its dataset labels ([`LabelledTasks::ALL`] unless the loader
+    /// says otherwise): an unlabelled task contributes no loss and no metric for the image.
+    pub tasks: Vec<LabelledTasks>,
     /// Per image, the traffic side it shows (after any flip).
     pub traffic_sides: Vec<TrafficSide>,
     pub batch_size: usize,
@@ -307,6 +313,8 @@ fn stack(items: &[Augmented], w: usize, h: usize) -> Batch {
         drivable,
         lanes,
         boxes: items.iter().map(|a| a.boxes.clone()).collect(),
+        ignore: items.iter().map(|a| a.ignore.clone()).collect(),
+        tasks: vec![LabelledTasks::ALL; n],
         traffic_sides: items.iter().map(|a| a.traffic_side).collect(),
         batch_size: n,
         height: h,
@@ -414,6 +422,7 @@ mod tests {
             id: "hand".into(),
             image,
             boxes: vec![bx(0.0, 0.0, 2.0, 2.0), bx(1.0, 1.0, 2.0, 1.5)],
+            ignore: Vec::new(),
             drivable: GrayImage::from_raw(2, 2, vec![0, 1, 1, 1]).unwrap(),
             lanes: GrayImage::from_raw(2, 2, vec![0, 0, 0, 1]).unwrap(),
             conditions: Conditions {
@@ -527,6 +536,8 @@ mod tests {
             b.drivable.extend(f.drivable);
             b.lanes.extend(f.lanes);
             b.boxes.extend(f.boxes);
+            b.ignore.extend(f.ignore);
+            b.tasks.extend(f.tasks);
             b.traffic_sides.extend(f.traffic_sides);
             b.batch_size = 2;
             b

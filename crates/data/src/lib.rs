@@ -1,7 +1,7 @@
 //! percept-data: the data layer of percept.
 //!
 //! - [`sample`]: one labelled frame ([`Sample`]).
-//! - [`shard`]: the shard file format v1 ([`ShardWriter`], [`ShardReader`]).
+//! - [`shard`]: the shard file format v2 ([`ShardWriter`], [`ShardReader`]).
 //! - [`manifest`]: dataset manifests with region and residency policy ([`Manifest`]).
 //! - [`residency`]: the residency guard, the only way to open a dataset ([`ResidencyGuard`]).
 //! - [`dataset`]: one verified split of a dataset directory ([`Dataset`]).
@@ -36,9 +36,11 @@ pub use batch::{
 };
 pub use dataset::{Dataset, IntegrityPolicy, ShardCheck};
 pub use error::{DataError, Result};
-pub use manifest::{is_region_code, Manifest, Policy, ShardEntry, Split, MANIFEST_FILE};
+pub use manifest::{
+    is_region_code, LabelledTasks, Manifest, Policy, ShardEntry, Split, MANIFEST_FILE,
+};
 pub use residency::{ClearedDataset, GuardDecision, GuardRefusal, ResidencyGuard, Site};
-pub use sample::{BoxLabel, Conditions, Sample, TrafficSide};
+pub use sample::{BoxLabel, Conditions, IgnoreRegion, Sample, TrafficSide};
 pub use sampler::{
     RegionSampler, SampleRef, SamplerConfig, SamplerError, SamplerSource, SamplerState,
     SAMPLER_STATE_VERSION,

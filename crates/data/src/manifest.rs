@@ -110,6 +110,48 @@ impl Policy {
     }
 }
 
+/// Which labels a dataset provides (`tasks` in the manifest). A task a dataset does not label
+/// is neither trained nor evaluated on its frames: its masks are stored empty and mean
+/// "unknown", not "background".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabelledTasks {
+    /// Boxes: every object of the dataset's classes is boxed (or lies in an ignore region).
+    pub detection: bool,
+    pub drivable: bool,
+    pub lanes: bool,
+}
+
+impl LabelledTasks {
+    /// Every task labelled: the default, and what a manifest without `tasks` means.
+    pub const ALL: LabelledTasks = LabelledTasks {
+        detection: true,
+        drivable: true,
+        lanes: true,
+    };
+
+    fn is_all(&self) -> bool {
+        *self == Self::ALL
+    }
+
+    fn all() -> Self {
+        Self::ALL
+    }
+
+    /// The labelled tasks' names, e.g. `detection, drivable`.
+    pub fn names(&self) -> String {
+        let names: Vec<&str> = [
+            (self.detection, "detection"),
+            (self.drivable, "drivable"),
+            (self.lanes, "lanes"),
+        ]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
+        .collect();
+        names.join(", ")
+    }
+}
+
 /// One shard of a dataset.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -138,6 +180,13 @@ pub struct Manifest {
     pub policy: Policy,
     /// Class names; a box's `class` indexes this list.
     pub classes: Vec<String>,
+    /// Which tasks the dataset labels. Omitted from the file when all are (so manifests
+    /// written before the key existed keep their seal).
+    #[serde(
+        default = "LabelledTasks::all",
+        skip_serializing_if = "LabelledTasks::is_all"
+    )]
+    pub tasks: LabelledTasks,
     pub shards: Vec<ShardEntry>,
     /// blake3 hex of the content (see the module docs); set by [`save`](Self::save).
     #[serde(default)]
@@ -155,6 +204,7 @@ impl PartialEq for Manifest {
             && self.region == other.region
             && self.policy == other.policy
             && self.classes == other.classes
+            && self.tasks == other.tasks
             && self.shards == other.shards
     }
 }
@@ -177,6 +227,7 @@ impl Manifest {
             region: region.to_string(),
             policy: Policy::home_only(region),
             classes,
+            tasks: LabelledTasks::ALL,
             shards: Vec::new(),
             seal: String::new(),
             disk_hash: None,
@@ -358,6 +409,12 @@ impl Manifest {
         }
         if self.classes.is_empty() {
             return Err("`classes` is empty".into());
+        }
+        if !(self.tasks.detection || self.tasks.drivable || self.tasks.lanes) {
+            return Err(
+                "`tasks` labels nothing; at least one of detection, drivable, lanes must be true"
+                    .into(),
+            );
         }
         if self.classes.len() > u16::MAX as usize + 1 {
             return Err(format!(

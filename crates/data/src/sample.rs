@@ -27,6 +27,24 @@ impl BoxLabel {
     }
 }
 
+/// A region whose objects are not labelled (KITTI's `DontCare`, crowds too small or dense to
+/// box), in pixel coordinates like [`BoxLabel`]. Training treats it as neither object nor
+/// background; evaluation counts no detection inside it as a false positive.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct IgnoreRegion {
+    pub x1: f32,
+    pub y1: f32,
+    pub x2: f32,
+    pub y2: f32,
+}
+
+impl IgnoreRegion {
+    /// Whether the point lies inside the region (edges included).
+    pub fn contains(&self, x: f32, y: f32) -> bool {
+        x >= self.x1 && x <= self.x2 && y >= self.y1 && y <= self.y2
+    }
+}
+
 /// Which side of the road traffic drives on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -87,6 +105,8 @@ pub struct Sample {
     pub image: RgbImage,
     /// Object boxes in image pixels.
     pub boxes: Vec<BoxLabel>,
+    /// Regions whose objects are not labelled, in image pixels.
+    pub ignore: Vec<IgnoreRegion>,
     /// Drivable-area mask, same size as `image`: 1 drivable, 0 not.
     pub drivable: GrayImage,
     /// Lane-line mask, same size as `image`: 1 lane marking, 0 not.

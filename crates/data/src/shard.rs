@@ -1,12 +1,12 @@
 //! Shard files: many samples in one file, random access by index, per-record checksums.
 //!
-//! # Shard format v1
+//! # Shard format v2
 //!
 //! All integers are little-endian. A shard file (e.g. `train-00000.shard`) is laid out as:
 //!
 //! ```text
 //! offset            size        content
-//! 0                 8           magic b"PCPTSHD1"
+//! 0                 8           magic b"PCPTSHD2"
 //! 8                 L0          record 0
 //! 8+L0              L1          record 1
 //! ...                           (records back to back, no gaps)
@@ -17,7 +17,7 @@
 //! Index entry (48 bytes): `offset: u64` (from the start of the file), `length: u64`,
 //! `checksum: [u8; 32]` (blake3 of the record's `length` bytes).
 //!
-//! Footer (24 bytes): `index_offset: u64`, `record_count: u64`, magic `b"PCPTSHD1"`.
+//! Footer (24 bytes): `index_offset: u64`, `record_count: u64`, magic `b"PCPTSHD2"`.
 //! A reader seeks to the footer at the end, finds the index and then any record in O(1).
 //! A valid file satisfies `index_offset + 48 * record_count + 24 == file_len`, the first record
 //! starts at 8, every record starts where the previous ended and the last ends at
@@ -42,7 +42,12 @@
 //! id: str, weather: str, time_of_day: str, scene: str
 //! box_count: u32
 //! box_count x { class: u16, x1: f32, y1: f32, x2: f32, y2: f32 }   (18 bytes each)
+//! ignore_count: u32
+//! ignore_count x { x1: f32, y1: f32, x2: f32, y2: f32 }             (16 bytes each)
 //! ```
+//!
+//! Version 1 (magic `b"PCPTSHD1"`) is the same without the ignore regions; readers still read
+//! it (its samples have none), writers write version 2.
 //!
 //! Constraints, enforced alike by the writer (refused with [`DataError::InvalidSample`]) and the
 //! reader (a [`DataError::CorruptRecord`] naming the shard and the sample):
@@ -52,7 +57,7 @@
 //!   bounds what reading one record allocates, whatever its bytes.
 //! - The JPEG decodes to RGB and each mask PNG to 8-bit grey, all of exactly the declared size,
 //!   and masks hold only 0/1.
-//! - Every box lies inside the image: `0 <= x1 < x2 <= width` and `0 <= y1 < y2 <= height`,
+//! - Every box and ignore region lies inside the image: `0 <= x1 < x2 <= width` and `0 <= y1 < y2 <= height`,
 //!   with no tolerance. Integer image sides are exact in f32, so an importer that clamps its
 //!   boxes to `[0, width] x [0, height]` always passes; a tolerance would instead make every
 //!   consumer (target assignment, metrics) clamp again.
@@ -82,10 +87,12 @@ use image::{
 use memmap2::Mmap;
 
 use crate::error::{DataError, Result};
-use crate::sample::{BoxLabel, Conditions, Sample, TrafficSide};
+use crate::sample::{BoxLabel, Conditions, IgnoreRegion, Sample, TrafficSide};
 
-/// Magic bytes at the start and the end of every v1 shard.
-pub const SHARD_MAGIC: [u8; 8] = *b"PCPTSHD1";
+/// Magic bytes at the start and the end of every shard this build writes (format v2).
+pub const SHARD_MAGIC: [u8; 8] = *b"PCPTSHD2";
+/// Magic bytes of format v1 shards (no ignore regions), still read.
+pub const SHARD_MAGIC_V1: [u8; 8] = *b"PCPTSHD1";
 /// JPEG quality of stored images.
 pub const JPEG_QUALITY: u8 = 90;
 /// Largest image a shard holds, in pixels: 2^25, which 8K UHD (7680x4320) fits.
@@ -105,6 +112,7 @@ const FOOTER_LEN: usize = 24;
 const INDEX_ENTRY_LEN: usize = 48;
 const RECORD_HEADER_LEN: usize = 16;
 const BOX_LEN: usize = 18;
+const IGNORE_LEN: usize = 16;
 
 /// One sample encoded as a shard record, with its checksum.
 ///
@@ -131,6 +139,40 @@ impl EncodedRecord {
             [
                 encode_label(sample),
                 encode_jpeg(sample)?,
+                encode_png(&sample.drivable, &sample.id, "drivable mask")?,
+                encode_png(&sample.lanes, &sample.id, "lane mask")?,
+            ],
+        )
+    }
+
+    /// Like [`encode`](Self::encode), but stores `jpeg`, the image's own JPEG file, instead of
+    /// re-encoding `sample.image`: an importer keeps the source's bytes (no second generation
+    /// of compression loss, and no encoding cost).
+    ///
+    /// The JPEG's header must declare an RGB image of the sample's size; `sample.image` is
+    /// expected to be its decoded pixels.
+    pub fn encode_with_jpeg(sample: &Sample, jpeg: Vec<u8>) -> Result<Self> {
+        validate_sample(sample)?;
+        let invalid = |reason: String| DataError::InvalidSample {
+            id: sample.id.clone(),
+            reason,
+        };
+        let decoder = JpegDecoder::new(Cursor::new(&jpeg))
+            .map_err(|e| invalid(format!("the JPEG does not decode: {e}")))?;
+        let (w, h) = decoder.dimensions();
+        if (w, h) != sample.image.dimensions() || decoder.color_type() != ColorType::Rgb8 {
+            return Err(invalid(format!(
+                "the JPEG is {w}x{h} {:?}; the sample's image is {}x{} Rgb8",
+                decoder.color_type(),
+                sample.image.width(),
+                sample.image.height()
+            )));
+        }
+        Self::from_parts(
+            &sample.id,
+            [
+                encode_label(sample),
+                jpeg,
                 encode_png(&sample.drivable, &sample.id, "drivable mask")?,
                 encode_png(&sample.lanes, &sample.id, "lane mask")?,
             ],
@@ -362,6 +404,8 @@ pub struct ShardReader {
     path: PathBuf,
     data: ShardBytes,
     entries: Vec<IndexEntry>,
+    /// Format version, from the magic: 1 or 2.
+    version: u8,
 }
 
 enum ShardBytes {
@@ -423,15 +467,21 @@ impl ShardReader {
                 HEADER_LEN + FOOTER_LEN
             )));
         }
-        if data[..HEADER_LEN] != SHARD_MAGIC {
-            return Err(corrupt(
-                "missing magic PCPTSHD1 at the start; not a percept v1 shard".into(),
-            ));
-        }
+        let version = match data[..HEADER_LEN].try_into().expect("8 bytes") {
+            SHARD_MAGIC => 2,
+            SHARD_MAGIC_V1 => 1,
+            _ => {
+                return Err(corrupt(
+                    "missing magic PCPTSHD2 (or PCPTSHD1) at the start; not a percept shard".into(),
+                ))
+            }
+        };
         let footer = &data[len - FOOTER_LEN..];
-        if footer[16..24] != SHARD_MAGIC {
+        if footer[16..24] != data[..HEADER_LEN] {
             return Err(corrupt(
-                "missing magic PCPTSHD1 in the footer; the file is truncated or not a shard".into(),
+                "the footer lacks the magic the file starts with; the file is truncated or not \
+                 a shard"
+                    .into(),
             ));
         }
         let index_offset = read_u64(&footer[0..8]);
@@ -484,6 +534,7 @@ impl ShardReader {
             path,
             data,
             entries,
+            version,
         })
     }
 
@@ -568,7 +619,8 @@ impl ShardReader {
     pub fn read(&self, i: usize) -> Result<Sample> {
         let bytes = self.record_bytes(i)?;
         let parts = split_record(bytes).map_err(|what| self.corrupt(i, what))?;
-        let label = decode_label(parts.label).map_err(|what| self.corrupt(i, what))?;
+        let label =
+            decode_label(parts.label, self.version).map_err(|what| self.corrupt(i, what))?;
         let size = (label.width, label.height);
         let image = self.decode_image(i, parts.image, size)?;
         let drivable = self.decode_mask(i, parts.drivable, "drivable mask", size)?;
@@ -577,6 +629,7 @@ impl ShardReader {
             id: label.id,
             image,
             boxes: label.boxes,
+            ignore: label.ignore,
             drivable,
             lanes,
             conditions: label.conditions,
@@ -723,8 +776,17 @@ fn validate_sample(s: &Sample) -> Result<()> {
     if s.boxes.len() > u32::MAX as usize {
         return Err(invalid(format!("{} boxes; at most 2^32-1", s.boxes.len())));
     }
+    if s.ignore.len() > u32::MAX as usize {
+        return Err(invalid(format!(
+            "{} ignore regions; at most 2^32-1",
+            s.ignore.len()
+        )));
+    }
     for (k, b) in s.boxes.iter().enumerate() {
         check_box(k, b, w, h).map_err(invalid)?;
+    }
+    for (k, r) in s.ignore.iter().enumerate() {
+        check_ignore(k, r, w, h).map_err(invalid)?;
     }
     Ok(())
 }
@@ -746,17 +808,39 @@ fn check_image_size(w: u32, h: u32) -> std::result::Result<(), String> {
 /// a `w` x `h` image, exactly. NaN fails every comparison and infinities fail the bounds, so
 /// this also refuses non-finite coordinates.
 fn check_box(k: usize, b: &BoxLabel, w: u32, h: u32) -> std::result::Result<(), String> {
+    check_inside(
+        &format!("box {k} (class {})", b.class),
+        [b.x1, b.y1, b.x2, b.y2],
+        w,
+        h,
+    )
+}
+
+/// The same rule for ignore region `k`.
+fn check_ignore(k: usize, r: &IgnoreRegion, w: u32, h: u32) -> std::result::Result<(), String> {
+    check_inside(
+        &format!("ignore region {k}"),
+        [r.x1, r.y1, r.x2, r.y2],
+        w,
+        h,
+    )
+}
+
+fn check_inside(
+    what: &str,
+    [x1, y1, x2, y2]: [f32; 4],
+    w: u32,
+    h: u32,
+) -> std::result::Result<(), String> {
     // Exact: sides are at most 65535, well within f32's 24-bit integers.
     let (wf, hf) = (w as f32, h as f32);
-    let inside =
-        0.0 <= b.x1 && b.x1 < b.x2 && b.x2 <= wf && 0.0 <= b.y1 && b.y1 < b.y2 && b.y2 <= hf;
+    let inside = 0.0 <= x1 && x1 < x2 && x2 <= wf && 0.0 <= y1 && y1 < y2 && y2 <= hf;
     if inside {
         Ok(())
     } else {
         Err(format!(
-            "box {k} (class {}) spans x {}..{}, y {}..{}, which is not inside the {w}x{h} image; \
-             boxes need 0 <= x1 < x2 <= {w} and 0 <= y1 < y2 <= {h}",
-            b.class, b.x1, b.x2, b.y1, b.y2
+            "{what} spans x {x1}..{x2}, y {y1}..{y2}, which is not inside the {w}x{h} image; \
+             it needs 0 <= x1 < x2 <= {w} and 0 <= y1 < y2 <= {h}"
         ))
     }
 }
@@ -782,7 +866,9 @@ fn encode_label(s: &Sample) -> Vec<u8> {
         &s.conditions.scene,
     ];
     let mut out = Vec::with_capacity(
-        13 + strings.iter().map(|x| 2 + x.len()).sum::<usize>() + s.boxes.len() * BOX_LEN,
+        17 + strings.iter().map(|x| 2 + x.len()).sum::<usize>()
+            + s.boxes.len() * BOX_LEN
+            + s.ignore.len() * IGNORE_LEN,
     );
     out.extend_from_slice(&s.image.width().to_le_bytes());
     out.extend_from_slice(&s.image.height().to_le_bytes());
@@ -799,6 +885,12 @@ fn encode_label(s: &Sample) -> Vec<u8> {
     for b in &s.boxes {
         out.extend_from_slice(&b.class.to_le_bytes());
         for v in [b.x1, b.y1, b.x2, b.y2] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    out.extend_from_slice(&(s.ignore.len() as u32).to_le_bytes());
+    for r in &s.ignore {
+        for v in [r.x1, r.y1, r.x2, r.y2] {
             out.extend_from_slice(&v.to_le_bytes());
         }
     }
@@ -892,6 +984,7 @@ struct Label {
     id: String,
     conditions: Conditions,
     boxes: Vec<BoxLabel>,
+    ignore: Vec<IgnoreRegion>,
 }
 
 /// Bounds-checked little-endian reader over the label block.
@@ -939,7 +1032,8 @@ impl<'a> LabelCursor<'a> {
     }
 }
 
-fn decode_label(bytes: &[u8]) -> std::result::Result<Label, String> {
+/// Decodes a label block of shard format `version` (1 or 2).
+fn decode_label(bytes: &[u8], version: u8) -> std::result::Result<Label, String> {
     let mut c = LabelCursor { bytes, pos: 0 };
     let width = c.u32("width")?;
     let height = c.u32("height")?;
@@ -961,7 +1055,13 @@ fn decode_label(bytes: &[u8]) -> std::result::Result<Label, String> {
     let count = c.u32("box count")? as usize;
     // Check the count against the remaining bytes before allocating for it.
     let remaining = bytes.len() - c.pos;
-    if count.checked_mul(BOX_LEN) != Some(remaining) {
+    let box_bytes = count.checked_mul(BOX_LEN);
+    let fits = match version {
+        1 => box_bytes == Some(remaining),
+        // v2: an ignore count follows the boxes.
+        _ => box_bytes.is_some_and(|n| n.checked_add(4).is_some_and(|n| n <= remaining)),
+    };
+    if !fits {
         return Err(format!(
             "box count {count} needs {} bytes but the label block has {remaining} left",
             count.saturating_mul(BOX_LEN)
@@ -980,6 +1080,29 @@ fn decode_label(bytes: &[u8]) -> std::result::Result<Label, String> {
     for (k, b) in boxes.iter().enumerate() {
         check_box(k, b, width, height)?;
     }
+    let mut ignore = Vec::new();
+    if version >= 2 {
+        let count = c.u32("ignore count")? as usize;
+        let remaining = bytes.len() - c.pos;
+        if count.checked_mul(IGNORE_LEN) != Some(remaining) {
+            return Err(format!(
+                "ignore count {count} needs {} bytes but the label block has {remaining} left",
+                count.saturating_mul(IGNORE_LEN)
+            ));
+        }
+        ignore.reserve_exact(count);
+        for _ in 0..count {
+            ignore.push(IgnoreRegion {
+                x1: c.f32("ignore x1")?,
+                y1: c.f32("ignore y1")?,
+                x2: c.f32("ignore x2")?,
+                y2: c.f32("ignore y2")?,
+            });
+        }
+        for (k, r) in ignore.iter().enumerate() {
+            check_ignore(k, r, width, height)?;
+        }
+    }
     Ok(Label {
         width,
         height,
@@ -991,6 +1114,7 @@ fn decode_label(bytes: &[u8]) -> std::result::Result<Label, String> {
             scene,
         },
         boxes,
+        ignore,
     })
 }
 
@@ -1031,6 +1155,7 @@ mod tests {
             let got = r.read(i).unwrap();
             assert_eq!(got.id, want.id);
             assert_eq!(got.boxes, want.boxes);
+            assert_eq!(got.ignore, want.ignore);
             assert_eq!(got.conditions, want.conditions);
             assert_eq!(got.traffic_side, want.traffic_side);
             assert_eq!(got.drivable, want.drivable);
@@ -1338,6 +1463,38 @@ mod tests {
         }
     }
 
+    #[test]
+    fn version_1_shards_still_read() {
+        let mut s = test_sample(3);
+        s.ignore.clear();
+        let mut parts = forge(&s);
+        // A v1 label block ends after the boxes: no ignore count.
+        parts[0].truncate(parts[0].len() - 4);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1.shard");
+        let mut w = ShardWriter::create(&path).unwrap();
+        w.push_encoded(&EncodedRecord::from_parts(&s.id, parts).unwrap())
+            .unwrap();
+        w.finish().unwrap();
+        // As a v2 file, the block lacks its ignore count.
+        assert!(matches!(
+            ShardReader::open(&path).unwrap().read(0),
+            Err(DataError::CorruptRecord { index: 0, .. })
+        ));
+        let mut bytes = std::fs::read(&path).unwrap();
+        let n = bytes.len();
+        bytes[..8].copy_from_slice(&SHARD_MAGIC_V1);
+        bytes[n - 8..].copy_from_slice(&SHARD_MAGIC_V1);
+        let got = ShardReader::from_bytes(&path, bytes)
+            .unwrap()
+            .read(0)
+            .unwrap();
+        assert_eq!(got.boxes, s.boxes);
+        assert!(got.ignore.is_empty());
+        assert_eq!((got.drivable, got.lanes), (s.drivable, s.lanes));
+        assert_eq!(got.conditions, s.conditions);
+    }
+
     /// Boxes that break `0 <= x1 < x2 <= width, 0 <= y1 < y2 <= height` in the 56x32 image of
     /// `test_sample(2)`.
     const BAD_BOXES: [[f32; 4]; 8] = [
@@ -1364,7 +1521,17 @@ mod tests {
             };
             let want = format!(
                 "box 1 (class 7) spans x {x1}..{x2}, y {y1}..{y2}, which is not inside the 56x32 \
-                 image; boxes need 0 <= x1 < x2 <= 56 and 0 <= y1 < y2 <= 32"
+                 image; it needs 0 <= x1 < x2 <= 56 and 0 <= y1 < y2 <= 32"
+            );
+            assert_eq!(refused(&s), want);
+            assert_eq!(read_refusal(forge(&s)), want);
+
+            // Ignore regions follow the same rule.
+            let mut s = test_sample(2);
+            s.ignore[0] = IgnoreRegion { x1, y1, x2, y2 };
+            let want = format!(
+                "ignore region 0 spans x {x1}..{x2}, y {y1}..{y2}, which is not inside the 56x32 \
+                 image; it needs 0 <= x1 < x2 <= 56 and 0 <= y1 < y2 <= 32"
             );
             assert_eq!(refused(&s), want);
             assert_eq!(read_refusal(forge(&s)), want);

@@ -2,7 +2,7 @@
 
 use image::{GrayImage, Luma, Rgb, RgbImage};
 
-use crate::sample::{BoxLabel, Conditions, Sample, TrafficSide};
+use crate::sample::{BoxLabel, Conditions, IgnoreRegion, Sample, TrafficSide};
 
 /// A small deterministic sample; `k` varies its size, boxes and labels.
 pub fn test_sample(k: u32) -> Sample {
@@ -22,6 +22,14 @@ pub fn test_sample(k: u32) -> Sample {
                 y1: 2.5,
                 x2: 10.75 + j as f32,
                 y2: 12.125,
+            })
+            .collect(),
+        ignore: (0..k / 2)
+            .map(|j| IgnoreRegion {
+                x1: 2.0 + j as f32,
+                y1: 1.0,
+                x2: 6.5 + j as f32,
+                y2: 4.0,
             })
             .collect(),
         drivable,

@@ -10,7 +10,9 @@
 //! 3. A point claimed by several boxes takes the smallest one (the larger boxes keep others).
 //!
 //! Positives get a one-hot class target and the box as regression target; everything else is
-//! a negative for every class.
+//! a negative for every class, except points inside an ignore region (unlabelled objects such
+//! as KITTI's DontCare) and every point of an image whose dataset does not label detection:
+//! those get weight 0 and are neither positive nor negative.
 
 use crate::detection_head::{anchor_points, STRIDES};
 
@@ -26,6 +28,27 @@ pub struct TargetBox {
     pub bbox: [f32; 4],
 }
 
+/// One image's detection labels in network-input pixels.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ImageTargets {
+    pub boxes: Vec<TargetBox>,
+    /// Ignore regions `[x1, y1, x2, y2]`: no negatives inside them.
+    pub ignore: Vec<[f32; 4]>,
+    /// Whether the image's dataset labels detection; when not, the image adds no loss.
+    pub labelled: bool,
+}
+
+impl ImageTargets {
+    /// A detection-labelled image with these boxes and no ignore regions.
+    pub fn labelled(boxes: Vec<TargetBox>) -> Self {
+        ImageTargets {
+            boxes,
+            ignore: Vec::new(),
+            labelled: true,
+        }
+    }
+}
+
 /// Dense targets for one batch, as flat row-major arrays ready to become tensors.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DetectionTargets {
@@ -38,6 +61,9 @@ pub struct DetectionTargets {
     pub boxes: Vec<f32>,
     /// `[batch, anchors]`: 1 for a positive, else 0.
     pub positive: Vec<f32>,
+    /// `[batch, anchors]`: weight of the classification loss: 1, or 0 for a non-positive point
+    /// inside an ignore region or of an unlabelled image.
+    pub weight: Vec<f32>,
     pub num_positive: usize,
 }
 
@@ -54,7 +80,7 @@ pub fn level_for(bbox: &[f32; 4]) -> usize {
 pub fn assign_targets(
     height: usize,
     width: usize,
-    targets: &[Vec<TargetBox>],
+    targets: &[ImageTargets],
     num_classes: usize,
 ) -> DetectionTargets {
     let anchors = anchor_points(height, width);
@@ -73,10 +99,26 @@ pub fn assign_targets(
         classes: vec![0.0; batch * n * num_classes],
         boxes: vec![0.0; batch * n * 4],
         positive: vec![0.0; batch * n],
+        weight: vec![1.0; batch * n],
         num_positive: 0,
     };
     let mut owner: Vec<Option<(f32, usize)>> = vec![None; n];
-    for (b, boxes) in targets.iter().enumerate() {
+    for (b, image) in targets.iter().enumerate() {
+        let weights = &mut out.weight[b * n..(b + 1) * n];
+        if !image.labelled {
+            weights.fill(0.0);
+            continue;
+        }
+        for (a, w) in anchors.iter().zip(weights.iter_mut()) {
+            let ignored = image
+                .ignore
+                .iter()
+                .any(|r| a.x >= r[0] && a.x <= r[2] && a.y >= r[1] && a.y <= r[3]);
+            if ignored {
+                *w = 0.0;
+            }
+        }
+        let boxes = &image.boxes;
         owner.iter_mut().for_each(|o| *o = None);
         for (g, t) in boxes.iter().enumerate() {
             let [x1, y1, x2, y2] = t.bbox;
@@ -112,6 +154,7 @@ pub fn assign_targets(
                 let t = &boxes[*g];
                 let i = b * n + a;
                 out.positive[i] = 1.0;
+                out.weight[i] = 1.0;
                 out.classes[i * num_classes + t.class] = 1.0;
                 out.boxes[i * 4..i * 4 + 4].copy_from_slice(&t.bbox);
                 out.num_positive += 1;
@@ -140,10 +183,10 @@ mod tests {
         let t = assign_targets(
             64,
             64,
-            &[vec![TargetBox {
+            &[ImageTargets::labelled(vec![TargetBox {
                 class: 2,
                 bbox: [19.0, 11.0, 23.0, 15.0],
-            }]],
+            }])],
             3,
         );
         assert_eq!(t.anchors, 64 + 16 + 4);
@@ -162,14 +205,14 @@ mod tests {
             class: 0,
             bbox: [0.0, 0.0, 32.0, 32.0],
         };
-        let t = assign_targets(64, 64, &[vec![big]], 2);
+        let t = assign_targets(64, 64, &[ImageTargets::labelled(vec![big])], 2);
         assert_eq!(t.num_positive, 16);
         // A smaller box over cell (1,1) takes that point.
         let small = TargetBox {
             class: 1,
             bbox: [8.0, 8.0, 16.0, 16.0],
         };
-        let t = assign_targets(64, 64, &[vec![big, small]], 2);
+        let t = assign_targets(64, 64, &[ImageTargets::labelled(vec![big, small])], 2);
         assert_eq!(t.num_positive, 16);
         let a = 8 + 1;
         assert_eq!(&t.classes[a * 2..a * 2 + 2], &[0.0, 1.0]);
@@ -182,8 +225,8 @@ mod tests {
             64,
             64,
             &[
-                vec![],
-                vec![
+                ImageTargets::labelled(vec![]),
+                ImageTargets::labelled(vec![
                     TargetBox {
                         class: 0,
                         bbox: [10.0, 10.0, 10.0, 20.0],
@@ -192,11 +235,44 @@ mod tests {
                         class: 5,
                         bbox: [0.0, 0.0, 8.0, 8.0],
                     },
-                ],
+                ]),
             ],
             2,
         );
         assert_eq!(t.num_positive, 0);
         assert_eq!(t.positive.len(), 2 * 84);
+    }
+
+    #[test]
+    fn ignore_regions_and_unlabelled_images_get_zero_weight() {
+        // 64x64: level 0 is 8x8 cells of 8 px with centres at 4, 12, ..., 60.
+        let boxed = TargetBox {
+            class: 0,
+            bbox: [19.0, 11.0, 23.0, 15.0],
+        };
+        let images = [
+            ImageTargets {
+                boxes: vec![boxed],
+                // Covers the centres (4..=12, 4..=12) of level 0, and the box's own cell
+                // (20, 12), which stays a positive.
+                ignore: vec![[0.0, 0.0, 13.0, 13.0], [18.0, 10.0, 24.0, 16.0]],
+                labelled: true,
+            },
+            ImageTargets {
+                boxes: vec![],
+                ignore: vec![],
+                labelled: false,
+            },
+        ];
+        let t = assign_targets(64, 64, &images, 1);
+        let n = t.anchors;
+        let zero: Vec<usize> = (0..n).filter(|&a| t.weight[a] == 0.0).collect();
+        // Level 0: cells (0,0), (1,0), (0,1), (1,1). Level 1 (stride 16, centres 8, 24, ...):
+        // the centre (8, 8). Level 2 (stride 32, centres 16, 48): none.
+        assert_eq!(zero, vec![0, 1, 8, 9, 64]);
+        let positive = 8 + 2;
+        assert_eq!((t.positive[positive], t.weight[positive]), (1.0, 1.0));
+        assert!(t.weight[n..].iter().all(|&w| w == 0.0));
+        assert_eq!(t.num_positive, 1);
     }
 }

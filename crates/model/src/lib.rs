@@ -49,7 +49,7 @@ pub mod network;
 pub mod segmentation_head;
 pub mod sppf;
 
-pub use assign::{assign_targets, DetectionTargets, TargetBox};
+pub use assign::{assign_targets, DetectionTargets, ImageTargets, TargetBox};
 pub use decode::{decode_detections, DecodeOptions, ScoredBox};
 pub use detection_head::{anchor_points, AnchorPoint, DetectionOutput, STRIDES};
 pub use loss::{multitask_loss, LossParts, LossWeights, SegmentationTargets};

@@ -1,11 +1,13 @@
 //! Multi-task loss.
 //!
 //! - Detection classification: sigmoid focal loss (alpha 0.25, gamma 2) over every anchor and
-//!   class, summed and divided by the number of positives.
+//!   class, summed and divided by the number of positives. Anchors of weight 0 (inside ignore
+//!   regions, or of images whose dataset does not label detection) add nothing.
 //! - Detection boxes: GIoU loss `1 - GIoU(pred, target)` over the positives, divided by their
 //!   number.
 //! - Drivable area and lane lines: binary cross-entropy (mean over pixels) plus soft Dice
-//!   (per image, averaged), which keeps thin lane lines from drowning in background.
+//!   (per image), which keeps thin lane lines from drowning in background; averaged over the
+//!   images whose dataset labels the task (0 when none does).
 //!
 //! The total is the weighted sum, weights from the run config.
 
@@ -41,11 +43,14 @@ impl Default for LossWeights {
     }
 }
 
-/// Segmentation targets, `[batch, height, width]` with values 0/1.
+/// Segmentation targets, `[batch, height, width]` with values 0/1, and per image whether its
+/// dataset labels the task (`[batch]`, 1 or 0).
 #[derive(Debug, Clone)]
 pub struct SegmentationTargets<B: Backend> {
     pub drivable: Tensor<B, 3>,
     pub lanes: Tensor<B, 3>,
+    pub drivable_labelled: Tensor<B, 1>,
+    pub lanes_labelled: Tensor<B, 1>,
 }
 
 /// The total and each term (unweighted), each a one-element tensor. A term is `None` when its
@@ -133,27 +138,35 @@ pub fn detection_loss<B: Backend>(
     let box_targets = tensor3(&targets.boxes, [b, n, 4]);
     let positive =
         Tensor::<B, 1>::from_floats(targets.positive.as_slice(), &device).reshape([b, n]);
+    let weight = tensor3(&targets.weight, [b, n, 1]);
     let norm = targets.num_positive.max(1) as f64;
 
-    let classification = focal_loss(output.class_logits.clone(), class_targets).sum() / norm;
+    let classification =
+        (focal_loss(output.class_logits.clone(), class_targets) * weight).sum() / norm;
     let boxes = distances_to_boxes(output.distances.clone(), height, width);
     let giou = generalized_iou(boxes, box_targets);
     let box_loss = ((giou.neg() + 1.0) * positive).sum() / norm;
     (classification, box_loss)
 }
 
-/// BCE + soft Dice for one binary segmentation task.
-/// `logits: [batch, 1, h, w]`, `targets: [batch, h, w]`.
-pub fn segmentation_loss<B: Backend>(logits: Tensor<B, 4>, targets: Tensor<B, 3>) -> Tensor<B, 1> {
+/// BCE + soft Dice for one binary segmentation task, averaged over the labelled images.
+/// `logits: [batch, 1, h, w]`, `targets: [batch, h, w]`, `labelled: [batch]` (1 or 0).
+pub fn segmentation_loss<B: Backend>(
+    logits: Tensor<B, 4>,
+    targets: Tensor<B, 3>,
+    labelled: Tensor<B, 1>,
+) -> Tensor<B, 1> {
     let [b, _, h, w] = logits.dims();
     let logits = logits.reshape([b, h * w]);
     let targets = targets.reshape([b, h * w]);
-    let bce = bce_with_logits(logits.clone(), targets.clone()).mean();
+    let bce = bce_with_logits(logits.clone(), targets.clone()).mean_dim(1);
     let p = sigmoid(logits);
     let inter = (p.clone() * targets.clone()).sum_dim(1);
     let denom = p.sum_dim(1) + targets.sum_dim(1);
     let dice = (inter * 2.0 + 1.0) / (denom + 1.0);
-    bce + dice.neg().add_scalar(1.0).mean()
+    let per_image = (bce - dice + 1.0).reshape([b]);
+    let count = labelled.clone().sum().clamp_min(1.0);
+    (per_image * labelled).sum() / count
 }
 
 /// The weighted multi-task loss of a forward pass. `detection` holds the assigned targets of
@@ -172,14 +185,20 @@ pub fn multitask_loss<B: Backend>(
         }
         _ => (None, None),
     };
-    let drivable = output
-        .drivable
-        .clone()
-        .map(|l| segmentation_loss(l, segmentation.drivable.clone()));
-    let lanes = output
-        .lanes
-        .clone()
-        .map(|l| segmentation_loss(l, segmentation.lanes.clone()));
+    let drivable = output.drivable.clone().map(|l| {
+        segmentation_loss(
+            l,
+            segmentation.drivable.clone(),
+            segmentation.drivable_labelled.clone(),
+        )
+    });
+    let lanes = output.lanes.clone().map(|l| {
+        segmentation_loss(
+            l,
+            segmentation.lanes.clone(),
+            segmentation.lanes_labelled.clone(),
+        )
+    });
     let terms = [
         (&classification, weights.classification),
         (&box_iou, weights.box_iou),
@@ -277,9 +296,38 @@ mod tests {
             .sub_scalar(20.0)
             .reshape([1, 1, 2, 2]);
         let bad = good.clone().neg();
-        let lg: f32 = segmentation_loss(good, t.clone()).into_scalar();
-        let lb: f32 = segmentation_loss(bad, t).into_scalar();
+        let one = || Tensor::<B, 1>::ones([1], &d);
+        let lg: f32 = segmentation_loss(good, t.clone(), one()).into_scalar();
+        let lb: f32 = segmentation_loss(bad, t, one()).into_scalar();
         assert!(lg < 0.2, "{lg}");
         assert!(lb > 10.0, "{lb}");
+    }
+
+    #[test]
+    fn unlabelled_images_add_no_segmentation_loss() {
+        let d = Default::default();
+        let t = Tensor::<B, 3>::from_floats([[[1.0, 0.0], [0.0, 1.0]]], &d);
+        let logits = Tensor::<B, 4>::from_floats([[[[0.5, -1.0], [2.0, 0.0]]]], &d);
+        let alone: f32 =
+            segmentation_loss(logits.clone(), t.clone(), Tensor::ones([1], &d)).into_scalar();
+        // Hand-computed: BCE of (0.5,1), (-1,0), (2,0), (0,1) averaged, plus 1 - Dice.
+        let bce = |x: f32, y: f32| x.max(0.0) - x * y + (1.0 + (-x.abs()).exp()).ln();
+        let sig = |x: f32| 1.0 / (1.0 + (-x).exp());
+        let mean_bce = (bce(0.5, 1.0) + bce(-1.0, 0.0) + bce(2.0, 0.0) + bce(0.0, 1.0)) / 4.0;
+        let (p, inter) = (
+            sig(0.5) + sig(-1.0) + sig(2.0) + sig(0.0),
+            sig(0.5) + sig(0.0),
+        );
+        let want = mean_bce + 1.0 - (2.0 * inter + 1.0) / (p + 2.0 + 1.0);
+        assert!(close(alone, want), "{alone} vs {want}");
+
+        // A second, unlabelled image with a wrong target changes nothing.
+        let targets = Tensor::cat(vec![t.clone(), t.clone().neg().add_scalar(1.0)], 0);
+        let both = Tensor::cat(vec![logits.clone(), logits.clone()], 0);
+        let labelled = Tensor::<B, 1>::from_floats([1.0, 0.0], &d);
+        let l: f32 = segmentation_loss(both.clone(), targets.clone(), labelled).into_scalar();
+        assert!(close(l, alone), "{l} vs {alone}");
+        let none: f32 = segmentation_loss(both, targets, Tensor::zeros([2], &d)).into_scalar();
+        assert_eq!(none, 0.0);
     }
 }

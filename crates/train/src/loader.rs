@@ -183,7 +183,8 @@ impl BatchBuilder {
                 .map(|(_, items)| collate_augmented(items))
                 .collect()
         });
-        for (((slots, _), batch), state) in good.into_iter().zip(batches).zip(states) {
+        for (((slots, _), mut batch), state) in good.into_iter().zip(batches).zip(states) {
+            self.label_tasks(&mut batch, &slots);
             self.ready.push_back(LoadedBatch {
                 batch,
                 slots,
@@ -238,13 +239,22 @@ impl BatchBuilder {
             let results = self.prepare_all(&fresh);
             round = fresh.into_iter().zip(results).collect();
         }
-        let batch = self.pool.install(|| collate_augmented(&items));
+        let mut batch = self.pool.install(|| collate_augmented(&items));
+        self.label_tasks(&mut batch, &slots);
         Ok(LoadedBatch {
             batch,
             slots,
             skipped,
             sampler_state: self.sampler.state(),
         })
+    }
+
+    /// Marks each image of `batch` with the tasks its dataset labels.
+    fn label_tasks(&self, batch: &mut Batch, slots: &[SampleRef]) {
+        batch.tasks = slots
+            .iter()
+            .map(|r| self.data.dataset(r.dataset).manifest().tasks)
+            .collect();
     }
 
     fn describe(&self, r: &SampleRef, error: &DataError) -> SkippedSample {

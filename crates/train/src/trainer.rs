@@ -19,9 +19,9 @@ use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use burn::vision::VisionBackend;
 use indicatif::{ProgressBar, ProgressStyle};
-use percept_data::{AuditEvent, AuditHead, AuditLog, Batch, SamplerState};
+use percept_data::{AuditEvent, AuditHead, AuditLog, Batch, LabelledTasks, SamplerState};
 use percept_model::{
-    assign_targets, multitask_loss, LossParts, PerceptionNet, PerceptionNetConfig,
+    assign_targets, multitask_loss, ImageTargets, LossParts, PerceptionNet, PerceptionNetConfig,
     SegmentationTargets, TargetBox,
 };
 use serde::{Deserialize, Serialize};
@@ -154,18 +154,21 @@ struct MetricsLine<'a> {
 }
 
 /// Converts a batch's labels into detection targets of the model crate.
-pub fn target_boxes(batch: &Batch) -> Vec<Vec<TargetBox>> {
-    batch
-        .boxes
-        .iter()
-        .map(|boxes| {
-            boxes
+pub fn detection_targets(batch: &Batch) -> Vec<ImageTargets> {
+    (0..batch.batch_size)
+        .map(|i| ImageTargets {
+            boxes: batch.boxes[i]
                 .iter()
                 .map(|b| TargetBox {
                     class: b.class as usize,
                     bbox: [b.x1, b.y1, b.x2, b.y2],
                 })
-                .collect()
+                .collect(),
+            ignore: batch.ignore[i]
+                .iter()
+                .map(|r| [r.x1, r.y1, r.x2, r.y2])
+                .collect(),
+            labelled: batch.tasks[i].detection,
         })
         .collect()
 }
@@ -178,9 +181,15 @@ pub fn batch_tensors<B: Backend>(
     let [b, h, w] = [batch.batch_size, batch.height, batch.width];
     let images = Tensor::<B, 1>::from_floats(batch.images.as_slice(), device).reshape([b, 3, h, w]);
     let mask = |v: &[f32]| Tensor::<B, 1>::from_floats(v, device).reshape([b, h, w]);
+    let labelled = |task: fn(&LabelledTasks) -> bool| {
+        let v: Vec<f32> = batch.tasks.iter().map(|t| task(t) as u8 as f32).collect();
+        Tensor::<B, 1>::from_floats(v.as_slice(), device)
+    };
     let targets = SegmentationTargets {
         drivable: mask(&batch.drivable),
         lanes: mask(&batch.lanes),
+        drivable_labelled: labelled(|t| t.drivable),
+        lanes_labelled: labelled(|t| t.lanes),
     };
     (images, targets)
 }
@@ -195,10 +204,14 @@ pub fn batch_loss<B: Backend>(
 ) -> LossParts<B> {
     let (images, seg) = batch_tensors::<B>(batch, device);
     let output = net.forward(images);
-    let det_targets = output
-        .detection
-        .as_ref()
-        .map(|_| assign_targets(batch.height, batch.width, &target_boxes(batch), num_classes));
+    let det_targets = output.detection.as_ref().map(|_| {
+        assign_targets(
+            batch.height,
+            batch.width,
+            &detection_targets(batch),
+            num_classes,
+        )
+    });
     multitask_loss(&output, det_targets.as_ref(), &seg, &config.loss)
 }
 

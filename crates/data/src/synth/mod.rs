@@ -172,6 +172,7 @@ impl SceneGenerator {
             id: format!("synth-{:016x}-{index}", self.seed),
             image: out.image,
             boxes: out.boxes,
+            ignore: Vec::new(),
             drivable: out.drivable,
             lanes: out.lanes,
             conditions: Conditions {
