@@ -1304,7 +1304,7 @@ mod tests {
     }
 
     #[test]
-    fn boxes_off_the_canvas_are_dropped_and_cut_ones_clipped() {
+    fn boxes_off_the_canvas_are_dropped_cut_ones_clipped_and_tiny_ones_ignored() {
         let mut sample = rect_sample(100, 100, (10, 10, 20, 20), RECT);
         sample.boxes = vec![
             bx(0, 10.0, 10.0, 20.0, 20.0),
@@ -1329,7 +1329,50 @@ mod tests {
             vec![bx(0, 98.0, 10.0, 100.0, 20.0)]
         );
         p.min_box_side = 3.0;
-        assert!(augment(&sample, &p, 100, 100).boxes.is_empty());
+        let out = augment(&sample, &p, 100, 100);
+        assert!(out.boxes.is_empty());
+        // Too small to learn from, but an object: an ignore region, not background.
+        assert_eq!(
+            out.ignore,
+            vec![IgnoreRegion {
+                x1: 98.0,
+                y1: 10.0,
+                x2: 100.0,
+                y2: 20.0
+            }]
+        );
+    }
+
+    #[test]
+    fn ignore_regions_follow_the_warp() {
+        let mut sample = rect_sample(100, 100, (10, 10, 20, 20), RECT);
+        sample.ignore = vec![
+            IgnoreRegion {
+                x1: 30.0,
+                y1: 5.0,
+                x2: 50.0,
+                y2: 25.0,
+            },
+            IgnoreRegion {
+                x1: 90.0,
+                y1: 0.0,
+                x2: 100.0,
+                y2: 10.0,
+            },
+        ];
+        // Scale 1, 20 px right, mirrored: x -> 100 - (x + 20). 30..50 -> 30..50 mirrored from
+        // 50..70; 90..100 -> 110..120 is off the canvas.
+        let out = augment(&sample, &params(1.0, 0.2, 0.0, true), 100, 100);
+        assert_eq!(
+            out.ignore,
+            vec![IgnoreRegion {
+                x1: 30.0,
+                y1: 5.0,
+                x2: 50.0,
+                y2: 25.0
+            }]
+        );
+        assert_eq!(out.boxes, vec![bx(1, 60.0, 10.0, 70.0, 20.0)]);
     }
 
     #[test]

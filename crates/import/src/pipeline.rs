@@ -246,7 +246,12 @@ pub fn import(
     progress: &dyn ImportProgress,
 ) -> Result<ImportSummary, ImportError> {
     validate_options(opts)?;
+    // Refusals that need no scan come first: a scan of BDD100K takes a while.
+    let existing = prepare_output(source, opts)?;
     let scan = scan(source, opts, progress)?;
+    if let Some(manifest) = &existing {
+        refuse_existing_splits(manifest, opts, &scan)?;
+    }
     if scan.frames.values().all(|&n| n == 0) {
         return Err(ImportError::Source(format!(
             "the {} source holds no frames to import ({} records, all skipped or none at all)",
@@ -257,7 +262,6 @@ pub fn import(
     let settings = settings(source, opts, &scan);
     let blocks_total = scan.records.div_ceil(opts.samples_per_shard);
     let state_path = opts.out.join(STATE_FILE);
-    let existing = prepare_output(source, opts, &scan)?;
     let mut state = match load_state(&state_path)? {
         Some(state) => resume_state(state, &settings, opts)?,
         None => ImportState {
@@ -465,7 +469,6 @@ fn settings(source: &dyn Source, opts: &ImportOptions, scan: &Scan) -> BTreeMap<
 fn prepare_output(
     source: &dyn Source,
     opts: &ImportOptions,
-    scan: &Scan,
 ) -> Result<Option<Manifest>, ImportError> {
     let out = &opts.out;
     std::fs::create_dir_all(out).map_err(|e| DataError::io(out, e))?;
@@ -514,19 +517,30 @@ fn prepare_output(
             source.tasks().names(),
         );
     }
-    if !in_progress {
-        for (split, &n) in &scan.frames {
-            if n > 0 && manifest.samples_of(*split) > 0 {
-                return Err(ImportError::Options(format!(
-                    "{} already holds the {split} split of dataset `{}`; import into a new \
-                     directory, or import the other split",
-                    out.display(),
-                    manifest.name
-                )));
-            }
+    Ok(Some(manifest))
+}
+
+/// Refuses to add a split the dataset already has (unless an interrupted import of it is
+/// being resumed).
+fn refuse_existing_splits(
+    manifest: &Manifest,
+    opts: &ImportOptions,
+    scan: &Scan,
+) -> Result<(), ImportError> {
+    if opts.out.join(STATE_FILE).exists() {
+        return Ok(());
+    }
+    for (split, &n) in &scan.frames {
+        if n > 0 && manifest.samples_of(*split) > 0 {
+            return Err(ImportError::Options(format!(
+                "{} already holds the {split} split of dataset `{}`; import into a new \
+                 directory, or import the other split",
+                opts.out.display(),
+                manifest.name
+            )));
         }
     }
-    Ok(Some(manifest))
+    Ok(())
 }
 
 fn load_state(path: &Path) -> Result<Option<ImportState>, ImportError> {

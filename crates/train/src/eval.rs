@@ -82,7 +82,8 @@ fn targets(v: &[f32]) -> Vec<u8> {
     v.iter().map(|&x| (x > 0.5) as u8).collect()
 }
 
-/// Evaluates `net` on every sample of `dataset`, `batch_size` at a time.
+/// Evaluates `net` on every sample of `dataset`, `batch_size` at a time. A task the network
+/// lacks or the dataset does not label (its manifest's `tasks`) has no report.
 pub fn evaluate<B: VisionBackend>(
     net: &PerceptionNet<B>,
     card: &ModelCard,
@@ -93,6 +94,12 @@ pub fn evaluate<B: VisionBackend>(
 ) -> Result<EvalReport, TrainError> {
     let (w, h) = (card.input.width, card.input.height);
     let num_classes = card.classes.len();
+    let (built, labelled) = (card.architecture.tasks, dataset.manifest().tasks);
+    let evaluated = (
+        built.detection && labelled.detection,
+        built.drivable && labelled.drivable,
+        built.lanes && labelled.lanes,
+    );
     let mut ap = DetectionEvaluator::coco(num_classes);
     let mut operating = DetectionEvaluator::new(num_classes, vec![0.5]);
     let mut drivable = SegmentationEvaluator::new();
@@ -109,7 +116,7 @@ pub fn evaluate<B: VisionBackend>(
         let batch: Batch = collate(&samples, w as u32, h as u32);
         let (images, _) = batch_tensors::<B>(&batch, device);
         let out = net.forward(images);
-        if let Some(det) = &out.detection {
+        if let (true, Some(det)) = (evaluated.0, &out.detection) {
             for (dets, gt) in decode_detections(det, h, w, &decode)
                 .iter()
                 .zip(&batch.boxes)
@@ -133,11 +140,15 @@ pub fn evaluate<B: VisionBackend>(
             }
             Ok::<(), TrainError>(())
         };
-        seg(&mut drivable, out.drivable, &batch.drivable)?;
-        seg(&mut lanes, out.lanes, &batch.lanes)?;
+        seg(
+            &mut drivable,
+            out.drivable.filter(|_| evaluated.1),
+            &batch.drivable,
+        )?;
+        seg(&mut lanes, out.lanes.filter(|_| evaluated.2), &batch.lanes)?;
         bar.inc(samples.len() as u64);
     }
-    let detection = card.architecture.tasks.detection.then(|| {
+    let detection = evaluated.0.then(|| {
         let metrics = ap.finish();
         let op = operating.finish();
         let (matched, total) = op.per_class.iter().fold((0.0, 0u64), |(m, t), c| {
@@ -175,16 +186,8 @@ pub fn evaluate<B: VisionBackend>(
         resolution: "network".into(),
         input: [w, h],
         detection,
-        drivable: card
-            .architecture
-            .tasks
-            .drivable
-            .then(|| SegmentationReport::from(&drivable)),
-        lanes: card
-            .architecture
-            .tasks
-            .lanes
-            .then(|| SegmentationReport::from(&lanes)),
+        drivable: evaluated.1.then(|| SegmentationReport::from(&drivable)),
+        lanes: evaluated.2.then(|| SegmentationReport::from(&lanes)),
     })
 }
 
