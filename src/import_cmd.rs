@@ -11,7 +11,7 @@ use indicatif::ProgressBar;
 use percept::data::Split;
 use percept::import::bdd100k::{default_lane_lines, Bdd100kOptions, Bdd100kSource, LaneCategory};
 use percept::import::kitti::{KittiOptions, KittiSource};
-use percept::import::pipeline::{import, ImportOptions, ImportProgress, ImportSummary};
+use percept::import::pipeline::{import, plural, ImportOptions, ImportProgress, ImportSummary};
 use percept::import::yolop::{YolopOptions, YolopSource};
 use percept::import::{ClassMap, Source, UnmappedPolicy};
 use percept::train::commands::progress;
@@ -249,17 +249,22 @@ fn print_summary(s: &ImportSummary) {
         .iter()
         .map(|(split, n)| format!("{n} {split}"))
         .collect();
+    let total: usize = r.imported.values().sum();
     println!(
-        "imported {} frames into {} (dataset `{}`, region {}, {} shards, tasks: {})",
+        "imported {} {} into {} (dataset `{}`, region {}, {}, tasks: {})",
         imported.join(" + "),
+        if total == 1 { "frame" } else { "frames" },
         s.dir.display(),
         r.dataset,
         r.region,
-        r.shards.len(),
+        plural(r.shards.len(), "shard"),
         r.tasks.names()
     );
     if r.resumed_blocks > 0 {
-        println!("  resumed: {} blocks were done before", r.resumed_blocks);
+        println!(
+            "  resumed: {} done before the interruption",
+            plural(r.resumed_blocks, "block")
+        );
     }
     let objects: Vec<String> = r.objects.iter().map(|(c, n)| format!("{c} {n}")).collect();
     println!(

@@ -20,7 +20,7 @@ use percept::data::{
     BoxLabel, Conditions, IgnoreRegion, LabelledTasks, Manifest, Sample, SceneGenerator,
     ShardReader, Split, TrafficSide, MANIFEST_FILE, SYNTH_CLASSES,
 };
-use percept::import::bdd100k::{default_lane_lines, Bdd100kOptions, Bdd100kSource};
+use percept::import::bdd100k::{default_lane_lines, Bdd100kOptions, Bdd100kSource, LaneCategory};
 use percept::import::pipeline::{import, ImportOptions, ImportProgress, Quiet, STATE_FILE};
 use percept::import::{ClassMap, ImportError, ImportReport, UnmappedPolicy};
 use serde_json::{json, Value};
@@ -236,13 +236,17 @@ impl BddSplit {
     }
 
     fn source(&self, split: Split) -> Bdd100kSource {
+        self.source_with_lanes(split, default_lane_lines())
+    }
+
+    fn source_with_lanes(&self, split: Split, lane_categories: Vec<LaneCategory>) -> Bdd100kSource {
         Bdd100kSource::new(Bdd100kOptions {
             images: self.images.clone(),
             labels: self.labels.clone(),
             drivable: Some(self.drivable.clone()),
             lanes: Some(self.lanes.clone()),
             split,
-            lane_categories: default_lane_lines(),
+            lane_categories,
         })
         .unwrap()
     }
@@ -458,7 +462,7 @@ fn bdd100k_import_keeps_boxes_masks_and_conditions() {
         &run.stdout,
         &[
             "imported 3 train frames into",
-            "(dataset `bdd100k-us`, region US, 1 shards, tasks: detection, drivable, lanes)",
+            "(dataset `bdd100k-us`, region US, 1 shard, tasks: detection, drivable, lanes)",
             "boxes: bicycle 1, car 1, pedestrian 1, traffic light 1, traffic sign 1, truck 1",
             "ignore regions: 1",
             "dropped objects: 1 x box outside the image",
@@ -850,7 +854,7 @@ fn malformed_records_are_reported_with_file_and_reason() {
     }
     assert_contains(
         &run.stdout,
-        &["imported 1 train frames", "skipped records: 3"],
+        &["imported 1 train frame ", "skipped records: 3"],
     );
 
     let (_, stored) = read_back(&out);
@@ -937,6 +941,14 @@ fn interrupted_import_resumes_to_the_same_dataset() {
     };
     assert_contains(message, &["region was `US`, now `DE`"]);
     assert!(state.exists(), "a refused resume keeps the state");
+    // So is resuming with options of the source that change the masks.
+    let curbs = bdd.source_with_lanes(Split::Train, vec![LaneCategory::RoadCurb]);
+    let err = import(&curbs, &options(&out, "US"), &Quiet).unwrap_err();
+    let ImportError::Resume(message) = &err else {
+        panic!("expected a resume refusal, got {err}");
+    };
+    assert_contains(message, &["lane categories was `double other,"]);
+    assert_contains(message, &["now `road curb`"]);
 
     // Resuming finishes the dataset exactly as an uninterrupted import writes it.
     let resumed = import(&source, &options(&out, "US"), &Quiet).unwrap();
@@ -1040,6 +1052,22 @@ fn interrupted_import_resumes_to_the_same_dataset() {
         BTreeMap::from([(Split::Val, 3)])
     );
     assert!(out.join("import-report-train.json").exists());
+
+    // The same frames once more as test data: ids must be unique across the dataset's splits.
+    fs::remove_file(out.join("import-report-val.json")).unwrap();
+    let mut manifest = Manifest::load_dir(&out).unwrap();
+    manifest.shards.retain(|s| s.split == Split::Train);
+    manifest.save(out.join(MANIFEST_FILE)).unwrap();
+    let err = import(&source, &options(&out, "US"), &Quiet).unwrap_err();
+    assert!(
+        matches!(&err, ImportError::Options(m) if m.contains("already holds the train split")),
+        "{err}"
+    );
+    let err = import(&bdd.source(Split::Val), &options(&out, "US"), &Quiet).unwrap_err();
+    assert!(
+        matches!(&err, ImportError::Source(m) if m.contains("frame id `f00` appears twice in the dataset")),
+        "{err}"
+    );
 }
 
 #[test]

@@ -37,7 +37,7 @@ pub use batch::{
 pub use dataset::{Dataset, IntegrityPolicy, ShardCheck};
 pub use error::{DataError, Result};
 pub use manifest::{
-    is_region_code, LabelledTasks, Manifest, Policy, ShardEntry, Split, MANIFEST_FILE,
+    is_region_code, ImportRecord, LabelledTasks, Manifest, Policy, ShardEntry, Split, MANIFEST_FILE,
 };
 pub use residency::{ClearedDataset, GuardDecision, GuardRefusal, ResidencyGuard, Site};
 pub use sample::{BoxLabel, Conditions, IgnoreRegion, Sample, TrafficSide};

@@ -152,6 +152,25 @@ impl LabelledTasks {
     }
 }
 
+/// How some of a dataset's shards were made by `percept import`, kept in the manifest (under
+/// its seal) so a dataset's lineage travels with it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportRecord {
+    /// The importer, e.g. `percept-import 0.1.0 bdd100k`.
+    pub tool: String,
+    /// The splits this import wrote.
+    pub splits: Vec<Split>,
+    /// blake3 of the class map's TOML.
+    pub class_map: String,
+    /// blake3 over every source record's labels as read (see `percept_import::pipeline`).
+    pub labels: String,
+    /// Source records read, frames imported, records skipped.
+    pub records: usize,
+    pub imported: usize,
+    pub skipped: usize,
+}
+
 /// One shard of a dataset.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -187,6 +206,10 @@ pub struct Manifest {
         skip_serializing_if = "LabelledTasks::is_all"
     )]
     pub tasks: LabelledTasks,
+    /// How the shards were imported, one entry per `percept import`; absent for data made
+    /// otherwise (synthetic scenes).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub imports: Vec<ImportRecord>,
     pub shards: Vec<ShardEntry>,
     /// blake3 hex of the content (see the module docs); set by [`save`](Self::save).
     #[serde(default)]
@@ -205,6 +228,7 @@ impl PartialEq for Manifest {
             && self.policy == other.policy
             && self.classes == other.classes
             && self.tasks == other.tasks
+            && self.imports == other.imports
             && self.shards == other.shards
     }
 }
@@ -228,6 +252,7 @@ impl Manifest {
             policy: Policy::home_only(region),
             classes,
             tasks: LabelledTasks::ALL,
+            imports: Vec::new(),
             shards: Vec::new(),
             seal: String::new(),
             disk_hash: None,

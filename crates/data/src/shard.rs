@@ -612,6 +612,15 @@ impl ShardReader {
         Ok(parts.image)
     }
 
+    /// The id of sample `i`, from its label block alone (no image or mask is decoded).
+    pub fn sample_id(&self, i: usize) -> Result<String> {
+        let bytes = self.record_bytes(i)?;
+        let parts = split_record(bytes).map_err(|what| self.corrupt(i, what))?;
+        let label =
+            decode_label(parts.label, self.version).map_err(|what| self.corrupt(i, what))?;
+        Ok(label.id)
+    }
+
     /// Reads, verifies and decodes sample `i`.
     ///
     /// Checks everything [`EncodedRecord::encode`] guarantees (see the module docs), so a

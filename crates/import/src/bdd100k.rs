@@ -280,6 +280,11 @@ impl Source for Bdd100kSource {
         }
     }
 
+    fn settings(&self) -> Vec<(String, String)> {
+        let names: Vec<&str> = self.opts.lane_categories.iter().map(|c| c.name()).collect();
+        vec![("lane categories".into(), names.join(","))]
+    }
+
     /// Streams the label file from a thread of its own; see the
     /// [module docs](crate::bdd100k) for what ends the stream. Dropping the iterator stops and
     /// joins the thread.
@@ -368,7 +373,25 @@ impl Bdd100kSource {
 
 /// Reads a BDD100K drivable mask (0 direct, 1 alternative, 2 background) as percept's 0/1
 /// drivable mask.
+///
+/// The 2018 release's `drivable_maps/labels/<id>_drivable_id.png` use other values
+/// (0 background, 1 direct, 2 alternative) that pass every check here: reading them would
+/// silently invert the labels, so a frame whose mask exists only under that name is refused
+/// with the reason.
 fn read_drivable(path: &Path, image: &RgbImage) -> Result<GrayImage, String> {
+    if !path.exists() {
+        let stem = path.file_stem().unwrap_or_default().to_string_lossy();
+        let legacy = path.with_file_name(format!("{stem}_drivable_id.png"));
+        if legacy.exists() {
+            return Err(format!(
+                "no {} but {} exists: that is the 2018 drivable_maps encoding (0 background, \
+                 1 direct, 2 alternative), which this importer does not read; pass the current \
+                 release's labels/drivable/masks directory as --drivable",
+                path.display(),
+                legacy.display()
+            ));
+        }
+    }
     let mut mask = read_grey_png(path)?;
     check_mask_size("drivable mask", &mask, image)?;
     let width = mask.width() as usize;
@@ -886,10 +909,10 @@ mod tests {
     fn load_reports_bad_masks_and_missing_files() {
         let (dir, mut opts) = split_dir(
             r#"[{"name": "a.jpg"}, {"name": "b.jpg"}, {"name": "c.jpg"}, {"name": "gone.jpg"},
-                {"name": "d.jpg"}]"#,
+                {"name": "d.jpg"}, {"name": "e.jpg"}]"#,
         );
         let root = dir.path();
-        for name in ["a", "b", "c", "d"] {
+        for name in ["a", "b", "c", "d", "e"] {
             write_jpeg(&root.join(format!("images/{name}.jpg")), W, H);
             write_grey(&root.join(format!("lanes/{name}.png")), W, H, |_, _| 0);
         }
@@ -909,6 +932,8 @@ mod tests {
         RgbImage::new(W, H)
             .save(root.join("drivable/d.png"))
             .unwrap();
+        // e: only a 2018-release mask, whose values mean something else.
+        write_grey(&root.join("drivable/e_drivable_id.png"), W, H, |_, _| 1);
         opts.lane_categories = LaneCategory::ALL.to_vec();
         let source = Bdd100kSource::new(opts).unwrap();
         let errors: Vec<SkippedRecord> = frames(&source)
@@ -929,6 +954,7 @@ mod tests {
                 at("drivable/c.png", "c"),
                 at("images/gone.jpg", "gone"),
                 at("drivable/d.png", "d"),
+                at("drivable/e.png", "e"),
             ]
         );
         assert_eq!(
@@ -951,6 +977,13 @@ mod tests {
             errors[3].reason
         );
         assert!(errors[4].reason.contains("grey"), "{}", errors[4].reason);
+        assert!(
+            errors[5]
+                .reason
+                .contains("e_drivable_id.png exists: that is the 2018 drivable_maps encoding"),
+            "{}",
+            errors[5].reason
+        );
     }
 
     #[test]

@@ -29,8 +29,8 @@ use std::path::{Path, PathBuf};
 
 use image::GrayImage;
 use percept_data::{
-    is_region_code, BoxLabel, DataError, EncodedRecord, IgnoreRegion, LabelledTasks, Manifest,
-    Sample, ShardEntry, ShardWriter, Split, TrafficSide, MANIFEST_FILE,
+    is_region_code, BoxLabel, DataError, EncodedRecord, IgnoreRegion, ImportRecord, LabelledTasks,
+    Manifest, Sample, ShardEntry, ShardReader, ShardWriter, Split, TrafficSide, MANIFEST_FILE,
 };
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -125,17 +125,31 @@ fn unmapped_message(class_map: &str, categories: &[UnmappedCategory]) -> String 
         .iter()
         .map(|c| {
             format!(
-                "  `{}`: {} objects (first in {})",
-                c.category, c.objects, c.first_seen
+                "  `{}`: {} (first in {})",
+                c.category,
+                plural(c.objects, "object"),
+                c.first_seen
             )
         })
         .collect();
     format!(
-        "{} categories are not in {class_map}:\n{}\nadd them to the class map ([map], ignore or \
+        "{} not in {class_map}:\n{}\nadd them to the class map ([map], ignore or \
          drop) and pass it with --class-map, or pass --unmapped drop to drop them with a count",
-        categories.len(),
+        match categories.len() {
+            1 => "1 category is".to_string(),
+            n => format!("{n} categories are"),
+        },
         list.join("\n")
     )
+}
+
+/// `1 object`, `2 objects`.
+pub fn plural(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
 }
 
 /// What an import did; also written to `import-report-<splits>.json`.
@@ -237,6 +251,8 @@ struct Scan {
     records: usize,
     frames: BTreeMap<Split, usize>,
     fingerprint: String,
+    /// The first frame whose id the dataset already has, as a refusal.
+    duplicate: Option<String>,
 }
 
 /// Imports `source` into `opts.out`. See the module docs for the steps and guarantees.
@@ -248,9 +264,24 @@ pub fn import(
     validate_options(opts)?;
     // Refusals that need no scan come first: a scan of BDD100K takes a while.
     let existing = prepare_output(source, opts)?;
-    let scan = scan(source, opts, progress)?;
+    let state_path = opts.out.join(STATE_FILE);
+    let prior = load_state(&state_path)?;
+    // Ids already in the dataset, except those of shards this import wrote before it was
+    // interrupted (a crash can leave them listed in the manifest already).
+    let own: HashSet<&str> = prior
+        .iter()
+        .flat_map(|s| s.shards.iter().map(|e| e.file.as_str()))
+        .collect();
+    let existing_ids = match &existing {
+        Some(manifest) => sample_ids(manifest, &opts.out, &own)?,
+        None => HashSet::new(),
+    };
+    let scan = scan(source, opts, existing_ids, progress)?;
     if let Some(manifest) = &existing {
         refuse_existing_splits(manifest, opts, &scan)?;
+    }
+    if let Some(duplicate) = &scan.duplicate {
+        return Err(ImportError::Source(duplicate.clone()));
     }
     if scan.frames.values().all(|&n| n == 0) {
         return Err(ImportError::Source(format!(
@@ -261,8 +292,7 @@ pub fn import(
     }
     let settings = settings(source, opts, &scan);
     let blocks_total = scan.records.div_ceil(opts.samples_per_shard);
-    let state_path = opts.out.join(STATE_FILE);
-    let mut state = match load_state(&state_path)? {
+    let mut state = match prior {
         Some(state) => resume_state(state, &settings, opts)?,
         None => ImportState {
             version: STATE_VERSION,
@@ -302,7 +332,20 @@ pub fn import(
     }
     drop(frames);
 
-    let manifest = write_manifest(source, opts, existing, &state.shards)?;
+    let record = ImportRecord {
+        tool: format!(
+            "percept-import {} {}",
+            env!("CARGO_PKG_VERSION"),
+            source.format()
+        ),
+        splits: state.counts.imported.keys().copied().collect(),
+        class_map: opts.class_map.hash().to_string(),
+        labels: scan.fingerprint.clone(),
+        records: scan.records,
+        imported: state.counts.imported.values().sum(),
+        skipped: state.counts.skipped.len(),
+    };
+    let manifest = write_manifest(source, opts, existing, &state.shards, record)?;
     let splits: Vec<&str> = Split::ALL
         .iter()
         .filter(|s| state.counts.imported.get(s).is_some_and(|&n| n > 0))
@@ -377,15 +420,37 @@ fn split_of(frame: &Frame, val_fraction: Option<f64>) -> Split {
     }
 }
 
+/// The ids of every sample of a dataset (its shards' label blocks; no pixels are decoded).
+fn sample_ids(
+    manifest: &Manifest,
+    dir: &Path,
+    except: &HashSet<&str>,
+) -> Result<HashSet<String>, ImportError> {
+    let mut ids = HashSet::new();
+    for shard in manifest
+        .shards
+        .iter()
+        .filter(|s| !except.contains(s.file.as_str()))
+    {
+        let reader = ShardReader::open(dir.join(&shard.file))?;
+        for i in 0..reader.len() {
+            ids.insert(reader.sample_id(i)?);
+        }
+    }
+    Ok(ids)
+}
+
+/// Scans the source's labels; `ids` holds the ids the dataset already has.
 fn scan(
     source: &dyn Source,
     opts: &ImportOptions,
+    mut ids: HashSet<String>,
     progress: &dyn ImportProgress,
 ) -> Result<Scan, ImportError> {
     let mut hasher = blake3::Hasher::new();
     let mut records = 0usize;
     let mut frames = BTreeMap::new();
-    let mut ids = HashSet::new();
+    let mut duplicate = None;
     let mut unmapped: BTreeMap<String, (usize, String)> = BTreeMap::new();
     for item in source.frames().map_err(ImportError::Source)? {
         records += 1;
@@ -400,12 +465,12 @@ fn scan(
         hasher.update(&(json.len() as u64).to_le_bytes());
         hasher.update(&json);
         let Ok(frame) = item else { continue };
-        if !ids.insert(frame.id.clone()) {
-            return Err(ImportError::Source(format!(
-                "frame id `{}` appears twice (again in {}); sample ids must be unique within a \
-                 dataset",
+        if !ids.insert(frame.id.clone()) && duplicate.is_none() {
+            duplicate = Some(format!(
+                "frame id `{}` appears twice in the dataset (again in {}); sample ids must be \
+                 unique within a dataset, across its splits",
                 frame.id, frame.origin
-            )));
+            ));
         }
         *frames
             .entry(split_of(&frame, opts.val_fraction))
@@ -437,13 +502,15 @@ fn scan(
         records,
         frames,
         fingerprint: hasher.finalize().to_hex().to_string(),
+        duplicate,
     })
 }
 
 /// What identifies an import for resume: every option that changes the output, and the
 /// source's fingerprint.
 fn settings(source: &dyn Source, opts: &ImportOptions, scan: &Scan) -> BTreeMap<String, String> {
-    BTreeMap::from([
+    let mut settings: BTreeMap<String, String> = source.settings().into_iter().collect();
+    settings.extend([
         ("format".into(), source.format().to_string()),
         ("name".into(), opts.name.clone()),
         ("region".into(), opts.region.clone()),
@@ -462,7 +529,8 @@ fn settings(source: &dyn Source, opts: &ImportOptions, scan: &Scan) -> BTreeMap<
         ),
         ("tasks".into(), source.tasks().names()),
         ("source labels".into(), scan.fingerprint.clone()),
-    ])
+    ]);
+    settings
 }
 
 /// Checks the output directory and returns the dataset it already holds, if any.
@@ -738,6 +806,11 @@ fn build_record(
             drop(format!("`{}` dropped by the class map", object.category));
             continue;
         }
+        let [bx1, by1, bx2, by2] = object.bbox;
+        if bx2 <= bx1 || by2 <= by1 {
+            drop("empty box (zero width or height)".to_string());
+            continue;
+        }
         let Some([x1, y1, x2, y2]) = clip(object.bbox, w, h) else {
             drop("box outside the image".to_string());
             continue;
@@ -796,6 +869,7 @@ fn write_manifest(
     opts: &ImportOptions,
     existing: Option<Manifest>,
     shards: &[ShardEntry],
+    record: ImportRecord,
 ) -> Result<Manifest, ImportError> {
     let mut manifest = match existing {
         Some(m) => m,
@@ -815,6 +889,9 @@ fn write_manifest(
     manifest
         .shards
         .sort_by(|a, b| (a.split, &a.file).cmp(&(b.split, &b.file)));
+    if !manifest.imports.contains(&record) {
+        manifest.imports.push(record);
+    }
     manifest.save(opts.out.join(MANIFEST_FILE))?;
     Ok(manifest)
 }
@@ -840,6 +917,148 @@ fn save_json<T: Serialize>(path: &Path, value: &T) -> Result<(), ImportError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::source::{Object, Pixels};
+    use image::RgbImage;
+    use percept_data::{Conditions, LabelledTasks};
+
+    /// Frames held in memory, 16x8 px each, detection labels only.
+    struct MemorySource(Vec<Frame>);
+
+    impl Source for MemorySource {
+        fn format(&self) -> &'static str {
+            "memory"
+        }
+        fn tasks(&self) -> LabelledTasks {
+            LabelledTasks {
+                detection: true,
+                drivable: false,
+                lanes: false,
+            }
+        }
+        fn frames(&self) -> Result<Box<dyn Iterator<Item = FrameItem> + Send + '_>, String> {
+            Ok(Box::new(self.0.iter().cloned().map(Ok)))
+        }
+        fn load(&self, _: &Frame) -> Result<Pixels, SkippedRecord> {
+            Ok(Pixels {
+                image: RgbImage::new(16, 8),
+                jpeg: None,
+                drivable: None,
+                lanes: None,
+            })
+        }
+    }
+
+    fn frame(id: &str, objects: &[(&str, [f32; 4])]) -> Frame {
+        Frame {
+            id: id.into(),
+            split: Split::Train,
+            origin: format!("{id}.txt"),
+            objects: objects
+                .iter()
+                .map(|&(category, bbox)| Object {
+                    category: category.into(),
+                    bbox,
+                })
+                .collect(),
+            conditions: Conditions {
+                weather: "clear".into(),
+                time_of_day: "night".into(),
+                scene: "highway".into(),
+            },
+            image: PathBuf::from(format!("{id}.png")),
+            drivable: None,
+            lanes: None,
+        }
+    }
+
+    #[test]
+    fn objects_are_mapped_clipped_ignored_and_dropped_with_reasons() {
+        let source = MemorySource(vec![
+            frame(
+                "a",
+                &[
+                    ("car", [1.0, 2.0, 5.5, 6.0]),
+                    ("car", [3.0, 1.0, 3.0, 4.0]),
+                    ("car", [20.0, 1.0, 30.0, 4.0]),
+                    ("crowd", [-4.0, 0.0, 4.0, 10.0]),
+                    ("misc", [0.0, 0.0, 2.0, 2.0]),
+                    ("zzz", [0.0, 0.0, 2.0, 2.0]),
+                ],
+            ),
+            frame("b", &[("person", [10.0, 4.0, 18.0, 9.0])]),
+        ]);
+        let class_map = ClassMap::parse(
+            "classes = [\"car\", \"person\"]\nignore = [\"crowd\"]\ndrop = [\"misc\"]\n\
+             [map]\ncar = \"car\"\nperson = \"person\"\n",
+            "test map",
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let opts = ImportOptions {
+            out: dir.path().join("out"),
+            name: "mem".into(),
+            region: "GB".into(),
+            class_map,
+            unmapped: UnmappedPolicy::Error,
+            samples_per_shard: 10,
+            val_fraction: None,
+        };
+        let err = import(&source, &opts, &Quiet).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("1 category is not in test map:\n  `zzz`: 1 object (first in a.txt)"),
+            "{err}"
+        );
+
+        let opts = ImportOptions {
+            unmapped: UnmappedPolicy::Drop,
+            ..opts
+        };
+        let summary = import(&source, &opts, &Quiet).unwrap();
+        let r = &summary.report;
+        assert_eq!(
+            r.dropped_objects,
+            BTreeMap::from([
+                ("`misc` dropped by the class map".to_string(), 1),
+                ("box outside the image".to_string(), 1),
+                ("empty box (zero width or height)".to_string(), 1),
+                ("unmapped category `zzz`".to_string(), 1),
+            ])
+        );
+        assert_eq!(
+            r.objects,
+            BTreeMap::from([("car".to_string(), 1), ("person".to_string(), 1)])
+        );
+        assert_eq!(r.ignore_regions, 1);
+        assert_eq!(summary.manifest.tasks, source.tasks());
+        assert_eq!(summary.manifest.imports.len(), 1);
+        assert_eq!(summary.manifest.imports[0].imported, 2);
+
+        let reader = ShardReader::open(opts.out.join("train-00000.shard")).unwrap();
+        let a = reader.read(0).unwrap();
+        let bx = |class, x1, y1, x2, y2| BoxLabel {
+            class,
+            x1,
+            y1,
+            x2,
+            y2,
+        };
+        assert_eq!(a.boxes, vec![bx(0, 1.0, 2.0, 5.5, 6.0)]);
+        assert_eq!(
+            a.ignore,
+            vec![IgnoreRegion {
+                x1: 0.0,
+                y1: 0.0,
+                x2: 4.0,
+                y2: 8.0
+            }]
+        );
+        assert_eq!(a.traffic_side, TrafficSide::Left);
+        assert!(a.drivable.iter().all(|&v| v == 0));
+        let b = reader.read(1).unwrap();
+        assert_eq!(b.boxes, vec![bx(1, 10.0, 4.0, 16.0, 8.0)]);
+        assert_eq!(b.conditions.time_of_day, "night");
+    }
 
     #[test]
     fn clipping_keeps_what_lies_inside() {

@@ -77,6 +77,13 @@ pub trait Source: Sync {
     /// Which tasks the frames are labelled for (with the options given).
     fn tasks(&self) -> LabelledTasks;
 
+    /// Options that change what [`load`](Self::load) makes of a frame, as `(name, value)`
+    /// pairs: an interrupted import resumes only with the same ones. (Everything in the
+    /// frames themselves is covered by the scan's fingerprint.)
+    fn settings(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+
     /// Streams every frame, in an order that is the same on every call (the pipeline calls
     /// it twice: once to check classes, once to import; resume relies on the order).
     ///
