@@ -208,6 +208,28 @@ enum BenchWhat {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Import throughput and peak memory: synthetic frames in BDD100K's layout imported at
+    /// each thread count
+    Import {
+        /// Synthetic frames to write and import
+        #[arg(long, default_value_t = 1000)]
+        frames: usize,
+        /// Frame size, WIDTHxHEIGHT
+        #[arg(long, default_value = "1280x720")]
+        size: String,
+        /// Thread counts to measure, comma-separated (default: 1 and every core)
+        #[arg(long, value_delimiter = ',')]
+        threads: Vec<usize>,
+        /// Source records per shard
+        #[arg(long, default_value_t = 500)]
+        samples_per_shard: usize,
+        /// Where to write the scratch data (removed afterwards)
+        #[arg(long)]
+        scratch: Option<PathBuf>,
+        /// Also write the report as JSON here
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 /// Parses `WIDTHxHEIGHT`.
@@ -217,6 +239,19 @@ fn size(flag: &str, s: &str) -> Result<(u32, u32)> {
         .and_then(|(w, h)| Some((w.parse().ok()?, h.parse().ok()?)))
         .filter(|&(w, h)| w > 0 && h > 0);
     parsed.with_context(|| format!("{flag} {s:?}: give WIDTHxHEIGHT, e.g. 1280x720"))
+}
+
+/// The thread counts a benchmark measures: those given, or 1 and every core.
+fn thread_counts(given: Vec<usize>) -> Vec<usize> {
+    if !given.is_empty() {
+        return given;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cores > 1 {
+        vec![1, cores]
+    } else {
+        vec![1]
+    }
 }
 
 fn device(s: &str) -> Result<DeviceSpec> {
@@ -409,16 +444,7 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             let (source_width, source_height) = size("--source", &source)?;
             let (width, height) = size("--input", &input)?;
-            let threads = if threads.is_empty() {
-                let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-                if cores > 1 {
-                    vec![1, cores]
-                } else {
-                    vec![1]
-                }
-            } else {
-                threads
-            };
+            let threads = thread_counts(threads);
             let options = percept::train::bench::DataBenchOptions {
                 frames,
                 source_width,
@@ -433,6 +459,34 @@ fn run(cli: Cli) -> Result<()> {
             };
             let report =
                 percept::train::bench::bench_data(&options, &|line| tracing::info!("{line}"))?;
+            print!("{}", report.table());
+            if let Some(out) = out {
+                percept::train::fsutil::write_atomic(&out, report.to_json().as_bytes())?;
+            }
+        }
+        Command::Bench {
+            what:
+                BenchWhat::Import {
+                    frames,
+                    size: frame_size,
+                    threads,
+                    samples_per_shard,
+                    scratch,
+                    out,
+                },
+        } => {
+            let (width, height) = size("--size", &frame_size)?;
+            let options = percept::import::bench::ImportBenchOptions {
+                frames,
+                width,
+                height,
+                threads: thread_counts(threads),
+                samples_per_shard,
+                scratch: scratch.unwrap_or_else(percept::train::bench::default_scratch),
+            };
+            let report =
+                percept::import::bench::bench_import(&options, &|line| tracing::info!("{line}"))
+                    .map_err(anyhow::Error::msg)?;
             print!("{}", report.table());
             if let Some(out) = out {
                 percept::train::fsutil::write_atomic(&out, report.to_json().as_bytes())?;

@@ -25,11 +25,13 @@
 //! byte for byte, others (PNG, grey JPEG) re-encoded as JPEG quality 90.
 
 pub mod bdd100k;
+pub mod bench;
 pub mod class_map;
 pub mod kitti;
 pub mod pipeline;
 pub mod pixels;
 pub mod source;
+pub mod synthetic;
 pub mod yolop;
 
 pub use class_map::{ClassMap, Target, UnmappedPolicy};
