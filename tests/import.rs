@@ -112,14 +112,6 @@ fn ignored([x1, y1, x2, y2]: [f32; 4]) -> IgnoreRegion {
     IgnoreRegion { x1, y1, x2, y2 }
 }
 
-fn conditions(weather: &str, time_of_day: &str, scene: &str) -> Conditions {
-    Conditions {
-        weather: weather.into(),
-        time_of_day: time_of_day.into(),
-        scene: scene.into(),
-    }
-}
-
 /// A map of counts, as the report holds them.
 fn counts(pairs: &[(&str, usize)]) -> BTreeMap<String, usize> {
     pairs.iter().map(|(k, n)| (k.to_string(), *n)).collect()
@@ -486,7 +478,7 @@ fn bdd100k_import_keeps_boxes_masks_and_conditions() {
                 boxed(class_id("pedestrian"), [40.5, 5.0, 50.5, 31.0]),
             ],
             vec![],
-            conditions("clear", "daytime", "city street"),
+            Conditions::new("clear", "daytime", "city street"),
         ),
         (
             vec![
@@ -494,7 +486,7 @@ fn bdd100k_import_keeps_boxes_masks_and_conditions() {
                 boxed(class_id("truck"), [50.0, 30.0, 64.0, 48.0]),
             ],
             vec![ignored([30.0, 10.0, 46.0, 26.0])],
-            conditions("rainy", "night", "highway"),
+            Conditions::new("rainy", "night", "highway"),
         ),
         (
             vec![
@@ -502,7 +494,7 @@ fn bdd100k_import_keeps_boxes_masks_and_conditions() {
                 boxed(class_id("traffic sign"), [20.25, 3.0, 28.75, 9.0]),
             ],
             vec![],
-            conditions("overcast", "undefined", "residential"),
+            Conditions::new("overcast", "undefined", "residential"),
         ),
     ];
     assert_eq!(stored.len(), 3);
@@ -607,14 +599,7 @@ fn kitti_dontcare_becomes_ignore_regions_and_tasks_are_detection_only() {
     assert_eq!(manifest.name, "kitti-de");
     assert_eq!(manifest.region, "DE");
     assert_eq!(manifest.classes, BDD_CLASSES);
-    assert_eq!(
-        manifest.tasks,
-        LabelledTasks {
-            detection: true,
-            drivable: false,
-            lanes: false,
-        }
-    );
+    assert_eq!(manifest.tasks, LabelledTasks::DETECTION_ONLY);
     assert_eq!(shard_files(&manifest), ["val-00000.shard"]);
     assert_eq!(manifest.samples_of(Split::Val), 2);
     assert_eq!(manifest.samples_of(Split::Train), 0);
@@ -655,7 +640,7 @@ fn kitti_dontcare_becomes_ignore_regions_and_tasks_are_detection_only() {
         assert_same_pixels(&sample.lanes, &nothing, &format!("{id}: unlabelled lanes"));
         assert_eq!(
             sample.conditions,
-            conditions("unknown", "unknown", "unknown")
+            Conditions::new("unknown", "unknown", "unknown")
         );
         assert_eq!(sample.traffic_side, TrafficSide::Right);
     }

@@ -130,6 +130,13 @@ impl LabelledTasks {
         lanes: true,
     };
 
+    /// Boxes only: no drivable-area or lane labels (KITTI, for one).
+    pub const DETECTION_ONLY: LabelledTasks = LabelledTasks {
+        detection: true,
+        drivable: false,
+        lanes: false,
+    };
+
     fn is_all(&self) -> bool {
         *self == Self::ALL
     }

@@ -96,6 +96,16 @@ pub struct Conditions {
     pub scene: String,
 }
 
+impl Conditions {
+    pub fn new(weather: &str, time_of_day: &str, scene: &str) -> Self {
+        Conditions {
+            weather: weather.to_string(),
+            time_of_day: time_of_day.to_string(),
+            scene: scene.to_string(),
+        }
+    }
+}
+
 /// A labelled frame.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sample {

@@ -736,21 +736,6 @@ mod tests {
         item.as_ref().expect_err("expected a skipped record")
     }
 
-    fn conditions(weather: &str, time_of_day: &str, scene: &str) -> Conditions {
-        Conditions {
-            weather: weather.to_string(),
-            time_of_day: time_of_day.to_string(),
-            scene: scene.to_string(),
-        }
-    }
-
-    fn object(category: &str, bbox: [f32; 4]) -> Object {
-        Object {
-            category: category.to_string(),
-            bbox,
-        }
-    }
-
     const THREE_FRAMES: &str = r#"[
       {"name": "b1c66a42-6f7d68ca.jpg",
        "attributes": {"weather": "overcast", "scene": "city street", "timeofday": "daytime"},
@@ -790,10 +775,10 @@ mod tests {
                 split: Split::Train,
                 origin: "labels.json, frame 0 (b1c66a42-6f7d68ca.jpg)".to_string(),
                 objects: vec![
-                    object("car", [45.25, 20.5, 51.75, 31.0]),
-                    object("person", [10.0, 11.0, 11.0, 12.0]),
+                    Object::new("car", [45.25, 20.5, 51.75, 31.0]),
+                    Object::new("person", [10.0, 11.0, 11.0, 12.0]),
                 ],
-                conditions: conditions("overcast", "daytime", "city street"),
+                conditions: Conditions::new("overcast", "daytime", "city street"),
                 image: root.join("images/b1c66a42-6f7d68ca.jpg"),
                 drivable: Some(root.join("drivable/b1c66a42-6f7d68ca.png")),
                 lanes: Some(root.join("lanes/b1c66a42-6f7d68ca.png")),
@@ -802,8 +787,8 @@ mod tests {
                 id: "b2".to_string(),
                 split: Split::Train,
                 origin: "labels.json, frame 1 (b2.jpg)".to_string(),
-                objects: vec![object("motor", [1.0, 2.0, 4.0, 5.0])],
-                conditions: conditions("undefined", "undefined", "undefined"),
+                objects: vec![Object::new("motor", [1.0, 2.0, 4.0, 5.0])],
+                conditions: Conditions::new("undefined", "undefined", "undefined"),
                 image: root.join("images/b2.jpg"),
                 drivable: Some(root.join("drivable/b2.png")),
                 lanes: Some(root.join("lanes/b2.png")),
@@ -813,7 +798,7 @@ mod tests {
                 split: Split::Train,
                 origin: "labels.json, frame 2 (b3.jpg)".to_string(),
                 objects: vec![],
-                conditions: conditions("rainy", "undefined", "undefined"),
+                conditions: Conditions::new("rainy", "undefined", "undefined"),
                 image: root.join("images/b3.jpg"),
                 drivable: Some(root.join("drivable/b3.png")),
                 lanes: Some(root.join("lanes/b3.png")),
@@ -1175,7 +1160,10 @@ mod tests {
             let frame = item.unwrap();
             assert_eq!(frame.id, format!("f{i:05}"));
             let x1 = i as f32;
-            assert_eq!(frame.objects, [object("car", [x1, 0.0, x1 + 2.0, 2.0])]);
+            assert_eq!(
+                frame.objects,
+                [Object::new("car", [x1, 0.0, x1 + 2.0, 2.0])]
+            );
         }
         assert_eq!(source.frames().unwrap().count(), COUNT);
 

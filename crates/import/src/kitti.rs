@@ -191,11 +191,7 @@ impl Source for KittiSource {
     }
 
     fn tasks(&self) -> LabelledTasks {
-        LabelledTasks {
-            detection: true,
-            drivable: false,
-            lanes: false,
-        }
+        LabelledTasks::DETECTION_ONLY
     }
 
     fn frames(&self) -> Result<Box<dyn Iterator<Item = FrameItem> + Send + '_>, String> {
@@ -440,13 +436,6 @@ mod tests {
         source.frames().unwrap().collect()
     }
 
-    fn object(category: &str, bbox: [f32; 4]) -> Object {
-        Object {
-            category: category.to_string(),
-            bbox,
-        }
-    }
-
     #[test]
     fn a_frame_has_its_objects_verbatim_with_dont_care_sentinels() {
         let devkit = Devkit::new();
@@ -468,10 +457,10 @@ mod tests {
             split: Split::Val,
             origin: "label_2/000123.txt".to_string(),
             objects: vec![
-                object("Car", [587.01, 173.33, 614.12, 200.12]),
-                object("Van", [566.83, 165.68, 597.09, 196.01]),
-                object("Pedestrian", [712.40, 143.00, 810.73, 307.92]),
-                object("DontCare", [503.89, 169.71, 590.61, 190.13]),
+                Object::new("Car", [587.01, 173.33, 614.12, 200.12]),
+                Object::new("Van", [566.83, 165.68, 597.09, 196.01]),
+                Object::new("Pedestrian", [712.40, 143.00, 810.73, 307.92]),
+                Object::new("DontCare", [503.89, 169.71, 590.61, 190.13]),
             ],
             conditions: Conditions {
                 weather: "unknown".to_string(),
@@ -661,8 +650,8 @@ mod tests {
         assert_eq!(
             frame.objects,
             [
-                object("Car", [587.01, 173.33, 614.12, 200.12]),
-                object("Pedestrian", [712.40, 143.00, 810.73, 307.92]),
+                Object::new("Car", [587.01, 173.33, 614.12, 200.12]),
+                Object::new("Pedestrian", [712.40, 143.00, 810.73, 307.92]),
             ]
         );
     }

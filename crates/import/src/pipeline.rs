@@ -929,11 +929,7 @@ mod tests {
             "memory"
         }
         fn tasks(&self) -> LabelledTasks {
-            LabelledTasks {
-                detection: true,
-                drivable: false,
-                lanes: false,
-            }
+            LabelledTasks::DETECTION_ONLY
         }
         fn frames(&self) -> Result<Box<dyn Iterator<Item = FrameItem> + Send + '_>, String> {
             Ok(Box::new(self.0.iter().cloned().map(Ok)))
@@ -955,16 +951,9 @@ mod tests {
             origin: format!("{id}.txt"),
             objects: objects
                 .iter()
-                .map(|&(category, bbox)| Object {
-                    category: category.into(),
-                    bbox,
-                })
+                .map(|&(category, bbox)| Object::new(category, bbox))
                 .collect(),
-            conditions: Conditions {
-                weather: "clear".into(),
-                time_of_day: "night".into(),
-                scene: "highway".into(),
-            },
+            conditions: Conditions::new("clear", "night", "highway"),
             image: PathBuf::from(format!("{id}.png")),
             drivable: None,
             lanes: None,

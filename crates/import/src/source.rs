@@ -22,6 +22,15 @@ pub struct Object {
     pub bbox: [f32; 4],
 }
 
+impl Object {
+    pub fn new(category: &str, bbox: [f32; 4]) -> Self {
+        Object {
+            category: category.to_string(),
+            bbox,
+        }
+    }
+}
+
 /// One frame of a source: its labels and where its pixels are, without the pixels.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Frame {

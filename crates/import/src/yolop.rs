@@ -346,21 +346,6 @@ mod tests {
         dir
     }
 
-    fn conditions(weather: &str, time_of_day: &str, scene: &str) -> Conditions {
-        Conditions {
-            weather: weather.to_string(),
-            time_of_day: time_of_day.to_string(),
-            scene: scene.to_string(),
-        }
-    }
-
-    fn object(category: &str, bbox: [f32; 4]) -> Object {
-        Object {
-            category: category.to_string(),
-            bbox,
-        }
-    }
-
     fn source(root: &Path) -> YolopSource {
         YolopSource::new(YolopOptions {
             root: root.to_path_buf(),
@@ -387,25 +372,25 @@ mod tests {
             split,
             origin: format!("det_annotations/{split}/{id}.json"),
             objects: vec![],
-            conditions: conditions("undefined", "undefined", "undefined"),
+            conditions: Conditions::new("undefined", "undefined", "undefined"),
             image: root.join(image),
             drivable: Some(root.join(format!("da_seg_annotations/{split}/{id}.png"))),
             lanes: Some(root.join(format!("ll_seg_annotations/{split}/{id}.png"))),
         };
         let a = Frame {
             objects: vec![
-                object("car", [0.5, 0.25, 3.5, 2.0]),
-                object("traffic light", [3.0, 0.0, 4.0, 1.0]),
+                Object::new("car", [0.5, 0.25, 3.5, 2.0]),
+                Object::new("traffic light", [3.0, 0.0, 4.0, 1.0]),
             ],
-            conditions: conditions("clear", "night", "highway"),
+            conditions: Conditions::new("clear", "night", "highway"),
             ..frame("a", Split::Train, "images/train/a.JPG")
         };
         let b = Frame {
-            conditions: conditions("snowy", "undefined", "undefined"),
+            conditions: Conditions::new("snowy", "undefined", "undefined"),
             ..frame("b", Split::Train, "images/train/b.jpg")
         };
         let c = Frame {
-            objects: vec![object("rider", [1.0, 1.0, 2.0, 2.0])],
+            objects: vec![Object::new("rider", [1.0, 1.0, 2.0, 2.0])],
             ..frame("c", Split::Val, "images/val/c.png")
         };
         for _ in 0..2 {
