@@ -655,6 +655,112 @@ fn kitti_dontcare_becomes_ignore_regions_and_tasks_are_detection_only() {
 }
 
 #[test]
+fn yolop_layout_imports_both_splits_with_thresholded_masks() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("yolop");
+    // YOLOP's masks are black and white; its loader counts grey values above 1 as foreground.
+    let da = |k: u32| grey(W, H, move |x, _| if x < 8 * (k + 1) { 255 } else { 1 });
+    let ll = |k: u32| grey(W, H, move |x, y| if (x + y + k) % 9 == 0 { 2 } else { 0 });
+    for (split, stems) in [("train", ["t0", "t1"]), ("val", ["v0", "v1"])] {
+        for sub in [
+            "images",
+            "det_annotations",
+            "da_seg_annotations",
+            "ll_seg_annotations",
+        ] {
+            fs::create_dir_all(root.join(sub).join(split)).unwrap();
+        }
+        for (k, stem) in stems.iter().enumerate() {
+            let k = k as u32;
+            picture(W, H, k)
+                .save(root.join(format!("images/{split}/{stem}.jpg")))
+                .unwrap();
+            da(k)
+                .save(root.join(format!("da_seg_annotations/{split}/{stem}.png")))
+                .unwrap();
+            ll(k)
+                .save(root.join(format!("ll_seg_annotations/{split}/{stem}.png")))
+                .unwrap();
+            // BDD100K's 2018 per-image format, with a polygon object that is not a box.
+            let label = json!({
+                "name": stem,
+                "attributes": {"weather": "rainy", "scene": "highway", "timeofday": "night"},
+                "frames": [{"timestamp": 10000, "objects": [
+                    {"category": "motor", "id": 0, "attributes": {"occluded": true},
+                     "box2d": {"x1": 2.0, "y1": 3.0, "x2": 11.5, "y2": 20.0}},
+                    {"category": "area/drivable", "id": 1, "poly2d": [[0, 0, "L"]]}
+                ]}]
+            });
+            fs::write(
+                root.join(format!("det_annotations/{split}/{stem}.json")),
+                label.to_string(),
+            )
+            .unwrap();
+        }
+    }
+    let out = dir.path().join("dataset");
+    let run = percept_ok(&[
+        "import",
+        "yolop",
+        "--root",
+        s(&root),
+        "--region",
+        "JP",
+        "--out",
+        s(&out),
+    ]);
+    assert_contains(
+        &run.stdout,
+        &["imported 2 train + 2 val frames", "yolop-jp"],
+    );
+    let (manifest, stored) = read_back(&out);
+    assert_eq!(manifest.tasks, LabelledTasks::ALL);
+    assert_eq!(
+        shard_files(&manifest),
+        ["train-00000.shard", "val-00000.shard"]
+    );
+    let ids: Vec<(Split, &str)> = stored
+        .iter()
+        .map(|s| (s.split, s.sample.id.as_str()))
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            (Split::Train, "t0"),
+            (Split::Train, "t1"),
+            (Split::Val, "v0"),
+            (Split::Val, "v1")
+        ]
+    );
+    for (k, stored) in stored.iter().enumerate() {
+        let k = (k % 2) as u32;
+        let sample = &stored.sample;
+        // `motor` is the legacy name of motorcycle; box2d corners are inclusive.
+        assert_eq!(
+            sample.boxes,
+            vec![boxed(class_id("motorcycle"), [2.0, 3.0, 12.5, 21.0])]
+        );
+        assert_eq!(
+            sample.traffic_side,
+            TrafficSide::Left,
+            "JP drives on the left"
+        );
+        assert_eq!(
+            sample.conditions,
+            Conditions::new("rainy", "night", "highway")
+        );
+        let want_da = grey(W, H, |x, _| u8::from(x < 8 * (k + 1)));
+        let want_ll = grey(W, H, |x, y| u8::from((x + y + k) % 9 == 0));
+        assert_same_pixels(
+            &sample.drivable,
+            &want_da,
+            &format!("{}: drivable", sample.id),
+        );
+        assert_same_pixels(&sample.lanes, &want_ll, &format!("{}: lanes", sample.id));
+    }
+}
+
+#[test]
 fn unmapped_categories_are_listed_or_dropped_with_a_count() {
     let dir = tempfile::tempdir().unwrap();
     let kitti = KittiSet::new(dir.path());

@@ -1,11 +1,13 @@
 //! Writes the seed corpus of the `shard_reader` fuzz target: small valid shards of synthetic
-//! scenes (two 64x64 frames; one 96x64 left-hand-traffic frame; an empty shard).
+//! scenes (two 64x64 frames; one 96x64 left-hand-traffic frame; an empty shard), each frame
+//! with an ignore region. The `v1-*` seeds beside them are format-1 shards (no ignore regions),
+//! which the reader still reads.
 //!
 //! `cargo run --manifest-path fuzz/Cargo.toml --example seed_corpus`
 
 use std::path::Path;
 
-use percept_data::{SceneGenerator, ShardWriter, TrafficSide};
+use percept_data::{IgnoreRegion, SceneGenerator, ShardWriter, TrafficSide};
 
 fn main() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/shard_reader");
@@ -30,8 +32,14 @@ fn main() {
     for (name, generator, frames) in shards {
         let mut w = ShardWriter::create(dir.join(name)).expect("create a seed shard");
         for i in 0..frames {
-            w.push(&generator.generate(i))
-                .expect("encode a synthetic frame");
+            let mut sample = generator.generate(i);
+            sample.ignore.push(IgnoreRegion {
+                x1: 4.0,
+                y1: 4.5,
+                x2: 20.0,
+                y2: 12.0,
+            });
+            w.push(&sample).expect("encode a synthetic frame");
         }
         let info = w.finish().expect("finish a seed shard");
         println!("{name}: {} samples, {} bytes", info.samples, info.bytes);
