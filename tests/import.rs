@@ -660,7 +660,13 @@ fn yolop_layout_imports_both_splits_with_thresholded_masks() {
     let root = dir.path().join("yolop");
     // YOLOP's masks are black and white; its loader counts grey values above 1 as foreground.
     let da = |k: u32| grey(W, H, move |x, _| if x < 8 * (k + 1) { 255 } else { 1 });
-    let ll = |k: u32| grey(W, H, move |x, y| if (x + y + k) % 9 == 0 { 2 } else { 0 });
+    let ll = |k: u32| {
+        grey(
+            W,
+            H,
+            move |x, y| if (x + y + k).is_multiple_of(9) { 2 } else { 0 },
+        )
+    };
     for (split, stems) in [("train", ["t0", "t1"]), ("val", ["v0", "v1"])] {
         for sub in [
             "images",
@@ -750,7 +756,7 @@ fn yolop_layout_imports_both_splits_with_thresholded_masks() {
             Conditions::new("rainy", "night", "highway")
         );
         let want_da = grey(W, H, |x, _| u8::from(x < 8 * (k + 1)));
-        let want_ll = grey(W, H, |x, y| u8::from((x + y + k) % 9 == 0));
+        let want_ll = grey(W, H, |x, y| u8::from((x + y + k).is_multiple_of(9)));
         assert_same_pixels(
             &sample.drivable,
             &want_da,
