@@ -1,6 +1,6 @@
 //! Writes the seed corpus of the `shard_reader` fuzz target: small valid shards of synthetic
 //! scenes (two 64x64 frames; one 96x64 left-hand-traffic frame; an empty shard), each frame
-//! with an ignore region. The `v1-*` seeds beside them are format-1 shards (no ignore regions),
+//! with an ignore region. The `seed-v1-*` seeds beside them are format-1 shards (no ignore regions),
 //! which the reader still reads.
 //!
 //! `cargo run --manifest-path fuzz/Cargo.toml --example seed_corpus`
