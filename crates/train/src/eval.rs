@@ -1,5 +1,10 @@
 //! Evaluation on a held-out split: detection AP (COCO-style, 101-point), drivable-area mIoU,
 //! lane-line IoU and accuracy, computed at network resolution on letterboxed inputs.
+//!
+//! Detections inside an ignore region that match no box count as neither true nor false
+//! positives (pycocotools' crowd rule; see [`DetectionEvaluator`]). Ignore regions are the
+//! dataset's own (KITTI's `DontCare`, ...) and ground-truth boxes under
+//! `augment.min_box_side` after letterboxing, which are too small to score.
 
 use std::fmt::Write as _;
 
@@ -117,20 +122,21 @@ pub fn evaluate<B: VisionBackend>(
         let (images, _) = batch_tensors::<B>(&batch, device);
         let out = net.forward(images);
         if let (true, Some(det)) = (evaluated.0, &out.detection) {
-            for (dets, gt) in decode_detections(det, h, w, &decode)
+            for ((dets, gt), ignore) in decode_detections(det, h, w, &decode)
                 .iter()
                 .zip(&batch.boxes)
+                .zip(&batch.ignore)
             {
                 let dets: Vec<Detection> = dets
                     .iter()
                     .map(|d| Detection::new(d.class, d.score, d.bbox))
                     .collect();
-                ap.add_image(&dets, gt);
+                ap.add_image_with_ignore(&dets, gt, ignore);
                 let kept: Vec<Detection> = dets
                     .into_iter()
                     .filter(|d| d.score >= card.decode.score_threshold)
                     .collect();
-                operating.add_image(&kept, gt);
+                operating.add_image_with_ignore(&kept, gt, ignore);
             }
         }
         let seg = |e: &mut SegmentationEvaluator, logits: Option<Tensor<B, 4>>, t: &[f32]| {

@@ -6,7 +6,7 @@
 //!
 //! Neither evaluator depends on the training backend; they work on plain Rust values.
 
-use percept_data::BoxLabel;
+use percept_data::{BoxLabel, IgnoreRegion};
 use serde::{Deserialize, Serialize};
 
 /// The IoU thresholds of COCO's AP@[.50:.95]: 0.50, 0.55, ..., 0.95.
@@ -78,6 +78,24 @@ fn iou_f64(a: [f32; 4], b: [f32; 4]) -> f64 {
     }
 }
 
+/// Intersection of a detection with a region over the detection's own area (pycocotools'
+/// IoU against a crowd box); `0` for an empty or non-finite detection.
+fn overlap_of_detection(det: [f32; 4], region: [f32; 4]) -> f64 {
+    if det.iter().chain(region.iter()).any(|v| !v.is_finite()) {
+        return 0.0;
+    }
+    let [ax1, ay1, ax2, ay2] = det.map(f64::from);
+    let [bx1, by1, bx2, by2] = region.map(f64::from);
+    let area = (ax2 - ax1).max(0.0) * (ay2 - ay1).max(0.0);
+    let iw = (ax2.min(bx2) - ax1.max(bx1)).max(0.0);
+    let ih = (ay2.min(by2) - ay1.max(by1)).max(0.0);
+    if area > 0.0 {
+        (iw * ih / area).clamp(0.0, 1.0)
+    } else {
+        0.0
+    }
+}
+
 /// Per-class detection results.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClassAp {
@@ -108,6 +126,16 @@ pub struct DetectionMetrics {
     pub map50_95: f64,
 }
 
+/// What a detection is at one IoU threshold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    TruePositive,
+    FalsePositive,
+    /// Matched no box but lies in an ignore region: neither true nor false (pycocotools'
+    /// crowd rule).
+    Ignored,
+}
+
 /// Matching results of one class, over all images seen so far.
 #[derive(Debug, Clone, Default)]
 struct ClassAccumulator {
@@ -115,8 +143,8 @@ struct ClassAccumulator {
     /// Score of every detection, in insertion order (images in order, each image's detections
     /// by descending score).
     scores: Vec<f32>,
-    /// `is_tp[t][i]`: whether detection `i` matched a ground-truth box at threshold `t`.
-    is_tp: Vec<Vec<bool>>,
+    /// `outcomes[t][i]`: what detection `i` is at threshold `t`.
+    outcomes: Vec<Vec<Outcome>>,
 }
 
 /// Streaming COCO-style detection evaluator.
@@ -131,7 +159,13 @@ struct ClassAccumulator {
 /// precision curve is made monotone from the right, and it is sampled at recall
 /// `0, 0.01, ..., 1.0` (the first rank whose recall reaches each point; `0` past the highest
 /// recall reached). Unlike pycocotools there is no per-image detection cap (`maxDets`), no
-/// area ranges and no crowd regions: the caller decides which detections to pass in.
+/// area ranges: the caller decides which detections to pass in.
+///
+/// Ignore regions (KITTI's `DontCare`, BDD100K's `other vehicle`) are pycocotools' crowd
+/// regions of every class: a detection that matches no ground-truth box at a threshold but
+/// overlaps an ignore region by at least the threshold, measured as intersection over the
+/// detection's own area, is ignored there (neither true nor false positive). A region may
+/// absorb any number of detections.
 #[derive(Debug, Clone)]
 pub struct DetectionEvaluator {
     /// IoU thresholds matched at: the configured ones first, then 0.5 if it was not among them.
@@ -171,7 +205,7 @@ impl DetectionEvaluator {
         };
         let classes = (0..num_classes)
             .map(|_| ClassAccumulator {
-                is_tp: vec![Vec::new(); thresholds.len()],
+                outcomes: vec![Vec::new(); thresholds.len()],
                 ..ClassAccumulator::default()
             })
             .collect();
@@ -203,12 +237,22 @@ impl DetectionEvaluator {
         self.ignored
     }
 
-    /// Adds one image's detections and ground truth.
+    /// Adds one image's detections and ground truth, without ignore regions.
+    pub fn add_image(&mut self, detections: &[Detection], ground_truth: &[BoxLabel]) {
+        self.add_image_with_ignore(detections, ground_truth, &[]);
+    }
+
+    /// Adds one image's detections, ground truth and ignore regions.
     ///
     /// Entries whose class is `>= num_classes` and detections with a NaN score are ignored
     /// (counted by [`num_ignored`](Self::num_ignored)). Detections with non-finite coordinates
     /// match nothing.
-    pub fn add_image(&mut self, detections: &[Detection], ground_truth: &[BoxLabel]) {
+    pub fn add_image_with_ignore(
+        &mut self,
+        detections: &[Detection],
+        ground_truth: &[BoxLabel],
+        ignore: &[IgnoreRegion],
+    ) {
         let num_classes = self.classes.len();
         let mut dets_by_class: Vec<Vec<&Detection>> = vec![Vec::new(); num_classes];
         let mut gts_by_class: Vec<Vec<[f32; 4]>> = vec![Vec::new(); num_classes];
@@ -236,10 +280,21 @@ impl DetectionEvaluator {
                 .iter()
                 .map(|d| gts.iter().map(|&g| iou_f64(d.bbox(), g)).collect())
                 .collect();
-            for (&threshold, is_tp) in self.thresholds.iter().zip(acc.is_tp.iter_mut()) {
+            // Each detection's largest overlap with an ignore region, over its own area.
+            let ignore_overlap: Vec<f64> = dets
+                .iter()
+                .map(|d| {
+                    ignore
+                        .iter()
+                        .map(|r| overlap_of_detection(d.bbox(), [r.x1, r.y1, r.x2, r.y2]))
+                        .fold(0.0, f64::max)
+                })
+                .collect();
+            for (&threshold, outcomes) in self.thresholds.iter().zip(acc.outcomes.iter_mut()) {
                 let mut matched = vec![false; gts.len()];
-                for det_ious in &ious {
-                    let mut best_iou = threshold.min(1.0 - 1e-10);
+                let floor = threshold.min(1.0 - 1e-10);
+                for (det_ious, &overlap) in ious.iter().zip(&ignore_overlap) {
+                    let mut best_iou = floor;
                     let mut best = None;
                     for (g, &iou) in det_ious.iter().enumerate() {
                         if matched[g] || iou < best_iou {
@@ -248,10 +303,14 @@ impl DetectionEvaluator {
                         best_iou = iou;
                         best = Some(g);
                     }
-                    if let Some(g) = best {
-                        matched[g] = true;
-                    }
-                    is_tp.push(best.is_some());
+                    outcomes.push(match best {
+                        Some(g) => {
+                            matched[g] = true;
+                            Outcome::TruePositive
+                        }
+                        None if overlap >= floor => Outcome::Ignored,
+                        None => Outcome::FalsePositive,
+                    });
                 }
             }
             acc.scores.extend(dets.iter().map(|d| d.score));
@@ -298,12 +357,22 @@ impl DetectionEvaluator {
         let mut order: Vec<usize> = (0..acc.scores.len()).collect();
         order.sort_by(|&a, &b| acc.scores[b].total_cmp(&acc.scores[a]));
         let aps: Vec<f64> = acc
-            .is_tp
+            .outcomes
             .iter()
-            .map(|is_tp| average_precision(order.iter().map(|&i| is_tp[i]), acc.num_gt))
+            .map(|outcomes| {
+                let ranked = order
+                    .iter()
+                    .map(|&i| outcomes[i])
+                    .filter(|&o| o != Outcome::Ignored)
+                    .map(|o| o == Outcome::TruePositive);
+                average_precision(ranked, acc.num_gt)
+            })
             .collect();
         let ap50_95 = aps[..self.configured].iter().sum::<f64>() / self.configured as f64;
-        let tp50 = acc.is_tp[self.idx50].iter().filter(|&&tp| tp).count();
+        let tp50 = acc.outcomes[self.idx50]
+            .iter()
+            .filter(|&&o| o == Outcome::TruePositive)
+            .count();
         ClassAp {
             class,
             ap50: Some(aps[self.idx50]),
@@ -704,6 +773,140 @@ mod tests {
         assert_eq!(m.per_class[2].num_det, 1);
         assert!(close(m.map50, 0.5));
         assert!(close(m.map50_95, 0.5));
+    }
+
+    /// The test set and pycocotools' numbers for it, from `tests/data/coco_reference.py`
+    /// (the command is in that file).
+    const COCO_REFERENCE: &str = include_str!("../tests/data/coco_reference.json");
+
+    /// Runs the evaluator over the reference set; `with_ignore` passes its ignore regions.
+    fn evaluate_reference(with_ignore: bool) -> (DetectionMetrics, serde_json::Value) {
+        let reference: serde_json::Value = serde_json::from_str(COCO_REFERENCE).unwrap();
+        let classes = reference["classes"].as_u64().unwrap() as usize;
+        let mut ev = DetectionEvaluator::coco(classes);
+        let numbers = |v: &serde_json::Value| -> Vec<f32> {
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect()
+        };
+        for image in reference["images"].as_array().unwrap() {
+            let gt: Vec<BoxLabel> = image["gt"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|g| {
+                    let v = numbers(g);
+                    BoxLabel {
+                        class: v[0] as u16,
+                        x1: v[1],
+                        y1: v[2],
+                        x2: v[3],
+                        y2: v[4],
+                    }
+                })
+                .collect();
+            let ignore: Vec<IgnoreRegion> = image["ignore"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| {
+                    let v = numbers(r);
+                    IgnoreRegion {
+                        x1: v[0],
+                        y1: v[1],
+                        x2: v[2],
+                        y2: v[3],
+                    }
+                })
+                .collect();
+            let dets: Vec<Detection> = image["dets"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| {
+                    let v = numbers(d);
+                    Detection::new(v[0] as usize, v[1], [v[2], v[3], v[4], v[5]])
+                })
+                .collect();
+            let ignore = if with_ignore { ignore } else { Vec::new() };
+            ev.add_image_with_ignore(&dets, &gt, &ignore);
+        }
+        (ev.finish(), reference["expected"].clone())
+    }
+
+    #[test]
+    fn matches_pycocotools_with_crowd_regions() {
+        let (got, want) = evaluate_reference(true);
+        let close = |a: f64, b: &serde_json::Value, what: &str| {
+            let b = b.as_f64().unwrap();
+            assert!((a - b).abs() < 1e-9, "{what}: {a} vs pycocotools {b}");
+        };
+        close(got.map50, &want["map50"], "mAP@0.5");
+        close(got.map50_95, &want["map50_95"], "mAP@[.5:.95]");
+        for (c, want) in want["per_class"].as_array().unwrap().iter().enumerate() {
+            let got = &got.per_class[c];
+            close(
+                got.ap50.unwrap(),
+                &want["ap50"],
+                &format!("class {c} AP@0.5"),
+            );
+            close(
+                got.ap50_95.unwrap(),
+                &want["ap50_95"],
+                &format!("class {c} AP@[.5:.95]"),
+            );
+        }
+        // Without the ignore regions, detections in them count as false positives.
+        let (without, _) = evaluate_reference(false);
+        assert!(
+            without.map50 < got.map50 - 0.01,
+            "{} vs {}",
+            without.map50,
+            got.map50
+        );
+    }
+
+    #[test]
+    fn ignore_regions_absorb_unmatched_detections_only() {
+        let gt = [BoxLabel {
+            class: 0,
+            x1: 0.0,
+            y1: 0.0,
+            x2: 10.0,
+            y2: 10.0,
+        }];
+        let region = [IgnoreRegion {
+            x1: 0.0,
+            y1: 0.0,
+            x2: 40.0,
+            y2: 40.0,
+        }];
+        // By score: a duplicate of the box (TP, then the copy is ignored, not a false
+        // positive), a detection half inside the region (ignored at 0.5, false positive at
+        // 0.55 and above), and one outside (false positive).
+        let dets = [
+            Detection::new(0, 0.9, [0.0, 0.0, 10.0, 10.0]),
+            Detection::new(0, 0.8, [0.0, 0.0, 10.0, 10.0]),
+            Detection::new(0, 0.7, [30.0, 0.0, 50.0, 10.0]),
+            Detection::new(0, 0.6, [60.0, 60.0, 70.0, 70.0]),
+        ];
+        let mut ev = DetectionEvaluator::new(1, vec![0.5, 0.55]);
+        ev.add_image_with_ignore(&dets, &gt, &region);
+        let acc = &ev.classes[0];
+        use Outcome::*;
+        assert_eq!(
+            acc.outcomes,
+            vec![
+                vec![TruePositive, Ignored, Ignored, FalsePositive],
+                vec![TruePositive, Ignored, FalsePositive, FalsePositive],
+            ]
+        );
+        // The single box is found first: AP 1 at both thresholds.
+        let m = ev.finish();
+        assert_eq!(m.per_class[0].ap50, Some(1.0));
+        assert_eq!(m.per_class[0].recall50, Some(1.0));
     }
 
     #[test]
