@@ -85,6 +85,35 @@ fn train_export_reload_predict() {
         serde_json::from_slice(&std::fs::read(&report_path).unwrap()).unwrap();
     assert!(j["drivable"]["miou"].as_f64().unwrap() >= 0.0);
     assert!(j["detection"]["metrics"]["map50"].is_number());
+
+    // Sliced by region and by each condition: every key's slices cover every image once,
+    // and the region slice (one dataset, one region) is the whole evaluation.
+    let mut per_key = std::collections::BTreeMap::<&str, usize>::new();
+    for s in &report.slices {
+        *per_key.entry(s.key.as_str()).or_default() += s.images;
+    }
+    assert_eq!(
+        per_key,
+        [
+            ("region", 4),
+            ("scene", 4),
+            ("time_of_day", 4),
+            ("weather", 4)
+        ]
+        .into()
+    );
+    let region = &report.slices[0];
+    assert_eq!(
+        (region.key.as_str(), region.value.as_str()),
+        ("region", "DE")
+    );
+    let overall = report.detection.as_ref().unwrap();
+    assert_eq!(region.map50, Some(overall.metrics.map50));
+    let drivable = report.drivable.as_ref().unwrap();
+    assert_eq!(region.drivable_miou, Some(drivable.miou));
+    assert_eq!(region.lane_iou, report.lanes.as_ref().map(|l| l.iou));
+    assert_eq!(j["slices"].as_array().unwrap().len(), report.slices.len());
+    assert!(report.table().contains("by condition"));
 }
 
 #[test]

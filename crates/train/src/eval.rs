@@ -6,6 +6,7 @@
 //! dataset's own (KITTI's `DontCare`, ...) and ground-truth boxes under
 //! `augment.min_box_side` after letterboxing, which are too small to score.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use burn::prelude::*;
@@ -60,6 +61,31 @@ pub struct DetectionReport {
     pub vehicle_ap50: Option<f64>,
 }
 
+/// Metrics of the images that share one condition value.
+#[derive(Debug, Clone, Serialize)]
+pub struct SliceReport {
+    /// `region`, `weather`, `time_of_day` or `scene`.
+    pub key: String,
+    pub value: String,
+    pub images: usize,
+    /// `None` when the task is not evaluated, or (AP) no image of the slice has a box.
+    pub map50: Option<f64>,
+    pub map50_95: Option<f64>,
+    pub drivable_miou: Option<f64>,
+    pub lane_iou: Option<f64>,
+}
+
+/// The evaluators of one slice.
+struct SliceEvaluators {
+    images: usize,
+    ap: DetectionEvaluator,
+    drivable: SegmentationEvaluator,
+    lanes: SegmentationEvaluator,
+}
+
+/// The condition keys evaluation slices by, besides the dataset's region.
+const SLICE_KEYS: [&str; 3] = ["weather", "time_of_day", "scene"];
+
 /// A whole evaluation.
 #[derive(Debug, Clone, Serialize)]
 pub struct EvalReport {
@@ -70,6 +96,9 @@ pub struct EvalReport {
     pub detection: Option<DetectionReport>,
     pub drivable: Option<SegmentationReport>,
     pub lanes: Option<SegmentationReport>,
+    /// The same metrics by region, weather, time of day and scene (the frames' conditions),
+    /// in key then value order.
+    pub slices: Vec<SliceReport>,
 }
 
 /// Binary masks (logit > 0) of `[batch, 1, h, w]` logits, flattened.
@@ -109,6 +138,8 @@ pub fn evaluate<B: VisionBackend>(
     let mut operating = DetectionEvaluator::new(num_classes, vec![0.5]);
     let mut drivable = SegmentationEvaluator::new();
     let mut lanes = SegmentationEvaluator::new();
+    let mut slices: BTreeMap<(&str, String), SliceEvaluators> = BTreeMap::new();
+    let region = dataset.manifest().region.clone();
     let decode = DecodeOptions {
         score_threshold: AP_SCORE_THRESHOLD.min(card.decode.score_threshold),
         ..card.decode
@@ -121,17 +152,43 @@ pub fn evaluate<B: VisionBackend>(
         let batch: Batch = collate(&samples, w as u32, h as u32);
         let (images, _) = batch_tensors::<B>(&batch, device);
         let out = net.forward(images);
+        // The slices each image of the batch belongs to.
+        let keys: Vec<Vec<(&str, String)>> = samples
+            .iter()
+            .map(|s| {
+                let c = &s.conditions;
+                let values = [&c.weather, &c.time_of_day, &c.scene];
+                let mut keys = vec![("region", region.clone())];
+                keys.extend(SLICE_KEYS.into_iter().zip(values.map(String::clone)));
+                keys
+            })
+            .collect();
+        for image_keys in &keys {
+            for key in image_keys {
+                slices
+                    .entry(key.clone())
+                    .or_insert_with(|| SliceEvaluators {
+                        images: 0,
+                        ap: DetectionEvaluator::coco(num_classes),
+                        drivable: SegmentationEvaluator::new(),
+                        lanes: SegmentationEvaluator::new(),
+                    })
+                    .images += 1;
+            }
+        }
         if let (true, Some(det)) = (evaluated.0, &out.detection) {
-            for ((dets, gt), ignore) in decode_detections(det, h, w, &decode)
-                .iter()
-                .zip(&batch.boxes)
-                .zip(&batch.ignore)
-            {
+            let per_image = decode_detections(det, h, w, &decode);
+            for (j, dets) in per_image.iter().enumerate() {
+                let (gt, ignore) = (&batch.boxes[j], &batch.ignore[j]);
                 let dets: Vec<Detection> = dets
                     .iter()
                     .map(|d| Detection::new(d.class, d.score, d.bbox))
                     .collect();
                 ap.add_image_with_ignore(&dets, gt, ignore);
+                for key in &keys[j] {
+                    let slice = slices.get_mut(key).expect("every key was added");
+                    slice.ap.add_image_with_ignore(&dets, gt, ignore);
+                }
                 let kept: Vec<Detection> = dets
                     .into_iter()
                     .filter(|d| d.score >= card.decode.score_threshold)
@@ -139,21 +196,61 @@ pub fn evaluate<B: VisionBackend>(
                 operating.add_image_with_ignore(&kept, gt, ignore);
             }
         }
-        let seg = |e: &mut SegmentationEvaluator, logits: Option<Tensor<B, 4>>, t: &[f32]| {
-            if let Some(l) = logits {
-                e.add(&masks(l), &targets(t))
-                    .map_err(|err| TrainError::Data(err.to_string()))?;
-            }
-            Ok::<(), TrainError>(())
-        };
+        let pixels = h * w;
+        let mut seg =
+            |logits: Option<Tensor<B, 4>>,
+             t: &[f32],
+             overall: &mut SegmentationEvaluator,
+             of_slice: fn(&mut SliceEvaluators) -> &mut SegmentationEvaluator| {
+                let Some(l) = logits else {
+                    return Ok(());
+                };
+                let (pred, target) = (masks(l), targets(t));
+                let err = |e: crate::metrics::MetricsError| TrainError::Data(e.to_string());
+                overall.add(&pred, &target).map_err(err)?;
+                for (j, image_keys) in keys.iter().enumerate() {
+                    let range = j * pixels..(j + 1) * pixels;
+                    for key in image_keys {
+                        let slice = slices.get_mut(key).expect("every key was added");
+                        of_slice(slice)
+                            .add(&pred[range.clone()], &target[range.clone()])
+                            .map_err(err)?;
+                    }
+                }
+                Ok::<(), TrainError>(())
+            };
         seg(
-            &mut drivable,
             out.drivable.filter(|_| evaluated.1),
             &batch.drivable,
+            &mut drivable,
+            |s| &mut s.drivable,
         )?;
-        seg(&mut lanes, out.lanes.filter(|_| evaluated.2), &batch.lanes)?;
+        seg(
+            out.lanes.filter(|_| evaluated.2),
+            &batch.lanes,
+            &mut lanes,
+            |s| &mut s.lanes,
+        )?;
         bar.inc(samples.len() as u64);
     }
+    let slices = slices
+        .into_iter()
+        .map(|((key, value), e)| {
+            let metrics = evaluated.0.then(|| e.ap.finish());
+            let has_boxes = metrics
+                .as_ref()
+                .is_some_and(|m| m.per_class.iter().any(|c| c.num_gt > 0));
+            SliceReport {
+                key: key.to_string(),
+                value,
+                images: e.images,
+                map50: metrics.as_ref().filter(|_| has_boxes).map(|m| m.map50),
+                map50_95: metrics.as_ref().filter(|_| has_boxes).map(|m| m.map50_95),
+                drivable_miou: evaluated.1.then(|| e.drivable.miou()),
+                lane_iou: evaluated.2.then(|| e.lanes.iou()),
+            }
+        })
+        .collect();
     let detection = evaluated.0.then(|| {
         let metrics = ap.finish();
         let op = operating.finish();
@@ -194,6 +291,7 @@ pub fn evaluate<B: VisionBackend>(
         detection,
         drivable: evaluated.1.then(|| SegmentationReport::from(&drivable)),
         lanes: evaluated.2.then(|| SegmentationReport::from(&lanes)),
+        slices,
     })
 }
 
@@ -249,6 +347,27 @@ impl EvalReport {
         };
         seg(&mut s, "drivable area", &self.drivable);
         seg(&mut s, "lane lines", &self.lanes);
+        if !self.slices.is_empty() {
+            let _ = writeln!(
+                s,
+                "\nby condition                    images  mAP@0.5  AP@.5:.95  drivable mIoU  lane IoU"
+            );
+            let f = |v: Option<f64>, width: usize| {
+                v.map_or(format!("{:>width$}", "-"), |v| format!("{v:>width$.3}"))
+            };
+            for r in &self.slices {
+                let name = format!("{} = {}", r.key, r.value);
+                let _ = writeln!(
+                    s,
+                    "  {name:<30} {:>6}  {}  {}  {}  {}",
+                    r.images,
+                    f(r.map50, 7),
+                    f(r.map50_95, 9),
+                    f(r.drivable_miou, 13),
+                    f(r.lane_iou, 8),
+                );
+            }
+        }
         s
     }
 }
