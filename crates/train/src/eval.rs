@@ -83,7 +83,8 @@ struct SliceEvaluators {
     lanes: SegmentationEvaluator,
 }
 
-/// The condition keys evaluation slices by, besides the dataset's region.
+/// The condition keys evaluation slices by. (The region slice is the whole evaluation: one
+/// dataset has one region.)
 const SLICE_KEYS: [&str; 3] = ["weather", "time_of_day", "scene"];
 
 /// A whole evaluation.
@@ -139,7 +140,6 @@ pub fn evaluate<B: VisionBackend>(
     let mut drivable = SegmentationEvaluator::new();
     let mut lanes = SegmentationEvaluator::new();
     let mut slices: BTreeMap<(&str, String), SliceEvaluators> = BTreeMap::new();
-    let region = dataset.manifest().region.clone();
     let decode = DecodeOptions {
         score_threshold: AP_SCORE_THRESHOLD.min(card.decode.score_threshold),
         ..card.decode
@@ -158,9 +158,10 @@ pub fn evaluate<B: VisionBackend>(
             .map(|s| {
                 let c = &s.conditions;
                 let values = [&c.weather, &c.time_of_day, &c.scene];
-                let mut keys = vec![("region", region.clone())];
-                keys.extend(SLICE_KEYS.into_iter().zip(values.map(String::clone)));
-                keys
+                SLICE_KEYS
+                    .into_iter()
+                    .zip(values.map(String::clone))
+                    .collect()
             })
             .collect();
         for image_keys in &keys {
@@ -233,26 +234,37 @@ pub fn evaluate<B: VisionBackend>(
         )?;
         bar.inc(samples.len() as u64);
     }
-    let slices = slices
-        .into_iter()
-        .map(|((key, value), e)| {
-            let metrics = evaluated.0.then(|| e.ap.finish());
-            let has_boxes = metrics
-                .as_ref()
-                .is_some_and(|m| m.per_class.iter().any(|c| c.num_gt > 0));
-            SliceReport {
-                key: key.to_string(),
-                value,
-                images: e.images,
-                map50: metrics.as_ref().filter(|_| has_boxes).map(|m| m.map50),
-                map50_95: metrics.as_ref().filter(|_| has_boxes).map(|m| m.map50_95),
-                drivable_miou: evaluated.1.then(|| e.drivable.miou()),
-                lane_iou: evaluated.2.then(|| e.lanes.iou()),
-            }
-        })
-        .collect();
-    let detection = evaluated.0.then(|| {
-        let metrics = ap.finish();
+    let slice_report = |key: &str,
+                        value: String,
+                        images: usize,
+                        ap: Option<&DetectionMetrics>,
+                        drivable: &SegmentationEvaluator,
+                        lanes: &SegmentationEvaluator| {
+        let ap = ap.filter(|m| m.per_class.iter().any(|c| c.num_gt > 0));
+        SliceReport {
+            key: key.to_string(),
+            value,
+            images,
+            map50: ap.map(|m| m.map50),
+            map50_95: ap.map(|m| m.map50_95),
+            drivable_miou: evaluated.1.then(|| drivable.miou()),
+            lane_iou: evaluated.2.then(|| lanes.iou()),
+        }
+    };
+    let overall_ap = evaluated.0.then(|| ap.finish());
+    let mut slice_reports = vec![slice_report(
+        "region",
+        dataset.manifest().region.clone(),
+        dataset.len(),
+        overall_ap.as_ref(),
+        &drivable,
+        &lanes,
+    )];
+    slice_reports.extend(slices.into_iter().map(|((key, value), e)| {
+        let ap = evaluated.0.then(|| e.ap.finish());
+        slice_report(key, value, e.images, ap.as_ref(), &e.drivable, &e.lanes)
+    }));
+    let detection = overall_ap.map(|metrics| {
         let op = operating.finish();
         let (matched, total) = op.per_class.iter().fold((0.0, 0u64), |(m, t), c| {
             (
@@ -291,7 +303,7 @@ pub fn evaluate<B: VisionBackend>(
         detection,
         drivable: evaluated.1.then(|| SegmentationReport::from(&drivable)),
         lanes: evaluated.2.then(|| SegmentationReport::from(&lanes)),
-        slices,
+        slices: slice_reports,
     })
 }
 
