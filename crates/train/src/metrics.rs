@@ -58,10 +58,11 @@ pub fn box_iou(a: [f32; 4], b: [f32; 4]) -> f32 {
     iou_f64(a, b) as f32
 }
 
-/// [`box_iou`] computed in `f64`, as pycocotools does.
-fn iou_f64(a: [f32; 4], b: [f32; 4]) -> f64 {
+/// `(intersection, area of a, area of b)` of two boxes in `f64`; `None` when any coordinate
+/// is not finite. Negative extents count as empty.
+fn overlap_areas(a: [f32; 4], b: [f32; 4]) -> Option<(f64, f64, f64)> {
     if a.iter().chain(b.iter()).any(|v| !v.is_finite()) {
-        return 0.0;
+        return None;
     }
     let [ax1, ay1, ax2, ay2] = a.map(f64::from);
     let [bx1, by1, bx2, by2] = b.map(f64::from);
@@ -69,7 +70,14 @@ fn iou_f64(a: [f32; 4], b: [f32; 4]) -> f64 {
     let area_b = (bx2 - bx1).max(0.0) * (by2 - by1).max(0.0);
     let iw = (ax2.min(bx2) - ax1.max(bx1)).max(0.0);
     let ih = (ay2.min(by2) - ay1.max(by1)).max(0.0);
-    let inter = iw * ih;
+    Some((iw * ih, area_a, area_b))
+}
+
+/// [`box_iou`] computed in `f64`, as pycocotools does.
+fn iou_f64(a: [f32; 4], b: [f32; 4]) -> f64 {
+    let Some((inter, area_a, area_b)) = overlap_areas(a, b) else {
+        return 0.0;
+    };
     let union = area_a + area_b - inter;
     if union > 0.0 && union.is_finite() {
         (inter / union).clamp(0.0, 1.0)
@@ -81,18 +89,9 @@ fn iou_f64(a: [f32; 4], b: [f32; 4]) -> f64 {
 /// Intersection of a detection with a region over the detection's own area (pycocotools'
 /// IoU against a crowd box); `0` for an empty or non-finite detection.
 fn overlap_of_detection(det: [f32; 4], region: [f32; 4]) -> f64 {
-    if det.iter().chain(region.iter()).any(|v| !v.is_finite()) {
-        return 0.0;
-    }
-    let [ax1, ay1, ax2, ay2] = det.map(f64::from);
-    let [bx1, by1, bx2, by2] = region.map(f64::from);
-    let area = (ax2 - ax1).max(0.0) * (ay2 - ay1).max(0.0);
-    let iw = (ax2.min(bx2) - ax1.max(bx1)).max(0.0);
-    let ih = (ay2.min(by2) - ay1.max(by1)).max(0.0);
-    if area > 0.0 {
-        (iw * ih / area).clamp(0.0, 1.0)
-    } else {
-        0.0
+    match overlap_areas(det, region) {
+        Some((inter, area, _)) if area > 0.0 => (inter / area).clamp(0.0, 1.0),
+        _ => 0.0,
     }
 }
 
