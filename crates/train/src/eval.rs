@@ -14,7 +14,8 @@ use burn::vision::VisionBackend;
 use indicatif::ProgressBar;
 use percept_data::{collate, Batch, Dataset};
 use percept_model::{decode_detections, DecodeOptions, PerceptionNet};
-use serde::Serialize;
+use image::RgbImage;
+use serde::{Deserialize, Serialize};
 
 use crate::metrics::{Detection, DetectionEvaluator, DetectionMetrics, SegmentationEvaluator};
 use crate::model_file::ModelCard;
@@ -36,6 +37,8 @@ pub struct SegmentationReport {
     pub pixel_recall: f64,
     /// (TPR + TNR) / 2, the "lane accuracy" HybridNets reports.
     pub balanced_accuracy: f64,
+    /// Pixel counts `[[tn, fp], [fn, tp]]`, indexed `[target][pred]`.
+    pub confusion: [[u64; 2]; 2],
 }
 
 impl SegmentationReport {
@@ -45,6 +48,7 @@ impl SegmentationReport {
             miou: e.miou(),
             pixel_recall: e.pixel_recall(),
             balanced_accuracy: e.balanced_accuracy(),
+            confusion: e.confusion(),
         }
     }
 }
@@ -87,12 +91,44 @@ struct SliceEvaluators {
 /// dataset has one region.)
 const SLICE_KEYS: [&str; 3] = ["weather", "time_of_day", "scene"];
 
+/// Where metrics are computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MetricResolution {
+    /// At the original image resolution: boxes and masks are mapped back out of the letterbox,
+    /// and compared with the labels as stored.
+    #[default]
+    Original,
+    /// At network resolution, on the letterboxed input and letterboxed labels.
+    Network,
+}
+
+/// An example prediction drawn over its image, for the report.
+#[derive(Debug, Clone)]
+pub struct ExampleImage {
+    /// The sample's id.
+    pub id: String,
+    /// The overlay (predicted masks and boxes over the image), at most
+    /// [`EXAMPLE_MAX_WIDTH`] wide.
+    pub overlay: RgbImage,
+}
+
+/// Widest example overlay kept for the report (larger images are scaled down).
+pub const EXAMPLE_MAX_WIDTH: u32 = 640;
+
+/// An evaluation's report and the example overlays picked along the way.
+#[derive(Debug, Clone)]
+pub struct Evaluation {
+    pub report: EvalReport,
+    pub examples: Vec<ExampleImage>,
+}
+
 /// A whole evaluation.
 #[derive(Debug, Clone, Serialize)]
 pub struct EvalReport {
     pub images: usize,
-    /// Where metrics were computed: `network` (letterboxed input resolution).
-    pub resolution: String,
+    /// Where metrics were computed.
+    pub resolution: MetricResolution,
     pub input: [usize; 2],
     pub detection: Option<DetectionReport>,
     pub drivable: Option<SegmentationReport>,
@@ -298,7 +334,7 @@ pub fn evaluate<B: VisionBackend>(
     });
     Ok(EvalReport {
         images: dataset.len(),
-        resolution: "network".into(),
+        resolution: MetricResolution::Network,
         input: [w, h],
         detection,
         drivable: evaluated.1.then(|| SegmentationReport::from(&drivable)),

@@ -3,6 +3,7 @@
 
 pub mod backend;
 pub mod bench;
+pub mod chart;
 pub mod commands;
 pub mod config;
 pub mod data;
@@ -15,6 +16,7 @@ pub mod model_file;
 pub mod overlay;
 pub mod predict;
 pub mod quickstart;
+pub mod report;
 pub mod trainer;
 
 use std::path::PathBuf;

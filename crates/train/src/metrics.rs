@@ -112,6 +112,10 @@ pub struct ClassAp {
     /// Fraction of ground-truth boxes matched at IoU 0.5 by the detections passed in (the
     /// caller applies any score threshold); `None` when the class has no ground truth.
     pub recall50: Option<f64>,
+    /// The interpolated precision-recall curve at IoU 0.5: precision at recall
+    /// `0, 0.01, ..., 1.0` (101 points, pycocotools' `eval['precision']`; `0` past the highest
+    /// recall reached). Empty when the class has no ground truth.
+    pub precision50: Vec<f64>,
 }
 
 /// Result of [`DetectionEvaluator::finish`].
@@ -349,6 +353,7 @@ impl DetectionEvaluator {
                 num_gt: 0,
                 num_det,
                 recall50: None,
+                precision50: Vec::new(),
             };
         }
         // Rank all detections of the class by descending score; the sort is stable so ties
@@ -379,6 +384,7 @@ impl DetectionEvaluator {
             num_gt: acc.num_gt,
             num_det,
             recall50: Some(tp50 as f64 / acc.num_gt as f64),
+            precision50: Vec::new(),
         }
     }
 }

@@ -1,0 +1,1 @@
+//! PNG charts for evaluation reports (to be written).
