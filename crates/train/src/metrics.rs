@@ -1,10 +1,12 @@
 //! Evaluation metrics: COCO-style detection AP and binary segmentation scores.
 //!
 //! Both evaluators are streaming: they are fed one image at a time and keep only what the final
-//! numbers need, so memory grows with the number of detections (detection) or stays constant
-//! (segmentation), never with the number of images.
+//! numbers need: 12 bytes per detection (detection) or four counters (segmentation). No
+//! image, box or mask is kept.
 //!
 //! Neither evaluator depends on the training backend; they work on plain Rust values.
+
+use std::collections::BTreeMap;
 
 use percept_data::{BoxLabel, IgnoreRegion};
 use serde::{Deserialize, Serialize};
@@ -129,25 +131,28 @@ pub struct DetectionMetrics {
     pub map50_95: f64,
 }
 
-/// What a detection is at one IoU threshold.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Outcome {
-    TruePositive,
-    FalsePositive,
-    /// Matched no box but lies in an ignore region: neither true nor false (pycocotools'
-    /// crowd rule).
-    Ignored,
+/// Most IoU thresholds one evaluator matches at (a detection's outcomes are two bit sets).
+pub const MAX_IOU_THRESHOLDS: usize = 16;
+
+/// One detection's matching result at every threshold: 12 bytes, the only thing kept per
+/// detection.
+#[derive(Debug, Clone, Copy)]
+struct Record {
+    score: f32,
+    /// Index of the image, in the order images were added.
+    image: u32,
+    /// Bit `t` set: a true positive at threshold `t`.
+    true_positive: u16,
+    /// Bit `t` set: matched nothing at threshold `t` but lies in an ignore region there.
+    ignored: u16,
 }
 
 /// Matching results of one class, over all images seen so far.
 #[derive(Debug, Clone, Default)]
 struct ClassAccumulator {
     num_gt: u64,
-    /// Score of every detection, in insertion order (images in order, each image's detections
-    /// by descending score).
-    scores: Vec<f32>,
-    /// `outcomes[t][i]`: what detection `i` is at threshold `t`.
-    outcomes: Vec<Vec<Outcome>>,
+    /// Every detection, images in order, each image's detections by descending score.
+    records: Vec<Record>,
 }
 
 /// Streaming COCO-style detection evaluator.
@@ -155,8 +160,7 @@ struct ClassAccumulator {
 /// For every image and class, detections are sorted by descending score and greedily matched,
 /// at each IoU threshold independently, to the still unmatched ground-truth box of the same
 /// class with the highest IoU `>=` the threshold (pycocotools' rule). A detection that matches
-/// nothing, including a duplicate of an already matched box, is a false positive. Only
-/// `(score, is_tp)` per detection and threshold and the ground-truth counts are kept.
+/// nothing, including a duplicate of an already matched box, is a false positive.
 ///
 /// AP is COCO's 101-point interpolated AP: detections of all images are ranked by score, the
 /// precision curve is made monotone from the right, and it is sampled at recall
@@ -169,6 +173,14 @@ struct ClassAccumulator {
 /// overlaps an ignore region by at least the threshold, measured as intersection over the
 /// detection's own area, is ignored there (neither true nor false positive). A region may
 /// absorb any number of detections.
+///
+/// # Memory
+///
+/// Images, boxes and masks are never kept. What is kept per detection is its score, its
+/// image's index and two bit sets: 12 bytes (1.2 KB per image at 100 detections per image).
+/// Per image, the evaluator keeps one tag per slice key (2 bytes each). The records of one
+/// image serve every slice the image belongs to ([`finish_slice`](Self::finish_slice)), so
+/// slicing costs no copy.
 #[derive(Debug, Clone)]
 pub struct DetectionEvaluator {
     /// IoU thresholds matched at: the configured ones first, then 0.5 if it was not among them.
@@ -177,18 +189,28 @@ pub struct DetectionEvaluator {
     configured: usize,
     /// Index of the 0.5 threshold in `thresholds`.
     idx50: usize,
+    /// Detections scoring below do not count for `recall50`.
+    operating_threshold: f32,
     classes: Vec<ClassAccumulator>,
     ignored: u64,
+    /// Slice keys every image is tagged with (see [`add_tagged`](Self::add_tagged)).
+    tag_keys: usize,
+    /// `tags[image * tag_keys + key]`: the image's value of each key.
+    tags: Vec<u16>,
+    /// Ground-truth boxes per class of every `(key, value)` slice.
+    slice_gt: BTreeMap<(usize, u16), Vec<u64>>,
+    images: u32,
 }
 
 impl DetectionEvaluator {
     /// An evaluator for classes `0..num_classes` matching at `iou_thresholds`.
     ///
     /// `ap50_95` is the mean AP over `iou_thresholds` (pass [`COCO_IOU_THRESHOLDS`] for COCO's
-    /// AP@[.50:.95]); `ap50` and `recall50` always use IoU 0.5, whether or not it is listed.
-    /// Thresholds that are not finite or lie outside `[0, 1]` are dropped; if none remain, the
-    /// COCO thresholds are used. A threshold of exactly 1 behaves as `1 - 1e-10`, as in
-    /// pycocotools.
+    /// AP@[.50:.95]); `ap50`, `precision50` and `recall50` always use IoU 0.5, whether or not
+    /// it is listed. Thresholds that are not finite or lie outside `[0, 1]` are dropped, and
+    /// only the first [`MAX_IOU_THRESHOLDS`] (less one when 0.5 is not among them) are kept;
+    /// if none remain, the COCO thresholds are used. A threshold of exactly 1 behaves as
+    /// `1 - 1e-10`, as in pycocotools.
     pub fn new(num_classes: usize, iou_thresholds: Vec<f32>) -> Self {
         let mut thresholds: Vec<f64> = iou_thresholds
             .into_iter()
@@ -198,6 +220,10 @@ impl DetectionEvaluator {
         if thresholds.is_empty() {
             thresholds = COCO_IOU_THRESHOLDS.into_iter().map(widen).collect();
         }
+        thresholds.truncate(MAX_IOU_THRESHOLDS);
+        if !thresholds.contains(&0.5) {
+            thresholds.truncate(MAX_IOU_THRESHOLDS - 1);
+        }
         let configured = thresholds.len();
         let idx50 = match thresholds.iter().position(|&t| t == 0.5) {
             Some(i) => i,
@@ -206,24 +232,40 @@ impl DetectionEvaluator {
                 thresholds.len() - 1
             }
         };
-        let classes = (0..num_classes)
-            .map(|_| ClassAccumulator {
-                outcomes: vec![Vec::new(); thresholds.len()],
-                ..ClassAccumulator::default()
-            })
-            .collect();
         Self {
             thresholds,
             configured,
             idx50,
-            classes,
+            operating_threshold: f32::NEG_INFINITY,
+            classes: vec![ClassAccumulator::default(); num_classes],
             ignored: 0,
+            tag_keys: 0,
+            tags: Vec::new(),
+            slice_gt: BTreeMap::new(),
+            images: 0,
         }
     }
 
     /// An evaluator using [`COCO_IOU_THRESHOLDS`].
     pub fn coco(num_classes: usize) -> Self {
         Self::new(num_classes, COCO_IOU_THRESHOLDS.to_vec())
+    }
+
+    /// Counts only detections scoring `>= threshold` for `recall50` (the recall at the model's
+    /// operating point). AP always ranks every detection. The default counts all of them.
+    ///
+    /// Greedy matching visits detections by descending score, so the detections above the
+    /// threshold match exactly as they would if the others had never been passed in.
+    pub fn with_operating_threshold(mut self, threshold: f32) -> Self {
+        self.operating_threshold = threshold;
+        self
+    }
+
+    /// Makes every image carry `keys` slice tags (see [`add_tagged`](Self::add_tagged)).
+    /// Call before adding any image.
+    pub fn with_slice_keys(mut self, keys: usize) -> Self {
+        self.tag_keys = keys;
+        self
     }
 
     /// The IoU thresholds averaged into `ap50_95`, after validation.
@@ -249,13 +291,37 @@ impl DetectionEvaluator {
     ///
     /// Entries whose class is `>= num_classes` and detections with a NaN score are ignored
     /// (counted by [`num_ignored`](Self::num_ignored)). Detections with non-finite coordinates
-    /// match nothing.
+    /// match nothing. An evaluator made [`with_slice_keys`](Self::with_slice_keys) tags the
+    /// image with value 0 of every key.
     pub fn add_image_with_ignore(
         &mut self,
         detections: &[Detection],
         ground_truth: &[BoxLabel],
         ignore: &[IgnoreRegion],
     ) {
+        let tags = vec![0; self.tag_keys];
+        self.add_tagged(detections, ground_truth, ignore, &tags);
+    }
+
+    /// Adds one image as [`add_image_with_ignore`](Self::add_image_with_ignore) does, tagged
+    /// with its value of each slice key: `tags[key]` (for example weather = 2, scene = 0).
+    /// [`finish_slice`](Self::finish_slice) then evaluates the images with one value.
+    ///
+    /// # Panics
+    ///
+    /// When `tags` does not have one value per key of
+    /// [`with_slice_keys`](Self::with_slice_keys), or after `u32::MAX` images.
+    pub fn add_tagged(
+        &mut self,
+        detections: &[Detection],
+        ground_truth: &[BoxLabel],
+        ignore: &[IgnoreRegion],
+        tags: &[u16],
+    ) {
+        assert_eq!(tags.len(), self.tag_keys, "one tag per slice key");
+        let image = self.images;
+        self.images = image.checked_add(1).expect("at most u32::MAX images");
+        self.tags.extend_from_slice(tags);
         let num_classes = self.classes.len();
         let mut dets_by_class: Vec<Vec<&Detection>> = vec![Vec::new(); num_classes];
         let mut gts_by_class: Vec<Vec<[f32; 4]>> = vec![Vec::new(); num_classes];
@@ -271,14 +337,29 @@ impl DetectionEvaluator {
                 None => self.ignored += 1,
             }
         }
+        for (key, &value) in tags.iter().enumerate() {
+            let counts = self
+                .slice_gt
+                .entry((key, value))
+                .or_insert_with(|| vec![0; num_classes]);
+            for (count, gts) in counts.iter_mut().zip(&gts_by_class) {
+                *count += gts.len() as u64;
+            }
+        }
 
         for ((acc, mut dets), gts) in self.classes.iter_mut().zip(dets_by_class).zip(gts_by_class) {
             acc.num_gt += gts.len() as u64;
-            if dets.is_empty() {
-                continue;
-            }
             // Stable sort, so equal scores keep their input order (pycocotools' mergesort).
             dets.sort_by(|a, b| b.score.total_cmp(&a.score));
+            let mut records: Vec<Record> = dets
+                .iter()
+                .map(|d| Record {
+                    score: d.score,
+                    image,
+                    true_positive: 0,
+                    ignored: 0,
+                })
+                .collect();
             let ious: Vec<Vec<f64>> = dets
                 .iter()
                 .map(|d| gts.iter().map(|&g| iou_f64(d.bbox(), g)).collect())
@@ -293,10 +374,13 @@ impl DetectionEvaluator {
                         .fold(0.0, f64::max)
                 })
                 .collect();
-            for (&threshold, outcomes) in self.thresholds.iter().zip(acc.outcomes.iter_mut()) {
+            for (t, &threshold) in self.thresholds.iter().enumerate() {
+                let bit = 1u16 << t;
                 let mut matched = vec![false; gts.len()];
                 let floor = threshold.min(1.0 - 1e-10);
-                for (det_ious, &overlap) in ious.iter().zip(&ignore_overlap) {
+                for ((record, det_ious), &overlap) in
+                    records.iter_mut().zip(&ious).zip(&ignore_overlap)
+                {
                     let mut best_iou = floor;
                     let mut best = None;
                     for (g, &iou) in det_ious.iter().enumerate() {
@@ -306,27 +390,53 @@ impl DetectionEvaluator {
                         best_iou = iou;
                         best = Some(g);
                     }
-                    outcomes.push(match best {
-                        Some(g) => {
-                            matched[g] = true;
-                            Outcome::TruePositive
-                        }
-                        None if overlap >= floor => Outcome::Ignored,
-                        None => Outcome::FalsePositive,
-                    });
+                    if let Some(g) = best {
+                        matched[g] = true;
+                        record.true_positive |= bit;
+                    } else if overlap >= floor {
+                        record.ignored |= bit;
+                    }
                 }
             }
-            acc.scores.extend(dets.iter().map(|d| d.score));
+            acc.records.append(&mut records);
         }
+    }
+
+    /// Number of images added so far.
+    pub fn num_images(&self) -> usize {
+        self.images as usize
     }
 
     /// Computes AP and recall per class and their means over classes with ground truth.
     pub fn finish(&self) -> DetectionMetrics {
+        self.metrics(|_| true, |class| self.classes[class].num_gt)
+    }
+
+    /// [`finish`](Self::finish) over the images tagged with `value` of slice key `key` only.
+    /// A slice no image was tagged with has no ground truth (every AP is `None`).
+    pub fn finish_slice(&self, key: usize, value: u16) -> DetectionMetrics {
+        let keys = self.tag_keys;
+        let gt = self.slice_gt.get(&(key, value));
+        self.metrics(
+            |r| key < keys && self.tags[r.image as usize * keys + key] == value,
+            |class| gt.map_or(0, |counts| counts[class]),
+        )
+    }
+
+    fn metrics(
+        &self,
+        include: impl Fn(&Record) -> bool,
+        num_gt: impl Fn(usize) -> u64,
+    ) -> DetectionMetrics {
         let per_class: Vec<ClassAp> = self
             .classes
             .iter()
             .enumerate()
-            .map(|(class, acc)| self.class_ap(class, acc))
+            .map(|(class, acc)| {
+                let records: Vec<Record> =
+                    acc.records.iter().copied().filter(|r| include(r)).collect();
+                self.class_ap(class, records, num_gt(class))
+            })
             .collect();
         let mean = |values: Vec<f64>| {
             if values.is_empty() {
@@ -342,10 +452,10 @@ impl DetectionEvaluator {
         }
     }
 
-    fn class_ap(&self, class: usize, acc: &ClassAccumulator) -> ClassAp {
-        let num_det = acc.scores.len() as u64;
+    fn class_ap(&self, class: usize, mut records: Vec<Record>, num_gt: u64) -> ClassAp {
+        let num_det = records.len() as u64;
         let class = u16::try_from(class).unwrap_or(u16::MAX);
-        if acc.num_gt == 0 {
+        if num_gt == 0 {
             return ClassAp {
                 class,
                 ap50: None,
@@ -358,33 +468,33 @@ impl DetectionEvaluator {
         }
         // Rank all detections of the class by descending score; the sort is stable so ties
         // keep image order, as pycocotools' mergesort does.
-        let mut order: Vec<usize> = (0..acc.scores.len()).collect();
-        order.sort_by(|&a, &b| acc.scores[b].total_cmp(&acc.scores[a]));
-        let aps: Vec<f64> = acc
-            .outcomes
-            .iter()
-            .map(|outcomes| {
-                let ranked = order
+        records.sort_by(|a, b| b.score.total_cmp(&a.score));
+        let curves: Vec<Vec<f64>> = (0..self.thresholds.len())
+            .map(|t| {
+                let bit = 1u16 << t;
+                let ranked = records
                     .iter()
-                    .map(|&i| outcomes[i])
-                    .filter(|&o| o != Outcome::Ignored)
-                    .map(|o| o == Outcome::TruePositive);
-                average_precision(ranked, acc.num_gt)
+                    .filter(|r| r.ignored & bit == 0)
+                    .map(|r| r.true_positive & bit != 0);
+                interpolated_precision(ranked, num_gt)
             })
             .collect();
-        let ap50_95 = aps[..self.configured].iter().sum::<f64>() / self.configured as f64;
-        let tp50 = acc.outcomes[self.idx50]
+        let ap = |curve: &[f64]| curve.iter().sum::<f64>() / RECALL_POINTS as f64;
+        let ap50_95 =
+            curves[..self.configured].iter().map(|c| ap(c)).sum::<f64>() / self.configured as f64;
+        let bit50 = 1u16 << self.idx50;
+        let tp50 = records
             .iter()
-            .filter(|&&o| o == Outcome::TruePositive)
+            .filter(|r| r.score >= self.operating_threshold && r.true_positive & bit50 != 0)
             .count();
         ClassAp {
             class,
-            ap50: Some(aps[self.idx50]),
+            ap50: Some(ap(&curves[self.idx50])),
             ap50_95: Some(ap50_95),
-            num_gt: acc.num_gt,
+            num_gt,
             num_det,
-            recall50: Some(tp50 as f64 / acc.num_gt as f64),
-            precision50: Vec::new(),
+            recall50: Some(tp50 as f64 / num_gt as f64),
+            precision50: curves[self.idx50].clone(),
         }
     }
 }
@@ -395,9 +505,10 @@ fn widen(t: f32) -> f64 {
     t.to_string().parse().unwrap_or(f64::from(t))
 }
 
-/// COCO's 101-point interpolated AP of a ranked list of detections (`true` = true positive)
-/// against `num_gt > 0` ground-truth boxes.
-fn average_precision(ranked_is_tp: impl Iterator<Item = bool>, num_gt: u64) -> f64 {
+/// COCO's interpolated precision of a ranked list of detections (`true` = true positive)
+/// against `num_gt > 0` ground-truth boxes, at the 101 recall points `0, 0.01, ..., 1.0`
+/// (`0` past the highest recall reached). Their mean is the 101-point AP.
+fn interpolated_precision(ranked_is_tp: impl Iterator<Item = bool>, num_gt: u64) -> Vec<f64> {
     let num_gt = num_gt as f64;
     let mut recall = Vec::new();
     let mut precision = Vec::new();
@@ -418,19 +529,15 @@ fn average_precision(ranked_is_tp: impl Iterator<Item = bool>, num_gt: u64) -> f
             precision[i - 1] = precision[i];
         }
     }
-    let mut sum = 0.0;
-    for k in 0..RECALL_POINTS {
-        // `np.linspace(0, 1, 101)` computes `k * 0.01`; matching it keeps ties identical.
-        let threshold = k as f64 * 0.01;
-        // searchsorted(side = "left"): first rank whose recall reaches the threshold.
-        let idx = recall.partition_point(|&r| r < threshold);
-        match precision.get(idx) {
-            Some(&p) => sum += p,
-            // Recall is non-decreasing, so no later point is reachable either.
-            None => break,
-        }
-    }
-    sum / RECALL_POINTS as f64
+    (0..RECALL_POINTS)
+        .map(|k| {
+            // `np.linspace(0, 1, 101)` computes `k * 0.01`; matching it keeps ties identical.
+            let threshold = k as f64 * 0.01;
+            // searchsorted(side = "left"): first rank whose recall reaches the threshold.
+            let idx = recall.partition_point(|&r| r < threshold);
+            precision.get(idx).copied().unwrap_or(0.0)
+        })
+        .collect()
 }
 
 /// Error from [`SegmentationEvaluator::add`].
@@ -862,6 +969,16 @@ mod tests {
                 &want["ap50_95"],
                 &format!("class {c} AP@[.5:.95]"),
             );
+            close(
+                got.recall50.unwrap(),
+                &want["recall50"],
+                &format!("class {c} recall@0.5"),
+            );
+            let curve = want["precision50"].as_array().unwrap();
+            assert_eq!(got.precision50.len(), curve.len());
+            for (k, (&p, want)) in got.precision50.iter().zip(curve).enumerate() {
+                close(p, want, &format!("class {c} precision at recall {k}/100"));
+            }
         }
         // Without the ignore regions, detections in them count as false positives.
         let (without, _) = evaluate_reference(false);
@@ -899,19 +1016,90 @@ mod tests {
         ];
         let mut ev = DetectionEvaluator::new(1, vec![0.5, 0.55]);
         ev.add_image_with_ignore(&dets, &gt, &region);
-        let acc = &ev.classes[0];
-        use Outcome::*;
-        assert_eq!(
-            acc.outcomes,
-            vec![
-                vec![TruePositive, Ignored, Ignored, FalsePositive],
-                vec![TruePositive, Ignored, FalsePositive, FalsePositive],
-            ]
-        );
+        // (true positive, ignored) bit sets; bit 0 is IoU 0.5, bit 1 is 0.55.
+        let outcomes: Vec<(u16, u16)> = ev.classes[0]
+            .records
+            .iter()
+            .map(|r| (r.true_positive, r.ignored))
+            .collect();
+        assert_eq!(outcomes, vec![(0b11, 0), (0, 0b11), (0, 0b01), (0, 0)]);
         // The single box is found first: AP 1 at both thresholds.
         let m = ev.finish();
         assert_eq!(m.per_class[0].ap50, Some(1.0));
         assert_eq!(m.per_class[0].recall50, Some(1.0));
+    }
+
+    #[test]
+    fn recall_at_the_operating_threshold() {
+        let gts = [gt(0, [0.0, 0.0, 10.0, 10.0]), gt(0, [20.0, 0.0, 30.0, 10.0])];
+        // The better box is found at 0.9, the other only at 0.2.
+        let dets = [
+            det(0, 0.9, [0.0, 0.0, 10.0, 10.0]),
+            det(0, 0.5, [50.0, 50.0, 60.0, 60.0]),
+            det(0, 0.2, [20.0, 0.0, 30.0, 10.0]),
+        ];
+        for (threshold, recall) in [(0.0, 1.0), (0.3, 0.5), (0.9, 0.5), (0.95, 0.0)] {
+            let mut ev = DetectionEvaluator::coco(1).with_operating_threshold(threshold);
+            ev.add_image(&dets, &gts);
+            let c = &ev.finish().per_class[0];
+            assert_eq!(c.recall50, Some(recall), "threshold {threshold}");
+            // AP ranks every detection whatever the threshold: precision 1 up to recall 0.5,
+            // then 2/3 up to recall 1.
+            assert!(close(c.ap50.unwrap(), (51.0 + 50.0 * 2.0 / 3.0) / 101.0));
+            assert_eq!(c.precision50.len(), 101);
+            assert_eq!(c.precision50[50], 1.0);
+            assert!(close(c.precision50[51], 2.0 / 3.0));
+            assert!(close(c.precision50[100], 2.0 / 3.0));
+        }
+    }
+
+    #[test]
+    fn slices_equal_separate_evaluations() {
+        // Three images tagged (weather, scene): (0, 0), (1, 0), (0, 1).
+        let images = [
+            (
+                vec![det(0, 0.9, [0.0, 0.0, 10.0, 10.0]), det(1, 0.4, [0.0, 0.0, 5.0, 5.0])],
+                vec![gt(0, [0.0, 0.0, 10.0, 10.0])],
+                [0u16, 0u16],
+            ),
+            (
+                vec![det(0, 0.8, [40.0, 40.0, 50.0, 50.0])],
+                vec![gt(0, [0.0, 0.0, 10.0, 10.0]), gt(1, [0.0, 0.0, 5.0, 5.0])],
+                [1, 0],
+            ),
+            (
+                vec![det(0, 0.7, [1.0, 0.0, 11.0, 10.0]), det(1, 0.6, [0.0, 0.0, 5.0, 5.0])],
+                vec![gt(0, [0.0, 0.0, 10.0, 10.0]), gt(1, [0.0, 0.0, 5.0, 5.0])],
+                [0, 1],
+            ),
+        ];
+        let mut tagged = DetectionEvaluator::coco(2).with_slice_keys(2);
+        for (dets, gts, tags) in &images {
+            tagged.add_tagged(dets, gts, &[], tags);
+        }
+        assert_eq!(tagged.num_images(), 3);
+        for key in 0..2 {
+            for value in 0..2u16 {
+                let mut separate = DetectionEvaluator::coco(2);
+                for (dets, gts, _) in images.iter().filter(|(_, _, t)| t[key] == value) {
+                    separate.add_image(dets, gts);
+                }
+                assert_eq!(
+                    tagged.finish_slice(key, value),
+                    separate.finish(),
+                    "key {key} value {value}"
+                );
+            }
+        }
+        // A value no image has: no ground truth, no detections.
+        let empty = tagged.finish_slice(0, 7);
+        assert!(empty.per_class.iter().all(|c| c.ap50.is_none() && c.num_det == 0));
+        // The whole evaluation is not a slice of itself, but equals an untagged one.
+        let mut untagged = DetectionEvaluator::coco(2);
+        for (dets, gts, _) in &images {
+            untagged.add_image(dets, gts);
+        }
+        assert_eq!(tagged.finish(), untagged.finish());
     }
 
     #[test]

@@ -110,7 +110,13 @@ per_class = []
 for c in range(CLASSES):
     p = precision[:, :, c]
     per_class.append(
-        {"ap50": float(np.mean(p[0][p[0] > -1])), "ap50_95": float(np.mean(p[p > -1]))}
+        {
+            "ap50": float(np.mean(p[0][p[0] > -1])),
+            "ap50_95": float(np.mean(p[p > -1])),
+            # The interpolated PR curve at IoU 0.5 (101 recall points) and the recall reached.
+            "precision50": [float(v) for v in p[0]],
+            "recall50": float(ev.eval["recall"][0, c, 0, 2]),
+        }
         if (p > -1).any()
         else None
     )
