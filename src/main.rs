@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use percept::data::{Split, SynthOptions};
 use percept::model::{ModelSize, PerceptionNetConfig};
+use percept::train::eval::MetricResolution;
 use percept::train::quickstart::{quickstart, QuickstartOptions};
 use percept::train::{commands, DeviceSpec, RunConfig};
 
@@ -22,6 +23,24 @@ use import_cmd::{run_import, ImportFormat};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+/// `--resolution` values.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Resolution {
+    /// The images' own resolution: predictions mapped back out of the letterbox
+    Original,
+    /// The network's input resolution, on letterboxed images and labels
+    Network,
+}
+
+impl Resolution {
+    fn metric(self) -> MetricResolution {
+        match self {
+            Resolution::Original => MetricResolution::Original,
+            Resolution::Network => MetricResolution::Network,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -108,6 +127,17 @@ enum Command {
         /// Write the report as JSON here
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Write a Markdown and HTML report (per-class AP chart, PR curves, example overlays)
+        /// into this directory
+        #[arg(long, value_name = "DIR")]
+        report: Option<PathBuf>,
+        /// Example prediction overlays in the report, spread evenly over the split
+        #[arg(long, default_value_t = 12)]
+        examples: usize,
+        /// Compute metrics at the images' original resolution or at network resolution
+        /// (default: the model's eval.resolution from its run config)
+        #[arg(long, value_enum)]
+        resolution: Option<Resolution>,
         /// Device: cpu, wgpu, cuda or cuda:N
         #[arg(long, default_value = "cpu")]
         device: String,
@@ -291,6 +321,7 @@ fn run(cli: Cli) -> Result<()> {
                 ("audit log", &audit_log),
                 ("checkpoint", &a.checkpoint),
                 ("eval report", &a.eval_report),
+                ("eval report (HTML)", &a.report_dir.join("report.html")),
                 ("export", &a.export),
                 ("input image", &a.input_image),
                 ("overlay", &a.overlay),
@@ -360,21 +391,34 @@ fn run(cli: Cli) -> Result<()> {
             site,
             batch_size,
             out,
+            report,
+            examples,
+            resolution,
             device: d,
         } => {
             let split: Split = split.parse().context("--split")?;
-            let report = commands::eval(
-                &model,
-                &data,
-                split,
-                site.as_deref(),
+            let outcome = commands::eval(&commands::EvalRequest {
+                site: site.as_deref(),
                 batch_size,
-                out.as_deref(),
-                device(&d)?,
-            )?;
-            print!("{}", report.table());
+                resolution: resolution.map(Resolution::metric),
+                json: out.as_deref(),
+                report_dir: report.as_deref(),
+                examples,
+                device: device(&d)?,
+                ..commands::EvalRequest::new(&model, &data, split)
+            })?;
+            print!("{}", outcome.report.table());
             if let Some(out) = out {
-                println!("report: {}", out.display());
+                println!("JSON report: {}", out.display());
+            }
+            if let Some(files) = outcome.files {
+                println!(
+                    "report: {} and {} ({} charts, {} example overlays)",
+                    files.markdown.display(),
+                    files.html.display(),
+                    files.charts.len(),
+                    files.examples.len()
+                );
             }
         }
         Command::Export {

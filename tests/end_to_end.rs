@@ -9,6 +9,7 @@ use percept::data::{collate, Manifest, Split};
 use percept::model::{ModelSize, PerceptionNet, PerceptionNetConfig};
 use percept::train::config::RunConfig;
 use percept::train::data::open_for_site;
+use percept::train::eval::{EvalReport, MetricResolution};
 use percept::train::export::{output_values, probe_input};
 use percept::train::model_file::load_model;
 use percept::train::trainer::batch_loss;
@@ -70,17 +71,28 @@ fn train_export_reload_predict() {
 
     // Eval writes a report with every task.
     let report_path = dir.path().join("eval.json");
-    let report = commands::eval(
-        &export,
-        &data,
-        Split::Val,
-        None,
-        2,
-        Some(&report_path),
-        DeviceSpec::Cpu,
-    )
+    let report_dir = dir.path().join("report");
+    let outcome = commands::eval(&commands::EvalRequest {
+        batch_size: 2,
+        json: Some(&report_path),
+        report_dir: Some(&report_dir),
+        ..commands::EvalRequest::new(&export, &data, Split::Val)
+    })
     .unwrap();
+    let report = outcome.report;
     assert_eq!(report.images, 4);
+    // The config's default: metrics at the original resolution, said in the report.
+    assert_eq!(report.resolution, MetricResolution::Original);
+    let files = outcome.files.unwrap();
+    assert_eq!(files.examples.len(), 4, "4 images, up to 12 examples");
+    assert_eq!(files.charts.len(), 2);
+    for f in files.charts.iter().chain(&files.examples) {
+        assert!(image::open(f).is_ok(), "{} is a PNG", f.display());
+    }
+    let markdown = std::fs::read_to_string(&files.markdown).unwrap();
+    assert!(markdown.contains("original image resolution"), "{markdown}");
+    let html = std::fs::read_to_string(&files.html).unwrap();
+    assert!(html.contains("ap50_per_class.png") && html.contains("pr_curves.png"));
     let j: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&report_path).unwrap()).unwrap();
     assert!(j["drivable"]["miou"].as_f64().unwrap() >= 0.0);
@@ -114,6 +126,70 @@ fn train_export_reload_predict() {
     assert_eq!(region.lane_iou, report.lanes.as_ref().map(|l| l.iou));
     assert_eq!(j["slices"].as_array().unwrap().len(), report.slices.len());
     assert!(report.table().contains("by condition"));
+}
+
+/// Evaluates `model` on `data`'s val split at `resolution`.
+fn eval_at(model: &Path, data: &Path, resolution: MetricResolution) -> EvalReport {
+    commands::eval(&commands::EvalRequest {
+        resolution: Some(resolution),
+        ..commands::EvalRequest::new(model, data, Split::Val)
+    })
+    .unwrap()
+    .report
+}
+
+#[test]
+fn metrics_at_original_and_network_resolution() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = synth(dir.path(), "DE", 2, 3);
+    let summary = commands::train(&config(dir.path(), &data, 1), DeviceSpec::Cpu).unwrap();
+    let model = &summary.checkpoint;
+
+    // Frames of the network's size: the letterbox is the identity, so both resolutions give
+    // the same numbers.
+    let original = eval_at(model, &data, MetricResolution::Original);
+    let network = eval_at(model, &data, MetricResolution::Network);
+    assert_eq!(original.resolution, MetricResolution::Original);
+    assert_eq!(network.resolution, MetricResolution::Network);
+    assert_eq!(
+        original.detection.as_ref().unwrap().metrics,
+        network.detection.as_ref().unwrap().metrics
+    );
+    let confusion = |r: &EvalReport| r.drivable.as_ref().unwrap().confusion;
+    assert_eq!(confusion(&original), confusion(&network));
+    assert_eq!(
+        original.lanes.as_ref().unwrap().confusion,
+        network.lanes.as_ref().unwrap().confusion
+    );
+
+    // Frames twice the network's size (scale 1/2): segmentation counts every pixel of the
+    // frames at original resolution, every network pixel (border included) at network
+    // resolution, and both count the same ground-truth boxes.
+    let big = dir.path().join("big");
+    let options = percept::data::SynthOptions {
+        name: "test-DE".into(),
+        region: "DE".into(),
+        width: 2 * W,
+        height: 2 * H,
+        train: 1,
+        val: 4,
+        seed: 11,
+        samples_per_shard: 8,
+    };
+    percept::data::write_synthetic_dataset(&big, &options, &|_| {}).unwrap();
+    let original = eval_at(model, &big, MetricResolution::Original);
+    let network = eval_at(model, &big, MetricResolution::Network);
+    let pixels = |r: &EvalReport| confusion(r).iter().flatten().sum::<u64>();
+    assert_eq!(pixels(&original), 4 * u64::from(4 * W * H));
+    assert_eq!(pixels(&network), 4 * u64::from(W * H));
+    let gt = |r: &EvalReport| -> Vec<u64> {
+        let d = r.detection.as_ref().unwrap();
+        d.metrics.per_class.iter().map(|c| c.num_gt).collect()
+    };
+    assert_eq!(gt(&original), gt(&network));
+    assert!(gt(&original).iter().sum::<u64>() > 0);
+    assert!(original.table().contains("original resolution"));
+    assert!(network.table().contains("network resolution 96x64"));
 }
 
 #[test]

@@ -27,7 +27,7 @@ impl ModelSize {
         match self {
             ModelSize::Nano => (0.25, 0.34),
             ModelSize::Small => (0.375, 0.34),
-            ModelSize::Medium => (0.5, 0.67),
+            ModelSize::Medium => (0.4375, 0.67),
         }
     }
 
@@ -246,7 +246,7 @@ mod tests {
         let expected = [
             (ModelSize::Nano, 3.07, 6.23),
             (ModelSize::Small, 6.89, 13.98),
-            (ModelSize::Medium, 16.45, 31.10),
+            (ModelSize::Medium, 12.60, 23.90),
         ];
         for (size, params_m, gflops) in expected {
             let config = PerceptionNetConfig::new(size, 7);

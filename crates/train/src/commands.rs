@@ -16,11 +16,12 @@ use percept_model::PerceptionNetConfig;
 use crate::backend::{dispatch, BackendTask, DeviceSpec};
 use crate::config::RunConfig;
 use crate::data::{audit, open_for_site, TrainingData};
-use crate::eval::{evaluate, EvalReport};
+use crate::eval::{evaluate, EvalOptions, EvalReport, Evaluation, MetricResolution};
 use crate::export::{export, ExportSummary};
 use crate::fsutil::write_atomic;
 use crate::model_file::{load_model, read_model_card, ModelCard};
 use crate::predict::{predict_image, read_image, write_prediction, Prediction};
+use crate::report::{write_report, ReportFiles};
 use crate::trainer::{RunState, TrainSummary, TrainTask};
 use crate::TrainError;
 
@@ -91,11 +92,11 @@ pub fn train(config: &RunConfig, device: DeviceSpec) -> Result<TrainSummary, Tra
 struct EvalTask<'a> {
     model: &'a Path,
     dataset: &'a Dataset,
-    batch_size: usize,
+    options: EvalOptions,
 }
 
 impl BackendTask for EvalTask<'_> {
-    type Output = Result<EvalReport, TrainError>;
+    type Output = Result<Evaluation, TrainError>;
     fn run<B>(self, device: B::Device) -> Self::Output
     where
         B: AutodiffBackend,
@@ -104,9 +105,9 @@ impl BackendTask for EvalTask<'_> {
         let (net, card) = load_model::<B::InnerBackend>(self.model, &device)?;
         check_classes(&card, self.dataset, self.model)?;
         let bar = progress(self.dataset.len() as u64, "eval");
-        let report = evaluate(&net, &card, self.dataset, self.batch_size, &device, &bar);
+        let evaluation = evaluate(&net, &card, self.dataset, &self.options, &device, &bar);
         bar.finish_and_clear();
-        report
+        evaluation
     }
 }
 
@@ -123,33 +124,100 @@ fn check_classes(card: &ModelCard, dataset: &Dataset, model: &Path) -> Result<()
     Ok(())
 }
 
-/// `percept eval`: evaluates a model file on a dataset split at `site` (default: the site the
-/// model was trained at), writes the JSON report to `out` when given.
-pub fn eval(
-    model: &Path,
-    data: &Path,
-    split: Split,
-    site: Option<&str>,
-    batch_size: usize,
-    out: Option<&Path>,
-    device: DeviceSpec,
-) -> Result<EvalReport, TrainError> {
-    let card = read_model_card(model)?;
-    let site = site.unwrap_or(&card.provenance.site_region);
-    let dataset = open_for_site(data, split, site)?;
-    let report = dispatch(
-        device,
-        EvalTask {
+/// What `percept eval` evaluates and where it writes.
+#[derive(Debug, Clone)]
+pub struct EvalRequest<'a> {
+    /// Model file (checkpoint or export).
+    pub model: &'a Path,
+    /// Dataset directory.
+    pub data: &'a Path,
+    pub split: Split,
+    /// Site region the data's policy is checked against (default: the model's training site).
+    pub site: Option<&'a str>,
+    /// Images per forward pass.
+    pub batch_size: usize,
+    /// Where metrics are computed (default: the model card's `eval_resolution`).
+    pub resolution: Option<MetricResolution>,
+    /// Write the JSON report here.
+    pub json: Option<&'a Path>,
+    /// Write the Markdown/HTML report (charts, example overlays) into this directory.
+    pub report_dir: Option<&'a Path>,
+    /// Example overlays in the report.
+    pub examples: usize,
+    pub device: DeviceSpec,
+}
+
+impl<'a> EvalRequest<'a> {
+    /// Evaluates `model` on `data`'s `split` at the model's site, on the CPU, at the card's
+    /// resolution, writing nothing.
+    pub fn new(model: &'a Path, data: &'a Path, split: Split) -> Self {
+        EvalRequest {
             model,
+            data,
+            split,
+            site: None,
+            batch_size: 8,
+            resolution: None,
+            json: None,
+            report_dir: None,
+            examples: 12,
+            device: DeviceSpec::Cpu,
+        }
+    }
+}
+
+/// An evaluation and the report files written for it.
+#[derive(Debug, Clone)]
+pub struct EvalOutcome {
+    pub report: EvalReport,
+    /// The Markdown/HTML report, when one was asked for.
+    pub files: Option<ReportFiles>,
+}
+
+/// `percept eval`: evaluates a model file on a dataset split at the request's site (default:
+/// the site the model was trained at); writes the JSON report and the Markdown/HTML report
+/// when asked.
+pub fn eval(request: &EvalRequest) -> Result<EvalOutcome, TrainError> {
+    let card = read_model_card(request.model)?;
+    let site = request.site.unwrap_or(&card.provenance.site_region);
+    let dataset = open_for_site(request.data, request.split, site)?;
+    let options = EvalOptions {
+        batch_size: request.batch_size,
+        resolution: request.resolution.unwrap_or(card.eval_resolution),
+        examples: if request.report_dir.is_some() {
+            request.examples
+        } else {
+            0
+        },
+    };
+    let evaluation = dispatch(
+        request.device,
+        EvalTask {
+            model: request.model,
             dataset: &dataset,
-            batch_size,
+            options,
         },
     )??;
-    if let Some(out) = out {
-        let json = serde_json::to_string_pretty(&report).expect("serialises");
+    if let Some(out) = request.json {
+        let json = serde_json::to_string_pretty(&evaluation.report).expect("serialises");
         write_atomic(out, json.as_bytes())?;
     }
-    Ok(report)
+    let files = match request.report_dir {
+        Some(dir) => {
+            let title = format!(
+                "{} on {} ({})",
+                request.model.display(),
+                request.data.display(),
+                request.split
+            );
+            Some(write_report(&evaluation, dir, &title)?)
+        }
+        None => None,
+    };
+    Ok(EvalOutcome {
+        report: evaluation.report,
+        files,
+    })
 }
 
 struct UntrainedEvalTask<'a> {
@@ -159,7 +227,7 @@ struct UntrainedEvalTask<'a> {
 }
 
 impl BackendTask for UntrainedEvalTask<'_> {
-    type Output = Result<EvalReport, TrainError>;
+    type Output = Result<Evaluation, TrainError>;
     fn run<B>(self, device: B::Device) -> Self::Output
     where
         B: AutodiffBackend,
@@ -168,9 +236,14 @@ impl BackendTask for UntrainedEvalTask<'_> {
         B::seed(&device, self.seed);
         let net = PerceptionNetConfig::init::<B>(&self.card.architecture, &device).valid();
         let bar = progress(self.dataset.len() as u64, "eval (untrained)");
-        let report = evaluate(&net, self.card, self.dataset, 8, &device, &bar);
+        let options = EvalOptions {
+            batch_size: 8,
+            resolution: self.card.eval_resolution,
+            examples: 0,
+        };
+        let evaluation = evaluate(&net, self.card, self.dataset, &options, &device, &bar);
         bar.finish_and_clear();
-        report
+        evaluation
     }
 }
 
@@ -182,14 +255,15 @@ pub fn eval_untrained(
     seed: u64,
     device: DeviceSpec,
 ) -> Result<EvalReport, TrainError> {
-    dispatch(
+    let evaluation = dispatch(
         device,
         UntrainedEvalTask {
             card,
             dataset,
             seed,
         },
-    )?
+    )??;
+    Ok(evaluation.report)
 }
 
 struct ExportTask<'a> {

@@ -8,6 +8,7 @@ use percept_data::{AugmentConfig, IntegrityPolicy};
 use percept_model::{check_input_size, DecodeOptions, LossWeights, ModelSize, Tasks};
 use serde::{Deserialize, Serialize};
 
+use crate::eval::MetricResolution;
 use crate::TrainError;
 
 /// A whole run.
@@ -30,7 +31,50 @@ pub struct RunConfig {
     #[serde(default)]
     pub loss: LossWeights,
     #[serde(default)]
-    pub eval: DecodeOptions,
+    pub eval: EvalConfig,
+}
+
+/// `[eval]`: the exported model's operating point (post-processing) and how evaluation
+/// measures. Every key has a default.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalConfig {
+    /// Minimum class score of a kept detection (the operating point).
+    pub score_threshold: f32,
+    /// Class-aware NMS IoU threshold.
+    pub iou_threshold: f32,
+    /// Candidates per image entering NMS, best first.
+    pub pre_nms_top_k: usize,
+    /// Detections per image after NMS.
+    pub max_detections: usize,
+    /// Where metrics are computed: `original` (the image's own resolution, predictions mapped
+    /// out of the letterbox) or `network` (letterboxed input and labels).
+    pub resolution: MetricResolution,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        let d = DecodeOptions::default();
+        EvalConfig {
+            score_threshold: d.score_threshold,
+            iou_threshold: d.iou_threshold,
+            pre_nms_top_k: d.pre_nms_top_k,
+            max_detections: d.max_detections,
+            resolution: MetricResolution::default(),
+        }
+    }
+}
+
+impl EvalConfig {
+    /// The post-processing settings.
+    pub fn decode(&self) -> DecodeOptions {
+        DecodeOptions {
+            score_threshold: self.score_threshold,
+            iou_threshold: self.iou_threshold,
+            pre_nms_top_k: self.pre_nms_top_k,
+            max_detections: self.max_detections,
+        }
+    }
 }
 
 fn default_runs_dir() -> PathBuf {

@@ -1,24 +1,33 @@
 //! Evaluation on a held-out split: detection AP (COCO-style, 101-point), drivable-area mIoU,
-//! lane-line IoU and accuracy, computed at network resolution on letterboxed inputs.
+//! lane-line IoU and accuracy, sliced by condition.
+//!
+//! Metrics are computed where [`MetricResolution`] says: at each image's original resolution
+//! (boxes mapped back out of the letterbox and clipped to the image; masks cut out of the
+//! letterbox and resized, nearest, to the image, exactly as `percept predict` outputs them;
+//! labels as stored), or at network resolution on the letterboxed input and labels.
 //!
 //! Detections inside an ignore region that match no box count as neither true nor false
 //! positives (pycocotools' crowd rule; see [`DetectionEvaluator`]). Ignore regions are the
-//! dataset's own (KITTI's `DontCare`, ...) and ground-truth boxes under
-//! `augment.min_box_side` after letterboxing, which are too small to score.
+//! dataset's own (KITTI's `DontCare`, ...) and ground-truth boxes under `min_box_side`
+//! network pixels once letterboxed, which are too small to score (at either resolution, so
+//! the two agree on what counts).
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use burn::prelude::*;
 use burn::vision::VisionBackend;
+use image::{imageops, GrayImage, RgbImage};
 use indicatif::ProgressBar;
-use percept_data::{collate, Batch, Dataset};
+use percept_data::{
+    collate, AugmentParams, Batch, BoxLabel, Conditions, Dataset, IgnoreRegion, Letterbox, Sample,
+};
 use percept_model::{decode_detections, DecodeOptions, PerceptionNet};
-use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
 use crate::metrics::{Detection, DetectionEvaluator, DetectionMetrics, SegmentationEvaluator};
 use crate::model_file::ModelCard;
+use crate::overlay::draw_overlay;
+use crate::predict::{box_to_image, mask_to_image, network_mask};
 use crate::trainer::batch_tensors;
 use crate::TrainError;
 
@@ -77,14 +86,6 @@ pub struct SliceReport {
     pub map50_95: Option<f64>,
     pub drivable_miou: Option<f64>,
     pub lane_iou: Option<f64>,
-}
-
-/// The evaluators of one slice.
-struct SliceEvaluators {
-    images: usize,
-    ap: DetectionEvaluator,
-    drivable: SegmentationEvaluator,
-    lanes: SegmentationEvaluator,
 }
 
 /// The condition keys evaluation slices by. (The region slice is the whole evaluation: one
@@ -149,20 +150,139 @@ pub(crate) fn masks(logits: Tensor<impl Backend, 4>) -> Vec<u8> {
         .expect("u8 data")
 }
 
-fn targets(v: &[f32]) -> Vec<u8> {
-    v.iter().map(|&x| (x > 0.5) as u8).collect()
+/// How [`evaluate`] runs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EvalOptions {
+    /// Images per forward pass.
+    pub batch_size: usize,
+    /// Where metrics are computed.
+    pub resolution: MetricResolution,
+    /// Example overlays to keep for the report, spread evenly over the split.
+    pub examples: usize,
 }
 
-/// Evaluates `net` on every sample of `dataset`, `batch_size` at a time. A task the network
+/// The slice values seen so far and the segmentation counts of each.
+struct Slices {
+    /// `values[key]`: every value of [`SLICE_KEYS`]`[key]` seen, in order of first sight; a
+    /// value's index is its tag in the detection evaluator.
+    values: [Vec<String>; 3],
+    /// `state[key][tag]`.
+    state: [Vec<SliceCounts>; 3],
+}
+
+#[derive(Default)]
+struct SliceCounts {
+    images: usize,
+    drivable: SegmentationEvaluator,
+    lanes: SegmentationEvaluator,
+}
+
+impl Slices {
+    fn new() -> Self {
+        Slices {
+            values: Default::default(),
+            state: Default::default(),
+        }
+    }
+
+    /// The tags of an image with these conditions, counting the image in each slice.
+    fn tag(&mut self, conditions: &Conditions) -> [u16; 3] {
+        let values = [
+            &conditions.weather,
+            &conditions.time_of_day,
+            &conditions.scene,
+        ];
+        let mut tags = [0u16; 3];
+        for (key, value) in values.into_iter().enumerate() {
+            let seen = &mut self.values[key];
+            let tag = match seen.iter().position(|v| v == value) {
+                Some(tag) => tag,
+                None => {
+                    seen.push(value.clone());
+                    self.state[key].push(SliceCounts::default());
+                    seen.len() - 1
+                }
+            };
+            self.state[key][tag].images += 1;
+            // Condition values are a handful of words per key; more than u16::MAX would be
+            // ids, not conditions.
+            tags[key] = u16::try_from(tag).unwrap_or(u16::MAX);
+        }
+        tags
+    }
+
+    fn of(&mut self, tags: [u16; 3]) -> impl Iterator<Item = &mut SliceCounts> {
+        self.state
+            .iter_mut()
+            .zip(tags)
+            .map(|(state, tag)| &mut state[usize::from(tag)])
+    }
+}
+
+/// Ground truth and ignore regions of `sample` in its own pixels, split as evaluation at
+/// network resolution splits them: a box under `min_box_side` network pixels once
+/// letterboxed is an ignore region. Everything is clipped to the image.
+fn original_targets(
+    sample: &Sample,
+    lb: &Letterbox,
+    min_box_side: f32,
+) -> (Vec<BoxLabel>, Vec<IgnoreRegion>) {
+    let (w, h) = sample.image.dimensions();
+    let clip = |x1: f32, y1: f32, x2: f32, y2: f32| {
+        let (x1, x2) = (x1.clamp(0.0, w as f32), x2.clamp(0.0, w as f32));
+        let (y1, y2) = (y1.clamp(0.0, h as f32), y2.clamp(0.0, h as f32));
+        (x2 > x1 && y2 > y1).then_some([x1, y1, x2, y2])
+    };
+    let mut boxes = Vec::new();
+    let mut ignore = Vec::new();
+    for b in &sample.boxes {
+        let Some([x1, y1, x2, y2]) = clip(b.x1, b.y1, b.x2, b.y2) else {
+            continue;
+        };
+        if (x2 - x1) * lb.scale >= min_box_side && (y2 - y1) * lb.scale >= min_box_side {
+            boxes.push(BoxLabel {
+                class: b.class,
+                x1,
+                y1,
+                x2,
+                y2,
+            });
+        } else {
+            ignore.push(IgnoreRegion { x1, y1, x2, y2 });
+        }
+    }
+    for r in &sample.ignore {
+        if let Some([x1, y1, x2, y2]) = clip(r.x1, r.y1, r.x2, r.y2) {
+            ignore.push(IgnoreRegion { x1, y1, x2, y2 });
+        }
+    }
+    (boxes, ignore)
+}
+
+/// `n` sample indices spread evenly over `0..len` (all of them when `n >= len`).
+fn example_indices(len: usize, n: usize) -> Vec<usize> {
+    let n = n.min(len);
+    (0..n).map(|i| i * len / n).collect()
+}
+
+/// One image's predictions at its own resolution, for metrics and overlays.
+struct ImagePrediction {
+    detections: Vec<Detection>,
+    drivable: Option<GrayImage>,
+    lanes: Option<GrayImage>,
+}
+
+/// Evaluates `net` on every sample of `dataset`, streaming: one batch of images is in memory
+/// at a time, and the evaluators keep counts and 12 bytes per detection. A task the network
 /// lacks or the dataset does not label (its manifest's `tasks`) has no report.
 pub fn evaluate<B: VisionBackend>(
     net: &PerceptionNet<B>,
     card: &ModelCard,
     dataset: &Dataset,
-    batch_size: usize,
+    options: &EvalOptions,
     device: &B::Device,
     bar: &ProgressBar,
-) -> Result<EvalReport, TrainError> {
+) -> Result<Evaluation, TrainError> {
     let (w, h) = (card.input.width, card.input.height);
     let num_classes = card.classes.len();
     let (built, labelled) = (card.architecture.tasks, dataset.manifest().tasks);
@@ -171,103 +291,117 @@ pub fn evaluate<B: VisionBackend>(
         built.drivable && labelled.drivable,
         built.lanes && labelled.lanes,
     );
-    let mut ap = DetectionEvaluator::coco(num_classes);
-    let mut operating = DetectionEvaluator::new(num_classes, vec![0.5]);
+    let original = options.resolution == MetricResolution::Original;
+    let mut ap = DetectionEvaluator::coco(num_classes)
+        .with_operating_threshold(card.decode.score_threshold)
+        .with_slice_keys(SLICE_KEYS.len());
     let mut drivable = SegmentationEvaluator::new();
     let mut lanes = SegmentationEvaluator::new();
-    let mut slices: BTreeMap<(&str, String), SliceEvaluators> = BTreeMap::new();
+    let mut slices = Slices::new();
+    let example_at = example_indices(dataset.len(), options.examples);
+    let mut examples = Vec::new();
     let decode = DecodeOptions {
         score_threshold: AP_SCORE_THRESHOLD.min(card.decode.score_threshold),
         ..card.decode
     };
+    let min_box_side = AugmentParams::identity().min_box_side;
+    let err = |e: crate::metrics::MetricsError| TrainError::Data(e.to_string());
     bar.set_length(dataset.len() as u64);
-    for start in (0..dataset.len()).step_by(batch_size.max(1)) {
-        let samples = (start..(start + batch_size).min(dataset.len()))
+    for start in (0..dataset.len()).step_by(options.batch_size.max(1)) {
+        let end = (start + options.batch_size.max(1)).min(dataset.len());
+        let samples = (start..end)
             .map(|i| dataset.get(i))
             .collect::<Result<Vec<_>, _>>()?;
         let batch: Batch = collate(&samples, w as u32, h as u32);
         let (images, _) = batch_tensors::<B>(&batch, device);
         let out = net.forward(images);
-        // The slices each image of the batch belongs to.
-        let keys: Vec<Vec<(&str, String)>> = samples
-            .iter()
-            .map(|s| {
-                let c = &s.conditions;
-                let values = [&c.weather, &c.time_of_day, &c.scene];
-                SLICE_KEYS
-                    .into_iter()
-                    .zip(values.map(String::clone))
-                    .collect()
-            })
-            .collect();
-        for image_keys in &keys {
-            for key in image_keys {
-                slices
-                    .entry(key.clone())
-                    .or_insert_with(|| SliceEvaluators {
-                        images: 0,
-                        ap: DetectionEvaluator::coco(num_classes),
-                        drivable: SegmentationEvaluator::new(),
-                        lanes: SegmentationEvaluator::new(),
-                    })
-                    .images += 1;
+        let decoded = match (&out.detection, evaluated.0) {
+            (Some(det), true) => Some(decode_detections(det, h, w, &decode)),
+            _ => None,
+        };
+        let drivable_masks = out.drivable.filter(|_| evaluated.1).map(masks);
+        let lane_masks = out.lanes.filter(|_| evaluated.2).map(masks);
+        for (j, sample) in samples.iter().enumerate() {
+            let index = start + j;
+            let tags = slices.tag(&sample.conditions);
+            let (iw, ih) = sample.image.dimensions();
+            let lb = Letterbox::fit(iw, ih, w as u32, h as u32);
+            let is_example = example_at.binary_search(&index).is_ok();
+            // Predictions at the image's resolution: for the metrics (original) and overlays.
+            let at_image = (original || is_example).then(|| ImagePrediction {
+                detections: decoded.as_ref().map_or_else(Vec::new, |d| {
+                    d[j].iter()
+                        .map(|d| {
+                            Detection::new(d.class, d.score, box_to_image(d.bbox, &lb, iw, ih))
+                        })
+                        .collect()
+                }),
+                drivable: drivable_masks
+                    .as_ref()
+                    .map(|m| mask_to_image(&network_mask(m, j, w, h), &lb, iw, ih)),
+                lanes: lane_masks
+                    .as_ref()
+                    .map(|m| mask_to_image(&network_mask(m, j, w, h), &lb, iw, ih)),
+            });
+            if let Some(decoded) = &decoded {
+                if let Some(p) = at_image.as_ref().filter(|_| original) {
+                    let (gt, ignore) = original_targets(sample, &lb, min_box_side);
+                    ap.add_tagged(&p.detections, &gt, &ignore, &tags);
+                } else {
+                    let dets: Vec<Detection> = decoded[j]
+                        .iter()
+                        .map(|d| Detection::new(d.class, d.score, d.bbox))
+                        .collect();
+                    ap.add_tagged(&dets, &batch.boxes[j], &batch.ignore[j], &tags);
+                }
             }
-        }
-        if let (true, Some(det)) = (evaluated.0, &out.detection) {
-            let per_image = decode_detections(det, h, w, &decode);
-            for (j, dets) in per_image.iter().enumerate() {
-                let (gt, ignore) = (&batch.boxes[j], &batch.ignore[j]);
-                let dets: Vec<Detection> = dets
+            let pixels = w * h;
+            let network_target = |t: &[f32]| -> Vec<u8> {
+                t[j * pixels..(j + 1) * pixels]
                     .iter()
-                    .map(|d| Detection::new(d.class, d.score, d.bbox))
-                    .collect();
-                ap.add_image_with_ignore(&dets, gt, ignore);
-                for key in &keys[j] {
-                    let slice = slices.get_mut(key).expect("every key was added");
-                    slice.ap.add_image_with_ignore(&dets, gt, ignore);
+                    .map(|&x| u8::from(x > 0.5))
+                    .collect()
+            };
+            if let Some(m) = &drivable_masks {
+                let (pred, target) = match at_image.as_ref().filter(|_| original) {
+                    Some(p) => (
+                        p.drivable
+                            .as_ref()
+                            .expect("drivable predicted")
+                            .as_raw()
+                            .clone(),
+                        sample.drivable.as_raw().clone(),
+                    ),
+                    None => (
+                        m[j * pixels..(j + 1) * pixels].to_vec(),
+                        network_target(&batch.drivable),
+                    ),
+                };
+                drivable.add(&pred, &target).map_err(err)?;
+                for s in slices.of(tags) {
+                    s.drivable.add(&pred, &target).map_err(err)?;
                 }
-                let kept: Vec<Detection> = dets
-                    .into_iter()
-                    .filter(|d| d.score >= card.decode.score_threshold)
-                    .collect();
-                operating.add_image_with_ignore(&kept, gt, ignore);
+            }
+            if let Some(m) = &lane_masks {
+                let (pred, target) = match at_image.as_ref().filter(|_| original) {
+                    Some(p) => (
+                        p.lanes.as_ref().expect("lanes predicted").as_raw().clone(),
+                        sample.lanes.as_raw().clone(),
+                    ),
+                    None => (
+                        m[j * pixels..(j + 1) * pixels].to_vec(),
+                        network_target(&batch.lanes),
+                    ),
+                };
+                lanes.add(&pred, &target).map_err(err)?;
+                for s in slices.of(tags) {
+                    s.lanes.add(&pred, &target).map_err(err)?;
+                }
+            }
+            if let Some(p) = at_image.filter(|_| is_example) {
+                examples.push(example(sample, p, card));
             }
         }
-        let pixels = h * w;
-        let mut seg =
-            |logits: Option<Tensor<B, 4>>,
-             t: &[f32],
-             overall: &mut SegmentationEvaluator,
-             of_slice: fn(&mut SliceEvaluators) -> &mut SegmentationEvaluator| {
-                let Some(l) = logits else {
-                    return Ok(());
-                };
-                let (pred, target) = (masks(l), targets(t));
-                let err = |e: crate::metrics::MetricsError| TrainError::Data(e.to_string());
-                overall.add(&pred, &target).map_err(err)?;
-                for (j, image_keys) in keys.iter().enumerate() {
-                    let range = j * pixels..(j + 1) * pixels;
-                    for key in image_keys {
-                        let slice = slices.get_mut(key).expect("every key was added");
-                        of_slice(slice)
-                            .add(&pred[range.clone()], &target[range.clone()])
-                            .map_err(err)?;
-                    }
-                }
-                Ok::<(), TrainError>(())
-            };
-        seg(
-            out.drivable.filter(|_| evaluated.1),
-            &batch.drivable,
-            &mut drivable,
-            |s| &mut s.drivable,
-        )?;
-        seg(
-            out.lanes.filter(|_| evaluated.2),
-            &batch.lanes,
-            &mut lanes,
-            |s| &mut s.lanes,
-        )?;
         bar.inc(samples.len() as u64);
     }
     let slice_report = |key: &str,
@@ -296,13 +430,26 @@ pub fn evaluate<B: VisionBackend>(
         &drivable,
         &lanes,
     )];
-    slice_reports.extend(slices.into_iter().map(|((key, value), e)| {
-        let ap = evaluated.0.then(|| e.ap.finish());
-        slice_report(key, value, e.images, ap.as_ref(), &e.drivable, &e.lanes)
-    }));
+    for (key, name) in SLICE_KEYS.iter().enumerate() {
+        let mut by_value: Vec<(usize, &String)> = slices.values[key].iter().enumerate().collect();
+        by_value.sort_by(|a, b| a.1.cmp(b.1));
+        for (tag, value) in by_value {
+            let counts = &slices.state[key][tag];
+            let metrics = evaluated
+                .0
+                .then(|| ap.finish_slice(key, u16::try_from(tag).unwrap_or(u16::MAX)));
+            slice_reports.push(slice_report(
+                name,
+                value.clone(),
+                counts.images,
+                metrics.as_ref(),
+                &counts.drivable,
+                &counts.lanes,
+            ));
+        }
+    }
     let detection = overall_ap.map(|metrics| {
-        let op = operating.finish();
-        let (matched, total) = op.per_class.iter().fold((0.0, 0u64), |(m, t), c| {
+        let (matched, total) = metrics.per_class.iter().fold((0.0, 0u64), |(m, t), c| {
             (
                 m + c.recall50.unwrap_or(0.0) * c.num_gt as f64,
                 t + c.num_gt,
@@ -332,25 +479,73 @@ pub fn evaluate<B: VisionBackend>(
                 .then(|| vehicles.iter().sum::<f64>() / vehicles.len() as f64),
         }
     });
-    Ok(EvalReport {
+    let report = EvalReport {
         images: dataset.len(),
-        resolution: MetricResolution::Network,
+        resolution: options.resolution,
         input: [w, h],
         detection,
         drivable: evaluated.1.then(|| SegmentationReport::from(&drivable)),
         lanes: evaluated.2.then(|| SegmentationReport::from(&lanes)),
         slices: slice_reports,
-    })
+    };
+    Ok(Evaluation { report, examples })
+}
+
+/// The overlay of one example: predicted masks and the boxes at the operating threshold,
+/// scaled down to at most [`EXAMPLE_MAX_WIDTH`] wide.
+fn example(sample: &Sample, prediction: ImagePrediction, card: &ModelCard) -> ExampleImage {
+    let kept: Vec<Detection> = prediction
+        .detections
+        .into_iter()
+        .filter(|d| d.score >= card.decode.score_threshold)
+        .collect();
+    let overlay = draw_overlay(
+        &sample.image,
+        prediction.drivable.as_ref(),
+        prediction.lanes.as_ref(),
+        &kept,
+        &card.classes,
+    );
+    let (ow, oh) = overlay.dimensions();
+    let overlay = if ow > EXAMPLE_MAX_WIDTH {
+        let nh = ((oh as u64 * EXAMPLE_MAX_WIDTH as u64) / ow as u64).max(1) as u32;
+        imageops::resize(
+            &overlay,
+            EXAMPLE_MAX_WIDTH,
+            nh,
+            imageops::FilterType::Triangle,
+        )
+    } else {
+        overlay
+    };
+    ExampleImage {
+        id: sample.id.clone(),
+        overlay,
+    }
 }
 
 impl EvalReport {
+    /// Where the metrics were computed, in words.
+    pub fn resolution_note(&self) -> String {
+        match self.resolution {
+            MetricResolution::Original => "metrics at each image's original resolution \
+                 (predictions mapped back out of the letterbox)"
+                .to_string(),
+            MetricResolution::Network => format!(
+                "metrics at network resolution {}x{} (letterboxed images and labels)",
+                self.input[0], self.input[1]
+            ),
+        }
+    }
+
     /// The report as a plain-text table.
     pub fn table(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "evaluated {} images at network resolution {}x{}",
-            self.images, self.input[0], self.input[1]
+            "evaluated {} images; {}",
+            self.images,
+            self.resolution_note()
         );
         if let Some(d) = &self.detection {
             let _ = writeln!(s, "\ndetection            AP@0.5  AP@.5:.95     GT    det");
@@ -417,5 +612,79 @@ impl EvalReport {
             }
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::GrayImage;
+    use percept_data::TrafficSide;
+
+    fn sample(w: u32, h: u32, boxes: Vec<BoxLabel>, ignore: Vec<IgnoreRegion>) -> Sample {
+        Sample {
+            id: "s".into(),
+            image: RgbImage::new(w, h),
+            boxes,
+            ignore,
+            drivable: GrayImage::new(w, h),
+            lanes: GrayImage::new(w, h),
+            conditions: Conditions::new("clear", "daytime", "highway"),
+            traffic_side: TrafficSide::Right,
+        }
+    }
+
+    fn b(class: u16, x1: f32, y1: f32, x2: f32, y2: f32) -> BoxLabel {
+        BoxLabel {
+            class,
+            x1,
+            y1,
+            x2,
+            y2,
+        }
+    }
+
+    #[test]
+    fn original_targets_split_small_boxes_as_network_resolution_does() {
+        // A 200x100 frame into 100x100: scale 1/2, 25 px borders above and below.
+        let s = sample(
+            200,
+            100,
+            vec![
+                b(1, 10.0, 10.0, 20.0, 20.0),   // 5x5 network px: a box
+                b(2, 50.0, 50.0, 53.0, 80.0),   // 1.5 px wide: an ignore region
+                b(3, -10.0, 90.0, 30.0, 130.0), // clipped to [0, 90, 30, 100]
+                b(4, 210.0, 10.0, 230.0, 20.0), // outside: dropped
+            ],
+            vec![IgnoreRegion {
+                x1: 190.0,
+                y1: -5.0,
+                x2: 250.0,
+                y2: 5.0,
+            }],
+        );
+        let lb = Letterbox::fit(200, 100, 100, 100);
+        assert_eq!((lb.scale, lb.pad_x, lb.pad_y), (0.5, 0.0, 25.0));
+        let (boxes, ignore) = original_targets(&s, &lb, 2.0);
+        assert_eq!(
+            boxes,
+            vec![b(1, 10.0, 10.0, 20.0, 20.0), b(3, 0.0, 90.0, 30.0, 100.0)]
+        );
+        let corners: Vec<[f32; 4]> = ignore.iter().map(|r| [r.x1, r.y1, r.x2, r.y2]).collect();
+        assert_eq!(
+            corners,
+            vec![[50.0, 50.0, 53.0, 80.0], [190.0, 0.0, 200.0, 5.0]]
+        );
+        // Network resolution keeps and drops the same boxes.
+        let batch = collate(&[s], 100, 100);
+        assert_eq!(batch.boxes[0].len(), boxes.len());
+        assert_eq!(batch.ignore[0].len(), ignore.len());
+    }
+
+    #[test]
+    fn examples_are_spread_over_the_split() {
+        assert_eq!(example_indices(10, 4), vec![0, 2, 5, 7]);
+        assert_eq!(example_indices(3, 12), vec![0, 1, 2]);
+        assert!(example_indices(5, 0).is_empty());
     }
 }

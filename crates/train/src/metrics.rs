@@ -1031,7 +1031,10 @@ mod tests {
 
     #[test]
     fn recall_at_the_operating_threshold() {
-        let gts = [gt(0, [0.0, 0.0, 10.0, 10.0]), gt(0, [20.0, 0.0, 30.0, 10.0])];
+        let gts = [
+            gt(0, [0.0, 0.0, 10.0, 10.0]),
+            gt(0, [20.0, 0.0, 30.0, 10.0]),
+        ];
         // The better box is found at 0.9, the other only at 0.2.
         let dets = [
             det(0, 0.9, [0.0, 0.0, 10.0, 10.0]),
@@ -1058,7 +1061,10 @@ mod tests {
         // Three images tagged (weather, scene): (0, 0), (1, 0), (0, 1).
         let images = [
             (
-                vec![det(0, 0.9, [0.0, 0.0, 10.0, 10.0]), det(1, 0.4, [0.0, 0.0, 5.0, 5.0])],
+                vec![
+                    det(0, 0.9, [0.0, 0.0, 10.0, 10.0]),
+                    det(1, 0.4, [0.0, 0.0, 5.0, 5.0]),
+                ],
                 vec![gt(0, [0.0, 0.0, 10.0, 10.0])],
                 [0u16, 0u16],
             ),
@@ -1068,7 +1074,10 @@ mod tests {
                 [1, 0],
             ),
             (
-                vec![det(0, 0.7, [1.0, 0.0, 11.0, 10.0]), det(1, 0.6, [0.0, 0.0, 5.0, 5.0])],
+                vec![
+                    det(0, 0.7, [1.0, 0.0, 11.0, 10.0]),
+                    det(1, 0.6, [0.0, 0.0, 5.0, 5.0]),
+                ],
                 vec![gt(0, [0.0, 0.0, 10.0, 10.0]), gt(1, [0.0, 0.0, 5.0, 5.0])],
                 [0, 1],
             ),
@@ -1093,7 +1102,10 @@ mod tests {
         }
         // A value no image has: no ground truth, no detections.
         let empty = tagged.finish_slice(0, 7);
-        assert!(empty.per_class.iter().all(|c| c.ap50.is_none() && c.num_det == 0));
+        assert!(empty
+            .per_class
+            .iter()
+            .all(|c| c.ap50.is_none() && c.num_det == 0));
         // The whole evaluation is not a slice of itself, but equals an untagged one.
         let mut untagged = DetectionEvaluator::coco(2);
         for (dets, gts, _) in &images {

@@ -13,6 +13,7 @@ use percept_model::{DecodeOptions, PerceptionNet, PerceptionNetConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::config::InputSize;
+use crate::eval::MetricResolution;
 use crate::fsutil::write_atomic;
 use crate::TrainError;
 
@@ -81,6 +82,10 @@ pub struct ModelCard {
     pub input: InputSize,
     pub normalization: Normalization,
     pub decode: DecodeOptions,
+    /// Where `percept eval` computes metrics unless told otherwise (the run config's
+    /// `eval.resolution`).
+    #[serde(default)]
+    pub eval_resolution: MetricResolution,
     pub provenance: Provenance,
 }
 

@@ -33,7 +33,7 @@ const PALETTE: [[u8; 3]; 10] = [
 ];
 
 /// Glyph size of the label font, in pixels.
-const GLYPH: i64 = 8;
+pub(crate) const GLYPH: i64 = 8;
 /// Padding around label text, in pixels.
 const LABEL_PAD: i64 = 1;
 /// Coordinates are clamped to this magnitude before conversion to integers, so arithmetic on
@@ -161,7 +161,7 @@ impl PixelBox {
 }
 
 /// Fills the inclusive rectangle `[x0, x1] x [y0, y1]`, clipped to the image.
-fn fill_rect(image: &mut RgbImage, x0: i64, y0: i64, x1: i64, y1: i64, color: Rgb<u8>) {
+pub(crate) fn fill_rect(image: &mut RgbImage, x0: i64, y0: i64, x1: i64, y1: i64, color: Rgb<u8>) {
     let (w, h) = (i64::from(image.width()), i64::from(image.height()));
     let (x0, x1) = (x0.max(0), x1.min(w - 1));
     let (y0, y1) = (y0.max(0), y1.min(h - 1));
@@ -195,8 +195,7 @@ fn draw_outline(image: &mut RgbImage, b: &PixelBox, color: Rgb<u8>) {
 /// the top of the image), shifted left if needed to stay within the image.
 fn draw_label(image: &mut RgbImage, b: &PixelBox, text: &str, background: Rgb<u8>) {
     let (w, h) = (i64::from(image.width()), i64::from(image.height()));
-    let chars: Vec<char> = text.chars().collect();
-    let label_w = chars.len() as i64 * GLYPH + 2 * LABEL_PAD;
+    let label_w = text.chars().count() as i64 * GLYPH + 2 * LABEL_PAD;
     let label_h = GLYPH + 2 * LABEL_PAD;
     let x0 = b.left.min(w - label_w).max(0);
     let y0 = if b.top - label_h >= 0 {
@@ -212,18 +211,40 @@ fn draw_label(image: &mut RgbImage, b: &PixelBox, text: &str, background: Rgb<u8
         y0 + label_h - 1,
         background,
     );
-    let ink = text_color(background);
-    for (i, c) in chars.iter().enumerate() {
-        let glyph = glyph(*c);
-        let gx = x0 + LABEL_PAD + i as i64 * GLYPH;
+    draw_text(
+        image,
+        x0 + LABEL_PAD,
+        y0 + LABEL_PAD,
+        text,
+        text_color(background),
+        1,
+    );
+}
+
+/// Draws `text` in the 8x8 bitmap font with its top-left corner at `(x, y)`, each font pixel
+/// a `scale x scale` square (so a glyph covers `8 * scale` pixels each way), clipped to the
+/// image. Only the glyphs' set pixels are painted; characters outside ASCII are drawn as `?`.
+pub(crate) fn draw_text(
+    image: &mut RgbImage,
+    x: i64,
+    y: i64,
+    text: &str,
+    color: Rgb<u8>,
+    scale: i64,
+) {
+    let scale = scale.max(1);
+    let advance = GLYPH * scale;
+    let w = i64::from(image.width());
+    for (i, c) in (0i64..).zip(text.chars()) {
+        let gx = x + i * advance;
         if gx >= w {
             break;
         }
-        for (row, bits) in (0i64..).zip(glyph) {
+        for (row, bits) in (0i64..).zip(glyph(c)) {
             for col in 0..GLYPH {
                 if bits & (1 << col) != 0 {
-                    let (x, y) = (gx + col, y0 + LABEL_PAD + row);
-                    fill_rect(image, x, y, x, y, ink);
+                    let (px, py) = (gx + col * scale, y + row * scale);
+                    fill_rect(image, px, py, px + scale - 1, py + scale - 1, color);
                 }
             }
         }

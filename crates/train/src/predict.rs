@@ -64,21 +64,50 @@ pub fn read_image(path: &Path) -> Result<RgbImage, TrainError> {
     Ok(img.to_rgb8())
 }
 
-/// A network-resolution mask (logits > 0) cut out of the letterbox and resized to the image.
-fn mask_to_image(
-    logits: Tensor<impl Backend, 4>,
+/// A network-resolution 0/1 mask cut out of the letterbox and resized (nearest) to the
+/// `img_w x img_h` image.
+pub(crate) fn mask_to_image(
+    net_mask: &GrayImage,
     lb: &Letterbox,
     img_w: u32,
     img_h: u32,
 ) -> GrayImage {
-    let [_, _, h, w] = logits.dims();
-    let net_mask = GrayImage::from_raw(w as u32, h as u32, masks(logits)).expect("mask size");
-    let x0 = lb.pad_x.floor().max(0.0) as u32;
-    let y0 = lb.pad_y.floor().max(0.0) as u32;
-    let cw = ((img_w as f32 * lb.scale).round() as u32).clamp(1, w as u32 - x0);
-    let ch = ((img_h as f32 * lb.scale).round() as u32).clamp(1, h as u32 - y0);
-    let crop = imageops::crop_imm(&net_mask, x0, y0, cw, ch).to_image();
+    let (w, h) = net_mask.dimensions();
+    let x0 = (lb.pad_x.floor().max(0.0) as u32).min(w - 1);
+    let y0 = (lb.pad_y.floor().max(0.0) as u32).min(h - 1);
+    let cw = ((img_w as f32 * lb.scale).round() as u32).clamp(1, w - x0);
+    let ch = ((img_h as f32 * lb.scale).round() as u32).clamp(1, h - y0);
+    let crop = imageops::crop_imm(net_mask, x0, y0, cw, ch).to_image();
     imageops::resize(&crop, img_w, img_h, imageops::FilterType::Nearest)
+}
+
+/// A box in network pixels mapped back to the `img_w x img_h` image and clipped to it.
+pub(crate) fn box_to_image(bbox: [f32; 4], lb: &Letterbox, img_w: u32, img_h: u32) -> [f32; 4] {
+    let b = lb.to_image(&BoxLabel {
+        class: 0,
+        x1: bbox[0],
+        y1: bbox[1],
+        x2: bbox[2],
+        y2: bbox[3],
+    });
+    let (w, h) = (img_w as f32, img_h as f32);
+    [
+        b.x1.clamp(0.0, w),
+        b.y1.clamp(0.0, h),
+        b.x2.clamp(0.0, w),
+        b.y2.clamp(0.0, h),
+    ]
+}
+
+/// The `[batch, 1, h, w]` mask logits of image `j` as a `w x h` 0/1 mask (logit > 0).
+pub(crate) fn network_mask(masks: &[u8], j: usize, w: usize, h: usize) -> GrayImage {
+    let pixels = w * h;
+    GrayImage::from_raw(
+        w as u32,
+        h as u32,
+        masks[j * pixels..(j + 1) * pixels].to_vec(),
+    )
+    .expect("mask size")
 }
 
 /// Runs `net` on `image`.
@@ -101,29 +130,16 @@ pub fn predict_image<B: VisionBackend>(
         .map(|d| decode_detections(d, h, w, &card.decode).remove(0))
         .unwrap_or_default()
         .into_iter()
-        .map(|d| {
-            let b = lb.to_image(&BoxLabel {
-                class: d.class as u16,
-                x1: d.bbox[0],
-                y1: d.bbox[1],
-                x2: d.bbox[2],
-                y2: d.bbox[3],
-            });
-            PredictedBox {
-                class: d.class,
-                class_name: card.classes.get(d.class).cloned().unwrap_or_default(),
-                score: d.score,
-                bbox: [
-                    b.x1.clamp(0.0, iw as f32),
-                    b.y1.clamp(0.0, ih as f32),
-                    b.x2.clamp(0.0, iw as f32),
-                    b.y2.clamp(0.0, ih as f32),
-                ],
-            }
+        .map(|d| PredictedBox {
+            class: d.class,
+            class_name: card.classes.get(d.class).cloned().unwrap_or_default(),
+            score: d.score,
+            bbox: box_to_image(d.bbox, &lb, iw, ih),
         })
         .collect();
-    let drivable = out.drivable.map(|l| mask_to_image(l, &lb, iw, ih));
-    let lanes = out.lanes.map(|l| mask_to_image(l, &lb, iw, ih));
+    let unletterbox = |l| mask_to_image(&network_mask(&masks(l), 0, w, h), &lb, iw, ih);
+    let drivable = out.drivable.map(unletterbox);
+    let lanes = out.lanes.map(unletterbox);
     let count = |m: &GrayImage| m.pixels().filter(|p| p.0[0] > 0).count() as u64;
     Prediction {
         image: image_path.to_path_buf(),

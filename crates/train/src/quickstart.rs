@@ -50,6 +50,8 @@ pub struct QuickstartArtefacts {
     pub checkpoint: PathBuf,
     pub metrics: PathBuf,
     pub eval_report: PathBuf,
+    /// The Markdown/HTML evaluation report (`report.md`, `report.html`, charts, examples).
+    pub report_dir: PathBuf,
     pub export: PathBuf,
     pub input_image: PathBuf,
     pub overlay: PathBuf,
@@ -143,15 +145,14 @@ pub fn quickstart(options: &QuickstartOptions) -> Result<QuickstartArtefacts, Tr
 
     tracing::info!("3/5 eval on the held-out split (trained and untrained)");
     let eval_report = run_dir.join("eval.json");
-    let trained = commands::eval(
-        &summary.checkpoint,
-        &data,
-        Split::Val,
-        None,
-        8,
-        Some(&eval_report),
-        options.device,
-    )?;
+    let report_dir = run_dir.join("report");
+    let trained = commands::eval(&commands::EvalRequest {
+        json: Some(&eval_report),
+        report_dir: Some(&report_dir),
+        device: options.device,
+        ..commands::EvalRequest::new(&summary.checkpoint, &data, Split::Val)
+    })?
+    .report;
     let card = read_model_card(&summary.checkpoint)?;
     let val = open_for_site(&data, Split::Val, &config.site.region)?;
     let untrained = commands::eval_untrained(&card, &val, config.train.seed, options.device)?;
@@ -173,6 +174,7 @@ pub fn quickstart(options: &QuickstartOptions) -> Result<QuickstartArtefacts, Tr
         checkpoint: summary.checkpoint,
         run_dir,
         eval_report,
+        report_dir,
         export,
         input_image,
         overlay,
