@@ -19,6 +19,17 @@ pub struct BoxLabel {
 }
 
 impl BoxLabel {
+    /// A box of `class` with corners `[x1, y1, x2, y2]`.
+    pub fn new(class: u16, [x1, y1, x2, y2]: [f32; 4]) -> Self {
+        BoxLabel {
+            class,
+            x1,
+            y1,
+            x2,
+            y2,
+        }
+    }
+
     pub fn width(&self) -> f32 {
         self.x2 - self.x1
     }

@@ -12,6 +12,7 @@
 //! network pixels once letterboxed, which are too small to score (at either resolution, so
 //! the two agree on what counts).
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 
 use burn::prelude::*;
@@ -173,9 +174,14 @@ struct Slices {
 #[derive(Default)]
 struct SliceCounts {
     images: usize,
-    drivable: SegmentationEvaluator,
-    lanes: SegmentationEvaluator,
+    /// Indexed [`DRIVABLE`], [`LANES`].
+    segmentation: [SegmentationEvaluator; 2],
 }
+
+/// Index of the drivable-area task in the per-task arrays of [`evaluate`].
+const DRIVABLE: usize = 0;
+/// Index of the lane-line task.
+const LANES: usize = 1;
 
 impl Slices {
     fn new() -> Self {
@@ -268,8 +274,8 @@ fn example_indices(len: usize, n: usize) -> Vec<usize> {
 /// One image's predictions at its own resolution, for metrics and overlays.
 struct ImagePrediction {
     detections: Vec<Detection>,
-    drivable: Option<GrayImage>,
-    lanes: Option<GrayImage>,
+    /// Indexed [`DRIVABLE`], [`LANES`].
+    masks: [Option<GrayImage>; 2],
 }
 
 /// Evaluates `net` on every sample of `dataset`, streaming: one batch of images is in memory
@@ -295,8 +301,7 @@ pub fn evaluate<B: VisionBackend>(
     let mut ap = DetectionEvaluator::coco(num_classes)
         .with_operating_threshold(card.decode.score_threshold)
         .with_slice_keys(SLICE_KEYS.len());
-    let mut drivable = SegmentationEvaluator::new();
-    let mut lanes = SegmentationEvaluator::new();
+    let mut segmentation = [SegmentationEvaluator::new(); 2];
     let mut slices = Slices::new();
     let example_at = example_indices(dataset.len(), options.examples);
     let mut examples = Vec::new();
@@ -319,8 +324,10 @@ pub fn evaluate<B: VisionBackend>(
             (Some(det), true) => Some(decode_detections(det, h, w, &decode)),
             _ => None,
         };
-        let drivable_masks = out.drivable.filter(|_| evaluated.1).map(masks);
-        let lane_masks = out.lanes.filter(|_| evaluated.2).map(masks);
+        let net_masks = [
+            out.drivable.filter(|_| evaluated.1).map(masks),
+            out.lanes.filter(|_| evaluated.2).map(masks),
+        ];
         for (j, sample) in samples.iter().enumerate() {
             let index = start + j;
             let tags = slices.tag(&sample.conditions);
@@ -336,12 +343,10 @@ pub fn evaluate<B: VisionBackend>(
                         })
                         .collect()
                 }),
-                drivable: drivable_masks
-                    .as_ref()
-                    .map(|m| mask_to_image(&network_mask(m, j, w, h), &lb, iw, ih)),
-                lanes: lane_masks
-                    .as_ref()
-                    .map(|m| mask_to_image(&network_mask(m, j, w, h), &lb, iw, ih)),
+                masks: net_masks.each_ref().map(|m| {
+                    m.as_ref()
+                        .map(|m| mask_to_image(&network_mask(m, j, w, h), &lb, iw, ih))
+                }),
             });
             if let Some(decoded) = &decoded {
                 if let Some(p) = at_image.as_ref().filter(|_| original) {
@@ -356,46 +361,30 @@ pub fn evaluate<B: VisionBackend>(
                 }
             }
             let pixels = w * h;
-            let network_target = |t: &[f32]| -> Vec<u8> {
-                t[j * pixels..(j + 1) * pixels]
-                    .iter()
-                    .map(|&x| u8::from(x > 0.5))
-                    .collect()
-            };
-            if let Some(m) = &drivable_masks {
-                let (pred, target) = match at_image.as_ref().filter(|_| original) {
+            let stored = [&sample.drivable, &sample.lanes];
+            let letterboxed = [&batch.drivable, &batch.lanes];
+            for task in [DRIVABLE, LANES] {
+                let Some(m) = &net_masks[task] else {
+                    continue;
+                };
+                let at_image = at_image.as_ref().filter(|_| original);
+                let (pred, target): (&[u8], Cow<[u8]>) = match at_image {
                     Some(p) => (
-                        p.drivable
-                            .as_ref()
-                            .expect("drivable predicted")
-                            .as_raw()
-                            .clone(),
-                        sample.drivable.as_raw().clone(),
+                        p.masks[task].as_ref().expect("mask predicted").as_raw(),
+                        Cow::Borrowed(stored[task].as_raw()),
                     ),
                     None => (
-                        m[j * pixels..(j + 1) * pixels].to_vec(),
-                        network_target(&batch.drivable),
+                        &m[j * pixels..(j + 1) * pixels],
+                        letterboxed[task][j * pixels..(j + 1) * pixels]
+                            .iter()
+                            .map(|&x| u8::from(x > 0.5))
+                            .collect::<Vec<u8>>()
+                            .into(),
                     ),
                 };
-                drivable.add(&pred, &target).map_err(err)?;
+                segmentation[task].add(pred, &target).map_err(err)?;
                 for s in slices.of(tags) {
-                    s.drivable.add(&pred, &target).map_err(err)?;
-                }
-            }
-            if let Some(m) = &lane_masks {
-                let (pred, target) = match at_image.as_ref().filter(|_| original) {
-                    Some(p) => (
-                        p.lanes.as_ref().expect("lanes predicted").as_raw().clone(),
-                        sample.lanes.as_raw().clone(),
-                    ),
-                    None => (
-                        m[j * pixels..(j + 1) * pixels].to_vec(),
-                        network_target(&batch.lanes),
-                    ),
-                };
-                lanes.add(&pred, &target).map_err(err)?;
-                for s in slices.of(tags) {
-                    s.lanes.add(&pred, &target).map_err(err)?;
+                    s.segmentation[task].add(pred, &target).map_err(err)?;
                 }
             }
             if let Some(p) = at_image.filter(|_| is_example) {
@@ -408,8 +397,7 @@ pub fn evaluate<B: VisionBackend>(
                         value: String,
                         images: usize,
                         ap: Option<&DetectionMetrics>,
-                        drivable: &SegmentationEvaluator,
-                        lanes: &SegmentationEvaluator| {
+                        [drivable, lanes]: &[SegmentationEvaluator; 2]| {
         let ap = ap.filter(|m| m.per_class.iter().any(|c| c.num_gt > 0));
         SliceReport {
             key: key.to_string(),
@@ -427,8 +415,7 @@ pub fn evaluate<B: VisionBackend>(
         dataset.manifest().region.clone(),
         dataset.len(),
         overall_ap.as_ref(),
-        &drivable,
-        &lanes,
+        &segmentation,
     )];
     for (key, name) in SLICE_KEYS.iter().enumerate() {
         let mut by_value: Vec<(usize, &String)> = slices.values[key].iter().enumerate().collect();
@@ -443,8 +430,7 @@ pub fn evaluate<B: VisionBackend>(
                 value.clone(),
                 counts.images,
                 metrics.as_ref(),
-                &counts.drivable,
-                &counts.lanes,
+                &counts.segmentation,
             ));
         }
     }
@@ -484,8 +470,12 @@ pub fn evaluate<B: VisionBackend>(
         resolution: options.resolution,
         input: [w, h],
         detection,
-        drivable: evaluated.1.then(|| SegmentationReport::from(&drivable)),
-        lanes: evaluated.2.then(|| SegmentationReport::from(&lanes)),
+        drivable: evaluated
+            .1
+            .then(|| SegmentationReport::from(&segmentation[DRIVABLE])),
+        lanes: evaluated
+            .2
+            .then(|| SegmentationReport::from(&segmentation[LANES])),
         slices: slice_reports,
     };
     Ok(Evaluation { report, examples })
@@ -501,8 +491,8 @@ fn example(sample: &Sample, prediction: ImagePrediction, card: &ModelCard) -> Ex
         .collect();
     let overlay = draw_overlay(
         &sample.image,
-        prediction.drivable.as_ref(),
-        prediction.lanes.as_ref(),
+        prediction.masks[DRIVABLE].as_ref(),
+        prediction.masks[LANES].as_ref(),
         &kept,
         &card.classes,
     );
@@ -634,16 +624,6 @@ mod tests {
         }
     }
 
-    fn b(class: u16, x1: f32, y1: f32, x2: f32, y2: f32) -> BoxLabel {
-        BoxLabel {
-            class,
-            x1,
-            y1,
-            x2,
-            y2,
-        }
-    }
-
     #[test]
     fn original_targets_split_small_boxes_as_network_resolution_does() {
         // A 200x100 frame into 100x100: scale 1/2, 25 px borders above and below.
@@ -651,10 +631,10 @@ mod tests {
             200,
             100,
             vec![
-                b(1, 10.0, 10.0, 20.0, 20.0),   // 5x5 network px: a box
-                b(2, 50.0, 50.0, 53.0, 80.0),   // 1.5 px wide: an ignore region
-                b(3, -10.0, 90.0, 30.0, 130.0), // clipped to [0, 90, 30, 100]
-                b(4, 210.0, 10.0, 230.0, 20.0), // outside: dropped
+                BoxLabel::new(1, [10.0, 10.0, 20.0, 20.0]), // 5x5 network px: a box
+                BoxLabel::new(2, [50.0, 50.0, 53.0, 80.0]), // 1.5 px wide: an ignore region
+                BoxLabel::new(3, [-10.0, 90.0, 30.0, 130.0]), // clipped to [0, 90, 30, 100]
+                BoxLabel::new(4, [210.0, 10.0, 230.0, 20.0]), // outside: dropped
             ],
             vec![IgnoreRegion {
                 x1: 190.0,
@@ -668,7 +648,10 @@ mod tests {
         let (boxes, ignore) = original_targets(&s, &lb, 2.0);
         assert_eq!(
             boxes,
-            vec![b(1, 10.0, 10.0, 20.0, 20.0), b(3, 0.0, 90.0, 30.0, 100.0)]
+            vec![
+                BoxLabel::new(1, [10.0, 10.0, 20.0, 20.0]),
+                BoxLabel::new(3, [0.0, 90.0, 30.0, 100.0])
+            ]
         );
         let corners: Vec<[f32; 4]> = ignore.iter().map(|r| [r.x1, r.y1, r.x2, r.y2]).collect();
         assert_eq!(

@@ -83,13 +83,7 @@ pub(crate) fn mask_to_image(
 
 /// A box in network pixels mapped back to the `img_w x img_h` image and clipped to it.
 pub(crate) fn box_to_image(bbox: [f32; 4], lb: &Letterbox, img_w: u32, img_h: u32) -> [f32; 4] {
-    let b = lb.to_image(&BoxLabel {
-        class: 0,
-        x1: bbox[0],
-        y1: bbox[1],
-        x2: bbox[2],
-        y2: bbox[3],
-    });
+    let b = lb.to_image(&BoxLabel::new(0, bbox));
     let (w, h) = (img_w as f32, img_h as f32);
     [
         b.x1.clamp(0.0, w),
