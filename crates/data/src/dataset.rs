@@ -182,7 +182,20 @@ impl Dataset {
                 });
             }
         }
+        // The checks read every byte; the records are read again one by one, when needed.
+        reader.release_pages();
         Ok((reader, problems))
+    }
+
+    /// Drops every shard's pages from the process's resident set (see
+    /// [`ShardReader::release_pages`]). A sequential pass over the split (evaluation) calls it
+    /// as it goes, so its resident memory does not grow with the number of samples read.
+    pub fn release_pages(&self) {
+        for slot in &self.shards {
+            if let ShardSlot::Open(reader) = slot {
+                reader.release_pages();
+            }
+        }
     }
 
     /// Number of samples in the split.

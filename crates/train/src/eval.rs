@@ -392,6 +392,7 @@ pub fn evaluate<B: VisionBackend>(
             }
         }
         bar.inc(samples.len() as u64);
+        dataset.release_pages();
     }
     let slice_report = |key: &str,
                         value: String,
