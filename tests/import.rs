@@ -98,16 +98,6 @@ fn class_id(name: &str) -> u16 {
     BDD_CLASSES.iter().position(|c| *c == name).unwrap() as u16
 }
 
-fn boxed(class: u16, [x1, y1, x2, y2]: [f32; 4]) -> BoxLabel {
-    BoxLabel {
-        class,
-        x1,
-        y1,
-        x2,
-        y2,
-    }
-}
-
 fn ignored([x1, y1, x2, y2]: [f32; 4]) -> IgnoreRegion {
     IgnoreRegion { x1, y1, x2, y2 }
 }
@@ -474,24 +464,24 @@ fn bdd100k_import_keeps_boxes_masks_and_conditions() {
     let labels: [(Vec<BoxLabel>, Vec<IgnoreRegion>, Conditions); 3] = [
         (
             vec![
-                boxed(class_id("car"), [10.0, 12.0, 30.0, 32.0]),
-                boxed(class_id("pedestrian"), [40.5, 5.0, 50.5, 31.0]),
+                BoxLabel::new(class_id("car"), [10.0, 12.0, 30.0, 32.0]),
+                BoxLabel::new(class_id("pedestrian"), [40.5, 5.0, 50.5, 31.0]),
             ],
             vec![],
             Conditions::new("clear", "daytime", "city street"),
         ),
         (
             vec![
-                boxed(class_id("bicycle"), [0.0, 20.0, 16.0, 41.0]),
-                boxed(class_id("truck"), [50.0, 30.0, 64.0, 48.0]),
+                BoxLabel::new(class_id("bicycle"), [0.0, 20.0, 16.0, 41.0]),
+                BoxLabel::new(class_id("truck"), [50.0, 30.0, 64.0, 48.0]),
             ],
             vec![ignored([30.0, 10.0, 46.0, 26.0])],
             Conditions::new("rainy", "night", "highway"),
         ),
         (
             vec![
-                boxed(class_id("traffic light"), [5.0, 2.0, 9.0, 10.0]),
-                boxed(class_id("traffic sign"), [20.25, 3.0, 28.75, 9.0]),
+                BoxLabel::new(class_id("traffic light"), [5.0, 2.0, 9.0, 10.0]),
+                BoxLabel::new(class_id("traffic sign"), [20.25, 3.0, 28.75, 9.0]),
             ],
             vec![],
             Conditions::new("overcast", "undefined", "residential"),
@@ -608,15 +598,15 @@ fn kitti_dontcare_becomes_ignore_regions_and_tasks_are_detection_only() {
         (
             "000000",
             vec![
-                boxed(class_id("car"), [12.5, 10.25, 30.75, 28.0]),
-                boxed(class_id("car"), [1.0, 2.0, 11.0, 12.0]),
+                BoxLabel::new(class_id("car"), [12.5, 10.25, 30.75, 28.0]),
+                BoxLabel::new(class_id("car"), [1.0, 2.0, 11.0, 12.0]),
             ],
             // Clipped to the image like boxes.
             vec![ignored([40.0, 30.0, 64.0, 47.5])],
         ),
         (
             "000001",
-            vec![boxed(class_id("rider"), [20.0, 15.5, 26.0, 40.0])],
+            vec![BoxLabel::new(class_id("rider"), [20.0, 15.5, 26.0, 40.0])],
             vec![
                 ignored([50.0, 20.0, 60.0, 30.0]),
                 ignored([0.0, 0.0, 8.0, 6.0]),
@@ -744,7 +734,10 @@ fn yolop_layout_imports_both_splits_with_thresholded_masks() {
         // `motor` is the legacy name of motorcycle; box2d corners are inclusive.
         assert_eq!(
             sample.boxes,
-            vec![boxed(class_id("motorcycle"), [2.0, 3.0, 12.5, 21.0])]
+            vec![BoxLabel::new(
+                class_id("motorcycle"),
+                [2.0, 3.0, 12.5, 21.0]
+            )]
         );
         assert_eq!(
             sample.traffic_side,
@@ -836,7 +829,13 @@ fn unmapped_categories_are_listed_or_dropped_with_a_count() {
     let (_, stored) = read_back(&dropped_out);
     let boxes: Vec<Vec<BoxLabel>> = stored.iter().map(|s| s.sample.boxes.clone()).collect();
     let car = class_id("car");
-    assert_eq!(boxes, [vec![boxed(car, car_a)], vec![boxed(car, car_b)]]);
+    assert_eq!(
+        boxes,
+        [
+            vec![BoxLabel::new(car, car_a)],
+            vec![BoxLabel::new(car, car_b)]
+        ]
+    );
 
     // A class map of one's own: hovercraft are cars, blimps are dropped.
     let map = dir.path().join("hovercraft.toml");
@@ -862,8 +861,8 @@ drop = ["Blimp"]
     assert_eq!(
         boxes,
         [
-            vec![boxed(1, car_a), boxed(1, hover_a)],
-            vec![boxed(1, hover_b), boxed(1, car_b)],
+            vec![BoxLabel::new(1, car_a), BoxLabel::new(1, hover_a)],
+            vec![BoxLabel::new(1, hover_b), BoxLabel::new(1, car_b)],
         ]
     );
     let report = read_report(&mapped_out, "train");
@@ -959,7 +958,7 @@ fn malformed_records_are_reported_with_file_and_reason() {
     assert_eq!(stored[0].sample.id, "good");
     assert_eq!(
         stored[0].sample.boxes,
-        [boxed(class_id("car"), [10.0, 10.0, 20.0, 20.0])]
+        [BoxLabel::new(class_id("car"), [10.0, 10.0, 20.0, 20.0])]
     );
 }
 

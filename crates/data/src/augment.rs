@@ -1118,13 +1118,7 @@ mod tests {
     const BACKGROUND: Rgb<u8> = Rgb([40, 90, 40]);
 
     fn bx(class: u16, x1: f32, y1: f32, x2: f32, y2: f32) -> BoxLabel {
-        BoxLabel {
-            class,
-            x1,
-            y1,
-            x2,
-            y2,
-        }
+        BoxLabel::new(class, [x1, y1, x2, y2])
     }
 
     /// A `w x h` frame: a solid rectangle (also set in both masks) with its box.
