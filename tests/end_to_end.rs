@@ -198,7 +198,7 @@ fn a_fixed_batch_overfits() {
     let dir = tempfile::tempdir().unwrap();
     let data = synth(dir.path(), "DE", 2, 3);
     let mut config = config(dir.path(), &data, 1);
-    config.optimizer.lr = 0.01;
+    config.train.lr = 0.01;
     let ds = open_for_site(&data, Split::Train, "DE").unwrap();
     let samples = vec![ds.get(0).unwrap(), ds.get(1).unwrap()];
     let batch = collate(&samples, W, H);
@@ -214,7 +214,7 @@ fn a_fixed_batch_overfits() {
         last = loss.total.clone().into_scalar();
         first.get_or_insert(last);
         let grads = GradientsParams::from_grads(loss.total.backward(), &net);
-        net = optim.step(config.optimizer.lr, net, grads);
+        net = optim.step(config.train.lr, net, grads);
     }
     let first = first.unwrap();
     assert!(last < first / 10.0, "loss went from {first} to {last}");

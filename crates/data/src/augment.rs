@@ -115,12 +115,12 @@ impl AugmentConfig {
             .filter(|&(_, v, max, inclusive)| !(v >= 0.0 && (v < max || inclusive && v == max)))
             .map(|(key, v, max, inclusive)| {
                 let close = if inclusive { ']' } else { ')' };
-                format!("augment.{key} = {v}: give a value in [0, {max}{close}")
+                format!("data.augment.{key} = {v}: give a value in [0, {max}{close}")
             })
             .collect();
         if !(self.min_box_side.is_finite() && self.min_box_side >= 0.0) {
             problems.push(format!(
-                "augment.min_box_side = {}: give a number of pixels >= 0",
+                "data.augment.min_box_side = {}: give a number of pixels >= 0",
                 self.min_box_side
             ));
         }
@@ -1499,14 +1499,14 @@ mod tests {
         };
         let message = bad.validate().unwrap_err();
         for line in [
-            "augment.scale = 1: give a value in [0, 1)",
-            "augment.translate = -0.1: give a value in [0, 0.5]",
-            "augment.hue = NaN: give a value in [0, 0.5]",
-            "augment.saturation = 1.5: give a value in [0, 1]",
-            "augment.value = 2: give a value in [0, 1]",
-            "augment.flip_probability = 1.1: give a value in [0, 1]",
-            "augment.mosaic_probability = -1: give a value in [0, 1]",
-            "augment.min_box_side = -2: give a number of pixels >= 0",
+            "data.augment.scale = 1: give a value in [0, 1)",
+            "data.augment.translate = -0.1: give a value in [0, 0.5]",
+            "data.augment.hue = NaN: give a value in [0, 0.5]",
+            "data.augment.saturation = 1.5: give a value in [0, 1]",
+            "data.augment.value = 2: give a value in [0, 1]",
+            "data.augment.flip_probability = 1.1: give a value in [0, 1]",
+            "data.augment.mosaic_probability = -1: give a value in [0, 1]",
+            "data.augment.min_box_side = -2: give a number of pixels >= 0",
         ] {
             assert!(
                 message.lines().any(|l| l == line),

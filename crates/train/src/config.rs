@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 use crate::eval::MetricResolution;
 use crate::TrainError;
 
-/// A whole run.
+/// A whole run. Sections: `[site]`, `[model]`, `[data]` (with `[data.augment]`), `[train]`,
+/// `[optimizer]`, `[schedule]`, `[checkpoint]`, `[validation]`, `[logging]`, `[loss]`, `[eval]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunConfig {
@@ -24,10 +25,16 @@ pub struct RunConfig {
     pub model: ModelConfig,
     pub data: DataConfig,
     pub train: TrainConfig,
-    pub optimizer: OptimizerConfig,
-    /// Training-time augmentation (evaluation never augments).
     #[serde(default)]
-    pub augment: AugmentConfig,
+    pub optimizer: OptimizerConfig,
+    #[serde(default)]
+    pub schedule: ScheduleConfig,
+    #[serde(default)]
+    pub checkpoint: CheckpointConfig,
+    #[serde(default)]
+    pub validation: ValidationConfig,
+    #[serde(default)]
+    pub logging: LoggingConfig,
     #[serde(default)]
     pub loss: LossWeights,
     #[serde(default)]
@@ -126,45 +133,251 @@ pub struct DataConfig {
     /// Decode/augment threads; 0 means one per core.
     #[serde(default)]
     pub workers: usize,
+    /// Training-time augmentation (evaluation never augments).
+    #[serde(default)]
+    pub augment: AugmentConfig,
 }
 
 fn default_prefetch_batches() -> usize {
     4
 }
 
+/// `[train]`: how long, on what, and how fast.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainConfig {
     /// Optimiser steps.
     pub steps: usize,
+    /// Images per forward pass (a micro-batch).
     pub batch_size: usize,
-    /// Seeds weight init and data order.
+    /// Micro-batches whose gradients are summed into one optimiser step: the effective batch
+    /// is `batch_size * grad_accumulation`.
+    #[serde(default = "one")]
+    pub grad_accumulation: usize,
+    /// Seeds weight init and data order (every augmentation draw derives from it).
     pub seed: u64,
-    /// A metrics line (and, off a terminal, a log line) every this many steps.
-    #[serde(default = "default_log_every")]
-    pub log_every: usize,
-    /// Write a checkpoint (weights + run state) every this many steps; 0: only at the end.
-    #[serde(default)]
-    pub checkpoint_every: usize,
-}
-
-fn default_log_every() -> usize {
-    10
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OptimizerConfig {
-    /// Peak learning rate (AdamW).
+    /// Peak learning rate (reached after `schedule.warmup_steps`).
     pub lr: f64,
-    pub weight_decay: f32,
-    /// Linear warm-up steps from `lr / 100` to `lr`.
-    pub warmup_steps: usize,
-    /// Cosine decay ends at `lr * min_lr_ratio`.
-    pub min_lr_ratio: f64,
-    /// Clip the gradient norm of each parameter to this (none when absent).
+    /// Exponential moving average of the weights, used for validation and written to the
+    /// checkpoints' model files. Left out: no EMA.
     #[serde(default)]
+    pub ema: Option<EmaConfig>,
+    /// Steps in a row with a non-finite loss or gradient (each is skipped) after which the run
+    /// stops; the last checkpoint stays as it was.
+    #[serde(default = "default_max_nonfinite_steps")]
+    pub max_nonfinite_steps: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+fn default_max_nonfinite_steps() -> usize {
+    5
+}
+
+/// `[train.ema]`: `ema = decay * (1 - exp(-updates / warmup_steps))`, so early, still-random
+/// weights are forgotten quickly (YOLOv5's ramp).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmaConfig {
+    pub decay: f64,
+    #[serde(default = "default_ema_warmup")]
+    pub warmup_steps: usize,
+}
+
+fn default_ema_warmup() -> usize {
+    2000
+}
+
+/// Optimiser algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    /// Adam with decoupled weight decay (burn's `AdamW`).
+    #[default]
+    AdamW,
+    /// SGD with momentum and L2 weight decay (burn's `Sgd`).
+    Sgd,
+}
+
+/// `[optimizer]`: the update rule and its parameter groups.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptimizerConfig {
+    pub kind: OptimizerKind,
+    pub weight_decay: f32,
+    /// AdamW's `beta_1`, `beta_2`.
+    pub betas: [f32; 2],
+    /// AdamW's epsilon.
+    pub epsilon: f32,
+    /// SGD's momentum (0: plain SGD).
+    pub momentum: f64,
+    /// SGD's Nesterov momentum.
+    pub nesterov: bool,
+    /// Clip the global gradient norm (all parameters together) to this; left out: no clipping.
     pub grad_clip: Option<f32>,
+    /// Apply weight decay to 1-D parameters too (norm scales and shifts, biases); off by
+    /// default, as in YOLO and most vision recipes.
+    pub decay_norms_and_biases: bool,
+    /// Learning-rate factor per module path prefix, e.g. `{ backbone = 0.1 }`; the longest
+    /// matching prefix wins, everything else gets 1.
+    pub lr_multipliers: BTreeMap<String, f64>,
+}
+
+impl Default for OptimizerConfig {
+    fn default() -> Self {
+        OptimizerConfig {
+            kind: OptimizerKind::AdamW,
+            weight_decay: 0.0005,
+            betas: [0.9, 0.999],
+            epsilon: 1e-8,
+            momentum: 0.937,
+            nesterov: true,
+            grad_clip: None,
+            decay_norms_and_biases: false,
+            lr_multipliers: BTreeMap::new(),
+        }
+    }
+}
+
+/// Learning-rate decay after the warm-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ScheduleKind {
+    /// Cosine from `train.lr` to `train.lr * min_lr_ratio` at the last step.
+    #[default]
+    Cosine,
+    /// Multiply by `gamma` every `step_every` steps.
+    Step,
+    /// Keep `train.lr`.
+    Constant,
+}
+
+/// `[schedule]`: a linear warm-up, then a decay (burn's schedulers, composed).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScheduleConfig {
+    pub kind: ScheduleKind,
+    /// Linear warm-up from `train.lr * warmup_start` to `train.lr` over these steps.
+    pub warmup_steps: usize,
+    pub warmup_start: f64,
+    /// `cosine`: the final learning rate as a share of `train.lr`.
+    pub min_lr_ratio: f64,
+    /// `step`: steps between decays.
+    pub step_every: usize,
+    /// `step`: the factor of each decay.
+    pub gamma: f64,
+}
+
+impl Default for ScheduleConfig {
+    fn default() -> Self {
+        ScheduleConfig {
+            kind: ScheduleKind::Cosine,
+            warmup_steps: 0,
+            warmup_start: 0.01,
+            min_lr_ratio: 0.05,
+            step_every: 1000,
+            gamma: 0.1,
+        }
+    }
+}
+
+/// `[checkpoint]`: when checkpoints are written and which are kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckpointConfig {
+    /// A checkpoint every this many steps; 0: only the final one (and on Ctrl-C).
+    pub every: usize,
+    /// Periodic checkpoints kept, newest first; 0 keeps all.
+    pub keep_last: usize,
+    /// Checkpoints kept for the best validation `best_metric` (needs `[validation] every`).
+    pub keep_best: usize,
+    pub best_metric: BestMetric,
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        CheckpointConfig {
+            every: 0,
+            keep_last: 3,
+            keep_best: 0,
+            best_metric: BestMetric::default(),
+        }
+    }
+}
+
+/// What "best" means for `checkpoint.keep_best`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum BestMetric {
+    /// Mean of the validation metrics the model has (mAP@0.5, drivable mIoU, lane IoU).
+    #[default]
+    Mean,
+    /// Detection mAP@0.5.
+    Map50,
+    /// Detection mAP@[.5:.95].
+    #[serde(rename = "map50_95")]
+    Map50_95,
+    DrivableMiou,
+    LaneIou,
+}
+
+impl BestMetric {
+    pub const ALL: [&'static str; 5] = ["mean", "map50", "map50_95", "drivable_miou", "lane_iou"];
+}
+
+/// `[validation]`: metrics on the datasets' validation split during training.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ValidationConfig {
+    /// Validate every this many steps (and after the last); 0: never.
+    pub every: usize,
+    /// Images per dataset validated (the first ones of the split); 0: all.
+    pub max_images: usize,
+    pub batch_size: usize,
+}
+
+impl Default for ValidationConfig {
+    fn default() -> Self {
+        ValidationConfig {
+            every: 0,
+            max_images: 0,
+            batch_size: 8,
+        }
+    }
+}
+
+/// How progress is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ProgressStyleKind {
+    /// A bar on a terminal, log lines otherwise.
+    #[default]
+    Auto,
+    Bar,
+    Lines,
+}
+
+/// `[logging]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoggingConfig {
+    /// A `metrics.jsonl` line (losses averaged since the last one) every this many steps.
+    pub every: usize,
+    /// Off a terminal (or with `progress = "lines"`), a log line every this many seconds.
+    pub line_seconds: f64,
+    pub progress: ProgressStyleKind,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        LoggingConfig {
+            every: 10,
+            line_seconds: 30.0,
+            progress: ProgressStyleKind::Auto,
+        }
+    }
 }
 
 impl RunConfig {
@@ -222,36 +435,114 @@ impl RunConfig {
         if self.data.prefetch_batches == 0 {
             problems.push("data.prefetch_batches = 0: give at least 1".into());
         }
-        if let Err(e) = self.augment.validate() {
+        if let Err(e) = self.data.augment.validate() {
             problems.push(e);
         }
-        if self.train.steps == 0 {
-            problems.push("train.steps = 0: give at least 1".into());
+        let t = &self.train;
+        for (key, v) in [
+            ("train.steps", t.steps),
+            ("train.batch_size", t.batch_size),
+            ("train.grad_accumulation", t.grad_accumulation),
+            ("train.max_nonfinite_steps", t.max_nonfinite_steps),
+            ("logging.every", self.logging.every),
+            ("validation.batch_size", self.validation.batch_size),
+        ] {
+            if v == 0 {
+                problems.push(format!("{key} = 0: give at least 1"));
+            }
         }
-        if self.train.batch_size == 0 {
-            problems.push("train.batch_size = 0: give at least 1".into());
+        if !(t.lr > 0.0 && t.lr <= 1.0) {
+            problems.push(format!("train.lr = {}: give a value in (0, 1]", t.lr));
         }
-        if self.train.log_every == 0 {
-            problems.push("train.log_every = 0: give at least 1".into());
+        if let Some(ema) = &t.ema {
+            if !(ema.decay > 0.0 && ema.decay < 1.0) {
+                problems.push(format!(
+                    "train.ema.decay = {}: give a value in (0, 1), e.g. 0.9999 (leave [train.ema] \
+                     out for no EMA)",
+                    ema.decay
+                ));
+            }
+            if ema.warmup_steps == 0 {
+                problems.push("train.ema.warmup_steps = 0: give at least 1".into());
+            }
         }
         let o = &self.optimizer;
-        if !(o.lr > 0.0 && o.lr <= 1.0) {
-            problems.push(format!("optimizer.lr = {}: give a value in (0, 1]", o.lr));
-        }
-        if !(0.0..=1.0).contains(&o.min_lr_ratio) {
-            problems.push(format!(
-                "optimizer.min_lr_ratio = {}: give a value in [0, 1]",
-                o.min_lr_ratio
-            ));
-        }
         if o.weight_decay.is_nan() || o.weight_decay < 0.0 {
             problems.push(format!(
                 "optimizer.weight_decay = {}: give a value >= 0",
                 o.weight_decay
             ));
         }
-        if o.grad_clip.is_some_and(|c| c.is_nan() || c <= 0.0) {
-            problems.push("optimizer.grad_clip must be > 0 (or left out)".into());
+        if !o.betas.iter().all(|b| (0.0..1.0).contains(b)) {
+            problems.push(format!(
+                "optimizer.betas = {:?}: give two values in [0, 1), e.g. [0.9, 0.999]",
+                o.betas
+            ));
+        }
+        if !(o.epsilon > 0.0) {
+            problems.push(format!("optimizer.epsilon = {}: give a value > 0", o.epsilon));
+        }
+        if !(0.0..1.0).contains(&o.momentum) {
+            problems.push(format!(
+                "optimizer.momentum = {}: give a value in [0, 1)",
+                o.momentum
+            ));
+        }
+        if o.grad_clip.is_some_and(|c| !(c > 0.0 && c.is_finite())) {
+            problems.push(format!(
+                "optimizer.grad_clip = {}: give a norm > 0 (or leave the key out for no clipping)",
+                o.grad_clip.unwrap_or_default()
+            ));
+        }
+        for (prefix, m) in &o.lr_multipliers {
+            if !(m.is_finite() && *m >= 0.0) {
+                problems.push(format!(
+                    "optimizer.lr_multipliers.{prefix} = {m}: give a finite factor >= 0"
+                ));
+            }
+        }
+        let s = &self.schedule;
+        if !(s.warmup_start > 0.0 && s.warmup_start <= 1.0) {
+            problems.push(format!(
+                "schedule.warmup_start = {}: give a value in (0, 1]",
+                s.warmup_start
+            ));
+        }
+        if s.warmup_steps >= t.steps && s.warmup_steps > 0 {
+            problems.push(format!(
+                "schedule.warmup_steps = {}: give fewer than train.steps = {}",
+                s.warmup_steps, t.steps
+            ));
+        }
+        match s.kind {
+            ScheduleKind::Cosine if !(0.0..=1.0).contains(&s.min_lr_ratio) => {
+                problems.push(format!(
+                    "schedule.min_lr_ratio = {}: give a value in [0, 1]",
+                    s.min_lr_ratio
+                ))
+            }
+            ScheduleKind::Step if s.step_every == 0 || !(s.gamma > 0.0 && s.gamma <= 1.0) => {
+                problems.push(format!(
+                    "schedule.step_every = {} and schedule.gamma = {}: give step_every >= 1 and \
+                     gamma in (0, 1]",
+                    s.step_every, s.gamma
+                ))
+            }
+            _ => {}
+        }
+        let c = &self.checkpoint;
+        if c.keep_best > 0 && self.validation.every == 0 {
+            problems.push(format!(
+                "checkpoint.keep_best = {}: needs validation; set validation.every > 0 or \
+                 keep_best = 0",
+                c.keep_best
+            ));
+        }
+        if !(self.logging.line_seconds > 0.0) {
+            problems.push(format!(
+                "logging.line_seconds = {}: give a value > 0",
+                self.logging.line_seconds
+            ));
         }
         let t = &self.model.tasks;
         if !(t.detection || t.drivable || t.lanes) {
@@ -302,9 +593,8 @@ datasets = ["d"]
 steps = 3
 batch_size = 2
 seed = 1
-[optimizer]
 lr = 0.01
-weight_decay = 0.0
+[schedule]
 warmup_steps = 1
 min_lr_ratio = 0.1
 "#;
@@ -318,7 +608,9 @@ min_lr_ratio = 0.1
     #[test]
     fn good_config_parses_with_defaults() {
         let c = RunConfig::parse(GOOD, Path::new("x.toml")).unwrap();
-        assert_eq!(c.train.log_every, 10);
+        assert_eq!(c.logging.every, 10);
+        assert_eq!(c.optimizer.kind, OptimizerKind::AdamW);
+        assert_eq!(c.checkpoint.keep_last, 3);
         assert_eq!(c.loss, LossWeights::default());
         assert_eq!(c.run_dir(), PathBuf::from("runs/t"));
         // The resolved TOML round-trips.

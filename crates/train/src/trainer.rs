@@ -236,10 +236,11 @@ impl BackendTask for TrainTask<'_> {
 
 /// The learning-rate schedule: linear warm-up from 1% times a cosine decay, both burn's.
 fn lr_schedule(config: &RunConfig) -> Result<impl LrScheduler, TrainError> {
-    let o = &config.optimizer;
+    let o = &config.schedule;
+    let lr = config.train.lr;
     let mut schedule = ComposedLrSchedulerConfig::new().cosine(
-        CosineAnnealingLrSchedulerConfig::new(o.lr, config.train.steps)
-            .with_min_lr(o.lr * o.min_lr_ratio),
+        CosineAnnealingLrSchedulerConfig::new(lr, config.train.steps)
+            .with_min_lr(lr * o.min_lr_ratio),
     );
     if o.warmup_steps > 0 {
         schedule = schedule.linear(LinearLrSchedulerConfig::new(0.01, 1.0, o.warmup_steps));
@@ -371,7 +372,7 @@ where
             batch_size: config.train.batch_size,
             width: config.model.input.width as u32,
             height: config.model.input.height as u32,
-            augment: config.augment.clone(),
+            augment: config.data.augment.clone(),
             prefetch_batches: config.data.prefetch_batches,
             workers: config.data.workers,
         },
@@ -428,7 +429,7 @@ where
         let grads = GradientsParams::from_grads(parts.total.backward(), &net);
         net = optimizer.step(lr, net, grads);
 
-        let every = config.train.checkpoint_every;
+        let every = config.checkpoint.every;
         if every > 0 && step % every == 0 && step < config.train.steps {
             checkpointer.save(
                 &format!("step-{step:06}"),
@@ -438,7 +439,7 @@ where
                 skipped_samples,
             )?;
         }
-        if step % config.train.log_every == 0 || step == config.train.steps || step == 1 {
+        if step % config.logging.every == 0 || step == config.train.steps || step == 1 {
             last = LossValues::read(&parts);
             if !last.total.is_finite() {
                 return Err(TrainError::Diverged {
