@@ -89,6 +89,13 @@ pub fn train(config: &RunConfig, device: DeviceSpec) -> Result<TrainSummary, Tra
     result
 }
 
+/// Continues the run in `run_dir` from its newest intact checkpoint, with the config the run
+/// was started with (`run_dir/config.toml`).
+pub fn resume(run_dir: &Path, device: DeviceSpec) -> Result<TrainSummary, TrainError> {
+    let _ = (run_dir, device);
+    Err(TrainError::Invalid("resume is being built".into()))
+}
+
 struct EvalTask<'a> {
     model: &'a Path,
     dataset: &'a Dataset,

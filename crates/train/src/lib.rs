@@ -10,6 +10,7 @@ pub mod data;
 pub mod eval;
 pub mod export;
 pub mod fsutil;
+pub mod interrupt;
 pub mod loader;
 pub mod metrics;
 pub mod model_file;
