@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use percept::data::{Split, SynthOptions};
 use percept::model::{ModelSize, PerceptionNetConfig};
+use percept::train::config_source::LayeredConfig;
 use percept::train::eval::MetricResolution;
 use percept::train::quickstart::{quickstart, QuickstartOptions};
 use percept::train::{commands, DeviceSpec, RunConfig};
@@ -98,14 +99,27 @@ enum Command {
         #[command(subcommand)]
         format: ImportFormat,
     },
-    /// Train from a run config (TOML)
+    /// Train from a run config (TOML), or resume a run from its newest checkpoint
     Train {
-        /// Run config (TOML), e.g. configs/smoke.toml
-        #[arg(long)]
-        config: PathBuf,
+        /// Run config (TOML), e.g. configs/smoke.toml; follows its `extends` chain
+        #[arg(long, required_unless_present = "resume", conflicts_with = "resume")]
+        config: Option<PathBuf>,
+        /// Override a config key, e.g. --set train.lr=0.002 (repeatable; VALUE is a TOML
+        /// value, or else a string)
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Continue the run in RUN_DIR (runs/<name>) from its newest intact checkpoint, with
+        /// the config it started with
+        #[arg(long, value_name = "RUN_DIR")]
+        resume: Option<PathBuf>,
         /// Device: cpu, wgpu, cuda or cuda:N
         #[arg(long, default_value = "cpu")]
         device: String,
+    },
+    /// Print or check a run config as resolved: `extends` chain, --set overrides, defaults
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
     },
     /// Evaluate a checkpoint or export on a dataset split
     Eval {
@@ -174,6 +188,19 @@ enum Command {
         #[command(subcommand)]
         action: AuditAction,
     },
+    /// Draw a run's training curves from its metrics.jsonl as PNG charts
+    Plot {
+        /// Run directory (runs/<name>), or its metrics.jsonl
+        #[arg(value_name = "RUN_DIR")]
+        run: PathBuf,
+        /// Output directory (default: RUN_DIR/plots)
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Loss axis: log when every loss is positive (auto), log, or linear with spikes
+        /// clipped
+        #[arg(long, default_value = "auto", value_parser = ["auto", "log", "linear"])]
+        loss_scale: String,
+    },
     /// Measure throughput
     Bench {
         #[command(subcommand)]
@@ -194,6 +221,27 @@ enum Command {
         #[arg(long, default_value = "cpu")]
         device: String,
     },
+}
+
+/// A run config and its overrides.
+#[derive(clap::Args)]
+struct ConfigArgs {
+    /// Run config (TOML); follows its `extends` chain
+    #[arg(long)]
+    config: PathBuf,
+    /// Override a config key, e.g. --set train.lr=0.002 (repeatable; VALUE is a TOML value, or
+    /// else a string)
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// Print the resolved config as TOML, every default filled in
+    Show(ConfigArgs),
+    /// Check a config: print "FILE: ok", or every problem (unknown keys, wrong types, invalid
+    /// values) with its key and source, and exit with status 1
+    Check(ConfigArgs),
 }
 
 #[derive(Subcommand)]
@@ -288,6 +336,23 @@ fn device(s: &str) -> Result<DeviceSpec> {
     s.parse::<DeviceSpec>().context("--device")
 }
 
+/// Ctrl-C during training: the first asks the run to save a checkpoint after the current step
+/// and stop (resumable with --resume); a second exits at once with status 130.
+fn stop_on_ctrl_c() -> Result<()> {
+    let pressed = std::sync::atomic::AtomicBool::new(false);
+    ctrlc::set_handler(move || {
+        if pressed.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        percept::train::interrupt::request_stop();
+        eprintln!(
+            "\ninterrupt: saving a checkpoint after the current step, then stopping (Ctrl-C \
+             again to stop at once, without saving)"
+        );
+    })
+    .context("cannot install the Ctrl-C handler")
+}
+
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Quickstart {
@@ -363,9 +428,50 @@ fn run(cli: Cli) -> Result<()> {
             );
         }
         Command::Import { format } => run_import(format)?,
-        Command::Train { config, device: d } => {
-            let config = RunConfig::load(&config)?;
-            let s = commands::train(&config, device(&d)?)?;
+        Command::Config {
+            action: ConfigAction::Show(args),
+        } => {
+            let layered = LayeredConfig::load(&args.config, &args.set)?;
+            let layers: Vec<String> = layered.layers().iter().map(|l| l.to_string()).collect();
+            let config = layered.into_config()?;
+            println!(
+                "# resolved from {} (later overriding earlier), defaults filled in",
+                layers.join(", ")
+            );
+            print!("{}", config.to_toml());
+        }
+        Command::Config {
+            action: ConfigAction::Check(args),
+        } => {
+            RunConfig::load_layered(&args.config, &args.set)?;
+            println!("{}: ok", args.config.display());
+        }
+        Command::Train {
+            config,
+            set,
+            resume,
+            device: d,
+        } => {
+            let device = device(&d)?;
+            let s = match (config, resume) {
+                (_, Some(run)) => {
+                    if !set.is_empty() {
+                        anyhow::bail!(
+                            "--set cannot be used with --resume: a resumed run keeps the config \
+                             it started with ({}); start a new run with --config to change it",
+                            run.join("config.toml").display()
+                        );
+                    }
+                    stop_on_ctrl_c()?;
+                    commands::resume(&run, device)?
+                }
+                (Some(config), None) => {
+                    let config = RunConfig::load_layered(&config, &set)?;
+                    stop_on_ctrl_c()?;
+                    commands::train(&config, device)?
+                }
+                (None, None) => anyhow::bail!("give --config FILE or --resume RUN_DIR"),
+            };
             println!(
                 "trained {} steps in {:.0} s ({:.1} images/s, {:.0}% waiting for data); \
                  checkpoint {}; metrics {}; audit log {}",
@@ -471,6 +577,31 @@ fn run(cli: Cli) -> Result<()> {
                 .map(|(k, n)| format!("{k} {n}"))
                 .collect();
             println!("  events: {}", kinds.join(", "));
+        }
+        Command::Plot {
+            run,
+            out,
+            loss_scale,
+        } => {
+            let options = percept::train::plot::PlotOptions {
+                loss_scale: loss_scale.parse()?,
+            };
+            let s = percept::train::plot::plot_run(&run, out.as_deref(), &options)?;
+            println!(
+                "{}: {} step, {} epoch and {} validation lines",
+                s.metrics.display(),
+                s.step_lines,
+                s.epoch_lines,
+                s.validation_lines
+            );
+            for chart in &s.charts {
+                println!(
+                    "wrote {} ({} series, {} points)",
+                    chart.path.display(),
+                    chart.series.len(),
+                    chart.points()
+                );
+            }
         }
         Command::Bench {
             what:

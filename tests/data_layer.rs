@@ -132,8 +132,14 @@ fn open_training(config: &RunConfig) -> Arc<TrainingData> {
         region: config.site.region.clone(),
         name: config.site.name.clone(),
     };
-    let data =
-        TrainingData::open_dirs(&config.data.datasets, &site, config.data.integrity, None).unwrap();
+    let data = TrainingData::open_dirs(
+        &config.data.datasets,
+        &site,
+        config.data.integrity,
+        false,
+        None,
+    )
+    .unwrap();
     Arc::new(data)
 }
 

@@ -61,13 +61,16 @@ datasets = [{datasets}]
 steps = {steps}
 batch_size = 2
 seed = 5
-log_every = 1
-checkpoint_every = 1
-[optimizer]
 lr = 0.002
+[optimizer]
 weight_decay = 0.0
-warmup_steps = 0
-min_lr_ratio = 1.0
+[schedule]
+kind = "constant"
+[checkpoint]
+every = 1
+keep_last = 0
+[logging]
+every = 1
 "#,
         runs = dir.join("runs").display(),
         datasets = datasets.join(", "),

@@ -143,6 +143,10 @@ pub enum AuditEvent {
         step: u64,
         /// blake3 hex of the checkpoint file.
         hash: String,
+        /// blake3 hex of the checkpoint's training state (optimiser, raw weights), when it has
+        /// one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        training_state_hash: Option<String>,
     },
     /// A model was exported (weights only).
     Export {
@@ -900,6 +904,7 @@ mod tests {
                 path: "runs/r1/ckpt-100".into(),
                 step: 100,
                 hash: "d".repeat(64),
+                training_state_hash: None,
             },
             AuditEvent::RunEnd {
                 steps: 100,

@@ -149,6 +149,7 @@ pub fn bench_data(
         std::slice::from_ref(&dir),
         &site,
         IntegrityPolicy::Fail,
+        false,
         None,
     )?);
     let jpegs: Vec<&[u8]> = {

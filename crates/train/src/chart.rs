@@ -1,11 +1,13 @@
-//! PNG charts for evaluation reports: bar charts (AP per class) and line charts
-//! (precision-recall curves).
+//! PNG charts for evaluation reports and training curves: bar charts (AP per class) and line
+//! charts (precision-recall curves, losses and metrics against the step).
 //!
-//! Both kinds plot values on a fixed `0..1` scale, on a white background with dark axes, light
-//! grey gridlines and ticks labelled at `0.0, 0.2, ..., 1.0`. Text uses the 8x8 bitmap font of
-//! [`crate::overlay`], so no font files or system libraries are needed. Charts are
-//! [`CHART_HEIGHT`] pixels high; line charts are [`LINE_CHART_WIDTH`] wide and bar charts
-//! widen with their number of bars (see [`bar_chart_width`]).
+//! Bar charts and [`line_chart`] plot values on a fixed `0..1` scale, with ticks labelled at
+//! `0.0, 0.2, ..., 1.0`; [`line_chart_on`] takes an [`Axis`] per direction instead: any range,
+//! linear or logarithmic, with "nice" ticks (1, 2 or 5 times a power of ten; decades on a log
+//! axis). All are drawn on a white background with dark axes and light grey gridlines. Text
+//! uses the 8x8 bitmap font of [`crate::overlay`], so no font files or system libraries are
+//! needed. Charts are [`CHART_HEIGHT`] pixels high; line charts are [`LINE_CHART_WIDTH`] wide
+//! and bar charts widen with their number of bars (see [`bar_chart_width`]).
 
 use image::{Rgb, RgbImage};
 
@@ -22,6 +24,14 @@ pub const GRID_COLOR: Rgb<u8> = Rgb([220, 220, 220]);
 pub const CHART_HEIGHT: u32 = 400;
 /// Width of a line chart, in pixels: a 480-pixel-wide plot and a legend to its right.
 pub const LINE_CHART_WIDTH: u32 = 720;
+/// The plot area of a line chart, in pixels: `(left, top, right, bottom)`. An axis' start
+/// lies on the `left` column (x) or the `bottom` row (y), its end on `right` or `top`.
+pub const LINE_PLOT_AREA: (u32, u32, u32, u32) = (
+    PLOT_LEFT as u32,
+    PLOT_TOP as u32,
+    (PLOT_LEFT + LINE_PLOT_WIDTH) as u32,
+    PLOT_BOTTOM as u32,
+);
 /// Narrowest bar chart, in pixels.
 pub const BAR_CHART_MIN_WIDTH: u32 = 480;
 /// Horizontal space per bar (bar, gaps and label), in pixels, when the chart is wider than
@@ -47,7 +57,7 @@ const LINE_PLOT_WIDTH: i64 = 480;
 const Y_LABEL_TOP: i64 = 36;
 /// Rows below the title band's top where the title starts.
 const TITLE_TOP: i64 = 8;
-/// Intervals between ticks (`0.0, 0.2, ..., 1.0`).
+/// Intervals between ticks an axis aims at (`0.0, 0.2, ..., 1.0` on the unit axis).
 const TICK_INTERVALS: u32 = 5;
 /// Coordinates are clamped to this range before mapping to pixels, so absurd (but finite)
 /// values cannot overflow or make line drawing slow.
@@ -63,15 +73,129 @@ pub struct Bar {
     pub color: Rgb<u8>,
 }
 
-/// One line of a [`line_chart`].
+/// One line of a [`line_chart`] or [`line_chart_on`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Series {
     /// Shown in the legend.
     pub name: String,
     pub color: Rgb<u8>,
-    /// `(x, y)` points on the `0..1` scales, joined in order. A non-finite point breaks the
-    /// line.
+    /// `(x, y)` points in the axes' units (on the `0..1` scales for [`line_chart`]), joined
+    /// in order. A non-finite point, or one a log axis cannot show (zero or negative), breaks
+    /// the line.
     pub points: Vec<(f64, f64)>,
+}
+
+/// How an [`Axis`] maps values to positions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scale {
+    /// Equal distances for equal differences.
+    Linear,
+    /// Equal distances for equal ratios (base 10); only positive values can be shown.
+    Log,
+}
+
+/// One axis of a [`line_chart_on`]: its label, the range it spans and its scale.
+///
+/// A range that cannot be drawn (not finite, empty, or not positive on a log axis) is
+/// widened around its values instead of failing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Axis {
+    pub label: String,
+    pub min: f64,
+    pub max: f64,
+    pub scale: Scale,
+}
+
+impl Axis {
+    /// A linear axis from 0 to 1, ticks at `0.0, 0.2, ..., 1.0` (the axes of [`line_chart`]).
+    pub fn unit(label: &str) -> Axis {
+        Axis::linear(label, 0.0, 1.0)
+    }
+
+    /// A linear axis from `min` to `max`.
+    pub fn linear(label: &str, min: f64, max: f64) -> Axis {
+        Axis {
+            label: label.to_string(),
+            min,
+            max,
+            scale: Scale::Linear,
+        }
+    }
+
+    /// A base-10 logarithmic axis from `min` to `max` (both positive).
+    pub fn log(label: &str, min: f64, max: f64) -> Axis {
+        Axis {
+            label: label.to_string(),
+            min,
+            max,
+            scale: Scale::Log,
+        }
+    }
+
+    /// The range drawn: `min..max` when it can be, else a range widened around it.
+    pub fn bounds(&self) -> (f64, f64) {
+        let (mut lo, mut hi) = (self.min, self.max);
+        if self.scale == Scale::Log {
+            let positive = |v: f64| v.is_finite() && v > 0.0;
+            match (positive(lo), positive(hi)) {
+                (true, true) => {}
+                (true, false) => hi = lo * 10.0,
+                (false, true) => lo = hi / 10.0,
+                (false, false) => (lo, hi) = (0.1, 1.0),
+            }
+            if lo > hi {
+                (lo, hi) = (hi, lo);
+            }
+            if hi / lo < 1.0 + 1e-9 {
+                (lo, hi) = (lo / 2.0, hi * 2.0);
+            }
+            // Keep the range inside what f64 logarithms resolve.
+            let lo = lo.clamp(1e-300, 1e299);
+            return (lo, hi.min(1e300).max(lo * (1.0 + 1e-6)));
+        }
+        if !lo.is_finite() {
+            lo = if hi.is_finite() { hi - 1.0 } else { 0.0 };
+        }
+        if !hi.is_finite() {
+            hi = lo + 1.0;
+        }
+        if lo > hi {
+            (lo, hi) = (hi, lo);
+        }
+        // Bounded, so the span stays finite.
+        let (mut lo, mut hi) = (lo.clamp(-1e300, 1e300), hi.clamp(-1e300, 1e300));
+        if hi - lo <= 1e-12 * lo.abs().max(hi.abs()) {
+            let delta = if lo == 0.0 { 1.0 } else { lo.abs() / 10.0 };
+            (lo, hi) = (lo - delta, hi + delta);
+        }
+        (lo, hi)
+    }
+
+    /// Where `v` lies on the axis: 0 at the range's start, 1 at its end; not finite for a
+    /// value the axis cannot show (not finite, or not positive on a log axis).
+    pub fn position(&self, v: f64) -> f64 {
+        let (lo, hi) = self.bounds();
+        match self.scale {
+            Scale::Linear => (v - lo) / (hi - lo),
+            Scale::Log if v > 0.0 => (v.log10() - lo.log10()) / (hi.log10() - lo.log10()),
+            Scale::Log => f64::NAN,
+        }
+    }
+
+    /// The labelled ticks inside the range, as `(value, label)`, in increasing order.
+    ///
+    /// Linear: multiples of the step of 1, 2 or 5 times a power of ten nearest to a fifth of
+    /// the range (four to eight intervals), all printed with the step's decimals (`0.0, 0.2, ...`), in scientific
+    /// notation for steps below 0.001 or values of a million or more. Log: every decade (every
+    /// n-th when there are more than eight), 1-2-5 steps when the range spans under three
+    /// decades, the linear ticks when it spans less than one.
+    pub fn ticks(&self) -> Vec<(f64, String)> {
+        let (lo, hi) = self.bounds();
+        match self.scale {
+            Scale::Linear => linear_ticks(lo, hi),
+            Scale::Log => log_ticks(lo, hi),
+        }
+    }
 }
 
 /// The width of a bar chart of `bars` bars: [`BAR_SLOT`] per bar plus margins, at least
@@ -100,7 +224,7 @@ pub fn bar_chart(title: &str, y_label: &str, bars: &[Bar]) -> RgbImage {
         right: i64::from(width) - BAR_RIGHT_MARGIN,
         bottom: PLOT_BOTTOM,
     };
-    draw_frame(&mut image, &plot, title, y_label);
+    draw_frame(&mut image, &plot, title, &Axis::unit(y_label));
     if bars.is_empty() {
         let middle = (plot.top + plot.bottom) / 2 - GLYPH / 2;
         draw_centered(&mut image, plot.center_x(), middle, "no data", AXIS_COLOR);
@@ -150,6 +274,13 @@ pub fn bar_chart(title: &str, y_label: &str, bars: &[Bar]) -> RgbImage {
 /// drawn in order, so later ones cover earlier ones where they overlap. The legend lists as
 /// many series as fit (about twenty) and counts the rest.
 pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) -> RgbImage {
+    line_chart_on(title, &Axis::unit(x_label), &Axis::unit(y_label), series)
+}
+
+/// A line chart on the axes given, otherwise as [`line_chart`]: points are in the axes'
+/// units, and a point outside an axis' range is clipped at the plot's edge (the line towards
+/// it leaves the plot there).
+pub fn line_chart_on(title: &str, x_axis: &Axis, y_axis: &Axis, series: &[Series]) -> RgbImage {
     let mut image = RgbImage::from_pixel(LINE_CHART_WIDTH, CHART_HEIGHT, BACKGROUND);
     let plot = Plot {
         left: PLOT_LEFT,
@@ -157,11 +288,10 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) 
         right: PLOT_LEFT + LINE_PLOT_WIDTH,
         bottom: PLOT_BOTTOM,
     };
-    draw_frame(&mut image, &plot, title, y_label);
-    for k in 0..=TICK_INTERVALS {
-        let v = f64::from(k) / f64::from(TICK_INTERVALS);
-        let x = plot.x(v);
-        if k > 0 {
+    draw_frame(&mut image, &plot, title, y_axis);
+    for (value, text) in x_axis.ticks() {
+        let x = plot.x(x_axis.position(value));
+        if x > plot.left {
             fill_rect(&mut image, x, plot.top, x, plot.bottom - 1, GRID_COLOR);
         }
         fill_rect(
@@ -172,10 +302,9 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) 
             plot.bottom + 4,
             AXIS_COLOR,
         );
-        let text = format!("{v:.1}");
         draw_centered(&mut image, x, plot.bottom + 7, &text, AXIS_COLOR);
     }
-    let x_label = fit(x_label, (LINE_PLOT_WIDTH / GLYPH) as usize);
+    let x_label = fit(&x_axis.label, (LINE_PLOT_WIDTH / GLYPH) as usize);
     draw_centered(
         &mut image,
         plot.center_x(),
@@ -188,6 +317,7 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) 
     for s in series {
         let mut previous: Option<(i64, i64)> = None;
         for &(x, y) in &s.points {
+            let (x, y) = (x_axis.position(x), y_axis.position(y));
             if !(x.is_finite() && y.is_finite()) {
                 previous = None;
                 continue;
@@ -199,6 +329,118 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) 
     }
     draw_legend(&mut image, plot.right + 16, plot.top, series);
     image
+}
+
+/// Ticks of a linear axis over `lo..hi` (see [`Axis::ticks`]).
+fn linear_ticks(lo: f64, hi: f64) -> Vec<(f64, String)> {
+    let step = nice_step((hi - lo) / f64::from(TICK_INTERVALS));
+    if !(step.is_finite() && step > 0.0) {
+        return Vec::new();
+    }
+    let exponent = (step.log10() + 1e-9).floor() as i32;
+    let scientific = exponent < -3 || lo.abs().max(hi.abs()) >= 1e6;
+    let decimals = (-exponent).max(0) as usize;
+    let first = (lo / step - 1e-9).ceil() as i64;
+    let last = (hi / step + 1e-9).floor() as i64;
+    (first..=last)
+        .take(100)
+        .map(|k| {
+            let value = k as f64 * step;
+            let text = if scientific && k == 0 {
+                "0".to_string()
+            } else if scientific {
+                scientific_label(value, exponent)
+            } else {
+                format!("{value:.decimals$}")
+            };
+            (value, text)
+        })
+        .collect()
+}
+
+/// Ticks of a log axis over `lo..hi` (see [`Axis::ticks`]).
+fn log_ticks(lo: f64, hi: f64) -> Vec<(f64, String)> {
+    let decades = hi.log10() - lo.log10();
+    if decades < 1.0 {
+        return linear_ticks(lo, hi)
+            .into_iter()
+            .filter(|&(v, _)| v > 0.0)
+            .map(|(v, _)| (v, short_label(v)))
+            .collect();
+    }
+    let first = (lo.log10() - 1e-9).floor() as i32;
+    let last = (hi.log10() + 1e-9).ceil() as i32;
+    let stride = ((decades / 8.0).ceil() as i32).max(1);
+    let mantissas: &[f64] = if decades < 3.0 {
+        &[1.0, 2.0, 5.0]
+    } else {
+        &[1.0]
+    };
+    let mut ticks = Vec::new();
+    for e in (first..=last).filter(|e| e.rem_euclid(stride) == 0) {
+        for &m in mantissas {
+            let value = m * 10f64.powi(e);
+            if value >= lo * (1.0 - 1e-9) && value <= hi * (1.0 + 1e-9) {
+                ticks.push((value, short_label(value)));
+            }
+        }
+    }
+    ticks
+}
+
+/// The step of 1, 2 or 5 times a power of ten closest to `raw` (by the number of intervals
+/// it makes; the smaller step on a tie).
+fn nice_step(raw: f64) -> f64 {
+    let magnitude = 10f64.powf(raw.log10().floor());
+    let intervals = |step: f64| (raw / step).max(step / raw);
+    [1.0, 2.0, 5.0, 10.0]
+        .into_iter()
+        .map(|m| m * magnitude)
+        .fold(magnitude, |best, s| {
+            if intervals(s) < intervals(best) - 1e-9 {
+                s
+            } else {
+                best
+            }
+        })
+}
+
+/// `value` (a multiple of a step `10^step_exponent` or coarser) as `m.mme±x`, with as few
+/// mantissa digits as the step needs (at most three decimals): `2e-4`, `1.5e-4`, `1.2e6`.
+fn scientific_label(value: f64, step_exponent: i32) -> String {
+    let mut exponent = value.abs().log10().floor() as i32;
+    let decimals = (exponent - step_exponent).clamp(0, 3) as usize;
+    let mut mantissa = value / 10f64.powi(exponent);
+    let rounded: f64 = format!("{mantissa:.decimals$}").parse().unwrap_or(mantissa);
+    if rounded.abs() >= 10.0 {
+        exponent += 1;
+        mantissa = value / 10f64.powi(exponent);
+    }
+    let text = format!("{mantissa:.decimals$}");
+    format!("{}e{exponent}", trim_zeros(&text))
+}
+
+/// `value` with three significant digits at most, trailing zeros dropped: `0.002`, `0.5`,
+/// `20`, `1000`; `1e-5`, `2e6` outside `0.001..1e6`.
+fn short_label(value: f64) -> String {
+    if value == 0.0 {
+        return "0".to_string();
+    }
+    let exponent = value.abs().log10().floor() as i32;
+    if !(-3..6).contains(&exponent) {
+        return scientific_label(value, exponent - 2);
+    }
+    let decimals = (2 - exponent).max(0) as usize;
+    trim_zeros(&format!("{value:.decimals$}")).to_string()
+}
+
+/// `text` without trailing zeros after a decimal point, nor a trailing point.
+fn trim_zeros(text: &str) -> &str {
+    if text.contains('.') {
+        text.trim_end_matches('0').trim_end_matches('.')
+    } else {
+        text
+    }
 }
 
 /// `color` if it reads on a white background, otherwise a darker shade of it (for colours
@@ -250,9 +492,9 @@ impl Plot {
     }
 }
 
-/// Draws the title, the y-axis label, the horizontal gridlines with labelled y ticks, and the
-/// axes.
-fn draw_frame(image: &mut RgbImage, plot: &Plot, title: &str, y_label: &str) {
+/// Draws the title, the label of `y_axis`, the horizontal gridlines with its labelled ticks,
+/// and the axes.
+fn draw_frame(image: &mut RgbImage, plot: &Plot, title: &str, y_axis: &Axis) {
     let width = i64::from(image.width());
     // The title at double size when it fits, else at normal size, shortened if need be.
     let room = (width - 16).max(0);
@@ -272,16 +514,14 @@ fn draw_frame(image: &mut RgbImage, plot: &Plot, title: &str, y_label: &str) {
         AXIS_COLOR,
         scale,
     );
-    let y_label = fit(y_label, ((width - 16) / GLYPH).max(0) as usize);
+    let y_label = fit(&y_axis.label, ((width - 16) / GLYPH).max(0) as usize);
     draw_text(image, 8, Y_LABEL_TOP, &y_label, AXIS_COLOR, 1);
-    for k in 0..=TICK_INTERVALS {
-        let v = f64::from(k) / f64::from(TICK_INTERVALS);
-        let y = plot.y(v);
-        if k > 0 {
+    for (value, text) in y_axis.ticks() {
+        let y = plot.y(y_axis.position(value));
+        if y < plot.bottom {
             fill_rect(image, plot.left + 1, y, plot.right, y, GRID_COLOR);
         }
         fill_rect(image, plot.left - 4, y, plot.left - 1, y, AXIS_COLOR);
-        let text = format!("{v:.1}");
         let x = plot.left - 6 - text_width(&text);
         draw_text(image, x, y - GLYPH / 2, &text, AXIS_COLOR, 1);
     }
@@ -662,6 +902,112 @@ mod tests {
         assert_eq!(wrap("  ", 5, 3), Vec::<String>::new());
         assert_eq!(fit("precision", 6), "prec..");
         assert_eq!(fit("ab", 6), "ab");
+    }
+
+    fn labels(axis: &Axis) -> Vec<String> {
+        axis.ticks().into_iter().map(|(_, text)| text).collect()
+    }
+
+    #[test]
+    fn unit_axis_ticks_are_tenths() {
+        let axis = Axis::unit("");
+        assert_eq!(labels(&axis), ["0.0", "0.2", "0.4", "0.6", "0.8", "1.0"]);
+        for (k, (value, _)) in (0u32..).zip(axis.ticks()) {
+            assert!((axis.position(value) - f64::from(k) / 5.0).abs() < 1e-12);
+        }
+    }
+
+    #[test]
+    fn linear_ticks_are_round_numbers() {
+        let l = |lo, hi| labels(&Axis::linear("", lo, hi));
+        assert_eq!(
+            l(0.0, 1234.0),
+            ["0", "200", "400", "600", "800", "1000", "1200"]
+        );
+        assert_eq!(l(0.0, 120.0), ["0", "20", "40", "60", "80", "100", "120"]);
+        assert_eq!(
+            l(0.0, 0.0105),
+            ["0.000", "0.002", "0.004", "0.006", "0.008", "0.010"]
+        );
+        assert_eq!(
+            l(0.0, 1.05e-3),
+            ["0", "2e-4", "4e-4", "6e-4", "8e-4", "1e-3"]
+        );
+        assert_eq!(
+            l(1.2e-4, 1.8e-4),
+            ["1.2e-4", "1.3e-4", "1.4e-4", "1.5e-4", "1.6e-4", "1.7e-4", "1.8e-4"]
+        );
+        assert_eq!(
+            l(0.0, 3e6),
+            ["0", "5e5", "1e6", "1.5e6", "2e6", "2.5e6", "3e6"]
+        );
+        assert_eq!(l(-1.0, 1.0), ["-1.0", "-0.5", "0.0", "0.5", "1.0"]);
+    }
+
+    #[test]
+    fn log_ticks_are_decades_or_1_2_5() {
+        let l = |lo, hi| labels(&Axis::log("", lo, hi));
+        assert_eq!(l(0.01, 100.0), ["0.01", "0.1", "1", "10", "100"]);
+        assert_eq!(l(0.5, 5.0), ["0.5", "1", "2", "5"]);
+        assert_eq!(
+            l(0.6, 0.9),
+            ["0.6", "0.65", "0.7", "0.75", "0.8", "0.85", "0.9"]
+        );
+        assert_eq!(
+            l(1e-12, 1e12),
+            ["1e-12", "1e-9", "1e-6", "0.001", "1", "1000", "1e6", "1e9", "1e12"]
+        );
+        let axis = Axis::log("", 1.0, 100.0);
+        assert!((axis.position(10.0) - 0.5).abs() < 1e-12);
+        assert!(axis.position(0.0).is_nan() && axis.position(-1.0).is_nan());
+    }
+
+    #[test]
+    fn degenerate_ranges_are_widened() {
+        assert_eq!(Axis::linear("", 5.0, 5.0).bounds(), (4.5, 5.5));
+        assert_eq!(Axis::linear("", 0.0, 0.0).bounds(), (-1.0, 1.0));
+        assert_eq!(Axis::linear("", f64::NAN, f64::NAN).bounds(), (0.0, 1.0));
+        assert_eq!(Axis::linear("", 2.0, 1.0).bounds(), (1.0, 2.0));
+        assert_eq!(Axis::log("", 0.0, -1.0).bounds(), (0.1, 1.0));
+        assert_eq!(Axis::log("", 0.0, 10.0).bounds(), (1.0, 10.0));
+        assert_eq!(Axis::log("", 3.0, 3.0).bounds(), (1.5, 6.0));
+        assert_eq!(Axis::linear("", f64::MIN, f64::MAX).position(0.0), 0.5);
+        for axis in [
+            Axis::linear("", f64::MIN, f64::MAX),
+            Axis::log("", f64::MIN_POSITIVE, f64::MAX),
+            Axis::linear("", 1e300, f64::INFINITY),
+        ] {
+            assert!(axis.ticks().len() <= 100, "{axis:?}");
+            line_chart_on("t", &axis, &axis, &[]);
+        }
+    }
+
+    #[test]
+    fn points_are_placed_on_the_axes() {
+        let series = [Series {
+            name: "loss".to_string(),
+            color: RED,
+            points: vec![(0.0, 10.0), (50.0, 1.0), (100.0, 0.1)],
+        }];
+        let x = Axis::linear("step", 0.0, 100.0);
+        let y = Axis::log("loss", 0.1, 10.0);
+        let image = line_chart_on("Loss", &x, &y, &series);
+        let plot = line_plot();
+        assert_eq!(px(&image, plot.left, plot.top), RED);
+        assert_eq!(
+            px(&image, plot.center_x(), (plot.top + plot.bottom) / 2),
+            RED
+        );
+        assert_eq!(px(&image, plot.right, plot.bottom), RED);
+        // A value a log axis cannot show breaks the line.
+        let series = [Series {
+            name: "loss".to_string(),
+            color: RED,
+            points: vec![(0.0, 0.1), (50.0, 0.0), (100.0, 0.1)],
+        }];
+        let image = line_chart_on("Loss", &x, &y, &series);
+        assert_eq!(px(&image, plot.left, plot.bottom), RED);
+        assert_ne!(px(&image, plot.center_x(), plot.bottom - 1), RED);
     }
 
     #[test]

@@ -14,6 +14,7 @@ use percept_data::{
 use percept_model::PerceptionNetConfig;
 
 use crate::backend::{dispatch, BackendTask, DeviceSpec};
+use crate::checkpoint::{CheckpointDir, CheckpointKind};
 use crate::config::RunConfig;
 use crate::data::{audit, open_for_site, TrainingData};
 use crate::eval::{evaluate, EvalOptions, EvalReport, Evaluation, MetricResolution};
@@ -22,7 +23,7 @@ use crate::fsutil::write_atomic;
 use crate::model_file::{load_model, read_model_card, ModelCard};
 use crate::predict::{predict_image, read_image, write_prediction, Prediction};
 use crate::report::{write_report, ReportFiles};
-use crate::trainer::{RunState, TrainSummary, TrainTask};
+use crate::trainer::{Faults, RunState, TrainSummary, TrainTask};
 use crate::TrainError;
 
 /// A progress bar on a terminal, hidden elsewhere (batch logs stay clean).
@@ -47,17 +48,38 @@ pub fn synth(options: &SynthOptions, out: &Path) -> Result<Manifest, TrainError>
     Ok(manifest)
 }
 
-/// `percept train`: opens the run's audit log, records the start, clears and opens the data
-/// (every guard decision and shard check recorded), trains, and records how the run ended.
+/// `percept train`: a fresh run. Opens the run's audit log, records the start, clears and opens
+/// the data (every guard decision and shard check recorded), trains, and records how the run
+/// ended. A run directory that already holds checkpoints is refused: resume it, or pick
+/// another name.
 pub fn train(config: &RunConfig, device: DeviceSpec) -> Result<TrainSummary, TrainError> {
+    train_with(config, device, Faults::default())
+}
+
+/// [`train`] with injected faults (tests).
+pub fn train_with(
+    config: &RunConfig,
+    device: DeviceSpec,
+    faults: Faults,
+) -> Result<TrainSummary, TrainError> {
     let run_dir = config.run_dir();
+    let checkpoints = CheckpointDir::new(run_dir.join("checkpoints"));
+    if let Some(found) = checkpoints.list().first() {
+        return Err(TrainError::Invalid(format!(
+            "{} already has checkpoints ({} among them): continue it with `percept train \
+             --resume {}`, or give the new run another name (or delete the directory)",
+            run_dir.display(),
+            found.files.model.display(),
+            run_dir.display()
+        )));
+    }
     std::fs::create_dir_all(&run_dir).map_err(|e| TrainError::Io {
         path: run_dir.clone(),
         source: e,
     })?;
     let mut log =
         AuditLog::open(run_dir.join(AUDIT_FILE)).map_err(|e| TrainError::Audit(e.to_string()))?;
-    write_atomic(&run_dir.join("config.toml"), config.to_toml().as_bytes())?;
+    write_atomic(&run_dir.join(RUN_CONFIG_FILE), config.to_toml().as_bytes())?;
     audit(
         &mut log,
         AuditEvent::RunStart {
@@ -68,13 +90,30 @@ pub fn train(config: &RunConfig, device: DeviceSpec) -> Result<TrainSummary, Tra
             percept_version: env!("CARGO_PKG_VERSION").into(),
         },
     )?;
-    let result = TrainingData::open(config, &mut log).and_then(|data| {
+    run_training(config, run_dir, &mut log, device, None, faults)
+}
+
+/// The resolved config a run was started with, in its run directory.
+pub const RUN_CONFIG_FILE: &str = "config.toml";
+
+fn run_training(
+    config: &RunConfig,
+    run_dir: PathBuf,
+    log: &mut AuditLog,
+    device: DeviceSpec,
+    resume: Option<RunState>,
+    faults: Faults,
+) -> Result<TrainSummary, TrainError> {
+    let result = TrainingData::open(config, log).and_then(|data| {
         dispatch(
             device,
             TrainTask {
                 config,
+                run_dir,
                 data,
-                audit: &mut log,
+                audit: &mut *log,
+                resume,
+                faults,
             },
         )?
     });
@@ -89,11 +128,89 @@ pub fn train(config: &RunConfig, device: DeviceSpec) -> Result<TrainSummary, Tra
     result
 }
 
-/// Continues the run in `run_dir` from its newest intact checkpoint, with the config the run
-/// was started with (`run_dir/config.toml`).
+/// `percept train --resume`: continues the run in `run_dir` from its newest intact checkpoint
+/// (passing over torn or modified ones with a warning), with the config the run was started
+/// with (`run_dir/config.toml`). Without any intact checkpoint it starts over from step 0,
+/// which gives the same weights as the interrupted run would have.
 pub fn resume(run_dir: &Path, device: DeviceSpec) -> Result<TrainSummary, TrainError> {
-    let _ = (run_dir, device);
-    Err(TrainError::Invalid("resume is being built".into()))
+    resume_with(run_dir, device, Faults::default())
+}
+
+/// [`resume`] with injected faults (tests).
+pub fn resume_with(
+    run_dir: &Path,
+    device: DeviceSpec,
+    faults: Faults,
+) -> Result<TrainSummary, TrainError> {
+    let config_path = run_dir.join(RUN_CONFIG_FILE);
+    if !config_path.exists() {
+        return Err(TrainError::Invalid(format!(
+            "{} has no {RUN_CONFIG_FILE}: give the directory of a run started with `percept \
+             train --config` (runs/<name>)",
+            run_dir.display()
+        )));
+    }
+    let config = RunConfig::load(&config_path)?;
+    let checkpoints = CheckpointDir::new(run_dir.join("checkpoints"));
+    let (state, warnings) = checkpoints.latest_intact(&config.hash());
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
+    if let Some(s) = &state {
+        if s.kind == CheckpointKind::Final {
+            return Err(TrainError::Invalid(format!(
+                "{} finished at step {} ({}): there is nothing to resume; to train further, \
+                 start a new run",
+                run_dir.display(),
+                s.step,
+                checkpoints.files("final").model.display()
+            )));
+        }
+    }
+    let mut log =
+        AuditLog::open(run_dir.join(AUDIT_FILE)).map_err(|e| TrainError::Audit(e.to_string()))?;
+    match &state {
+        Some(s) => {
+            tracing::info!(
+                "resuming {} at step {} from {}",
+                run_dir.display(),
+                s.step,
+                s.checkpoint
+            );
+            audit(
+                &mut log,
+                AuditEvent::RunResumed {
+                    run: config.name.clone(),
+                    from_checkpoint: checkpoints.path().join(&s.checkpoint).display().to_string(),
+                    step: s.step as u64,
+                },
+            )?;
+        }
+        None => {
+            tracing::warn!(
+                "{} has no intact checkpoint: starting over from step 0",
+                run_dir.display()
+            );
+            audit(
+                &mut log,
+                AuditEvent::RunStart {
+                    run: config.name.clone(),
+                    config_hash: config.hash(),
+                    site_region: config.site.region.clone(),
+                    site_name: config.site.name.clone(),
+                    percept_version: env!("CARGO_PKG_VERSION").into(),
+                },
+            )?;
+        }
+    }
+    run_training(
+        &config,
+        run_dir.to_path_buf(),
+        &mut log,
+        device,
+        state,
+        faults,
+    )
 }
 
 struct EvalTask<'a> {
@@ -189,6 +306,7 @@ pub fn eval(request: &EvalRequest) -> Result<EvalOutcome, TrainError> {
     let site = request.site.unwrap_or(&card.provenance.site_region);
     let dataset = open_for_site(request.data, request.split, site)?;
     let options = EvalOptions {
+        max_images: 0,
         batch_size: request.batch_size,
         resolution: request.resolution.unwrap_or(card.eval_resolution),
         examples: if request.report_dir.is_some() {
@@ -244,6 +362,7 @@ impl BackendTask for UntrainedEvalTask<'_> {
         let net = PerceptionNetConfig::init::<B>(&self.card.architecture, &device).valid();
         let bar = progress(self.dataset.len() as u64, "eval (untrained)");
         let options = EvalOptions {
+            max_images: 0,
             batch_size: 8,
             resolution: self.card.eval_resolution,
             examples: 0,

@@ -1,5 +1,7 @@
-//! Run configs: one TOML file drives a run. Unknown keys and wrong types are errors that name
-//! the file and the key.
+//! Run configs: one TOML file drives a run. This module holds the schema and the checks of
+//! values; [`crate::config_source`] reads files (`extends` chains, `--set` overrides) and
+//! reports every unknown key, wrong type and invalid value at once, each with its key path and
+//! the file (or `--set`) it came from.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -8,6 +10,7 @@ use percept_data::{AugmentConfig, IntegrityPolicy};
 use percept_model::{check_input_size, DecodeOptions, LossWeights, ModelSize, Tasks};
 use serde::{Deserialize, Serialize};
 
+use crate::config_source::LayeredConfig;
 use crate::eval::MetricResolution;
 use crate::TrainError;
 
@@ -381,26 +384,24 @@ impl Default for LoggingConfig {
 }
 
 impl RunConfig {
-    /// Reads and validates a config file.
+    /// Reads a config file and the files it `extends`, and resolves it: every unknown key,
+    /// wrong type and invalid value is reported in one [`TrainError::Config`], one per line,
+    /// each with its key path and the file it came from.
     pub fn load(path: &Path) -> Result<RunConfig, TrainError> {
-        let text = std::fs::read_to_string(path).map_err(|e| TrainError::Io {
-            path: path.to_path_buf(),
-            source: e,
-        })?;
-        Self::parse(&text, path)
+        Self::load_layered(path, &[])
     }
 
-    /// Parses config text; `path` names it in errors.
+    /// As [`load`](Self::load), then applies `sets` (`KEY=VALUE`, see
+    /// [`parse_set`](crate::config_source::parse_set)) over the file chain; problems from a
+    /// `--set` name it.
+    pub fn load_layered(path: &Path, sets: &[String]) -> Result<RunConfig, TrainError> {
+        LayeredConfig::load(path, sets)?.into_config()
+    }
+
+    /// Parses config text; `path` names it in errors, and a relative `extends` is read from
+    /// its directory.
     pub fn parse(text: &str, path: &Path) -> Result<RunConfig, TrainError> {
-        let config: RunConfig = toml::from_str(text).map_err(|e| TrainError::Config {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
-        config.validate().map_err(|message| TrainError::Config {
-            path: path.to_path_buf(),
-            message,
-        })?;
-        Ok(config)
+        LayeredConfig::from_text(text, path, &[])?.into_config()
     }
 
     /// Checks values the types cannot: every message names the key and what would be valid.
@@ -479,8 +480,11 @@ impl RunConfig {
                 o.betas
             ));
         }
-        if !(o.epsilon > 0.0) {
-            problems.push(format!("optimizer.epsilon = {}: give a value > 0", o.epsilon));
+        if o.epsilon.is_nan() || o.epsilon <= 0.0 {
+            problems.push(format!(
+                "optimizer.epsilon = {}: give a value > 0",
+                o.epsilon
+            ));
         }
         if !(0.0..1.0).contains(&o.momentum) {
             problems.push(format!(
@@ -538,7 +542,7 @@ impl RunConfig {
                 c.keep_best
             ));
         }
-        if !(self.logging.line_seconds > 0.0) {
+        if self.logging.line_seconds.is_nan() || self.logging.line_seconds <= 0.0 {
             problems.push(format!(
                 "logging.line_seconds = {}: give a value > 0",
                 self.logging.line_seconds

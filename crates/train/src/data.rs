@@ -15,6 +15,8 @@ use crate::TrainError;
 /// One split of every dataset of a run, ready for the sampler.
 pub struct TrainingData {
     datasets: Vec<(PathBuf, Dataset)>,
+    /// Each dataset's `val` split, when the run validates.
+    validation: Vec<Dataset>,
     classes: Vec<String>,
     integrity: IntegrityPolicy,
 }
@@ -115,6 +117,7 @@ impl TrainingData {
             &config.data.datasets,
             &site,
             config.data.integrity,
+            config.validation.every > 0,
             Some(log),
         )
     }
@@ -124,10 +127,12 @@ impl TrainingData {
         dirs: &[PathBuf],
         site: &Site,
         integrity: IntegrityPolicy,
+        validation: bool,
         mut log: Option<&mut AuditLog>,
     ) -> Result<TrainingData, TrainError> {
         let cleared = clear_all(dirs, site, log.as_deref_mut())?;
         let mut datasets = Vec::new();
+        let mut validation_sets = Vec::new();
         let mut classes: Option<(PathBuf, Vec<String>)> = None;
         for c in &cleared {
             let dir = c.dir().to_path_buf();
@@ -146,16 +151,33 @@ impl TrainingData {
                 }
                 Some(_) => {}
             }
+            if validation {
+                let val = open_cleared(c, Split::Val, integrity, log.as_deref_mut())?;
+                if val.is_empty() {
+                    return Err(TrainError::Data(format!(
+                        "dataset {} has no val split, and validation.every > 0: import it with \
+                         --val-fraction (or write it with a val split), or set validation.every = 0",
+                        dir.display()
+                    )));
+                }
+                validation_sets.push(val);
+            }
             datasets.push((dir, ds));
         }
         Ok(TrainingData {
             datasets,
+            validation: validation_sets,
             classes: classes.map(|(_, c)| c).unwrap_or_default(),
             integrity,
         })
     }
 
     /// Total samples over all datasets.
+    /// The `val` splits validated during training (empty unless `validation.every > 0`).
+    pub fn validation(&self) -> &[Dataset] {
+        &self.validation
+    }
+
     pub fn len(&self) -> usize {
         self.datasets.iter().map(|(_, d)| d.len()).sum()
     }

@@ -160,6 +160,8 @@ pub struct EvalOptions {
     pub resolution: MetricResolution,
     /// Example overlays to keep for the report, spread evenly over the split.
     pub examples: usize,
+    /// Evaluate only the split's first this many images (validation during training); 0: all.
+    pub max_images: usize,
 }
 
 /// The slice values seen so far and the segmentation counts of each.
@@ -303,7 +305,11 @@ pub fn evaluate<B: VisionBackend>(
         .with_slice_keys(SLICE_KEYS.len());
     let mut segmentation = [SegmentationEvaluator::new(); 2];
     let mut slices = Slices::new();
-    let example_at = example_indices(dataset.len(), options.examples);
+    let images = match options.max_images {
+        0 => dataset.len(),
+        n => n.min(dataset.len()),
+    };
+    let example_at = example_indices(images, options.examples);
     let mut examples = Vec::new();
     let decode = DecodeOptions {
         score_threshold: AP_SCORE_THRESHOLD.min(card.decode.score_threshold),
@@ -311,9 +317,9 @@ pub fn evaluate<B: VisionBackend>(
     };
     let min_box_side = AugmentParams::identity().min_box_side;
     let err = |e: crate::metrics::MetricsError| TrainError::Data(e.to_string());
-    bar.set_length(dataset.len() as u64);
-    for start in (0..dataset.len()).step_by(options.batch_size.max(1)) {
-        let end = (start + options.batch_size.max(1)).min(dataset.len());
+    bar.set_length(images as u64);
+    for start in (0..images).step_by(options.batch_size.max(1)) {
+        let end = (start + options.batch_size.max(1)).min(images);
         let samples = (start..end)
             .map(|i| dataset.get(i))
             .collect::<Result<Vec<_>, _>>()?;
@@ -414,7 +420,7 @@ pub fn evaluate<B: VisionBackend>(
     let mut slice_reports = vec![slice_report(
         "region",
         dataset.manifest().region.clone(),
-        dataset.len(),
+        images,
         overall_ap.as_ref(),
         &segmentation,
     )];
@@ -467,7 +473,7 @@ pub fn evaluate<B: VisionBackend>(
         }
     });
     let report = EvalReport {
-        images: dataset.len(),
+        images,
         resolution: options.resolution,
         input: [w, h],
         detection,

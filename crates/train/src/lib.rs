@@ -4,9 +4,12 @@
 pub mod backend;
 pub mod bench;
 pub mod chart;
+pub mod checkpoint;
 pub mod commands;
 pub mod config;
+pub mod config_source;
 pub mod data;
+pub mod ema;
 pub mod eval;
 pub mod export;
 pub mod fsutil;
@@ -14,10 +17,14 @@ pub mod interrupt;
 pub mod loader;
 pub mod metrics;
 pub mod model_file;
+pub mod optim;
 pub mod overlay;
+pub mod plot;
 pub mod predict;
 pub mod quickstart;
 pub mod report;
+pub mod running_stats;
+pub mod schedule;
 pub mod trainer;
 
 use std::path::PathBuf;
@@ -53,8 +60,14 @@ pub enum TrainError {
     #[error("image {}: {message}", path.display())]
     Image { path: PathBuf, message: String },
     #[error(
-        "training diverged at step {step}: loss is {loss}; lower optimizer.lr or set \
-         optimizer.grad_clip"
+        "training stopped at step {step}: {in_a_row} steps in a row had a non-finite loss or \
+         gradient (each was skipped; train.max_nonfinite_steps = {in_a_row}). {last_checkpoint} \
+         Lower train.lr, set optimizer.grad_clip, or look for broken labels."
     )]
-    Diverged { step: usize, loss: f32 },
+    NonFinite {
+        step: usize,
+        in_a_row: usize,
+        /// Names the last checkpoint, which is intact.
+        last_checkpoint: String,
+    },
 }

@@ -42,6 +42,9 @@ pub struct SkippedSample {
     pub shard: String,
     /// Index within the shard.
     pub index: usize,
+    /// `(dataset, index)` of the slot in the training data (what the builder keys known-bad
+    /// samples by).
+    pub slot: (usize, usize),
     pub reason: String,
 }
 
@@ -98,6 +101,12 @@ impl BatchBuilder {
             ready: VecDeque::new(),
             bad: BTreeSet::new(),
         })
+    }
+
+    /// Samples already known to be bad (from a checkpoint's run state): never drawn.
+    pub fn with_known_bad(mut self, bad: impl IntoIterator<Item = (usize, usize)>) -> Self {
+        self.bad.extend(bad);
+        self
     }
 
     /// Draws, reads and augments the next batch. Under integrity `skip`, a failing sample is
@@ -267,6 +276,7 @@ impl BatchBuilder {
             dataset: ds.manifest().name.clone(),
             shard,
             index,
+            slot: (r.dataset, r.index),
             reason: error.to_string(),
         }
     }

@@ -129,6 +129,19 @@ pub fn quickstart(options: &QuickstartOptions) -> Result<QuickstartArtefacts, Tr
         commands::synth(&synth, &data)?;
     }
 
+    let checkpoints = run_dir.join("checkpoints");
+    if checkpoints.exists() {
+        // Only ever the quickstart's own checkpoints, from an earlier quickstart: it is a demo
+        // that starts over each time (real runs refuse to, and resume instead).
+        tracing::info!(
+            "replacing the earlier quickstart's {}",
+            checkpoints.display()
+        );
+        std::fs::remove_dir_all(&checkpoints).map_err(|e| TrainError::Io {
+            path: checkpoints.clone(),
+            source: e,
+        })?;
+    }
     tracing::info!(
         "2/5 train: {} steps of {} images on {}",
         config.train.steps,

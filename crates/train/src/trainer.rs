@@ -1,25 +1,34 @@
-//! The training loop: sampler -> prefetched, augmented batches -> forward -> multi-task loss ->
-//! backward -> AdamW step, with a warm-up + cosine learning rate, progress, `metrics.jsonl`,
-//! checkpoints with their run state, and every data decision in the run's audit log.
+//! The training loop: sampler -> prefetched, augmented micro-batches -> forward -> multi-task
+//! loss -> backward (gradients summed over `grad_accumulation` micro-batches) -> finiteness
+//! check and global-norm clip -> one burn optimiser per parameter group -> EMA; with the
+//! learning-rate schedule, validation, checkpoints that resume bit for bit, `metrics.jsonl`,
+//! progress, Ctrl-C, and every data decision in the run's audit log.
+//!
+//! # Exact resume
+//!
+//! Everything a step depends on is either saved with a checkpoint or a pure function of what
+//! is: the raw weights and optimiser state (burn records, full precision), the schedule's burn
+//! records, the EMA weights and update count, the sampler position (every augmentation draw
+//! comes from an RNG seeded by its slot), the samples known to be bad, and the non-finite step
+//! counters. Nothing else in a step is random (the network has no dropout). On the CPU backend a
+//! run killed at any point and resumed from its last checkpoint ends with the same bits as one
+//! that was never interrupted (`tests/resume.rs` kills a child process to check it).
 
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use burn::grad_clipping::GradientClippingConfig;
-use burn::lr_scheduler::composed::ComposedLrSchedulerConfig;
-use burn::lr_scheduler::cosine::CosineAnnealingLrSchedulerConfig;
-use burn::lr_scheduler::linear::LinearLrSchedulerConfig;
-use burn::lr_scheduler::LrScheduler;
 use burn::module::AutodiffModule;
-use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
+use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
 use burn::tensor::backend::AutodiffBackend;
 use burn::vision::VisionBackend;
 use indicatif::{ProgressBar, ProgressStyle};
-use percept_data::{AuditEvent, AuditHead, AuditLog, Batch, LabelledTasks, SamplerState};
+use percept_data::{AuditEvent, AuditHead, AuditLog, Batch, Dataset, LabelledTasks, SamplerState};
 use percept_model::{
     assign_targets, multitask_loss, ImageTargets, LossParts, PerceptionNet, PerceptionNetConfig,
     SegmentationTargets, TargetBox,
@@ -27,70 +36,50 @@ use percept_model::{
 use serde::{Deserialize, Serialize};
 
 use crate::backend::BackendTask;
-use crate::config::RunConfig;
+pub use crate::checkpoint::{state_path, RunState};
+use crate::checkpoint::{CheckpointDir, CheckpointKind, NonfiniteSteps, TrainingState};
+use crate::config::{BestMetric, ProgressStyleKind, RunConfig};
 use crate::data::{audit, TrainingData};
+use crate::ema::WeightEma;
+use crate::eval::{evaluate, EvalOptions};
 use crate::fsutil::write_atomic;
 use crate::loader::{BatchBuilder, BatchLoader, LoaderOptions};
 use crate::model_file::{save_model, ModelCard, Normalization, MODEL_FORMAT};
+use crate::optim::RunOptimizer;
+use crate::running_stats::{running_ids, RunningStats};
+use crate::schedule::{LearningRateSchedule, ScheduleState};
 use crate::TrainError;
 
-/// What a finished run produced.
+/// What a run (or this part of it) produced.
 #[derive(Debug, Clone, Serialize)]
 pub struct TrainSummary {
     pub run_dir: PathBuf,
+    /// The last checkpoint's model file.
     pub checkpoint: PathBuf,
     pub checkpoint_hash: String,
+    /// Steps done in total, and the step this process started from (0, or the checkpoint
+    /// resumed from).
     pub steps: usize,
+    pub start_step: usize,
     pub parameters: usize,
     pub final_losses: LossValues,
+    /// Over this process's steps.
     pub images_per_second: f64,
     pub seconds: f64,
     /// Share of the wall time the step waited for data (0 when prefetch keeps up).
     pub data_wait_fraction: f64,
     /// Distinct samples skipped under the `skip` integrity policy (each is in the audit log).
     pub skipped_samples: usize,
+    /// Steps skipped for a non-finite loss or gradient.
+    pub nonfinite_steps: usize,
+    /// Stopped by Ctrl-C: `checkpoint` holds the state to resume from.
+    pub interrupted: bool,
     /// The audit log's head after the run ended.
     pub audit_head: AuditHead,
 }
 
-/// What is saved beside each checkpoint (`<checkpoint>.state.json`): enough to continue the
-/// data stream exactly, and the pins that tie the checkpoint to its data and audit log.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RunState {
-    pub step: usize,
-    /// File name of the checkpoint within `checkpoints/`.
-    pub checkpoint: String,
-    pub checkpoint_hash: String,
-    pub config_hash: String,
-    /// Sampler position after `step` steps; it pins every dataset's manifest hash.
-    pub sampler: SamplerState,
-    pub skipped_samples: usize,
-    /// The audit log's head right after this checkpoint's entry.
-    pub audit_head: AuditHead,
-}
-
-impl RunState {
-    /// Reads a `*.state.json`.
-    pub fn load(path: &Path) -> Result<RunState, TrainError> {
-        let text = std::fs::read_to_string(path).map_err(|e| TrainError::Io {
-            path: path.to_path_buf(),
-            source: e,
-        })?;
-        serde_json::from_str(&text).map_err(|e| TrainError::Config {
-            path: path.to_path_buf(),
-            message: format!("not a run state: {e}"),
-        })
-    }
-}
-
-/// `<dir>/<stem>.state.json`, the run state beside checkpoint `<dir>/<stem>.safetensors`.
-pub fn state_path(checkpoint: &Path) -> PathBuf {
-    checkpoint.with_extension("state.json")
-}
-
-/// Loss values of one step (unweighted terms), as logged.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+/// Loss values (unweighted terms), as logged; absent terms belong to tasks switched off.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct LossValues {
     pub total: f32,
     pub classification: Option<f32>,
@@ -100,30 +89,34 @@ pub struct LossValues {
 }
 
 impl LossValues {
-    /// Reads every term with one device-to-host transfer.
-    fn read<B: Backend>(parts: &LossParts<B>) -> LossValues {
-        let terms = [
+    /// The terms as one `[n]` tensor, total first then the present terms in order, detached.
+    fn tensor<B: AutodiffBackend>(parts: &LossParts<B>) -> Tensor<B::InnerBackend, 1> {
+        let mut all = vec![parts.total.clone().inner()];
+        for t in [
             &parts.classification,
             &parts.box_iou,
             &parts.drivable,
             &parts.lanes,
-        ];
-        let mut all = vec![parts.total.clone()];
-        all.extend(terms.iter().filter_map(|t| (*t).clone()));
-        let values: Vec<f32> = Tensor::cat(all, 0)
-            .into_data()
-            .convert::<f32>()
-            .to_vec()
-            .expect("f32 data");
-        let mut it = values.into_iter();
+        ]
+        .into_iter()
+        .flatten()
+        {
+            all.push(t.clone().inner());
+        }
+        Tensor::cat(all, 0)
+    }
+
+    /// Inverse of [`Self::tensor`] given which terms are present.
+    fn from_values(values: &[f32], present: [bool; 4]) -> LossValues {
+        let mut it = values.iter().copied();
         let total = it.next().unwrap_or(f32::NAN);
-        let mut next = |t: &Option<Tensor<B, 1>>| t.as_ref().and_then(|_| it.next());
+        let mut next = |p: bool| if p { it.next() } else { None };
         LossValues {
             total,
-            classification: next(&parts.classification),
-            box_iou: next(&parts.box_iou),
-            drivable: next(&parts.drivable),
-            lanes: next(&parts.lanes),
+            classification: next(present[0]),
+            box_iou: next(present[1]),
+            drivable: next(present[2]),
+            lanes: next(present[3]),
         }
     }
 
@@ -141,16 +134,113 @@ impl LossValues {
     }
 }
 
+/// Sums of loss values over steps, for window and epoch means.
+#[derive(Debug, Clone, Default)]
+struct LossMean {
+    sum: [f64; 5],
+    steps: usize,
+    present: [bool; 4],
+}
+
+impl LossMean {
+    fn add(&mut self, v: &LossValues) {
+        let terms = [v.classification, v.box_iou, v.drivable, v.lanes];
+        self.sum[0] += v.total as f64;
+        for (k, t) in terms.iter().enumerate() {
+            self.present[k] = t.is_some();
+            self.sum[k + 1] += t.unwrap_or(0.0) as f64;
+        }
+        self.steps += 1;
+    }
+
+    /// The mean since the last take, and a fresh start.
+    fn take(&mut self) -> Option<LossValues> {
+        if self.steps == 0 {
+            return None;
+        }
+        let n = self.steps as f64;
+        let m = |k: usize| (self.sum[k] / n) as f32;
+        let p = self.present;
+        let mean = LossValues {
+            total: m(0),
+            classification: p[0].then(|| m(1)),
+            box_iou: p[1].then(|| m(2)),
+            drivable: p[2].then(|| m(3)),
+            lanes: p[3].then(|| m(4)),
+        };
+        *self = LossMean::default();
+        Some(mean)
+    }
+}
+
+/// One line of `metrics.jsonl`; see `percept plot` (crate::plot) for the reader.
 #[derive(Serialize)]
-struct MetricsLine<'a> {
-    step: usize,
-    lr: f64,
-    #[serde(flatten)]
-    losses: &'a LossValues,
-    images_per_second: f64,
-    elapsed_seconds: f64,
-    data_wait_fraction: f64,
-    skipped_samples: usize,
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum MetricsLine<'a> {
+    /// Means over the steps since the previous step line.
+    Step {
+        step: usize,
+        epoch: u64,
+        lr: f64,
+        loss: &'a LossValues,
+        grad_norm: Option<f32>,
+        images_per_second: f64,
+        elapsed_seconds: f64,
+        data_wait_fraction: f64,
+        skipped_samples: usize,
+        nonfinite_steps: usize,
+    },
+    /// Means over an epoch's steps (`steps` of them: fewer than the epoch when the run was
+    /// resumed inside it).
+    Epoch {
+        step: usize,
+        epoch: u64,
+        steps: usize,
+        loss: &'a LossValues,
+    },
+    Validation(&'a ValidationResult),
+}
+
+/// Validation metrics at a step.
+#[derive(Debug, Clone, Serialize)]
+pub struct ValidationResult {
+    pub step: usize,
+    /// `ema` or `raw`.
+    pub weights: &'static str,
+    pub datasets: Vec<DatasetMetrics>,
+    /// Each metric's mean over the datasets that have it.
+    pub mean: DatasetMetrics,
+    /// `checkpoint.best_metric` of `mean` (higher is better); null when the model has none.
+    pub score: Option<f64>,
+}
+
+/// Metrics of one validation split (a metric is null when the task is off or unlabelled).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DatasetMetrics {
+    pub name: String,
+    pub images: usize,
+    pub map50: Option<f64>,
+    pub map50_95: Option<f64>,
+    pub drivable_miou: Option<f64>,
+    pub lane_iou: Option<f64>,
+}
+
+impl DatasetMetrics {
+    fn score(&self, metric: BestMetric) -> Option<f64> {
+        match metric {
+            BestMetric::Map50 => self.map50,
+            BestMetric::Map50_95 => self.map50_95,
+            BestMetric::DrivableMiou => self.drivable_miou,
+            BestMetric::LaneIou => self.lane_iou,
+            BestMetric::Mean => {
+                let v: Vec<f64> = [self.map50, self.drivable_miou, self.lane_iou]
+                    .into_iter()
+                    .flatten()
+                    .collect();
+                (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+            }
+        }
+    }
 }
 
 /// Converts a batch's labels into detection targets of the model crate.
@@ -215,11 +305,23 @@ pub fn batch_loss<B: Backend>(
     multitask_loss(&output, det_targets.as_ref(), &seg, &config.loss)
 }
 
-/// Trains a run; the task of [`crate::backend::dispatch`].
+/// Test-only fault injection: these steps' losses are multiplied by NaN before backward, so
+/// their gradients are non-finite too (the real path a diverging run takes).
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    pub nonfinite_steps: BTreeSet<usize>,
+}
+
+/// Trains a run, fresh or from a checkpoint; the task of [`crate::backend::dispatch`].
 pub struct TrainTask<'a> {
     pub config: &'a RunConfig,
+    /// The run directory (normally `config.run_dir()`).
+    pub run_dir: PathBuf,
     pub data: TrainingData,
     pub audit: &'a mut AuditLog,
+    /// The checkpoint to continue from.
+    pub resume: Option<RunState>,
+    pub faults: Faults,
 }
 
 impl BackendTask for TrainTask<'_> {
@@ -230,104 +332,256 @@ impl BackendTask for TrainTask<'_> {
         B: AutodiffBackend,
         B::InnerBackend: VisionBackend,
     {
-        train::<B>(self.config, self.data, self.audit, &device)
+        train::<B>(self, &device)
     }
 }
 
-/// The learning-rate schedule: linear warm-up from 1% times a cosine decay, both burn's.
-fn lr_schedule(config: &RunConfig) -> Result<impl LrScheduler, TrainError> {
-    let o = &config.schedule;
-    let lr = config.train.lr;
-    let mut schedule = ComposedLrSchedulerConfig::new().cosine(
-        CosineAnnealingLrSchedulerConfig::new(lr, config.train.steps)
-            .with_min_lr(lr * o.min_lr_ratio),
-    );
-    if o.warmup_steps > 0 {
-        schedule = schedule.linear(LinearLrSchedulerConfig::new(0.01, 1.0, o.warmup_steps));
+/// Validates `net` on every validation split.
+fn validate<B: VisionBackend>(
+    net: &PerceptionNet<B>,
+    card: &ModelCard,
+    sets: &[Dataset],
+    config: &RunConfig,
+    step: usize,
+    weights: &'static str,
+    device: &B::Device,
+) -> Result<ValidationResult, TrainError> {
+    let options = EvalOptions {
+        batch_size: config.validation.batch_size,
+        resolution: config.eval.resolution,
+        examples: 0,
+        max_images: config.validation.max_images,
+    };
+    let mut datasets = Vec::new();
+    for ds in sets {
+        let r = evaluate(net, card, ds, &options, device, &ProgressBar::hidden())?.report;
+        datasets.push(DatasetMetrics {
+            name: ds.manifest().name.clone(),
+            images: r.images,
+            map50: r.detection.as_ref().map(|d| d.metrics.map50),
+            map50_95: r.detection.as_ref().map(|d| d.metrics.map50_95),
+            drivable_miou: r.drivable.as_ref().map(|d| d.miou),
+            lane_iou: r.lanes.as_ref().map(|l| l.iou),
+        });
     }
-    schedule
-        .init()
-        .map_err(|e| TrainError::Invalid(format!("optimizer schedule: {e}")))
+    let mean_of = |f: fn(&DatasetMetrics) -> Option<f64>| {
+        let v: Vec<f64> = datasets.iter().filter_map(f).collect();
+        (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+    };
+    let mean = DatasetMetrics {
+        name: "mean".into(),
+        images: datasets.iter().map(|d| d.images).sum(),
+        map50: mean_of(|d| d.map50),
+        map50_95: mean_of(|d| d.map50_95),
+        drivable_miou: mean_of(|d| d.drivable_miou),
+        lane_iou: mean_of(|d| d.lane_iou),
+    };
+    Ok(ValidationResult {
+        step,
+        weights,
+        score: mean.score(config.checkpoint.best_metric),
+        datasets,
+        mean,
+    })
 }
 
-fn progress_bar(steps: usize) -> ProgressBar {
-    if !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(steps as u64);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{prefix} [{elapsed_precise}] {bar:24.cyan/blue} {pos}/{len} {msg} ETA {eta}",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
-    );
-    bar.set_prefix("train");
-    bar
+/// Progress: a bar on a terminal, plain log lines every `logging.line_seconds` otherwise.
+struct Progress {
+    bar: ProgressBar,
+    lines: bool,
+    every: Duration,
+    last_line: Instant,
 }
 
-/// Writes a checkpoint and its run state, and records it in the audit log.
+impl Progress {
+    fn new(config: &RunConfig, start_step: usize) -> Progress {
+        let terminal = std::io::stderr().is_terminal();
+        let bar_wanted = match config.logging.progress {
+            ProgressStyleKind::Auto => terminal,
+            ProgressStyleKind::Bar => true,
+            ProgressStyleKind::Lines => false,
+        };
+        let bar = if bar_wanted {
+            let bar = ProgressBar::new(config.train.steps as u64);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{prefix} [{elapsed_precise}] {bar:24.cyan/blue} {pos}/{len} {msg} ETA {eta}",
+                )
+                .expect("valid template")
+                .progress_chars("=> "),
+            );
+            bar.set_prefix("train");
+            bar.set_position(start_step as u64);
+            bar.reset_eta();
+            bar
+        } else {
+            ProgressBar::hidden()
+        };
+        Progress {
+            bar,
+            lines: !bar_wanted,
+            every: Duration::from_secs_f64(config.logging.line_seconds),
+            last_line: Instant::now(),
+        }
+    }
+}
+
+/// Everything of a run's position that a checkpoint saves besides weights and optimiser.
+struct Position {
+    step: usize,
+    sampler: Option<SamplerState>,
+    schedule: ScheduleState,
+    nonfinite: NonfiniteSteps,
+    skipped_samples: usize,
+    known_bad: BTreeSet<(usize, usize)>,
+}
+
+/// Writes checkpoints and records them in the audit log.
 struct Checkpointer<'a> {
-    dir: PathBuf,
+    dir: CheckpointDir,
     card: ModelCard,
     config_hash: String,
     audit: &'a mut AuditLog,
+    /// The newest checkpoint written or resumed from.
+    last: Option<(PathBuf, String)>,
 }
 
 impl Checkpointer<'_> {
-    /// Saves `net` as `<name>.safetensors` (its provenance pins the audit head before the
-    /// checkpoint entry) and `<name>.state.json` (pinning the head after it).
-    fn save<B: Backend>(
+    /// Saves checkpoint `name`: the model file (`eval_net`: the EMA weights when there are
+    /// any), the training state, then the commit record.
+    #[allow(clippy::too_many_arguments)]
+    fn save<B: AutodiffBackend>(
         &mut self,
         name: &str,
+        kind: CheckpointKind,
         net: &PerceptionNet<B>,
-        step: usize,
-        sampler: SamplerState,
-        skipped_samples: usize,
+        ema: Option<&WeightEma<B::InnerBackend>>,
+        optimizer: &RunOptimizer<B>,
+        position: &Position,
+        score: Option<f64>,
     ) -> Result<(PathBuf, String), TrainError> {
-        let path = self.dir.join(format!("{name}.safetensors"));
+        let files = self.dir.files(name);
         let mut card = self.card.clone();
-        card.provenance.steps = step;
+        card.provenance.steps = position.step;
         card.provenance.audit_head = Some(self.audit.head());
-        let hash = save_model(net, &card, &path)?;
+        let raw;
+        let eval_net = match ema {
+            Some(e) => e.weights(),
+            None => {
+                raw = net.valid();
+                &raw
+            }
+        };
+        let hash = save_model(eval_net, &card, &files.model)?;
+        let recorder = BinBytesRecorder::<FullPrecisionSettings>::default();
+        let record_err = |e: burn::record::RecorderError| TrainError::ModelFile {
+            path: files.training.clone(),
+            message: format!("could not serialise the training state: {e}"),
+        };
+        let training = TrainingState {
+            model: recorder
+                .record(net.clone().into_record(), ())
+                .map_err(record_err)?,
+            optimizer: optimizer.to_bytes()?.into_iter().collect(),
+            ema: ema
+                .map(|e| recorder.record(e.weights().clone().into_record(), ()))
+                .transpose()
+                .map_err(record_err)?,
+        }
+        .to_bytes();
+        let training_hash = blake3::hash(&training).to_hex().to_string();
         let audit_head = audit(
             self.audit,
             AuditEvent::Checkpoint {
-                path: path.display().to_string(),
-                step: step as u64,
+                path: files.model.display().to_string(),
+                step: position.step as u64,
                 hash: hash.clone(),
+                training_state_hash: Some(training_hash.clone()),
             },
         )?;
         let state = RunState {
-            step,
+            step: position.step,
+            kind,
             checkpoint: format!("{name}.safetensors"),
             checkpoint_hash: hash.clone(),
+            training_state: format!("{name}.train.safetensors"),
+            training_state_hash: training_hash,
             config_hash: self.config_hash.clone(),
-            sampler,
-            skipped_samples,
+            sampler: position
+                .sampler
+                .clone()
+                .expect("a checkpoint follows at least one step"),
+            schedule: position.schedule.clone(),
+            ema_updates: ema.map(|e| e.updates()),
+            nonfinite: position.nonfinite,
+            skipped_samples: position.skipped_samples,
+            known_bad: position.known_bad.iter().copied().collect(),
+            score,
             audit_head,
         };
-        write_atomic(
-            &state_path(&path),
-            serde_json::to_string_pretty(&state)
-                .expect("serialises")
-                .as_bytes(),
-        )?;
-        Ok((path, hash))
+        self.dir.commit(name, &training, &state)?;
+        self.last = Some((files.model.clone(), hash.clone()));
+        Ok((files.model, hash))
+    }
+
+    fn last_description(&self) -> String {
+        match &self.last {
+            Some((path, _)) => format!("The last checkpoint, {}, is intact.", path.display()),
+            None => "No checkpoint had been written yet.".into(),
+        }
     }
 }
 
-fn train<B>(
-    config: &RunConfig,
-    data: TrainingData,
-    audit_log: &mut AuditLog,
-    device: &B::Device,
-) -> Result<TrainSummary, TrainError>
+fn io_err(path: &Path) -> impl Fn(std::io::Error) -> TrainError + '_ {
+    move |e| TrainError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    }
+}
+
+/// Opens `metrics.jsonl` for appending; on resume, first drops the lines after the resumed
+/// step (written by the interrupted process after its last checkpoint).
+fn open_metrics(path: &Path, resumed_at: Option<usize>) -> Result<File, TrainError> {
+    match resumed_at {
+        None => File::create(path).map_err(io_err(path)),
+        Some(step) => {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            let kept: String = text
+                .lines()
+                .filter(|line| {
+                    serde_json::from_str::<serde_json::Value>(line)
+                        .ok()
+                        .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
+                        .is_some_and(|s| s as usize <= step)
+                })
+                .map(|l| format!("{l}\n"))
+                .collect();
+            write_atomic(path, kept.as_bytes())?;
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(path)
+                .map_err(io_err(path))
+        }
+    }
+}
+
+fn write_line(file: &mut File, path: &Path, line: &MetricsLine) -> Result<(), TrainError> {
+    writeln!(file, "{}", serde_json::to_string(line).expect("serialises")).map_err(io_err(path))
+}
+
+fn train<B>(task: TrainTask<'_>, device: &B::Device) -> Result<TrainSummary, TrainError>
 where
     B: AutodiffBackend,
     B::InnerBackend: VisionBackend,
 {
-    let run_dir = config.run_dir();
+    let TrainTask {
+        config,
+        run_dir,
+        data,
+        audit: audit_log,
+        resume,
+        faults,
+    } = task;
     let classes = data.classes().to_vec();
     let provenance = data.provenance(config);
     let arch = PerceptionNetConfig {
@@ -340,31 +594,100 @@ where
     B::seed(device, config.train.seed);
     let mut net: PerceptionNet<B> = arch.init(device);
     let parameters = net.num_params();
+    let accumulation = config.train.grad_accumulation;
     tracing::info!(
-        "model {} with {} classes: {:.2} M parameters, {:.2} GFLOPs per {}x{} image; {} training samples",
+        "model {} with {} classes: {:.2} M parameters, {:.2} GFLOPs per {}x{} image; {} training samples; {} images per step",
         config.model.size.name(),
         classes.len(),
         parameters as f64 / 1e6,
         arch.gflops(config.model.input.height, config.model.input.width),
         config.model.input.width,
         config.model.input.height,
-        data.len()
+        data.len(),
+        config.train.batch_size * accumulation
     );
 
-    let o = &config.optimizer;
-    let mut optimizer = AdamWConfig::new()
-        .with_weight_decay(o.weight_decay)
-        .with_grad_clipping(o.grad_clip.map(GradientClippingConfig::Norm))
-        .init::<B, PerceptionNet<B>>();
-    let mut schedule = lr_schedule(config)?;
+    let mut schedule = LearningRateSchedule::new(config)?;
+    let checkpoints = CheckpointDir::new(run_dir.join("checkpoints"));
+    let mut position = Position {
+        step: 0,
+        sampler: None,
+        schedule: schedule.state::<B>(),
+        nonfinite: NonfiniteSteps::default(),
+        skipped_samples: 0,
+        known_bad: BTreeSet::new(),
+    };
+    let mut ema = config.train.ema.map(|c| WeightEma::new(c, net.valid(), 0));
+    let data = Arc::new(data);
+    let mut last_checkpoint = None;
+    let (mut optimizer, sampler) = match &resume {
+        None => (
+            RunOptimizer::new(&net, &config.optimizer)?,
+            data.sampler(config)?,
+        ),
+        Some(state) => {
+            let files = checkpoints.files(
+                state
+                    .checkpoint
+                    .strip_suffix(".safetensors")
+                    .unwrap_or(&state.checkpoint),
+            );
+            let bad = |message: String| TrainError::ModelFile {
+                path: files.training.clone(),
+                message,
+            };
+            let bytes = std::fs::read(&files.training).map_err(io_err(&files.training))?;
+            let saved = TrainingState::from_bytes(&bytes).map_err(bad)?;
+            let recorder = BinBytesRecorder::<FullPrecisionSettings>::default();
+            net = net.load_record(
+                recorder
+                    .load(saved.model, device)
+                    .map_err(|e| bad(format!("raw weights: {e}")))?,
+            );
+            let optimizer = RunOptimizer::new(&net, &config.optimizer)?
+                .load_bytes(saved.optimizer, device)
+                .map_err(bad)?;
+            schedule = schedule.restore::<B>(&state.schedule).map_err(bad)?;
+            ema = match (config.train.ema, saved.ema, state.ema_updates) {
+                (Some(c), Some(weights), Some(updates)) => {
+                    let weights = net.valid().load_record(
+                        recorder
+                            .load(weights, device)
+                            .map_err(|e| bad(format!("EMA weights: {e}")))?,
+                    );
+                    Some(WeightEma::new(c, weights, updates))
+                }
+                (None, None, None) => None,
+                _ => return Err(bad("the EMA state does not match train.ema".into())),
+            };
+            position = Position {
+                step: state.step,
+                sampler: Some(state.sampler.clone()),
+                schedule: state.schedule.clone(),
+                nonfinite: state.nonfinite,
+                skipped_samples: state.skipped_samples,
+                known_bad: state.known_bad.iter().copied().collect(),
+            };
+            last_checkpoint = Some((files.model.clone(), state.checkpoint_hash.clone()));
+            let sampler = data.resume_sampler(config, state.sampler.clone())?;
+            (optimizer, sampler)
+        }
+    };
+    for g in optimizer.groups() {
+        tracing::debug!(
+            "parameter group {}: {} tensors, {} values, lr x{}, weight decay {}",
+            g.name,
+            g.params.len(),
+            g.elements,
+            g.lr_factor,
+            g.weight_decay
+        );
+    }
+    let start_step = position.step;
+    let running_ids = running_ids(&net);
 
     let metrics_path = run_dir.join("metrics.jsonl");
-    let mut metrics = File::create(&metrics_path).map_err(|e| TrainError::Io {
-        path: metrics_path.clone(),
-        source: e,
-    })?;
-    let data = Arc::new(data);
-    let sampler = data.sampler(config)?;
+    let mut metrics = open_metrics(&metrics_path, resume.as_ref().map(|s| s.step))?;
     let builder = BatchBuilder::new(
         data.clone(),
         sampler,
@@ -376,10 +699,12 @@ where
             prefetch_batches: config.data.prefetch_batches,
             workers: config.data.workers,
         },
-    )?;
-    let batches = BatchLoader::spawn(builder, config.train.steps);
+    )?
+    .with_known_bad(position.known_bad.iter().copied());
+    let remaining = config.train.steps.saturating_sub(start_step);
+    let batches = BatchLoader::spawn(builder, remaining * accumulation);
     let mut checkpointer = Checkpointer {
-        dir: run_dir.join("checkpoints"),
+        dir: checkpoints,
         card: ModelCard {
             format: MODEL_FORMAT.into(),
             architecture: arch,
@@ -392,124 +717,320 @@ where
         },
         config_hash: config.hash(),
         audit: audit_log,
+        last: last_checkpoint,
     };
-    let bar = progress_bar(config.train.steps);
+    let present = [
+        config.model.tasks.detection,
+        config.model.tasks.detection,
+        config.model.tasks.drivable,
+        config.model.tasks.lanes,
+    ];
+    let mut progress = Progress::new(config, start_step);
     let start = Instant::now();
     let mut waited = Duration::ZERO;
-    let mut skipped_samples = 0usize;
+    let mut window = LossMean::default();
+    let mut line_window = LossMean::default();
+    let mut epoch_mean = LossMean::default();
+    let mut grad_norms = (0.0f64, 0usize);
     let mut last = LossValues::default();
-    let mut sampler_state = None;
+    let mut epoch = position.sampler.as_ref().map_or(0, |s| s.epoch);
     let num_classes = checkpointer.card.classes.len();
-    for step in 1..=config.train.steps {
-        let wait = Instant::now();
-        let loaded = batches.next()?;
-        waited += wait.elapsed();
-        for s in &loaded.skipped {
-            tracing::warn!(
-                "skipped sample {} of {} in dataset {}: {}",
-                s.index,
-                s.shard,
-                s.dataset,
-                s.reason
-            );
-            audit(
-                checkpointer.audit,
-                AuditEvent::SampleSkipped {
-                    dataset: s.dataset.clone(),
-                    shard: s.shard.clone(),
-                    index: s.index as u64,
-                    sample_id: None,
-                    reason: s.reason.clone(),
-                },
-            )?;
-        }
-        skipped_samples += loaded.skipped.len();
+    let mut interrupted = false;
+    for step in start_step + 1..=config.train.steps {
         let lr = schedule.step();
-        let parts = batch_loss(&net, &loaded.batch, num_classes, config, device);
-        let grads = GradientsParams::from_grads(parts.total.backward(), &net);
-        net = optimizer.step(lr, net, grads);
-
-        let every = config.checkpoint.every;
-        if every > 0 && step % every == 0 && step < config.train.steps {
-            checkpointer.save(
-                &format!("step-{step:06}"),
-                &net.valid(),
-                step,
-                loaded.sampler_state.clone(),
-                skipped_samples,
-            )?;
+        let running = RunningStats::snapshot(&net, &running_ids);
+        let mut accumulator = GradientsAccumulator::<PerceptionNet<B>>::new();
+        let mut losses: Option<Tensor<B::InnerBackend, 1>> = None;
+        let mut sampler_state = None;
+        for _ in 0..accumulation {
+            let wait = Instant::now();
+            let loaded = batches.next()?;
+            waited += wait.elapsed();
+            for s in &loaded.skipped {
+                tracing::warn!(
+                    "skipped sample {} of {} in dataset {}: {}",
+                    s.index,
+                    s.shard,
+                    s.dataset,
+                    s.reason
+                );
+                position.known_bad.insert(s.slot);
+                audit(
+                    checkpointer.audit,
+                    AuditEvent::SampleSkipped {
+                        dataset: s.dataset.clone(),
+                        shard: s.shard.clone(),
+                        index: s.index as u64,
+                        sample_id: None,
+                        reason: s.reason.clone(),
+                    },
+                )?;
+            }
+            position.skipped_samples += loaded.skipped.len();
+            let mut parts = batch_loss(&net, &loaded.batch, num_classes, config, device);
+            if faults.nonfinite_steps.contains(&step) {
+                parts.total = parts.total.mul_scalar(f32::NAN);
+            }
+            let values = LossValues::tensor(&parts);
+            losses = Some(match losses {
+                Some(l) => l + values,
+                None => values,
+            });
+            let objective = if accumulation > 1 {
+                parts.total.div_scalar(accumulation as f32)
+            } else {
+                parts.total
+            };
+            let grads = GradientsParams::from_grads(objective.backward(), &net);
+            accumulator.accumulate(&net, grads);
+            sampler_state = Some(loaded.sampler_state);
         }
-        if step % config.logging.every == 0 || step == config.train.steps || step == 1 {
-            last = LossValues::read(&parts);
-            if !last.total.is_finite() {
-                return Err(TrainError::Diverged {
+        let mut grads = accumulator.grads();
+        let losses = losses.expect("at least one micro-batch");
+        let losses = if accumulation > 1 {
+            losses.div_scalar(accumulation as f32)
+        } else {
+            losses
+        };
+        let (values, check) = optimizer.check_and_clip(&net, &mut grads, losses);
+        let step_losses = LossValues::from_values(&values, present);
+        position.step = step;
+        position.sampler = sampler_state;
+        if check.finite {
+            net = optimizer.step(lr, net, grads);
+            if let Some(e) = ema.as_mut() {
+                e.update(net.valid());
+            }
+            position.nonfinite.in_a_row = 0;
+            window.add(&step_losses);
+            line_window.add(&step_losses);
+            epoch_mean.add(&step_losses);
+            grad_norms.0 += check.norm as f64;
+            grad_norms.1 += 1;
+            last = step_losses;
+        } else {
+            net = running.restore(net);
+            position.nonfinite.total += 1;
+            position.nonfinite.in_a_row += 1;
+            tracing::warn!(
+                "step {step}: non-finite loss ({}) or gradient norm ({}); step skipped ({} in a row, {} in all)",
+                step_losses.total,
+                check.norm,
+                position.nonfinite.in_a_row,
+                position.nonfinite.total
+            );
+            if position.nonfinite.in_a_row >= config.train.max_nonfinite_steps {
+                progress.bar.abandon();
+                return Err(TrainError::NonFinite {
                     step,
-                    loss: last.total,
+                    in_a_row: position.nonfinite.in_a_row,
+                    last_checkpoint: checkpointer.last_description(),
                 });
             }
-            let elapsed = start.elapsed().as_secs_f64();
-            let ips = (step * config.train.batch_size) as f64 / elapsed.max(1e-9);
-            let data_wait_fraction = waited.as_secs_f64() / elapsed.max(1e-9);
-            let line = MetricsLine {
-                step,
-                lr,
-                losses: &last,
-                images_per_second: ips,
-                elapsed_seconds: elapsed,
-                data_wait_fraction,
-                skipped_samples,
-            };
-            writeln!(
-                metrics,
-                "{}",
-                serde_json::to_string(&line).expect("serialises")
-            )
-            .map_err(|e| TrainError::Io {
-                path: metrics_path.clone(),
-                source: e,
-            })?;
-            bar.set_message(format!("{} lr {lr:.2e} {ips:.1} img/s", last.short()));
-            if bar.is_hidden() {
+        }
+        position.schedule = schedule.state::<B>();
+
+        let elapsed = start.elapsed().as_secs_f64();
+        let done = step - start_step;
+        let ips = (done * config.train.batch_size * accumulation) as f64 / elapsed.max(1e-9);
+        let data_wait_fraction = waited.as_secs_f64() / elapsed.max(1e-9);
+        let new_epoch = position.sampler.as_ref().map_or(epoch, |s| s.epoch);
+        if step % config.logging.every == 0 || step == config.train.steps {
+            {
+                // Every step since the last line skipped: log this one's (non-finite) values.
+                let mean = window.take().unwrap_or(step_losses);
+                let grad_norm =
+                    (grad_norms.1 > 0).then(|| (grad_norms.0 / grad_norms.1 as f64) as f32);
+                grad_norms = (0.0, 0);
+                write_line(
+                    &mut metrics,
+                    &metrics_path,
+                    &MetricsLine::Step {
+                        step,
+                        epoch,
+                        lr,
+                        loss: &mean,
+                        grad_norm,
+                        images_per_second: ips,
+                        elapsed_seconds: elapsed,
+                        data_wait_fraction,
+                        skipped_samples: position.skipped_samples,
+                        nonfinite_steps: position.nonfinite.total,
+                    },
+                )?;
+                progress
+                    .bar
+                    .set_message(format!("{} lr {lr:.2e} {ips:.1} img/s", mean.short()));
+            }
+        }
+        if new_epoch > epoch {
+            let steps = epoch_mean.steps;
+            if let Some(mean) = epoch_mean.take() {
+                write_line(
+                    &mut metrics,
+                    &metrics_path,
+                    &MetricsLine::Epoch {
+                        step,
+                        epoch,
+                        steps,
+                        loss: &mean,
+                    },
+                )?;
+            }
+            epoch = new_epoch;
+        }
+        if progress.lines
+            && (progress.last_line.elapsed() >= progress.every
+                || step == config.train.steps
+                || step == start_step + 1)
+        {
+            progress.last_line = Instant::now();
+            let eta = elapsed / done as f64 * (config.train.steps - step) as f64;
+            if let Some(mean) = line_window.take() {
                 tracing::info!(
-                    "step {step}/{} {} lr {lr:.2e} {ips:.1} img/s, data wait {:.0}%",
+                    "step {step}/{} {} lr {lr:.2e} {ips:.1} img/s, data wait {:.0}%, ETA {}",
                     config.train.steps,
-                    last.short(),
-                    100.0 * data_wait_fraction
+                    mean.short(),
+                    100.0 * data_wait_fraction,
+                    format_duration(eta)
                 );
             }
         }
-        sampler_state = Some(loaded.sampler_state);
-        bar.inc(1);
-    }
-    bar.finish_and_clear();
-    let seconds = start.elapsed().as_secs_f64();
 
-    let (checkpoint, checkpoint_hash) = checkpointer.save(
-        "final",
-        &net.valid(),
-        config.train.steps,
-        sampler_state.expect("at least one step"),
-        skipped_samples,
-    )?;
+        let mut saved_now = false;
+        if config.checkpoint.every > 0
+            && step % config.checkpoint.every == 0
+            && step < config.train.steps
+        {
+            checkpointer.save(
+                &format!("step-{step:06}"),
+                CheckpointKind::Periodic,
+                &net,
+                ema.as_ref(),
+                &optimizer,
+                &position,
+                None,
+            )?;
+            checkpointer
+                .dir
+                .retain(config.checkpoint.keep_last, config.checkpoint.keep_best)?;
+            saved_now = true;
+        }
+        let v = config.validation.every;
+        if v > 0 && (step % v == 0 || step == config.train.steps) {
+            let (weights, name) = match &ema {
+                Some(e) => (e.weights().clone(), "ema"),
+                None => (net.valid(), "raw"),
+            };
+            let result = validate(
+                &weights,
+                &checkpointer.card,
+                data.validation(),
+                config,
+                step,
+                name,
+                device,
+            )?;
+            write_line(
+                &mut metrics,
+                &metrics_path,
+                &MetricsLine::Validation(&result),
+            )?;
+            let shown = |m: Option<f64>| m.map_or("-".into(), |v| format!("{v:.3}"));
+            let message = format!(
+                "validation at step {step} ({name} weights): mAP@0.5 {} drivable mIoU {} lane IoU {}",
+                shown(result.mean.map50),
+                shown(result.mean.drivable_miou),
+                shown(result.mean.lane_iou)
+            );
+            if progress.lines {
+                tracing::info!("{message}");
+            } else {
+                progress.bar.println(message);
+            }
+            let keep = config.checkpoint.keep_best;
+            if let Some(score) = result.score {
+                if checkpointer.dir.is_among_best(score, keep) {
+                    checkpointer.save(
+                        &format!("best-{step:06}"),
+                        CheckpointKind::Best,
+                        &net,
+                        ema.as_ref(),
+                        &optimizer,
+                        &position,
+                        Some(score),
+                    )?;
+                    checkpointer.dir.retain(config.checkpoint.keep_last, keep)?;
+                }
+            }
+        }
+        progress.bar.inc(1);
+        if crate::interrupt::stop_requested() && step < config.train.steps {
+            if !saved_now {
+                checkpointer.save(
+                    &format!("step-{step:06}"),
+                    CheckpointKind::Periodic,
+                    &net,
+                    ema.as_ref(),
+                    &optimizer,
+                    &position,
+                    None,
+                )?;
+            }
+            interrupted = true;
+            break;
+        }
+    }
+    progress.bar.finish_and_clear();
+    drop(batches);
+    let seconds = start.elapsed().as_secs_f64();
+    let steps_done = position.step;
+
+    let (checkpoint, checkpoint_hash) = if interrupted {
+        checkpointer.last.clone().expect("saved on interrupt")
+    } else {
+        let saved = checkpointer.save(
+            "final",
+            CheckpointKind::Final,
+            &net,
+            ema.as_ref(),
+            &optimizer,
+            &position,
+            None,
+        )?;
+        checkpointer
+            .dir
+            .retain(config.checkpoint.keep_last, config.checkpoint.keep_best)?;
+        saved
+    };
     let audit_head = audit(
         checkpointer.audit,
         AuditEvent::RunEnd {
-            steps: config.train.steps as u64,
-            skipped_samples: skipped_samples as u64,
-            status: "completed".into(),
+            steps: steps_done as u64,
+            skipped_samples: position.skipped_samples as u64,
+            status: if interrupted {
+                format!("interrupted at step {steps_done}; resumable")
+            } else {
+                "completed".into()
+            },
         },
     )?;
+    let done = steps_done - start_step;
     let summary = TrainSummary {
         run_dir: run_dir.clone(),
         checkpoint,
         checkpoint_hash,
-        steps: config.train.steps,
+        steps: steps_done,
+        start_step,
         parameters,
         final_losses: last,
-        images_per_second: (config.train.steps * config.train.batch_size) as f64 / seconds,
+        images_per_second: (done * config.train.batch_size * accumulation) as f64
+            / seconds.max(1e-9),
         seconds,
         data_wait_fraction: waited.as_secs_f64() / seconds.max(1e-9),
-        skipped_samples,
+        skipped_samples: position.skipped_samples,
+        nonfinite_steps: position.nonfinite.total,
+        interrupted,
         audit_head,
     };
     write_atomic(
@@ -519,4 +1040,14 @@ where
             .as_bytes(),
     )?;
     Ok(summary)
+}
+
+/// `1h02m`, `3m05s`, `12s`.
+fn format_duration(seconds: f64) -> String {
+    let s = seconds.max(0.0).round() as u64;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
 }

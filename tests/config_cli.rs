@@ -1,0 +1,128 @@
+//! `percept config show|check` and `percept train`'s argument rules, through the binary.
+
+use std::path::{Path, PathBuf};
+
+mod common;
+use common::percept;
+
+fn configs() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("configs")
+}
+
+fn arg(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn check_reports_every_problem_and_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = configs().join("base.toml");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        format!(
+            r#"extends = {base:?}
+name = "bad"
+colour = "red"
+[train]
+batch_size = "two"
+seed = -3
+[optimizer]
+kind = "adam"
+[data.augment]
+scale = 2.0
+"#,
+            base = base.display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = percept(&[
+        "config",
+        "check",
+        "--config",
+        arg(&bad),
+        "--set",
+        "train.lr=5",
+    ]);
+    assert!(!out.ok, "{}", out.stdout);
+    let bad_ = bad.display().to_string();
+    assert!(out.stdout.is_empty(), "{}", out.stdout);
+    let e = &out.stderr;
+    assert!(
+        e.contains(&format!("error: config {bad_}: 6 problems:")),
+        "{e}"
+    );
+    for problem in [
+        format!("{bad_}: colour: unknown key; valid top-level keys: extends, name, runs_dir"),
+        format!("{bad_}: train.batch_size = \"two\": expected a whole number >= 0"),
+        format!("{bad_}: train.seed = -3: expected a whole number >= 0"),
+        format!("{bad_}: optimizer.kind = \"adam\": expected one of \"adamw\", \"sgd\""),
+        format!("{bad_}: data.augment.scale = 2: give a value in [0, 1)"),
+        "--set train.lr=5: train.lr = 5: give a value in (0, 1]".to_string(),
+    ] {
+        assert!(e.contains(&problem), "missing {problem:?} in\n{e}");
+    }
+    // No backtrace, no panic: the usual error path.
+    assert!(!e.contains("panicked") && !e.contains("backtrace"), "{e}");
+}
+
+#[test]
+fn check_and_show_resolve_extends_and_set() {
+    let jp = configs().join("finetune-jp.toml");
+    let out = percept(&["config", "check", "--config", arg(&jp)]);
+    assert!(out.ok, "{}", out.stderr);
+    assert_eq!(out.stdout.trim(), format!("{}: ok", jp.display()));
+
+    let out = percept(&[
+        "config",
+        "show",
+        "--config",
+        arg(&jp),
+        "--set",
+        "train.lr=0.5",
+        "--set",
+        "optimizer.kind=sgd",
+    ]);
+    assert!(out.ok, "{}", out.stderr);
+    let shown = &out.stdout;
+    let lines: Vec<&str> = shown.lines().collect();
+    assert!(lines.contains(&"lr = 0.5"), "{shown}");
+    assert!(lines.contains(&"kind = \"sgd\""), "{shown}");
+    // From finetune-jp.toml, and inherited from base.toml.
+    assert!(lines.contains(&"name = \"finetune-jp\""), "{shown}");
+    assert!(lines.contains(&"batch_size = 32"), "{shown}");
+    assert!(lines.contains(&"backbone = 0.1"), "{shown}");
+    // A default no file sets.
+    assert!(lines.contains(&"max_nonfinite_steps = 5"), "{shown}");
+    assert!(lines[0].starts_with("# resolved from "), "{shown}");
+    assert!(
+        lines[0].contains("finetune-jp.toml, --set train.lr=0.5"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn train_argument_rules() {
+    let smoke = configs().join("smoke.toml");
+    let out = percept(&["train"]);
+    assert!(!out.ok);
+    assert!(out.stderr.contains("--config"), "{}", out.stderr);
+    let out = percept(&["train", "--config", arg(&smoke), "--resume", "runs/x"]);
+    assert!(!out.ok);
+    assert!(out.stderr.contains("cannot be used with"), "{}", out.stderr);
+    let out = percept(&["train", "--resume", "runs/x", "--set", "train.lr=0.1"]);
+    assert!(!out.ok);
+    assert!(
+        out.stderr
+            .contains("a resumed run keeps the config it started with"),
+        "{}",
+        out.stderr
+    );
+    let out = percept(&["train", "--config", arg(&smoke), "--set", "train.lr"]);
+    assert!(!out.ok);
+    assert!(
+        out.stderr.contains("--set \"train.lr\": no '='"),
+        "{}",
+        out.stderr
+    );
+}

@@ -1,0 +1,285 @@
+//! Crash safety: a run killed with SIGKILL at a random moment and resumed ends with weights
+//! bit-identical to an uninterrupted run; torn or partial checkpoints are passed over with a
+//! warning; non-finite steps are skipped and, in a row, stop the run with its last checkpoint
+//! intact.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use percept::train::checkpoint::{CheckpointDir, TrainingState};
+use percept::train::config::{EmaConfig, RunConfig};
+use percept::train::trainer::Faults;
+use percept::train::{commands, DeviceSpec, TrainError};
+use rand::{Rng, SeedableRng};
+
+mod common;
+use common::{percept, synth};
+
+/// The tensor bytes of a safetensors file (header metadata such as provenance differs between
+/// runs; the data section must not).
+fn tensor_bytes(path: &Path) -> Vec<u8> {
+    let bytes = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    bytes[8 + n..].to_vec()
+}
+
+/// A run exercising everything a checkpoint must carry: EMA, gradient accumulation, a
+/// learning-rate multiplier group, warm-up + cosine, AdamW moments, the sampler.
+fn resumable_config(dir: &Path, data: &Path, name: &str) -> RunConfig {
+    let mut c = common::run_config(dir, &[data], "DE", 10, "");
+    c.name = name.into();
+    c.train.grad_accumulation = 2;
+    c.train.ema = Some(EmaConfig {
+        decay: 0.99,
+        warmup_steps: 4,
+    });
+    c.optimizer.lr_multipliers.insert("backbone".into(), 0.5);
+    c.optimizer.weight_decay = 0.01;
+    c.optimizer.grad_clip = Some(5.0);
+    c.schedule.kind = percept::train::config::ScheduleKind::Cosine;
+    c.schedule.warmup_steps = 2;
+    c.checkpoint.every = 2;
+    c.checkpoint.keep_last = 2;
+    c.validate().unwrap();
+    c
+}
+
+fn write_config(dir: &Path, config: &RunConfig) -> PathBuf {
+    let path = dir.join(format!("{}.toml", config.name));
+    std::fs::write(&path, config.to_toml()).unwrap();
+    path
+}
+
+/// Starts `percept` with `args` for run `run`, waits until its `metrics.jsonl` shows step
+/// `step` done, then `extra` longer (to land anywhere in a step or a checkpoint write), and
+/// kills it with SIGKILL. Says whether it was still running then.
+fn kill_at(args: &[&str], run: &Path, step: u64, extra: Duration) -> bool {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_percept"))
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let metrics = run.join("metrics.jsonl");
+    let reached = || {
+        std::fs::read_to_string(&metrics)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .any(|v| v["step"].as_u64().is_some_and(|s| s >= step))
+    };
+    while !reached() {
+        if child.try_wait().unwrap().is_some() {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(extra);
+    let running = child.try_wait().unwrap().is_none();
+    child.kill().unwrap(); // SIGKILL on Unix
+    child.wait().unwrap();
+    running
+}
+
+/// The raw weights in a training state file, as safetensors tensor bytes (the burn record also
+/// holds parameter ids, which differ between independent runs).
+fn raw_weights(path: &Path, config: &RunConfig) -> Vec<u8> {
+    use burn::backend::Flex;
+    use burn::module::Module;
+    use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
+    let state = TrainingState::from_bytes(&std::fs::read(path).unwrap()).unwrap();
+    let arch = percept::model::PerceptionNetConfig {
+        size: config.model.size,
+        num_classes: 7,
+        tasks: config.model.tasks,
+    };
+    let device = Default::default();
+    let net = arch.init::<Flex>(&device).load_record(
+        BinBytesRecorder::<FullPrecisionSettings>::default()
+            .load(state.model, &device)
+            .unwrap(),
+    );
+    let mut store = burn::store::SafetensorsStore::from_bytes(None);
+    use burn::store::ModuleSnapshot;
+    net.save_into(&mut store).unwrap();
+    let bytes = store.get_bytes().unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    bytes[8 + n..].to_vec()
+}
+
+fn newest_step(run: &Path) -> Option<usize> {
+    CheckpointDir::new(run.join("checkpoints"))
+        .list()
+        .into_iter()
+        .find_map(|f| f.state.ok().map(|s| s.step))
+}
+
+#[test]
+fn killed_runs_resume_bit_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = synth(dir.path(), "DE", 12, 11);
+
+    let reference = resumable_config(dir.path(), &data, "reference");
+    let out = percept(&[
+        "train",
+        "--config",
+        write_config(dir.path(), &reference).to_str().unwrap(),
+    ]);
+    assert!(out.ok, "{}", out.stderr);
+    let want = tensor_bytes(&reference.run_dir().join("checkpoints/final.safetensors"));
+    let want_raw = raw_weights(
+        &reference
+            .run_dir()
+            .join("checkpoints/final.train.safetensors"),
+        &reference,
+    );
+
+    let seed: u64 = rand::rng().random();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    // Three kills at random steps; the second and third trial also damage the newest
+    // checkpoint before resuming (torn training state; missing commit record).
+    for trial in 0..3 {
+        let config = resumable_config(dir.path(), &data, &format!("trial{trial}"));
+        let path = write_config(dir.path(), &config);
+        let run = config.run_dir();
+        let step = rng.random_range(1..config.train.steps as u64);
+        let extra = Duration::from_millis(rng.random_range(0..400));
+        let killed = kill_at(
+            &["train", "--config", path.to_str().unwrap()],
+            &run,
+            step,
+            extra,
+        );
+        let at = newest_step(&run);
+        let context = format!(
+            "seed {seed}, trial {trial}, killed {extra:?} after step {step}, newest checkpoint at step {at:?}"
+        );
+        assert!(killed, "the run finished before the kill: {context}");
+        let mut damaged = false;
+        if let Some(step) = at.filter(|_| trial > 0) {
+            let files =
+                CheckpointDir::new(run.join("checkpoints")).files(&format!("step-{step:06}"));
+            if trial == 1 {
+                let mut bytes = std::fs::read(&files.training).unwrap();
+                let i = bytes.len() / 2;
+                bytes[i] ^= 0x40;
+                std::fs::write(&files.training, bytes).unwrap();
+            } else {
+                std::fs::remove_file(&files.state).unwrap();
+            }
+            damaged = true;
+        }
+        let out = percept(&["train", "--resume", run.to_str().unwrap()]);
+        assert!(out.ok, "{context}: {}", out.stderr);
+        if damaged && trial == 1 {
+            assert!(out.stderr.contains("unusable"), "{context}: {}", out.stderr);
+        }
+        let got = tensor_bytes(&run.join("checkpoints/final.safetensors"));
+        assert!(
+            got == want,
+            "EMA weights differ from the uninterrupted run: {context}"
+        );
+        let got_raw = raw_weights(&run.join("checkpoints/final.train.safetensors"), &config);
+        assert!(got_raw == want_raw, "raw weights differ: {context}");
+        let audit = percept(&["audit", "verify", run.to_str().unwrap()]);
+        assert!(audit.ok, "{context}: {}", audit.stderr);
+    }
+}
+
+#[test]
+fn keep_last_and_resume_refusals() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = synth(dir.path(), "DE", 6, 2);
+    let mut config = common::run_config(dir.path(), &[&data], "DE", 5, "");
+    config.checkpoint.keep_last = 2;
+    commands::train(&config, DeviceSpec::Cpu).unwrap();
+    let names: BTreeSet<String> = std::fs::read_dir(config.run_dir().join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    let want: BTreeSet<String> = ["step-000003", "step-000004", "final"]
+        .iter()
+        .flat_map(|n| {
+            [".safetensors", ".train.safetensors", ".state.json"].map(|e| format!("{n}{e}"))
+        })
+        .collect();
+    assert_eq!(names, want);
+
+    // A finished run has nothing to resume; a fresh run into it is refused.
+    let e = commands::resume(&config.run_dir(), DeviceSpec::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("nothing to resume"), "{e}");
+    let e = commands::train(&config, DeviceSpec::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("--resume"), "{e}");
+    let e = commands::resume(&dir.path().join("nowhere"), DeviceSpec::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("config.toml"), "{e}");
+}
+
+#[test]
+fn nonfinite_steps_are_skipped_then_stop_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = synth(dir.path(), "DE", 6, 4);
+
+    // One bad step: skipped and counted, the run completes.
+    let mut config = common::run_config(dir.path(), &[&data], "DE", 4, "");
+    config.name = "one".into();
+    let faults = Faults {
+        nonfinite_steps: [2].into(),
+    };
+    let s = commands::train_with(&config, DeviceSpec::Cpu, faults).unwrap();
+    assert_eq!((s.steps, s.nonfinite_steps), (4, 1));
+    let metrics = std::fs::read_to_string(config.run_dir().join("metrics.jsonl")).unwrap();
+    let step2: serde_json::Value = metrics
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["step"] == 2 && v["kind"] == "step")
+        .unwrap();
+    assert_eq!(step2["nonfinite_steps"], 1);
+    // The skipped step applied no update: checkpoints 1 and 2 hold the same weights.
+    let ck = config.run_dir().join("checkpoints");
+    assert!(
+        tensor_bytes(&ck.join("step-000001.safetensors"))
+            == tensor_bytes(&ck.join("step-000002.safetensors"))
+    );
+    assert!(
+        tensor_bytes(&ck.join("step-000002.safetensors"))
+            != tensor_bytes(&ck.join("step-000003.safetensors"))
+    );
+
+    // Three in a row with max_nonfinite_steps = 3: the run stops, naming the last checkpoint,
+    // which is intact (the resumable state from before the bad steps).
+    config.name = "three".into();
+    config.train.max_nonfinite_steps = 3;
+    let faults = Faults {
+        nonfinite_steps: [2, 3, 4].into(),
+    };
+    let e = commands::train_with(&config, DeviceSpec::Cpu, faults).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            TrainError::NonFinite {
+                step: 4,
+                in_a_row: 3,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let text = e.to_string();
+    assert!(text.contains("step-000003.safetensors"), "{text}");
+    let dir3 = CheckpointDir::new(config.run_dir().join("checkpoints"));
+    let (latest, warnings) = dir3.latest_intact(&config.hash());
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(latest.unwrap().step, 3);
+    assert!(
+        tensor_bytes(&config.run_dir().join("checkpoints/step-000001.safetensors"))
+            == tensor_bytes(&config.run_dir().join("checkpoints/step-000003.safetensors"))
+    );
+}
