@@ -472,6 +472,16 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 (None, None) => anyhow::bail!("give --config FILE or --resume RUN_DIR"),
             };
+            if s.interrupted {
+                println!(
+                    "interrupted after step {}: checkpoint {}; continue with `percept train \
+                     --resume {}`",
+                    s.steps,
+                    s.checkpoint.display(),
+                    s.run_dir.display()
+                );
+                std::process::exit(130);
+            }
             println!(
                 "trained {} steps in {:.0} s ({:.1} images/s, {:.0}% waiting for data); \
                  checkpoint {}; metrics {}; audit log {}",
@@ -487,6 +497,13 @@ fn run(cli: Cli) -> Result<()> {
                 println!(
                     "skipped {} damaged samples (integrity = \"skip\"); each is in the audit log",
                     s.skipped_samples
+                );
+            }
+            if s.nonfinite_steps > 0 {
+                println!(
+                    "skipped {} steps with a non-finite loss or gradient (see the warnings above \
+                     and nonfinite_steps in metrics.jsonl)",
+                    s.nonfinite_steps
                 );
             }
         }

@@ -181,14 +181,13 @@ fn a_damaged_sample_stops_the_run_or_is_skipped_and_recorded() {
     assert_eq!(skipped[0]["shard"], "train-00000.shard");
     assert_eq!(skipped[0]["index"], 2);
     assert!(skipped[0]["reason"].as_str().unwrap().contains("checksum"));
-    let last: serde_json::Value = serde_json::from_str(
-        std::fs::read_to_string(run.join("metrics.jsonl"))
-            .unwrap()
-            .lines()
-            .last()
-            .unwrap(),
-    )
-    .unwrap();
+    let last: serde_json::Value = std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] == "step")
+        .last()
+        .unwrap();
     assert_eq!(last["skipped_samples"], 1);
     let end = &audit_events(&run, "run_end")[0];
     assert_eq!(end["skipped_samples"], 1);

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use burn::backend::{Autodiff, Flex};
-use burn::module::AutodiffModule;
+use burn::module::{AutodiffModule, Module};
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use percept::data::{collate, Manifest, Split};
 use percept::model::{ModelSize, PerceptionNet, PerceptionNetConfig};
@@ -276,4 +276,86 @@ fn user_errors_name_the_file_and_never_panic() {
         &["eval", "--model", missing, "--data", ".", "--split", "test"],
         "test",
     );
+}
+
+#[test]
+fn a_run_starts_from_another_runs_weights_and_inherits_its_provenance() {
+    let dir = tempfile::tempdir().unwrap();
+    let de = synth(dir.path(), "DE", 6, 3);
+    let jp = synth(dir.path(), "JP", 6, 4);
+    let mut global = common::run_config(dir.path(), &[&de], "DE", 2, "");
+    global.name = "global".into();
+    let base = commands::train(&global, DeviceSpec::Cpu).unwrap();
+
+    let mut tune = common::run_config(dir.path(), &[&jp], "JP", 1, "");
+    tune.name = "tune-jp".into();
+    tune.train.init = Some(base.checkpoint.clone());
+    // Zero learning rate: the first checkpoint's weights are the loaded ones, apart from
+    // batch-norm statistics, which the forward pass updates.
+    tune.train.lr = 1e-12;
+    let tuned = commands::train(&tune, DeviceSpec::Cpu).unwrap();
+    let card = percept::train::model_file::read_model_card(&tuned.checkpoint).unwrap();
+    assert_eq!(
+        card.provenance.base_checkpoint.as_deref(),
+        Some(base.checkpoint_hash.as_str())
+    );
+    assert_eq!(
+        card.provenance.regions,
+        vec!["DE".to_string(), "JP".to_string()]
+    );
+    let names: Vec<&str> = card
+        .provenance
+        .datasets
+        .iter()
+        .map(|d| d.name.as_str())
+        .collect();
+    assert_eq!(names, ["test-JP", "test-DE"]);
+
+    let (a, _) = percept::train::model_file::load_model::<burn::backend::Flex>(
+        &base.checkpoint,
+        &Default::default(),
+    )
+    .unwrap();
+    let (b, _) = percept::train::model_file::load_model::<burn::backend::Flex>(
+        &tuned.checkpoint,
+        &Default::default(),
+    )
+    .unwrap();
+    let conv = |n: &percept::model::PerceptionNet<burn::backend::Flex>| -> Vec<f32> {
+        let p = &percept::train::optim::list_params(n)[0];
+        assert!(p.path.ends_with("weight"), "{}", p.path);
+        let mut v = Vec::new();
+        n.visit(&mut First(&mut v));
+        v
+    };
+    let (wa, wb) = (conv(&a), conv(&b));
+    let diff = wa
+        .iter()
+        .zip(&wb)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
+    assert!(diff < 1e-6, "the first conv moved by {diff}");
+
+    // A file that is not a model of this size is refused, naming it.
+    let mut wrong = tune.clone();
+    wrong.name = "wrong".into();
+    wrong.train.init = Some(dir.path().join("missing.safetensors"));
+    let e = commands::train(&wrong, DeviceSpec::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("missing.safetensors"), "{e}");
+}
+
+/// Collects the first float parameter's values.
+struct First<'a>(&'a mut Vec<f32>);
+
+impl<B: burn::prelude::Backend> burn::module::ModuleVisitor<B> for First<'_> {
+    fn visit_float<const D: usize>(
+        &mut self,
+        param: &burn::module::Param<burn::prelude::Tensor<B, D>>,
+    ) {
+        if self.0.is_empty() {
+            *self.0 = param.val().into_data().convert::<f32>().to_vec().unwrap();
+        }
+    }
 }

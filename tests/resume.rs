@@ -83,6 +83,36 @@ fn kill_at(args: &[&str], run: &Path, step: u64, extra: Duration) -> bool {
     running
 }
 
+/// Starts `percept train` for `run`, sends SIGINT once step `step` is done, and returns the
+/// exit code and stdout.
+fn interrupt_at(config: &Path, run: &Path, step: u64) -> (Option<i32>, String) {
+    let child = Command::new(env!("CARGO_BIN_EXE_percept"))
+        .args(["train", "--config", config.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let metrics = run.join("metrics.jsonl");
+    while !std::fs::read_to_string(&metrics)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .any(|v| v["step"].as_u64().is_some_and(|s| s >= step))
+    {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let sent = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
 /// The raw weights in a training state file, as safetensors tensor bytes (the burn record also
 /// holds parameter ids, which differ between independent runs).
 fn raw_weights(path: &Path, config: &RunConfig) -> Vec<u8> {
@@ -186,6 +216,23 @@ fn killed_runs_resume_bit_identical() {
         let audit = percept(&["audit", "verify", run.to_str().unwrap()]);
         assert!(audit.ok, "{context}: {}", audit.stderr);
     }
+
+    // Ctrl-C: the step finishes, a checkpoint of it is written, the process exits with 130
+    // and says how to resume; resuming ends where the uninterrupted run did.
+    let config = resumable_config(dir.path(), &data, "sigint");
+    let path = write_config(dir.path(), &config);
+    let run = config.run_dir();
+    let (code, stdout) = interrupt_at(&path, &run, 3);
+    assert_eq!(code, Some(130), "{stdout}");
+    let at = newest_step(&run).expect("a checkpoint on interrupt");
+    assert!(
+        stdout.contains(&format!("interrupted after step {at}:")) && stdout.contains("--resume"),
+        "{stdout}"
+    );
+    assert!((3..10).contains(&at), "{at}");
+    let out = percept(&["train", "--resume", run.to_str().unwrap()]);
+    assert!(out.ok, "{}", out.stderr);
+    assert!(tensor_bytes(&run.join("checkpoints/final.safetensors")) == want);
 }
 
 #[test]

@@ -161,6 +161,13 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Peak learning rate (reached after `schedule.warmup_steps`).
     pub lr: f64,
+    /// Start from these weights (a model file: a checkpoint or an export) instead of a random
+    /// init, e.g. a global model fine-tuned for one country. Tensors whose name and shape match
+    /// are loaded; the others (a detection head for another class list) keep their random
+    /// init. The file's provenance carries into the new run's (its hash as `base_checkpoint`,
+    /// its data regions among `regions`).
+    #[serde(default)]
+    pub init: Option<PathBuf>,
     /// Exponential moving average of the weights, used for validation and written to the
     /// checkpoints' model files. Left out: no EMA.
     #[serde(default)]
@@ -510,12 +517,6 @@ impl RunConfig {
             problems.push(format!(
                 "schedule.warmup_start = {}: give a value in (0, 1]",
                 s.warmup_start
-            ));
-        }
-        if s.warmup_steps >= t.steps && s.warmup_steps > 0 {
-            problems.push(format!(
-                "schedule.warmup_steps = {}: give fewer than train.steps = {}",
-                s.warmup_steps, t.steps
             ));
         }
         match s.kind {

@@ -625,6 +625,7 @@ fn placeholder() -> RunConfig {
             grad_accumulation: 1,
             seed: 0,
             lr: 0.001,
+            init: Some("placeholder.safetensors".into()),
             ema: Some(EmaConfig {
                 decay: 0.9999,
                 warmup_steps: 2000,

@@ -183,3 +183,77 @@ pub fn load_model<B: Backend>(
     }
     Ok((net, card))
 }
+
+/// What [`load_matching`] loaded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InitReport {
+    /// The file's blake3.
+    pub hash: String,
+    pub card: ModelCard,
+    /// Tensors loaded (name and shape matched).
+    pub loaded: usize,
+    /// Tensors of the network left at their initial values (no tensor of that name and shape
+    /// in the file).
+    pub kept: Vec<String>,
+}
+
+/// Loads every tensor of model file `path` whose name and shape match one of `net`'s; the rest
+/// of `net` is left as it is. At least one tensor must match.
+pub fn load_matching<B: Backend>(
+    net: PerceptionNet<B>,
+    path: &Path,
+) -> Result<(PerceptionNet<B>, InitReport), TrainError> {
+    let bytes = read(path)?;
+    let card = card_from_bytes(&bytes, path)?;
+    let bad = |message: String| TrainError::ModelFile {
+        path: path.to_path_buf(),
+        message,
+    };
+    let file = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| bad(format!("not a safetensors file ({e})")))?;
+    let shapes: std::collections::HashMap<String, Vec<usize>> = file
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| (name, view.shape().to_vec()))
+        .collect();
+    let mut matched = Vec::new();
+    let mut kept = Vec::new();
+    for p in crate::optim::list_params(&net) {
+        if shapes.get(&p.path) == Some(&p.dims) {
+            matched.push(p.path);
+        } else {
+            kept.push(p.path);
+        }
+    }
+    if matched.is_empty() {
+        return Err(bad(format!(
+            "no tensor has the name and shape of one of this network's (the file holds a {} \
+             network): give a percept model of the run's model.size",
+            card.architecture.size.name()
+        )));
+    }
+    let hash = blake3::hash(&bytes).to_hex().to_string();
+    let loaded = matched.len();
+    let mut store = SafetensorsStore::from_bytes(Some(bytes))
+        .with_full_paths(matched)
+        .allow_partial(true);
+    let mut net = net;
+    let result = net
+        .load_from(&mut store)
+        .map_err(|e| bad(format!("could not load its weights: {e}")))?;
+    if !result.errors.is_empty() {
+        return Err(bad(format!(
+            "could not load its weights: {:?}",
+            result.errors
+        )));
+    }
+    Ok((
+        net,
+        InitReport {
+            hash,
+            card,
+            loaded,
+            kept,
+        },
+    ))
+}

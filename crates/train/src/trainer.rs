@@ -44,7 +44,9 @@ use crate::ema::WeightEma;
 use crate::eval::{evaluate, EvalOptions};
 use crate::fsutil::write_atomic;
 use crate::loader::{BatchBuilder, BatchLoader, LoaderOptions};
-use crate::model_file::{save_model, ModelCard, Normalization, MODEL_FORMAT};
+use crate::model_file::{
+    load_matching, read_model_card, save_model, ModelCard, Normalization, MODEL_FORMAT,
+};
 use crate::optim::RunOptimizer;
 use crate::running_stats::{running_ids, RunningStats};
 use crate::schedule::{LearningRateSchedule, ScheduleState};
@@ -593,6 +595,31 @@ where
         .map_err(|e| TrainError::Invalid(e.to_string()))?;
     B::seed(device, config.train.seed);
     let mut net: PerceptionNet<B> = arch.init(device);
+    let mut provenance = provenance;
+    match (&resume, &config.train.init) {
+        // The checkpoint's provenance already includes the starting weights'.
+        (Some(state), _) => {
+            let model = run_dir.join("checkpoints").join(&state.checkpoint);
+            let saved = read_model_card(&model)?.provenance;
+            merge_provenance(&mut provenance, &saved);
+            provenance.base_checkpoint = saved.base_checkpoint;
+        }
+        (None, Some(init)) => {
+            let (loaded, report) = load_matching(net, init)?;
+            net = loaded;
+            tracing::info!(
+                "starting from {} (blake3 {}): {} tensors loaded, {} kept at their initial values{}",
+                init.display(),
+                &report.hash[..12],
+                report.loaded,
+                report.kept.len(),
+                summarize_kept(&report.kept)
+            );
+            merge_provenance(&mut provenance, &report.card.provenance);
+            provenance.base_checkpoint = Some(report.hash);
+        }
+        (None, None) => {}
+    }
     let parameters = net.num_params();
     let accumulation = config.train.grad_accumulation;
     tracing::info!(
@@ -1040,6 +1067,36 @@ where
             .as_bytes(),
     )?;
     Ok(summary)
+}
+
+/// Adds the datasets and regions of the weights a run started from to its own provenance:
+/// they trained the weights too.
+fn merge_provenance(
+    provenance: &mut crate::model_file::Provenance,
+    base: &crate::model_file::Provenance,
+) {
+    for d in &base.datasets {
+        if !provenance
+            .datasets
+            .iter()
+            .any(|x| x.manifest_hash == d.manifest_hash)
+        {
+            provenance.datasets.push(d.clone());
+        }
+    }
+    provenance.regions.extend(base.regions.iter().cloned());
+    provenance.regions.sort();
+    provenance.regions.dedup();
+}
+
+/// `: detection_head.cls.2.weight, detection_head.cls.2.bias, ...` (at most 4 names).
+fn summarize_kept(kept: &[String]) -> String {
+    if kept.is_empty() {
+        return String::new();
+    }
+    let shown: Vec<&str> = kept.iter().take(4).map(String::as_str).collect();
+    let more = if kept.len() > 4 { ", ..." } else { "" };
+    format!(": {}{more}", shown.join(", "))
 }
 
 /// `1h02m`, `3m05s`, `12s`.
