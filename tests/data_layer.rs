@@ -185,8 +185,7 @@ fn a_damaged_sample_stops_the_run_or_is_skipped_and_recorded() {
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v["kind"] == "step")
-        .next_back()
+        .rfind(|v| v["kind"] == "step")
         .unwrap();
     assert_eq!(last["skipped_samples"], 1);
     let end = &audit_events(&run, "run_end")[0];
