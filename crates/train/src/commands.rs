@@ -80,17 +80,19 @@ pub fn train_with(
     let mut log =
         AuditLog::open(run_dir.join(AUDIT_FILE)).map_err(|e| TrainError::Audit(e.to_string()))?;
     write_atomic(&run_dir.join(RUN_CONFIG_FILE), config.to_toml().as_bytes())?;
-    audit(
-        &mut log,
-        AuditEvent::RunStart {
-            run: config.name.clone(),
-            config_hash: config.hash(),
-            site_region: config.site.region.clone(),
-            site_name: config.site.name.clone(),
-            percept_version: env!("CARGO_PKG_VERSION").into(),
-        },
-    )?;
+    audit(&mut log, run_start(config))?;
     run_training(config, run_dir, &mut log, device, None, faults)
+}
+
+/// The audit event that starts a run (or starts it over).
+fn run_start(config: &RunConfig) -> AuditEvent {
+    AuditEvent::RunStart {
+        run: config.name.clone(),
+        config_hash: config.hash(),
+        site_region: config.site.region.clone(),
+        site_name: config.site.name.clone(),
+        percept_version: env!("CARGO_PKG_VERSION").into(),
+    }
 }
 
 /// The resolved config a run was started with, in its run directory.
@@ -191,16 +193,7 @@ pub fn resume_with(
                 "{} has no intact checkpoint: starting over from step 0",
                 run_dir.display()
             );
-            audit(
-                &mut log,
-                AuditEvent::RunStart {
-                    run: config.name.clone(),
-                    config_hash: config.hash(),
-                    site_region: config.site.region.clone(),
-                    site_name: config.site.name.clone(),
-                    percept_version: env!("CARGO_PKG_VERSION").into(),
-                },
-            )?;
+            audit(&mut log, run_start(&config))?;
         }
     }
     run_training(

@@ -924,11 +924,12 @@ where
             }
         }
 
-        let mut saved_now = false;
-        if config.checkpoint.every > 0
+        // Ctrl-C (or SIGTERM): finish this step, checkpoint it, stop.
+        let stop = crate::interrupt::stop_requested() && step < config.train.steps;
+        let periodic = config.checkpoint.every > 0
             && step % config.checkpoint.every == 0
-            && step < config.train.steps
-        {
+            && step < config.train.steps;
+        if periodic || stop {
             checkpointer.save(
                 &format!("step-{step:06}"),
                 CheckpointKind::Periodic,
@@ -941,7 +942,6 @@ where
             checkpointer
                 .dir
                 .retain(config.checkpoint.keep_last, config.checkpoint.keep_best)?;
-            saved_now = true;
         }
         let v = config.validation.every;
         if v > 0 && (step % v == 0 || step == config.train.steps) {
@@ -992,18 +992,7 @@ where
             }
         }
         progress.bar.inc(1);
-        if crate::interrupt::stop_requested() && step < config.train.steps {
-            if !saved_now {
-                checkpointer.save(
-                    &format!("step-{step:06}"),
-                    CheckpointKind::Periodic,
-                    &net,
-                    ema.as_ref(),
-                    &optimizer,
-                    &position,
-                    None,
-                )?;
-            }
+        if stop {
             interrupted = true;
             break;
         }
