@@ -59,7 +59,7 @@ fn kill_at(args: &[&str], run: &Path, step: u64, extra: Duration) -> bool {
     let mut child = Command::new(env!("CARGO_BIN_EXE_percept"))
         .args(args)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(run.with_extension("stderr")).unwrap())
         .spawn()
         .unwrap();
     let metrics = run.join("metrics.jsonl");
@@ -188,7 +188,11 @@ fn killed_runs_resume_bit_identical() {
         let context = format!(
             "seed {seed}, trial {trial}, killed {extra:?} after step {step}, newest checkpoint at step {at:?}"
         );
-        assert!(killed, "the run finished before the kill: {context}");
+        assert!(
+            killed,
+            "the run ended before the kill: {context}: {}",
+            std::fs::read_to_string(run.with_extension("stderr")).unwrap_or_default()
+        );
         let mut damaged = false;
         if let Some(step) = at.filter(|_| trial > 0) {
             let files =
