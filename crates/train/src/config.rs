@@ -581,10 +581,11 @@ impl RunConfig {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    const GOOD: &str = r#"
+    /// A minimal valid config; other modules' tests build on it.
+    pub(crate) const GOOD: &str = r#"
 name = "t"
 [site]
 region = "DE"

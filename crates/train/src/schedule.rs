@@ -109,26 +109,14 @@ mod tests {
     use burn::backend::Flex;
     use std::path::Path;
 
+    /// The config tests' minimal config with 10 steps at lr 0.1 and this `[schedule]`.
     fn config(schedule: &str) -> RunConfig {
+        let good = crate::config::tests::GOOD;
+        let head = &good[..good.find("[schedule]").expect("GOOD has a [schedule]")];
         let text = format!(
-            r#"
-name = "t"
-[site]
-region = "DE"
-name = "lab"
-[model]
-size = "nano"
-input = {{ width = 64, height = 64 }}
-[data]
-datasets = ["d"]
-[train]
-steps = 10
-batch_size = 2
-seed = 1
-lr = 0.1
-[schedule]
-{schedule}
-"#
+            "{}[schedule]\n{schedule}\n",
+            head.replace("steps = 3", "steps = 10")
+                .replace("lr = 0.01", "lr = 0.1")
         );
         RunConfig::parse(&text, Path::new("t.toml")).unwrap()
     }
