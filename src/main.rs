@@ -10,7 +10,7 @@ use percept::model::{ModelSize, PerceptionNetConfig};
 use percept::train::config_source::LayeredConfig;
 use percept::train::eval::MetricResolution;
 use percept::train::quickstart::{quickstart, QuickstartOptions};
-use percept::train::{commands, DeviceSpec, RunConfig};
+use percept::train::{commands, DeviceSpec, Devices, RunConfig};
 
 mod import_cmd;
 use import_cmd::{run_import, ImportFormat};
@@ -112,8 +112,9 @@ enum Command {
         /// the config it started with
         #[arg(long, value_name = "RUN_DIR")]
         resume: Option<PathBuf>,
-        /// Device: cpu, wgpu, cuda or cuda:N
-        #[arg(long, default_value = "cpu")]
+        /// Device: cpu, wgpu, cuda or cuda:N; a list (cuda:0,cuda:1) trains data-parallel,
+        /// train.batch_size images per device
+        #[arg(long, visible_alias = "devices", default_value = "cpu")]
         device: String,
     },
     /// Print or check a run config as resolved: `extends` chain, --set overrides, defaults
@@ -308,6 +309,47 @@ enum BenchWhat {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Training step speed and memory: forward + loss + backward + clip + AdamW on a fixed
+    /// batch (with a per-phase breakdown), then fed by the real input pipeline
+    Train {
+        /// Model size
+        #[arg(long, default_value = "nano", value_parser = ["nano", "small", "medium"])]
+        model: String,
+        /// Device: cpu, wgpu, cuda or cuda:N
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Images per step
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        /// Input width (a multiple of 32)
+        #[arg(long, default_value_t = 320)]
+        width: u32,
+        /// Input height (a multiple of 32)
+        #[arg(long, default_value_t = 192)]
+        height: u32,
+        /// Timed steps per measurement
+        #[arg(long, default_value_t = 20)]
+        steps: usize,
+        /// Untimed steps before each measurement (after the first step, timed on its own)
+        #[arg(long, default_value_t = 3)]
+        warmup: usize,
+        /// Detection classes of the network
+        #[arg(long, default_value_t = 10)]
+        classes: usize,
+        /// CPU: threads the backend computes on (the rayon pool the step runs in), also the
+        /// data workers; default: every core
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Stored size of the synthetic frames, WIDTHxHEIGHT (default: the input size)
+        #[arg(long)]
+        source: Option<String>,
+        /// Where to write the scratch dataset (removed afterwards)
+        #[arg(long)]
+        scratch: Option<PathBuf>,
+        /// Also write the report as JSON here
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+    },
 }
 
 /// Parses `WIDTHxHEIGHT`.
@@ -452,7 +494,7 @@ fn run(cli: Cli) -> Result<()> {
             resume,
             device: d,
         } => {
-            let device = device(&d)?;
+            let devices: Devices = d.parse().context("--devices")?;
             let s = match (config, resume) {
                 (_, Some(run)) => {
                     if !set.is_empty() {
@@ -463,12 +505,12 @@ fn run(cli: Cli) -> Result<()> {
                         );
                     }
                     stop_on_ctrl_c()?;
-                    commands::resume(&run, device)?
+                    commands::resume(&run, devices)?
                 }
                 (Some(config), None) => {
                     let config = RunConfig::load_layered(&config, &set)?;
                     stop_on_ctrl_c()?;
-                    commands::train(&config, device)?
+                    commands::train(&config, devices)?
                 }
                 (None, None) => anyhow::bail!("give --config FILE or --resume RUN_DIR"),
             };
@@ -682,6 +724,51 @@ fn run(cli: Cli) -> Result<()> {
             print!("{}", report.table());
             if let Some(out) = out {
                 percept::train::fsutil::write_atomic(&out, report.to_json().as_bytes())?;
+            }
+        }
+        Command::Bench {
+            what:
+                BenchWhat::Train {
+                    model,
+                    device: d,
+                    batch,
+                    width,
+                    height,
+                    steps,
+                    warmup,
+                    classes,
+                    threads,
+                    source,
+                    scratch,
+                    json,
+                },
+        } => {
+            use percept::train::bench_train::{bench_train, TrainBenchOptions};
+            let model_size = ModelSize::ALL
+                .into_iter()
+                .find(|s| s.name() == model)
+                .context("--model: use nano, small or medium")?;
+            let (source_width, source_height) = match source {
+                Some(s) => size("--source", &s)?,
+                None => (width, height),
+            };
+            let options = TrainBenchOptions {
+                width,
+                height,
+                source_width,
+                source_height,
+                steps,
+                warmup,
+                classes,
+                threads,
+                scratch: scratch.unwrap_or_else(percept::train::bench::default_scratch),
+                progress: true,
+                ..TrainBenchOptions::new(model_size, device(&d)?, batch)
+            };
+            let report = bench_train(&options)?;
+            print!("{}", report.table());
+            if let Some(json) = json {
+                percept::train::fsutil::write_atomic(&json, report.to_json().as_bytes())?;
             }
         }
         Command::Info {

@@ -136,6 +136,42 @@ pub struct Batch {
     pub width: usize,
 }
 
+impl Batch {
+    /// The batch cut into `parts` consecutive batches of equal size: part `r` holds images
+    /// `r * n .. (r + 1) * n` with `n = batch_size / parts` (what data-parallel rank `r`
+    /// trains on).
+    ///
+    /// # Panics
+    /// If `parts` is 0 or does not divide `batch_size`; the loader builds batches of
+    /// `batch_size * devices` images, so it always does.
+    pub fn split(&self, parts: usize) -> Vec<Batch> {
+        assert!(
+            parts > 0 && self.batch_size % parts == 0,
+            "a batch of {} images cannot be cut into {parts} equal parts",
+            self.batch_size
+        );
+        let n = self.batch_size / parts;
+        let plane = self.height * self.width;
+        (0..parts)
+            .map(|r| {
+                let images = r * n..(r + 1) * n;
+                Batch {
+                    images: self.images[images.start * 3 * plane..images.end * 3 * plane].to_vec(),
+                    drivable: self.drivable[images.start * plane..images.end * plane].to_vec(),
+                    lanes: self.lanes[images.start * plane..images.end * plane].to_vec(),
+                    boxes: self.boxes[images.clone()].to_vec(),
+                    ignore: self.ignore[images.clone()].to_vec(),
+                    tasks: self.tasks[images.clone()].to_vec(),
+                    traffic_sides: self.traffic_sides[images].to_vec(),
+                    batch_size: n,
+                    height: self.height,
+                    width: self.width,
+                }
+            })
+            .collect()
+    }
+}
+
 /// `lut[c][v]` = normalised value of channel `c` at 8-bit level `v`.
 fn norm_lut() -> [[f32; 256]; 3] {
     let mut lut = [[0.0; 256]; 3];
@@ -473,6 +509,25 @@ mod tests {
             image_to_chw(&two_by_two().image),
             batch.images[..12].to_vec()
         );
+    }
+
+    #[test]
+    fn split_gives_each_part_its_images_in_order() {
+        let samples: Vec<Sample> = (0..4u8)
+            .map(|i| {
+                let mut s = two_by_two();
+                s.image.put_pixel(0, 0, Rgb([60 * i, 0, 0]));
+                s.drivable.put_pixel(0, 0, image::Luma([i % 2]));
+                s.boxes.truncate(1 + i as usize % 2);
+                s
+            })
+            .collect();
+        let whole = collate(&samples, 2, 2);
+        let parts = whole.split(2);
+        assert_eq!(parts.len(), 2);
+        assert_eq!(parts[0], collate(&samples[..2], 2, 2));
+        assert_eq!(parts[1], collate(&samples[2..], 2, 2));
+        assert_eq!(whole.split(1), vec![whole.clone()]);
     }
 
     #[test]

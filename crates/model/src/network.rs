@@ -1,5 +1,6 @@
 //! The multi-task perception network and its configuration.
 
+use burn::module::ModuleMapper;
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -92,6 +93,11 @@ pub struct PerceptionNet<B: Backend> {
     lane_head: Option<SegmentationHead<B>>,
 }
 
+/// A mapper that changes nothing: mapping takes each parameter's value, which draws it.
+struct DrawParameters;
+
+impl<B: Backend> ModuleMapper<B> for DrawParameters {}
+
 /// Sizes of the parts of a network, derived from its config.
 struct Parts {
     backbone: BackboneConfig,
@@ -146,6 +152,11 @@ impl PerceptionNetConfig {
         }
     }
 
+    /// A network with freshly drawn weights, every parameter drawn now.
+    ///
+    /// burn draws parameters lazily, at first use, and a clone of a module not yet used draws
+    /// its own values: without this, a network recorded or copied before its first forward
+    /// (replicas, the backend comparisons, EMA) would not be the network that then trains.
     pub fn init<B: Backend>(&self, device: &B::Device) -> PerceptionNet<B> {
         let parts = self.parts();
         PerceptionNet {
@@ -155,6 +166,7 @@ impl PerceptionNetConfig {
             drivable_head: self.tasks.drivable.then(|| parts.segmentation.init(device)),
             lane_head: self.tasks.lanes.then(|| parts.segmentation.init(device)),
         }
+        .map(&mut DrawParameters)
     }
 
     /// Floating-point operations (2 per multiply-accumulate) of the convolutions for one image
@@ -203,6 +215,7 @@ mod tests {
     use super::*;
     use crate::detection_head::anchor_points;
     use burn::backend::Flex;
+    use burn::tensor::Distribution;
 
     #[test]
     fn output_shapes_for_several_input_sizes() {
@@ -221,6 +234,24 @@ mod tests {
             assert_eq!(out.drivable.unwrap().dims(), [2, 1, h, w]);
             assert_eq!(out.lanes.unwrap().dims(), [2, 1, h, w]);
         }
+    }
+
+    /// A clone taken before the first forward is the same network (burn's lazy parameters
+    /// would give the clone weights of its own).
+    #[test]
+    fn a_fresh_network_and_its_clone_are_the_same_network() {
+        let device = Default::default();
+        let net = PerceptionNetConfig::new(ModelSize::Nano, 3).init::<Flex>(&device);
+        let copy = net.clone();
+        let x = Tensor::<Flex, 4>::random([1, 3, 64, 64], Distribution::Normal(0.0, 1.0), &device);
+        let a = net.forward(x.clone()).drivable.unwrap().into_data();
+        let b = copy.forward(x).drivable.unwrap().into_data();
+        assert_eq!(a, b);
+        // And a second network is a different draw.
+        let other = PerceptionNetConfig::new(ModelSize::Nano, 3).init::<Flex>(&device);
+        let x = Tensor::<Flex, 4>::ones([1, 3, 64, 64], &device);
+        let c = other.forward(x.clone()).drivable.unwrap().into_data();
+        assert_ne!(net.forward(x).drivable.unwrap().into_data(), c);
     }
 
     #[test]

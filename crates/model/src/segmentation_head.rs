@@ -4,8 +4,8 @@
 
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::prelude::*;
-use burn::tensor::module::interpolate;
-use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
+use burn::tensor::module::conv2d;
+use burn::tensor::ops::ConvOptions;
 
 use crate::conv_block::{ConvBlock, ConvBlockConfig};
 use crate::neck::upsample2;
@@ -67,12 +67,70 @@ impl<B: Backend> SegmentationHead<B> {
         let x = upsample2(self.fuse.forward(Tensor::cat(vec![x, s4], 1)));
         // A 1x1 conv commutes with nearest up-sampling, so classify at stride 2 and up-sample the
         // logits bilinearly: same capacity, a quarter of the work, smoother thin lines.
-        let logits = self.out.forward(self.refine.forward(x));
-        let [_, _, h, w] = logits.dims();
-        interpolate(
-            logits,
-            [2 * h, 2 * w],
+        upsample2_bilinear(self.out.forward(self.refine.forward(x)))
+    }
+}
+
+/// Bilinear 2x up-sampling with half-pixel centres and clamped edges (PyTorch's
+/// `align_corners=False`): `[b, c, h, w]` -> `[b, c, 2h, 2w]`.
+///
+/// Built as nearest 2x up-sampling, edge pixels repeated once, then a fixed `[1, 2, 1] / 4`
+/// filter on each axis: output `2i` is `x[i-1] / 4 + 3 x[i] / 4`, output `2i + 1` is
+/// `3 x[i] / 4 + x[i+1] / 4`, as bilinear has it. Same values as burn's `interpolate(..,
+/// Bilinear)`, but made of ops every backend can differentiate: burn-cubecl (wgpu, CUDA) has no
+/// bilinear backward.
+pub fn upsample2_bilinear<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
+    let [_, c, h, w] = x.dims();
+    let device = x.device();
+    let u = upsample2(x);
+    let (h2, w2) = (2 * h, 2 * w);
+    let u = Tensor::cat(
+        vec![
+            u.clone().narrow(3, 0, 1),
+            u.clone(),
+            u.clone().narrow(3, w2 - 1, 1),
+        ],
+        3,
+    );
+    let u = Tensor::cat(
+        vec![u.clone().narrow(2, 0, 1), u.clone(), u.narrow(2, h2 - 1, 1)],
+        2,
+    );
+    let kernel = [1.0, 2.0, 1.0, 2.0, 4.0, 2.0, 1.0, 2.0, 1.0].map(|v: f32| v / 16.0);
+    let weight = Tensor::<B, 1>::from_floats(kernel, &device)
+        .reshape([1, 1, 3, 3])
+        .repeat_dim(0, c);
+    conv2d(u, weight, None, ConvOptions::new([1, 1], [0, 0], [1, 1], c))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::{Autodiff, Flex};
+    use burn::tensor::module::interpolate;
+    use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
+    use burn::tensor::{Distribution, Tolerance};
+
+    #[test]
+    fn bilinear_upsampling_matches_interpolate_values_and_gradients() {
+        type A = Autodiff<Flex>;
+        let d = Default::default();
+        let x = Tensor::<A, 4>::random([2, 3, 5, 7], Distribution::Default, &d).require_grad();
+        let weights = Tensor::<A, 4>::random([2, 3, 10, 14], Distribution::Default, &d);
+        let ours = upsample2_bilinear(x.clone());
+        let theirs = interpolate(
+            x.clone(),
+            [10, 14],
             InterpolateOptions::new(InterpolateMode::Bilinear).with_align_corners(false),
-        )
+        );
+        ours.to_data()
+            .assert_approx_eq::<f32>(&theirs.to_data(), Tolerance::absolute(1e-6));
+        let g_ours = (ours * weights.clone()).sum().backward();
+        let g_ours = x.grad(&g_ours).unwrap();
+        let g_theirs = (theirs * weights).sum().backward();
+        let g_theirs = x.grad(&g_theirs).unwrap();
+        g_ours
+            .to_data()
+            .assert_approx_eq::<f32>(&g_theirs.to_data(), Tolerance::absolute(1e-5));
     }
 }

@@ -50,6 +50,70 @@ impl fmt::Display for DeviceSpec {
     }
 }
 
+/// The devices a run trains on: one, or several of one kind for data-parallel training
+/// (`--devices cuda:0,cuda:1`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Devices(Vec<DeviceSpec>);
+
+impl Devices {
+    /// Several devices of one kind. A CUDA GPU may be named once; `cpu` and `wgpu` (one
+    /// device each) may be repeated, which runs the data-parallel path with replicas sharing
+    /// the device (how tests check it without GPUs).
+    pub fn new(specs: Vec<DeviceSpec>) -> Result<Devices, TrainError> {
+        let Some(first) = specs.first() else {
+            return Err(TrainError::Device(
+                "no device named: use cpu, wgpu, cuda:N or a list like cuda:0,cuda:1".into(),
+            ));
+        };
+        if let Some(other) = specs
+            .iter()
+            .find(|s| std::mem::discriminant(*s) != std::mem::discriminant(first))
+        {
+            return Err(TrainError::Device(format!(
+                "devices {first} and {other} are of different kinds: data-parallel training \
+                 needs devices of one backend"
+            )));
+        }
+        for (i, s) in specs.iter().enumerate() {
+            if matches!(s, DeviceSpec::Cuda(_)) && specs[..i].contains(s) {
+                return Err(TrainError::Device(format!(
+                    "{s} is named twice: name each GPU once (cuda:0,cuda:1)"
+                )));
+            }
+        }
+        Ok(Devices(specs))
+    }
+
+    pub fn specs(&self) -> &[DeviceSpec] {
+        &self.0
+    }
+}
+
+impl From<DeviceSpec> for Devices {
+    fn from(spec: DeviceSpec) -> Devices {
+        Devices(vec![spec])
+    }
+}
+
+impl FromStr for Devices {
+    type Err = TrainError;
+    /// A comma-separated list: `cuda:0,cuda:1`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Devices::new(
+            s.split(',')
+                .map(|d| d.trim().parse())
+                .collect::<Result<_, _>>()?,
+        )
+    }
+}
+
+impl fmt::Display for Devices {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<String> = self.0.iter().map(ToString::to_string).collect();
+        write!(f, "{}", names.join(","))
+    }
+}
+
 /// Work that runs on whichever backend the user picked.
 pub trait BackendTask {
     type Output;
@@ -57,11 +121,25 @@ pub trait BackendTask {
     where
         B: AutodiffBackend,
         B::InnerBackend: VisionBackend;
+
+    /// Runs on several devices of the backend; work that uses one runs on the first.
+    fn run_on<B>(self, devices: Vec<B::Device>) -> Self::Output
+    where
+        Self: Sized,
+        B: AutodiffBackend,
+        B::InnerBackend: VisionBackend,
+    {
+        let first = devices
+            .into_iter()
+            .next()
+            .expect("Devices holds at least one");
+        self.run::<B>(first)
+    }
 }
 
 // Unused only in a build with every backend compiled in.
 #[cfg_attr(
-    all(feature = "flex", feature = "wgpu", feature = "cuda"),
+    all(feature = "flex", feature = "wgpu", feature = "cuda", not(test)),
     allow(dead_code)
 )]
 fn missing(spec: DeviceSpec, feature: &str) -> TrainError {
@@ -73,41 +151,57 @@ fn missing(spec: DeviceSpec, feature: &str) -> TrainError {
 
 /// Runs `task` on the backend of `spec`, or says which feature is missing.
 pub fn dispatch<T: BackendTask>(spec: DeviceSpec, task: T) -> Result<T::Output, TrainError> {
-    match spec {
+    dispatch_on(&Devices::from(spec), task)
+}
+
+/// Runs `task` on `devices` (all of one backend), or says which feature is missing.
+///
+/// percept-train's own unit tests leave the GPU backends out: none uses them, and compiling
+/// every task for them too doubles that build (the integration tests and the binary have them).
+pub fn dispatch_on<T: BackendTask>(devices: &Devices, task: T) -> Result<T::Output, TrainError> {
+    let specs = devices.specs();
+    match specs[0] {
         DeviceSpec::Cpu => {
             #[cfg(feature = "flex")]
             {
                 use burn::backend::{flex::FlexDevice, Autodiff, Flex};
-                Ok(task.run::<Autodiff<Flex>>(FlexDevice))
+                Ok(task.run_on::<Autodiff<Flex>>(vec![FlexDevice; specs.len()]))
             }
             #[cfg(not(feature = "flex"))]
             {
                 let _ = task;
-                Err(missing(spec, "flex"))
+                Err(missing(specs[0], "flex"))
             }
         }
         DeviceSpec::Wgpu => {
-            #[cfg(feature = "wgpu")]
+            #[cfg(all(feature = "wgpu", not(test)))]
             {
                 use burn::backend::{wgpu::WgpuDevice, Autodiff, Wgpu};
-                Ok(task.run::<Autodiff<Wgpu>>(WgpuDevice::default()))
+                Ok(task.run_on::<Autodiff<Wgpu>>(vec![WgpuDevice::default(); specs.len()]))
             }
-            #[cfg(not(feature = "wgpu"))]
+            #[cfg(not(all(feature = "wgpu", not(test))))]
             {
                 let _ = task;
-                Err(missing(spec, "wgpu"))
+                Err(missing(specs[0], "wgpu"))
             }
         }
-        DeviceSpec::Cuda(index) => {
-            #[cfg(feature = "cuda")]
+        DeviceSpec::Cuda(_) => {
+            #[cfg(all(feature = "cuda", not(test)))]
             {
                 use burn::backend::{cuda::CudaDevice, Autodiff, Cuda};
-                Ok(task.run::<Autodiff<Cuda>>(CudaDevice::new(index)))
+                let devices = specs
+                    .iter()
+                    .map(|s| match s {
+                        DeviceSpec::Cuda(index) => CudaDevice::new(*index),
+                        _ => unreachable!("Devices::new keeps one kind"),
+                    })
+                    .collect();
+                Ok(task.run_on::<Autodiff<Cuda>>(devices))
             }
-            #[cfg(not(feature = "cuda"))]
+            #[cfg(not(all(feature = "cuda", not(test))))]
             {
-                let _ = (task, index);
-                Err(missing(spec, "cuda"))
+                let _ = task;
+                Err(missing(specs[0], "cuda"))
             }
         }
     }
@@ -124,5 +218,20 @@ mod tests {
         assert_eq!("cuda".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(0));
         let e = "tpu".parse::<DeviceSpec>().unwrap_err().to_string();
         assert!(e.contains("tpu") && e.contains("cuda:N"), "{e}");
+    }
+
+    #[test]
+    fn parses_device_lists() {
+        let d: Devices = "cuda:0, cuda:1".parse().unwrap();
+        assert_eq!(d.specs(), &[DeviceSpec::Cuda(0), DeviceSpec::Cuda(1)]);
+        assert_eq!(d.to_string(), "cuda:0,cuda:1");
+        let cpu: Devices = "cpu,cpu".parse().unwrap();
+        assert_eq!(cpu.specs().len(), 2);
+        let e = "cuda:0,cpu".parse::<Devices>().unwrap_err().to_string();
+        assert!(e.contains("different kinds"), "{e}");
+        let e = "cuda:1,cuda:1".parse::<Devices>().unwrap_err().to_string();
+        assert!(e.contains("cuda:1 is named twice"), "{e}");
+        let e = "cuda:0,,".parse::<Devices>().unwrap_err().to_string();
+        assert!(e.contains("unknown device \"\""), "{e}");
     }
 }

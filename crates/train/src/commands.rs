@@ -13,7 +13,7 @@ use percept_data::{
 };
 use percept_model::PerceptionNetConfig;
 
-use crate::backend::{dispatch, BackendTask, DeviceSpec};
+use crate::backend::{dispatch, dispatch_on, BackendTask, DeviceSpec, Devices};
 use crate::checkpoint::{CheckpointDir, CheckpointKind};
 use crate::config::RunConfig;
 use crate::data::{audit, open_for_site, TrainingData};
@@ -52,16 +52,20 @@ pub fn synth(options: &SynthOptions, out: &Path) -> Result<Manifest, TrainError>
 /// the data (every guard decision and shard check recorded), trains, and records how the run
 /// ended. A run directory that already holds checkpoints is refused: resume it, or pick
 /// another name.
-pub fn train(config: &RunConfig, device: DeviceSpec) -> Result<TrainSummary, TrainError> {
-    train_with(config, device, Faults::default())
+///
+/// Several `devices` train data-parallel: each takes `train.batch_size` images of every
+/// micro-batch.
+pub fn train(config: &RunConfig, devices: impl Into<Devices>) -> Result<TrainSummary, TrainError> {
+    train_with(config, devices, Faults::default())
 }
 
 /// [`train`] with injected faults (tests).
 pub fn train_with(
     config: &RunConfig,
-    device: DeviceSpec,
+    devices: impl Into<Devices>,
     faults: Faults,
 ) -> Result<TrainSummary, TrainError> {
+    let devices = devices.into();
     let run_dir = config.run_dir();
     let checkpoints = CheckpointDir::new(run_dir.join("checkpoints"));
     if let Some(found) = checkpoints.list().first() {
@@ -81,7 +85,7 @@ pub fn train_with(
         AuditLog::open(run_dir.join(AUDIT_FILE)).map_err(|e| TrainError::Audit(e.to_string()))?;
     write_atomic(&run_dir.join(RUN_CONFIG_FILE), config.to_toml().as_bytes())?;
     audit(&mut log, run_start(config))?;
-    run_training(config, run_dir, &mut log, device, None, faults)
+    run_training(config, run_dir, &mut log, &devices, None, faults)
 }
 
 /// The audit event that starts a run (or starts it over).
@@ -102,13 +106,13 @@ fn run_training(
     config: &RunConfig,
     run_dir: PathBuf,
     log: &mut AuditLog,
-    device: DeviceSpec,
+    devices: &Devices,
     resume: Option<RunState>,
     faults: Faults,
 ) -> Result<TrainSummary, TrainError> {
     let result = TrainingData::open(config, log).and_then(|data| {
-        dispatch(
-            device,
+        dispatch_on(
+            devices,
             TrainTask {
                 config,
                 run_dir,
@@ -134,16 +138,17 @@ fn run_training(
 /// (passing over torn or modified ones with a warning), with the config the run was started
 /// with (`run_dir/config.toml`). Without any intact checkpoint it starts over from step 0,
 /// which gives the same weights as the interrupted run would have.
-pub fn resume(run_dir: &Path, device: DeviceSpec) -> Result<TrainSummary, TrainError> {
-    resume_with(run_dir, device, Faults::default())
+pub fn resume(run_dir: &Path, devices: impl Into<Devices>) -> Result<TrainSummary, TrainError> {
+    resume_with(run_dir, devices, Faults::default())
 }
 
 /// [`resume`] with injected faults (tests).
 pub fn resume_with(
     run_dir: &Path,
-    device: DeviceSpec,
+    devices: impl Into<Devices>,
     faults: Faults,
 ) -> Result<TrainSummary, TrainError> {
+    let devices = devices.into();
     let config_path = run_dir.join(RUN_CONFIG_FILE);
     if !config_path.exists() {
         return Err(TrainError::Invalid(format!(
@@ -200,7 +205,7 @@ pub fn resume_with(
         &config,
         run_dir.to_path_buf(),
         &mut log,
-        device,
+        &devices,
         state,
         faults,
     )

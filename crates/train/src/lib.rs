@@ -3,12 +3,14 @@
 
 pub mod backend;
 pub mod bench;
+pub mod bench_train;
 pub mod chart;
 pub mod checkpoint;
 pub mod commands;
 pub mod config;
 pub mod config_source;
 pub mod data;
+pub mod data_parallel;
 pub mod ema;
 pub mod eval;
 pub mod export;
@@ -29,7 +31,7 @@ pub mod trainer;
 
 use std::path::PathBuf;
 
-pub use backend::{dispatch, BackendTask, DeviceSpec};
+pub use backend::{dispatch, dispatch_on, BackendTask, DeviceSpec, Devices};
 pub use config::RunConfig;
 
 /// Errors of percept-train. Each names the file, key or device involved and what would be valid.

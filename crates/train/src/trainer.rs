@@ -22,7 +22,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use burn::module::AutodiffModule;
-use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
 use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
 use burn::tensor::backend::AutodiffBackend;
@@ -40,6 +39,7 @@ pub use crate::checkpoint::{state_path, RunState};
 use crate::checkpoint::{CheckpointDir, CheckpointKind, NonfiniteSteps, TrainingState};
 use crate::config::{BestMetric, ProgressStyleKind, RunConfig};
 use crate::data::{audit, TrainingData};
+use crate::data_parallel::{self, Replica, ReplicaWorkers, StepOutcome};
 use crate::ema::WeightEma;
 use crate::eval::{evaluate, EvalOptions};
 use crate::fsutil::write_atomic;
@@ -48,7 +48,6 @@ use crate::model_file::{
     load_matching, read_model_card, save_model, ModelCard, Normalization, MODEL_FORMAT,
 };
 use crate::optim::RunOptimizer;
-use crate::running_stats::{running_ids, RunningStats};
 use crate::schedule::{LearningRateSchedule, ScheduleState};
 use crate::TrainError;
 
@@ -92,7 +91,7 @@ pub struct LossValues {
 
 impl LossValues {
     /// The terms as one `[n]` tensor, total first then the present terms in order, detached.
-    fn tensor<B: AutodiffBackend>(parts: &LossParts<B>) -> Tensor<B::InnerBackend, 1> {
+    pub(crate) fn tensor<B: AutodiffBackend>(parts: &LossParts<B>) -> Tensor<B::InnerBackend, 1> {
         let mut all = vec![parts.total.clone().inner()];
         for t in [
             &parts.classification,
@@ -334,7 +333,15 @@ impl BackendTask for TrainTask<'_> {
         B: AutodiffBackend,
         B::InnerBackend: VisionBackend,
     {
-        train::<B>(self, &device)
+        train::<B>(self, &[device])
+    }
+
+    fn run_on<B>(self, devices: Vec<B::Device>) -> Self::Output
+    where
+        B: AutodiffBackend,
+        B::InnerBackend: VisionBackend,
+    {
+        train::<B>(self, &devices)
     }
 }
 
@@ -571,11 +578,13 @@ fn write_line(file: &mut File, path: &Path, line: &MetricsLine) -> Result<(), Tr
     writeln!(file, "{}", serde_json::to_string(line).expect("serialises")).map_err(io_err(path))
 }
 
-fn train<B>(task: TrainTask<'_>, device: &B::Device) -> Result<TrainSummary, TrainError>
+/// Trains on `devices` (more than one: data-parallel, see [`crate::data_parallel`]).
+fn train<B>(task: TrainTask<'_>, devices: &[B::Device]) -> Result<TrainSummary, TrainError>
 where
     B: AutodiffBackend,
     B::InnerBackend: VisionBackend,
 {
+    let device = &devices[0];
     let TrainTask {
         config,
         run_dir,
@@ -647,7 +656,7 @@ where
     let mut ema = config.train.ema.map(|c| WeightEma::new(c, net.valid(), 0));
     let data = Arc::new(data);
     let mut last_checkpoint = None;
-    let (mut optimizer, sampler) = match &resume {
+    let (optimizer, sampler) = match &resume {
         None => (
             RunOptimizer::new(&net, &config.optimizer)?,
             data.sampler(config)?,
@@ -711,7 +720,17 @@ where
         );
     }
     let start_step = position.step;
-    let running_ids = running_ids(&net);
+    let num_classes = classes.len();
+    let mut replica = Replica::single(net, optimizer, device.clone());
+    let mut workers = ReplicaWorkers::start(&mut replica, devices, &arch, config)?;
+    let world = workers.world_size();
+    if world > 1 {
+        tracing::info!(
+            "data-parallel on {world} devices: {} images per device per micro-batch",
+            config.train.batch_size
+        );
+    }
+    let images_per_step = config.train.batch_size * accumulation * world;
 
     let metrics_path = run_dir.join("metrics.jsonl");
     let mut metrics = open_metrics(&metrics_path, resume.as_ref().map(|s| s.step))?;
@@ -719,7 +738,8 @@ where
         data.clone(),
         sampler,
         LoaderOptions {
-            batch_size: config.train.batch_size,
+            // Every replica's part of each micro-batch, in replica order.
+            batch_size: config.train.batch_size * world,
             width: config.model.input.width as u32,
             height: config.model.input.height as u32,
             augment: config.data.augment.clone(),
@@ -761,13 +781,10 @@ where
     let mut grad_norms = (0.0f64, 0usize);
     let mut last = LossValues::default();
     let mut epoch = position.sampler.as_ref().map_or(0, |s| s.epoch);
-    let num_classes = checkpointer.card.classes.len();
     let mut interrupted = false;
     for step in start_step + 1..=config.train.steps {
         let lr = schedule.step();
-        let running = RunningStats::snapshot(&net, &running_ids);
-        let mut accumulator = GradientsAccumulator::<PerceptionNet<B>>::new();
-        let mut losses: Option<Tensor<B::InnerBackend, 1>> = None;
+        let mut parts: Vec<Vec<Batch>> = vec![Vec::with_capacity(accumulation); world];
         let mut sampler_state = None;
         for _ in 0..accumulation {
             let wait = Instant::now();
@@ -794,39 +811,23 @@ where
                 )?;
             }
             position.skipped_samples += loaded.skipped.len();
-            let mut parts = batch_loss(&net, &loaded.batch, num_classes, config, device);
-            if faults.nonfinite_steps.contains(&step) {
-                parts.total = parts.total.mul_scalar(f32::NAN);
+            for (rank, part) in loaded.batch.split(world).into_iter().enumerate() {
+                parts[rank].push(part);
             }
-            let values = LossValues::tensor(&parts);
-            losses = Some(match losses {
-                Some(l) => l + values,
-                None => values,
-            });
-            let objective = if accumulation > 1 {
-                parts.total.div_scalar(accumulation as f32)
-            } else {
-                parts.total
-            };
-            let grads = GradientsParams::from_grads(objective.backward(), &net);
-            accumulator.accumulate(&net, grads);
             sampler_state = Some(loaded.sampler_state);
         }
-        let mut grads = accumulator.grads();
-        let losses = losses.expect("at least one micro-batch");
-        let losses = if accumulation > 1 {
-            losses.div_scalar(accumulation as f32)
-        } else {
-            losses
-        };
-        let (values, check) = optimizer.check_and_clip(&net, &mut grads, losses);
+        let poison = faults.nonfinite_steps.contains(&step);
+        let own = std::mem::take(&mut parts[0]);
+        workers.send(parts, lr, poison)?;
+        let outcome;
+        (replica, outcome) = replica.step(&own, lr, config, num_classes, poison)?;
+        let StepOutcome { values, check } = outcome;
         let step_losses = LossValues::from_values(&values, present);
         position.step = step;
         position.sampler = sampler_state;
         if check.finite {
-            net = optimizer.step(lr, net, grads);
             if let Some(e) = ema.as_mut() {
-                e.update(net.valid());
+                e.update(replica.net.valid());
             }
             position.nonfinite.in_a_row = 0;
             window.add(&step_losses);
@@ -836,7 +837,6 @@ where
             grad_norms.1 += 1;
             last = step_losses;
         } else {
-            net = running.restore(net);
             position.nonfinite.total += 1;
             position.nonfinite.in_a_row += 1;
             tracing::warn!(
@@ -859,7 +859,7 @@ where
 
         let elapsed = start.elapsed().as_secs_f64();
         let done = step - start_step;
-        let ips = (done * config.train.batch_size * accumulation) as f64 / elapsed.max(1e-9);
+        let ips = (done * images_per_step) as f64 / elapsed.max(1e-9);
         let data_wait_fraction = waited.as_secs_f64() / elapsed.max(1e-9);
         let new_epoch = position.sampler.as_ref().map_or(epoch, |s| s.epoch);
         if step % config.logging.every == 0 || step == config.train.steps {
@@ -933,9 +933,9 @@ where
             checkpointer.save(
                 &format!("step-{step:06}"),
                 CheckpointKind::Periodic,
-                &net,
+                &replica.net,
                 ema.as_ref(),
-                &optimizer,
+                &replica.optimizer,
                 &position,
                 None,
             )?;
@@ -947,7 +947,7 @@ where
         if v > 0 && (step % v == 0 || step == config.train.steps) {
             let (weights, name) = match &ema {
                 Some(e) => (e.weights().clone(), "ema"),
-                None => (net.valid(), "raw"),
+                None => (replica.net.valid(), "raw"),
             };
             let result = validate(
                 &weights,
@@ -981,9 +981,9 @@ where
                     checkpointer.save(
                         &format!("best-{step:06}"),
                         CheckpointKind::Best,
-                        &net,
+                        &replica.net,
                         ema.as_ref(),
-                        &optimizer,
+                        &replica.optimizer,
                         &position,
                         Some(score),
                     )?;
@@ -999,6 +999,8 @@ where
     }
     progress.bar.finish_and_clear();
     drop(batches);
+    workers.stop()?;
+    data_parallel::finish(&replica)?;
     let seconds = start.elapsed().as_secs_f64();
     let steps_done = position.step;
 
@@ -1008,9 +1010,9 @@ where
         let saved = checkpointer.save(
             "final",
             CheckpointKind::Final,
-            &net,
+            &replica.net,
             ema.as_ref(),
-            &optimizer,
+            &replica.optimizer,
             &position,
             None,
         )?;
@@ -1040,8 +1042,7 @@ where
         start_step,
         parameters,
         final_losses: last,
-        images_per_second: (done * config.train.batch_size * accumulation) as f64
-            / seconds.max(1e-9),
+        images_per_second: (done * images_per_step) as f64 / seconds.max(1e-9),
         seconds,
         data_wait_fraction: waited.as_secs_f64() / seconds.max(1e-9),
         skipped_samples: position.skipped_samples,

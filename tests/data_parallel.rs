@@ -1,0 +1,132 @@
+//! Data-parallel training (`--devices`): replicas averaging their gradients with
+//! burn-collective's all-reduce must train exactly as one device does on the same global batch.
+//!
+//! On one device, a global batch of `devices x batch_size` images taken as `devices`
+//! micro-batches with gradient accumulation has the same mean gradient as the replicas'
+//! all-reduced one, and the same batch-norm batch statistics (each micro-batch / part is
+//! normalised on its own). With plain SGD the update is `lr x gradient`, so equal weights after
+//! the steps mean equal gradients; measured: bit-identical over 3 steps. CPU replicas share the one CPU device: the path is the same
+//! as on several GPUs, minus the device copies.
+//!
+//! Everything using the collective is in this one test, in its own test binary: the collective
+//! is process-wide.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use percept::train::config::{OptimizerKind, RunConfig};
+use percept::train::{commands, Devices};
+use safetensors::SafeTensors;
+
+mod common;
+use common::synth;
+
+/// The trainable tensors of a model file (batch-norm running statistics left out: each replica
+/// keeps those of its own part), by name.
+fn trainable(path: &Path) -> BTreeMap<String, Vec<f32>> {
+    let bytes = std::fs::read(path).unwrap();
+    let file = SafeTensors::deserialize(&bytes).unwrap();
+    file.tensors()
+        .into_iter()
+        .filter(|(name, _)| !name.contains("running_"))
+        .map(|(name, view)| {
+            let values = view
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                .collect();
+            (name, values)
+        })
+        .collect()
+}
+
+/// The `loss.total` of each `step` line of a run's metrics.
+fn step_losses(run: &Path) -> Vec<f64> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] == "step")
+        .map(|v| v["loss"]["total"].as_f64().unwrap())
+        .collect()
+}
+
+fn sgd_config(dir: &Path, data: &Path, name: &str, accumulation: usize) -> RunConfig {
+    let mut c = common::run_config(dir, &[data], "DE", 3, "");
+    c.name = name.into();
+    c.optimizer.kind = OptimizerKind::Sgd;
+    c.optimizer.momentum = 0.0;
+    c.train.lr = 0.05;
+    c.train.grad_accumulation = accumulation;
+    c.checkpoint.every = 0;
+    c.validate().unwrap();
+    c
+}
+
+#[test]
+fn two_replicas_train_like_one_device_on_the_same_global_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = synth(dir.path(), "DE", 24, 11);
+
+    // 2 replicas x 2 images = 4 images a step ...
+    let parallel = sgd_config(dir.path(), &data, "parallel", 1);
+    let devices: Devices = "cpu,cpu".parse().unwrap();
+    let p = commands::train(&parallel, devices).unwrap();
+    assert_eq!(p.steps, 3);
+    // ... and one device taking the same 4 as 2 micro-batches of 2.
+    let single = sgd_config(dir.path(), &data, "single", 2);
+    let s = commands::train(&single, percept::train::DeviceSpec::Cpu).unwrap();
+
+    let (lp, ls) = (
+        step_losses(&parallel.run_dir()),
+        step_losses(&single.run_dir()),
+    );
+    assert_eq!(lp.len(), 3);
+    for (a, b) in lp.iter().zip(&ls) {
+        assert!((a - b).abs() <= 1e-5 * b.abs(), "losses {lp:?} vs {ls:?}");
+    }
+
+    let initial = {
+        // The initial weights: the same seed, steps too small to move them.
+        let mut c = sgd_config(dir.path(), &data, "initial", 1);
+        c.train.lr = 1e-12;
+        trainable(
+            &commands::train(&c, percept::train::DeviceSpec::Cpu)
+                .unwrap()
+                .checkpoint,
+        )
+    };
+    let (wp, ws) = (trainable(&p.checkpoint), trainable(&s.checkpoint));
+    assert_eq!(wp.len(), ws.len());
+    let mut moved = 0.0f32;
+    let mut worst = 0.0f32;
+    for (name, a) in &wp {
+        let b = &ws[name];
+        for ((x, y), x0) in a.iter().zip(b).zip(&initial[name]) {
+            // 3 SGD steps of lr 0.05: a gradient difference of d moves a weight by 0.05 d.
+            assert!(
+                (x - y).abs() <= 1e-6,
+                "{name}: {x} (2 replicas) vs {y} (1 device)"
+            );
+            moved = moved.max((y - x0).abs());
+            worst = worst.max((x - y).abs());
+        }
+    }
+    eprintln!("largest weight difference {worst:e}; largest move {moved:e}");
+    assert!(
+        moved > 1e-3,
+        "training moved no weight: the comparison proves nothing"
+    );
+
+    // Accumulating micro-batches on each replica is refused (see ReplicaWorkers::start).
+    let e = commands::train(
+        &sgd_config(dir.path(), &data, "accumulating", 2),
+        "cpu,cpu".parse::<Devices>().unwrap(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("train.grad_accumulation = 2 with 2 devices is not supported yet"),
+        "{e}"
+    );
+}
