@@ -156,7 +156,7 @@ impl Dump {
 struct GradCollector<'a> {
     path: Vec<String>,
     grads: &'a GradientsParams,
-    found: Vec<(String, Vec<usize>, Vec<f32>)>,
+    found: Vec<NamedTensor>,
 }
 
 impl<B: AutodiffBackend> ModuleVisitor<B> for GradCollector<'_> {
@@ -177,10 +177,11 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for GradCollector<'_> {
     }
 }
 
+/// A tensor's name, shape and values.
+type NamedTensor = (String, Vec<usize>, Vec<f32>);
+
 /// The network's tensors as its model file names them.
-fn saved_tensors<B: Backend>(
-    net: &PerceptionNet<B>,
-) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+fn saved_tensors<B: Backend>(net: &PerceptionNet<B>) -> Result<Vec<NamedTensor>> {
     let mut store = SafetensorsStore::from_bytes(None);
     net.save_into(&mut store)
         .map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -146,7 +146,7 @@ impl Batch {
     /// `batch_size * devices` images, so it always does.
     pub fn split(&self, parts: usize) -> Vec<Batch> {
         assert!(
-            parts > 0 && self.batch_size % parts == 0,
+            parts > 0 && self.batch_size.is_multiple_of(parts),
             "a batch of {} images cannot be cut into {parts} equal parts",
             self.batch_size
         );
