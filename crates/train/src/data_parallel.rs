@@ -204,17 +204,6 @@ impl ReplicaWorkers {
         if world < 2 {
             return Ok(workers);
         }
-        // Known gap: with micro-batches accumulated on each replica, the updates match one
-        // device's at step 1 but drift by ~1e-3 from step 2, independent of the learning rate
-        // (so not rounding); until that is understood, the combination is refused.
-        if config.train.grad_accumulation > 1 {
-            return Err(TrainError::Invalid(format!(
-                "train.grad_accumulation = {} with {world} devices is not supported yet: use \
-                 grad_accumulation = 1 and raise train.batch_size or add devices (a step sees \
-                 batch_size x devices images)",
-                config.train.grad_accumulation
-            )));
-        }
         // A run that failed earlier in this process may have left peers registered.
         collective::reset_collective::<B::InnerBackend>();
         let collective = CollectiveConfig::default().with_num_devices(world);
