@@ -19,7 +19,7 @@ use percept::train::{commands, Devices};
 use safetensors::SafeTensors;
 
 mod common;
-use common::synth;
+use common::{step_losses, synth};
 
 /// The trainable tensors of a model file (batch-norm running statistics left out: each replica
 /// keeps those of its own part), by name.
@@ -37,17 +37,6 @@ fn trainable(path: &Path) -> BTreeMap<String, Vec<f32>> {
                 .collect();
             (name, values)
         })
-        .collect()
-}
-
-/// The `loss.total` of each `step` line of a run's metrics.
-fn step_losses(run: &Path) -> Vec<f64> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v["kind"] == "step")
-        .map(|v| v["loss"]["total"].as_f64().unwrap())
         .collect()
 }
 

@@ -5,7 +5,6 @@
 //! software Vulkan, and sets `PERCEPT_REQUIRE_WGPU=1`, which turns a missing driver into a
 //! failure. Elsewhere the tests are skipped, with a note, when no Vulkan driver is installed.
 
-use std::path::Path;
 use std::time::Instant;
 
 use burn::backend::flex::FlexDevice;
@@ -19,7 +18,7 @@ use percept::train::export::{output_values, probe_input};
 use percept::train::{commands, DeviceSpec};
 
 mod common;
-use common::{synth, H, W};
+use common::{step_losses, synth, H, W};
 
 /// Whether the wgpu tests can run here; panics when CI requires them and they cannot.
 fn wgpu_available() -> bool {
@@ -136,14 +135,4 @@ fn wgpu_training_lowers_the_loss() {
         last < 0.8 * first,
         "loss went {first} -> {last}: {losses:?}"
     );
-}
-
-fn step_losses(run: &Path) -> Vec<f64> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v["kind"] == "step")
-        .map(|v| v["loss"]["total"].as_f64().unwrap())
-        .collect()
 }

@@ -5,7 +5,7 @@
 //! read + verify (blake3) + decode JPEG and both PNG masks + augment + letterbox + collate into
 //! a normalised batch. Both read the same JPEG bytes from the same shards.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -89,8 +89,22 @@ impl DataBenchReport {
     }
 }
 
-/// Removes the scratch dataset however the benchmark ends.
-struct Scratch(PathBuf);
+/// A benchmark's scratch dataset directory, removed however the benchmark ends.
+pub(crate) struct Scratch(pub(crate) PathBuf);
+
+impl Scratch {
+    /// `parent/percept-<name>-<pid>`, which must not exist yet.
+    pub(crate) fn new(parent: &Path, name: &str) -> Result<Scratch, TrainError> {
+        let dir = parent.join(format!("percept-{name}-{}", std::process::id()));
+        if dir.exists() {
+            return Err(TrainError::Invalid(format!(
+                "scratch directory {} already exists; remove it or pick another --scratch",
+                dir.display()
+            )));
+        }
+        Ok(Scratch(dir))
+    }
+}
 
 impl Drop for Scratch {
     fn drop(&mut self) {
@@ -113,16 +127,8 @@ pub fn bench_data(
             "--threads {t}: give thread counts of at least 1"
         )));
     }
-    let dir = options
-        .scratch
-        .join(format!("percept-bench-data-{}", std::process::id()));
-    if dir.exists() {
-        return Err(TrainError::Invalid(format!(
-            "scratch directory {} already exists; remove it or pick another --scratch",
-            dir.display()
-        )));
-    }
-    let _cleanup = Scratch(dir.clone());
+    let scratch = Scratch::new(&options.scratch, "bench-data")?;
+    let dir = scratch.0.clone();
     progress(&format!(
         "writing {} synthetic {}x{} frames to {}",
         options.frames,

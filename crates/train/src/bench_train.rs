@@ -34,6 +34,7 @@ use percept_model::{check_input_size, LossParts, ModelSize, PerceptionNet, Perce
 use serde::Serialize;
 
 use crate::backend::{dispatch, BackendTask, DeviceSpec};
+use crate::bench::Scratch;
 use crate::config::RunConfig;
 use crate::data::TrainingData;
 use crate::loader::{BatchBuilder, BatchLoader, LoaderOptions};
@@ -353,15 +354,6 @@ impl BackendTask for TrainBenchTask {
     }
 }
 
-/// Removes the scratch dataset however the benchmark ends.
-struct Scratch(PathBuf);
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn sync<B: Backend>(device: &B::Device) -> Result<(), TrainError> {
     B::sync(device).map_err(|e| TrainError::Device(format!("syncing the device: {e}")))
 }
@@ -467,16 +459,8 @@ where
     let rss_start = status_mib("VmRSS");
     let threads = rayon::current_num_threads();
     let workers = o.threads.unwrap_or(0);
-    let dir = o
-        .scratch
-        .join(format!("percept-bench-train-{}", std::process::id()));
-    if dir.exists() {
-        return Err(TrainError::Invalid(format!(
-            "scratch directory {} already exists; remove it or pick another --scratch",
-            dir.display()
-        )));
-    }
-    let _cleanup = Scratch(dir.clone());
+    let scratch = Scratch::new(&o.scratch, "bench-train")?;
+    let dir = scratch.0.clone();
     // Enough frames that (b) decodes a fair mix; the sampler cycles through them.
     let frames = (o.batch_size * (o.warmup + o.steps)).clamp(16, 256);
     tracing::info!(
