@@ -17,6 +17,7 @@ pub mod batch;
 pub mod dataset;
 pub mod error;
 pub mod manifest;
+pub mod process_memory;
 pub mod residency;
 pub mod sample;
 pub mod sampler;

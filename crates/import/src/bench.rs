@@ -7,6 +7,7 @@
 //! (`/proc/self/clear_refs`), so what the generator left behind is the baseline, reported
 //! beside it.
 
+use percept_data::process_memory::{reset_peak_rss, status_mib};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -196,20 +197,6 @@ fn dir_bytes(dir: &std::path::Path) -> u64 {
                 .sum()
         })
         .unwrap_or(0)
-}
-
-/// Resets the resident-set high-water mark (Linux: writing 5 to `/proc/self/clear_refs`);
-/// `false` where that is not possible.
-fn reset_peak_rss() -> bool {
-    std::fs::write("/proc/self/clear_refs", "5").is_ok()
-}
-
-/// A `kB` line of `/proc/self/status` (`VmRSS`, `VmHWM`) in MiB.
-fn status_mib(key: &str) -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with(key))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
 }
 
 #[cfg(test)]

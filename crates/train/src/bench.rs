@@ -106,6 +106,23 @@ impl Scratch {
     }
 }
 
+impl Scratch {
+    /// The dataset written into the directory, opened as training data of a `region` site.
+    pub(crate) fn open(&self, region: &str) -> Result<Arc<TrainingData>, TrainError> {
+        let site = Site {
+            region: region.into(),
+            name: "bench".into(),
+        };
+        Ok(Arc::new(TrainingData::open_dirs(
+            std::slice::from_ref(&self.0),
+            &site,
+            IntegrityPolicy::Fail,
+            false,
+            None,
+        )?))
+    }
+}
+
 impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
@@ -147,17 +164,7 @@ pub fn bench_data(
         samples_per_shard: 64,
     };
     write_synthetic_dataset(&dir, &synth, &|_| {})?;
-    let site = Site {
-        region: "DE".into(),
-        name: "bench".into(),
-    };
-    let data = Arc::new(TrainingData::open_dirs(
-        std::slice::from_ref(&dir),
-        &site,
-        IntegrityPolicy::Fail,
-        false,
-        None,
-    )?);
+    let data = scratch.open("DE")?;
     let jpegs: Vec<&[u8]> = {
         let ds = data.dataset(0);
         (0..ds.len())

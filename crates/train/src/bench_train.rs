@@ -19,9 +19,9 @@
 //!
 //! The device is synced (`B::sync`) at the boundaries of every timed region.
 
+use percept_data::process_memory::{reset_peak_rss, status_mib};
 use std::any::Any;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use burn::optim::{GradientsAccumulator, GradientsParams};
@@ -29,14 +29,13 @@ use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use burn::vision::VisionBackend;
 use indicatif::{ProgressBar, ProgressStyle};
-use percept_data::{write_synthetic_dataset, Batch, IntegrityPolicy, Site, SynthOptions};
+use percept_data::{write_synthetic_dataset, Batch, SynthOptions};
 use percept_model::{check_input_size, LossParts, ModelSize, PerceptionNet, PerceptionNetConfig};
 use serde::Serialize;
 
 use crate::backend::{dispatch, BackendTask, DeviceSpec};
 use crate::bench::Scratch;
 use crate::config::RunConfig;
-use crate::data::TrainingData;
 use crate::loader::{BatchBuilder, BatchLoader, LoaderOptions};
 use crate::optim::RunOptimizer;
 use crate::trainer::batch_loss;
@@ -483,17 +482,7 @@ where
         },
         &|_| {},
     )?;
-    let site = Site {
-        region: REGION.into(),
-        name: "bench".into(),
-    };
-    let data = Arc::new(TrainingData::open_dirs(
-        std::slice::from_ref(&dir),
-        &site,
-        IntegrityPolicy::Fail,
-        false,
-        None,
-    )?);
+    let data = scratch.open(REGION)?;
     let config = bench_config(o, &dir, workers)?;
     let loader_options = LoaderOptions {
         batch_size: o.batch_size,
@@ -779,20 +768,6 @@ impl DeviceMemoryPeak {
             self.reserved = Some(self.reserved.unwrap_or(0).max(reserved));
         }
     }
-}
-
-/// Resets the resident-set high-water mark (Linux: writing 5 to `/proc/self/clear_refs`);
-/// `false` where that is not possible.
-fn reset_peak_rss() -> bool {
-    std::fs::write("/proc/self/clear_refs", "5").is_ok()
-}
-
-/// A `kB` line of `/proc/self/status` (`VmRSS`, `VmHWM`) in MiB.
-fn status_mib(key: &str) -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with(key))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
 }
 
 #[cfg(test)]
