@@ -6,6 +6,7 @@ use burn::prelude::*;
 use burn::tensor::activation::relu;
 
 use crate::batch_norm::{BatchNorm2d, BatchNorm2dConfig};
+use crate::conv2d;
 
 /// Configuration of a [`ConvBlock`].
 #[derive(Config, Debug)]
@@ -55,6 +56,6 @@ impl ConvBlockConfig {
 impl<B: Backend> ConvBlock<B> {
     /// `[batch, in, h, w]` -> `[batch, out, h / stride, w / stride]`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        relu(self.norm.forward(self.conv.forward(x)))
+        relu(self.norm.forward(conv2d::apply(&self.conv, x)))
     }
 }

@@ -9,6 +9,7 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::prelude::*;
 use burn::tensor::activation::softplus;
 
+use crate::conv2d;
 use crate::conv_block::{ConvBlock, ConvBlockConfig};
 use crate::neck::NeckFeatures;
 
@@ -142,9 +143,9 @@ impl<B: Backend> DetectionHead<B> {
         for ((head, x), stride) in self.levels.iter().zip(inputs).zip(STRIDES) {
             let cls = head.cls.iter().fold(x.clone(), |t, c| c.forward(t));
             let reg = head.reg.iter().fold(x.clone(), |t, c| c.forward(t));
-            logits.push(flatten(head.cls_out.forward(cls)));
+            logits.push(flatten(conv2d::apply(&head.cls_out, cls)));
             distances.push(flatten(
-                softplus(head.reg_out.forward(reg), 1.0) * stride as f64,
+                softplus(conv2d::apply(&head.reg_out, reg), 1.0) * stride as f64,
             ));
         }
         DetectionOutput {

@@ -40,6 +40,7 @@
 pub mod assign;
 pub mod backbone;
 pub mod batch_norm;
+pub mod conv2d;
 pub mod conv_block;
 pub mod csp_block;
 pub mod decode;

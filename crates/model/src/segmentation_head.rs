@@ -7,6 +7,7 @@ use burn::prelude::*;
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 
+use crate::conv2d;
 use crate::conv_block::{ConvBlock, ConvBlockConfig};
 use crate::neck::upsample2;
 
@@ -67,7 +68,7 @@ impl<B: Backend> SegmentationHead<B> {
         let x = upsample2(self.fuse.forward(Tensor::cat(vec![x, s4], 1)));
         // A 1x1 conv commutes with nearest up-sampling, so classify at stride 2 and up-sample the
         // logits bilinearly: same capacity, a quarter of the work, smoother thin lines.
-        upsample2_bilinear(self.out.forward(self.refine.forward(x)))
+        upsample2_bilinear(conv2d::apply(&self.out, self.refine.forward(x)))
     }
 }
 

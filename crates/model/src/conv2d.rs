@@ -1,0 +1,652 @@
+//! 2D convolution for the network's layers, with a faster weight gradient when training on the
+//! CPU backend.
+//!
+//! burn 0.21 computes a convolution's weight gradient on burn-flex (the CPU backend) as another
+//! convolution: input and output gradient swapped to `[channels, batch, h, w]` (two strided
+//! copies) and the output gradient used as a `[h_out, w_out]` kernel. Measured on 2 cores, that
+//! was 30% of a nano training step. Here the weight gradient is the textbook one: per image, the
+//! input unrolled once into columns `[in * kh * kw, h_out * w_out]` (im2col) and one GEMM
+//! `d_weight += d_out [out, h_out * w_out] x columns^T`. The forward pass and the input
+//! gradient stay burn-flex's own kernels.
+//!
+//! Only `Autodiff<Flex>` with `f32` tensors and `groups == 1` takes this path (checked at run
+//! time by type, so the network stays generic over burn's `Backend`); every other backend and
+//! case is burn's `conv2d`, unchanged.
+
+use burn::nn::conv::Conv2d;
+use burn::prelude::*;
+use burn::tensor::ops::ConvOptions;
+
+/// Applies `conv` (burn's module: its parameters, stride, padding, dilation and groups) to
+/// `x [batch, in, height, width]`, giving `[batch, out, height_out, width_out]` exactly as
+/// `conv.forward(x)` does.
+pub fn apply<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    #[cfg(feature = "flex")]
+    {
+        use burn::nn::PaddingConfig2d;
+        // Symmetric padding only; `Same` and asymmetric padding take burn's path.
+        let padding = match conv.padding {
+            PaddingConfig2d::Valid => Some([0, 0]),
+            PaddingConfig2d::Explicit(top, left, bottom, right)
+                if top == bottom && left == right =>
+            {
+                Some([top, left])
+            }
+            _ => None,
+        };
+        if let Some(padding) = padding {
+            let options = ConvOptions::new(conv.stride, padding, conv.dilation, conv.groups);
+            let bias = conv.bias.as_ref().map(|b| b.val());
+            return match cpu_training::conv2d(x, conv.weight.val(), bias, options) {
+                Ok(out) => out,
+                Err((x, weight, bias, options)) => {
+                    burn::tensor::module::conv2d(x, weight, bias, options)
+                }
+            };
+        }
+    }
+    conv.forward(x)
+}
+
+/// Whether [`apply`] computes weight gradients by im2col + GEMM on backend `B`.
+pub fn has_cpu_weight_gradient<B: Backend>() -> bool {
+    #[cfg(feature = "flex")]
+    {
+        cpu_training::is_flex_autodiff::<B>()
+    }
+    #[cfg(not(feature = "flex"))]
+    {
+        false
+    }
+}
+
+#[cfg(feature = "flex")]
+mod cpu_training {
+    use std::any::{Any, TypeId};
+
+    use burn::backend::autodiff::checkpoint::base::Checkpointer;
+    use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+    use burn::backend::autodiff::grads::Gradients;
+    use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+    use burn::backend::autodiff::NodeId;
+    use burn::backend::flex::{Flex, FlexTensor};
+    use burn::backend::Autodiff;
+    use burn::prelude::*;
+    use burn::tensor::ops::{ConvOptions, FloatTensor, ModuleOps};
+    use burn::tensor::{DType, TensorData, TensorMetadata, TensorPrimitive};
+    use rayon::prelude::*;
+
+    type Train = Autodiff<Flex>;
+    type Args<B> = (
+        Tensor<B, 4>,
+        Tensor<B, 4>,
+        Option<Tensor<B, 1>>,
+        ConvOptions<2>,
+    );
+
+    pub fn is_flex_autodiff<B: Backend>() -> bool {
+        TypeId::of::<B>() == TypeId::of::<Train>()
+    }
+
+    /// Moves `value` into type `U` when `T` is `U`.
+    fn cast<T: 'static, U: 'static>(value: T) -> Option<U> {
+        let mut slot = Some(value);
+        (&mut slot as &mut dyn Any)
+            .downcast_mut::<Option<U>>()
+            .and_then(Option::take)
+    }
+
+    fn float<B: Backend, const D: usize>(t: Tensor<B, D>) -> FloatTensor<Train> {
+        match t.into_primitive() {
+            TensorPrimitive::Float(p) => cast(p).expect("checked: B is Autodiff<Flex>"),
+            TensorPrimitive::QFloat(_) => unreachable!("checked: f32 tensors"),
+        }
+    }
+
+    /// The convolution through [`Conv2dGradients`], or the arguments back when `B`, the dtype
+    /// or the groups are not this path's.
+    pub fn conv2d<B: Backend>(
+        x: Tensor<B, 4>,
+        weight: Tensor<B, 4>,
+        bias: Option<Tensor<B, 1>>,
+        options: ConvOptions<2>,
+    ) -> Result<Tensor<B, 4>, Args<B>> {
+        let eligible = is_flex_autodiff::<B>()
+            && options.groups == 1
+            && [x.dtype(), weight.dtype()] == [DType::F32; 2]
+            && bias.as_ref().is_none_or(|b| b.dtype() == DType::F32);
+        if !eligible {
+            return Err((x, weight, bias, options));
+        }
+        let out = forward(float(x), float(weight), bias.map(float), options);
+        let out: B::FloatTensorPrimitive = cast(out).expect("checked: B is Autodiff<Flex>");
+        Ok(Tensor::from_primitive(TensorPrimitive::Float(out)))
+    }
+
+    fn forward(
+        x: FloatTensor<Train>,
+        weight: FloatTensor<Train>,
+        bias: Option<FloatTensor<Train>>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Train> {
+        match bias {
+            Some(bias) => match Conv2dGradients
+                .prepare::<NoCheckpointing>([
+                    x.node.clone(),
+                    weight.node.clone(),
+                    bias.node.clone(),
+                ])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(mut prep) => {
+                    let state = (
+                        prep.checkpoint(&x),
+                        prep.checkpoint(&weight),
+                        options.clone(),
+                    );
+                    let out =
+                        Flex::conv2d(x.primitive, weight.primitive, Some(bias.primitive), options);
+                    prep.finish(state, out)
+                }
+                OpsKind::UnTracked(prep) => prep.finish(Flex::conv2d(
+                    x.primitive,
+                    weight.primitive,
+                    Some(bias.primitive),
+                    options,
+                )),
+            },
+            None => match Conv2dGradients
+                .prepare::<NoCheckpointing>([x.node.clone(), weight.node.clone()])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(mut prep) => {
+                    let state = (
+                        prep.checkpoint(&x),
+                        prep.checkpoint(&weight),
+                        options.clone(),
+                    );
+                    let out = Flex::conv2d(x.primitive, weight.primitive, None, options);
+                    prep.finish(state, out)
+                }
+                OpsKind::UnTracked(prep) => {
+                    prep.finish(Flex::conv2d(x.primitive, weight.primitive, None, options))
+                }
+            },
+        }
+    }
+
+    /// The backward step of a convolution: parents `[x, weight]` or `[x, weight, bias]`.
+    #[derive(Debug)]
+    struct Conv2dGradients;
+
+    impl<const N: usize> Backward<Flex, N> for Conv2dGradients {
+        type State = (NodeId, NodeId, ConvOptions<2>);
+
+        fn backward(
+            self,
+            ops: Ops<Self::State, N>,
+            grads: &mut Gradients,
+            checkpointer: &mut Checkpointer,
+        ) {
+            let d_out = grads.consume::<Flex>(&ops.node);
+            let (x_id, weight_id, options) = ops.state;
+            let x = checkpointer.retrieve_node_output::<FlexTensor>(x_id);
+            let weight = checkpointer.retrieve_node_output::<FlexTensor>(weight_id);
+            let mut parents = ops.parents.into_iter();
+            let (x_node, weight_node) = (parents.next().flatten(), parents.next().flatten());
+            if let Some(node) = parents.next().flatten() {
+                grads.register::<Flex>(node.id, bias_gradient(&d_out));
+            }
+            let problem = Problem::new(&x, &weight, &d_out, &options);
+            if let Some(node) = weight_node {
+                grads.register::<Flex>(node.id, problem.weight_gradient());
+            }
+            if let Some(node) = x_node {
+                grads.register::<Flex>(node.id, problem.input_gradient());
+            }
+        }
+    }
+
+    fn values(t: &FlexTensor) -> &[f32] {
+        t.as_slice::<f32>().expect("contiguous f32 tensor")
+    }
+
+    /// `d_bias [out]`: the output gradient summed over batch and pixels.
+    fn bias_gradient(d_out: &FlexTensor) -> FlexTensor {
+        let d_out = d_out.to_contiguous();
+        let [batch, channels, h, w] = d_out.shape().dims();
+        let d = values(&d_out);
+        let sums = (0..channels)
+            .map(|c| {
+                (0..batch)
+                    .map(|b| {
+                        let start = (b * channels + c) * h * w;
+                        d[start..start + h * w].iter().sum::<f32>()
+                    })
+                    .sum::<f32>()
+            })
+            .collect();
+        FlexTensor::from_data(TensorData::new(sums, [channels]))
+    }
+
+    /// The tensors of one convolution's backward step, contiguous, and its geometry.
+    struct Problem {
+        x: FlexTensor,
+        d_out: FlexTensor,
+        weight: FlexTensor,
+        geometry: Geometry,
+        batch: usize,
+        out_channels: usize,
+    }
+
+    impl Problem {
+        fn new(
+            x: &FlexTensor,
+            weight: &FlexTensor,
+            d_out: &FlexTensor,
+            options: &ConvOptions<2>,
+        ) -> Self {
+            let (x, d_out, weight) = (
+                x.to_contiguous(),
+                d_out.to_contiguous(),
+                weight.to_contiguous(),
+            );
+            let [batch, in_channels, height, width] = x.shape().dims();
+            let [_, out_channels, out_h, out_w] = d_out.shape().dims();
+            let [_, _, kh, kw] = weight.shape().dims();
+            let geometry = Geometry {
+                in_channels,
+                in_hw: [height, width],
+                out_hw: [out_h, out_w],
+                kernel: [kh, kw],
+                options: options.clone(),
+            };
+            Problem {
+                x,
+                d_out,
+                weight,
+                geometry,
+                batch,
+                out_channels,
+            }
+        }
+
+        /// Rows of the column matrix: `in * kh * kw`.
+        fn rows(&self) -> usize {
+            self.geometry.in_channels * self.geometry.kernel[0] * self.geometry.kernel[1]
+        }
+
+        fn pixels(&self) -> usize {
+            self.geometry.out_hw[0] * self.geometry.out_hw[1]
+        }
+
+        fn image_len(&self) -> usize {
+            self.geometry.in_channels * self.geometry.in_hw[0] * self.geometry.in_hw[1]
+        }
+
+        /// `x_b [in, h, w]`.
+        fn image(&self, b: usize) -> &[f32] {
+            &values(&self.x)[b * self.image_len()..(b + 1) * self.image_len()]
+        }
+
+        /// `d_out_b [out, h_out * w_out]` as a matrix.
+        fn d_out(&self, b: usize) -> View<'_> {
+            let len = self.out_channels * self.pixels();
+            View {
+                data: &values(&self.d_out)[b * len..(b + 1) * len],
+                row: self.pixels(),
+                col: 1,
+            }
+        }
+
+        /// Images run in parallel when there are at least as many as threads; else each
+        /// GEMM runs on every thread.
+        fn gemm_threads(&self) -> gemm::Parallelism {
+            if self.batch >= rayon::current_num_threads() {
+                gemm::Parallelism::None
+            } else {
+                gemm::Parallelism::Rayon(0)
+            }
+        }
+
+        /// `d_weight [out, in, kh, kw]` = sum over images of `d_out_b x im2col(x_b)^T`.
+        fn weight_gradient(&self) -> FlexTensor {
+            let (rows, pixels) = (self.rows(), self.pixels());
+            let shape = [self.out_channels, pixels, rows];
+            let sum = (0..self.batch)
+                .into_par_iter()
+                .fold(
+                    || (vec![0.0f32; self.out_channels * rows], Vec::new()),
+                    |(mut sum, mut buffer), b| {
+                        let columns: &[f32] = if self.geometry.is_identity() {
+                            self.image(b)
+                        } else {
+                            buffer.resize(rows * pixels, 0.0);
+                            self.geometry.im2col(self.image(b), &mut buffer);
+                            &buffer
+                        };
+                        let columns_t = View {
+                            data: columns,
+                            row: 1,
+                            col: pixels,
+                        };
+                        matmul(
+                            &mut sum,
+                            true,
+                            self.d_out(b),
+                            columns_t,
+                            shape,
+                            self.gemm_threads(),
+                        );
+                        (sum, buffer)
+                    },
+                )
+                .map(|(sum, _)| sum)
+                .reduce_with(|mut a, b| {
+                    a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+                    a
+                })
+                .unwrap_or_else(|| vec![0.0; self.out_channels * rows]);
+            FlexTensor::from_data(TensorData::new(sum, self.weight.shape()))
+        }
+
+        /// `d_x [batch, in, h, w]`: per image `columns = weight^T x d_out_b`, then col2im.
+        fn input_gradient(&self) -> FlexTensor {
+            let (rows, pixels) = (self.rows(), self.pixels());
+            let shape = [rows, self.out_channels, pixels];
+            // weight [out, rows] read transposed.
+            let weight_t = View {
+                data: values(&self.weight),
+                row: 1,
+                col: rows,
+            };
+            let mut d_x = vec![0.0f32; self.batch * self.image_len()];
+            d_x.par_chunks_mut(self.image_len())
+                .enumerate()
+                .for_each_init(Vec::new, |buffer, (b, d_image)| {
+                    if self.geometry.is_identity() {
+                        matmul(
+                            d_image,
+                            false,
+                            weight_t,
+                            self.d_out(b),
+                            shape,
+                            self.gemm_threads(),
+                        );
+                    } else {
+                        buffer.resize(rows * pixels, 0.0);
+                        matmul(
+                            buffer,
+                            false,
+                            weight_t,
+                            self.d_out(b),
+                            shape,
+                            self.gemm_threads(),
+                        );
+                        self.geometry.col2im(buffer, d_image);
+                    }
+                });
+            FlexTensor::from_data(TensorData::new(d_x, self.x.shape()))
+        }
+    }
+
+    /// A matrix over a slice: element `(r, c)` is `data[r * row + c * col]`.
+    #[derive(Clone, Copy)]
+    struct View<'a> {
+        data: &'a [f32],
+        row: usize,
+        col: usize,
+    }
+
+    /// `dst [m, n] = (dst if accumulate) + lhs [m, k] x rhs [k, n]`, `dst` row-major.
+    fn matmul(
+        dst: &mut [f32],
+        accumulate: bool,
+        lhs: View,
+        rhs: View,
+        [m, k, n]: [usize; 3],
+        parallelism: gemm::Parallelism,
+    ) {
+        let last = |v: View, rows: usize, cols: usize| (rows - 1) * v.row + (cols - 1) * v.col;
+        if m == 0 || n == 0 || k == 0 {
+            if !accumulate {
+                dst[..m * n].fill(0.0);
+            }
+            return;
+        }
+        assert!(dst.len() >= m * n);
+        assert!(last(lhs, m, k) < lhs.data.len() && last(rhs, k, n) < rhs.data.len());
+        // SAFETY: the asserts above keep every element gemm reads or writes inside the
+        // slices; `dst` is borrowed mutably, so it aliases neither input.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                dst.as_mut_ptr(),
+                1,
+                n as isize,
+                accumulate,
+                lhs.data.as_ptr(),
+                lhs.col as isize,
+                lhs.row as isize,
+                rhs.data.as_ptr(),
+                rhs.col as isize,
+                rhs.row as isize,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                parallelism,
+            );
+        }
+    }
+
+    /// Where each kernel tap of a convolution reads its input.
+    struct Geometry {
+        in_channels: usize,
+        in_hw: [usize; 2],
+        out_hw: [usize; 2],
+        kernel: [usize; 2],
+        options: ConvOptions<2>,
+    }
+
+    impl Geometry {
+        /// A 1x1, stride-1, unpadded convolution: the image is its own column matrix.
+        fn is_identity(&self) -> bool {
+            self.kernel == [1, 1]
+                && self.options.stride == [1, 1]
+                && self.options.padding == [0, 0]
+                && self.in_hw == self.out_hw
+        }
+
+        /// The output positions along `axis` whose tap `tap` reads inside the image, and the
+        /// input position of the first: output `o` reads `o * stride - pad + tap * dilation`.
+        fn inside(&self, axis: usize, tap: usize) -> (std::ops::Range<usize>, usize) {
+            let (stride, pad) = (self.options.stride[axis], self.options.padding[axis]);
+            let offset = tap * self.options.dilation[axis];
+            let (size, outs) = (self.in_hw[axis], self.out_hw[axis]);
+            let first = pad.saturating_sub(offset).div_ceil(stride);
+            // o * stride + offset - pad < size  <=>  o * stride < size + pad - offset
+            let end = (size + pad)
+                .checked_sub(offset)
+                .map_or(0, |limit| limit.div_ceil(stride))
+                .min(outs);
+            let first = first.min(end);
+            (first..end, (first * stride + offset).saturating_sub(pad))
+        }
+
+        /// Calls `run(column, input, len)` for every stretch of one output row whose taps fall
+        /// inside the image: column entries `column..column + len` of the `[in * kh * kw,
+        /// h_out * w_out]` column matrix read input elements `input, input + stride_x, ...`
+        /// of `[in, h, w]`. Entries never visited are taps in the padding.
+        fn for_each_run(&self, mut run: impl FnMut(usize, usize, usize)) {
+            let [h, w] = self.in_hw;
+            let [out_h, out_w] = self.out_hw;
+            let [kh, kw] = self.kernel;
+            for c in 0..self.in_channels {
+                for i in 0..kh {
+                    let (ys, y0) = self.inside(0, i);
+                    for j in 0..kw {
+                        let (xs, x0) = self.inside(1, j);
+                        let row = (c * kh + i) * kw + j;
+                        for (k, oy) in ys.clone().enumerate() {
+                            let y = y0 + k * self.options.stride[0];
+                            run(
+                                (row * out_h + oy) * out_w + xs.start,
+                                (c * h + y) * w + x0,
+                                xs.len(),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+
+        /// `image [in, h, w]` -> `columns [in * kh * kw, h_out * w_out]`. Padding taps are left
+        /// as they are: zero in a fresh buffer, and the same entries for every image.
+        fn im2col(&self, image: &[f32], columns: &mut [f32]) {
+            let step = self.options.stride[1];
+            self.for_each_run(|column, input, len| {
+                let dst = &mut columns[column..column + len];
+                if step == 1 {
+                    dst.copy_from_slice(&image[input..input + len]);
+                } else {
+                    for (k, v) in dst.iter_mut().enumerate() {
+                        *v = image[input + k * step];
+                    }
+                }
+            });
+        }
+
+        /// The adjoint of [`Geometry::im2col`]: `image [in, h, w] += ` every column entry
+        /// added back onto the input element it was read from.
+        fn col2im(&self, columns: &[f32], image: &mut [f32]) {
+            let step = self.options.stride[1];
+            self.for_each_run(|column, input, len| {
+                let src = &columns[column..column + len];
+                if step == 1 {
+                    let dst = &mut image[input..input + len];
+                    dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
+                } else {
+                    for (k, s) in src.iter().enumerate() {
+                        image[input + k * step] += s;
+                    }
+                }
+            });
+        }
+    }
+}
+
+#[cfg(all(test, feature = "flex"))]
+mod tests {
+    use burn::backend::{Autodiff, Flex};
+    use burn::nn::conv::Conv2dConfig;
+    use burn::nn::PaddingConfig2d;
+    use burn::tensor::Distribution;
+
+    use super::*;
+
+    type B = Autodiff<Flex>;
+
+    /// Largest `|a - b| / (1 + |b|)`.
+    fn max_diff<const D: usize>(a: Tensor<Flex, D>, b: Tensor<Flex, D>) -> f32 {
+        let scale = b.clone().abs().add_scalar(1.0);
+        (a - b).abs().div(scale).max().into_scalar()
+    }
+
+    /// Output and gradients of `x`, weight and bias through `apply` and through burn's own
+    /// `Conv2d::forward`, for a loss `sum(out * r)` with random `r`.
+    fn compare(config: Conv2dConfig, input: [usize; 4]) {
+        let device = Default::default();
+        let conv = config.init::<B>(&device);
+        let x =
+            Tensor::<B, 4>::random(input, Distribution::Normal(0.0, 1.0), &device).require_grad();
+        let ours = apply(&conv, x.clone());
+        let reference = conv.forward(x.clone());
+        assert_eq!(ours.dims(), reference.dims());
+        let r = Tensor::<B, 4>::random(ours.dims(), Distribution::Normal(0.0, 1.0), &device);
+        let grads_ours = (ours.clone() * r.clone()).sum().backward();
+        let grads_ref = (reference.clone() * r).sum().backward();
+        assert!(max_diff(ours.inner(), reference.inner()) < 1e-6);
+        let dx = max_diff(x.grad(&grads_ours).unwrap(), x.grad(&grads_ref).unwrap());
+        let dw = max_diff(
+            conv.weight.grad(&grads_ours).unwrap(),
+            conv.weight.grad(&grads_ref).unwrap(),
+        );
+        assert!(dx < 1e-5, "{config:?}: x gradient differs by {dx}");
+        assert!(dw < 1e-4, "{config:?}: weight gradient differs by {dw}");
+        if let Some(bias) = &conv.bias {
+            let db = max_diff(
+                bias.grad(&grads_ours).unwrap(),
+                bias.grad(&grads_ref).unwrap(),
+            );
+            assert!(db < 1e-4, "{config:?}: bias gradient differs by {db}");
+        }
+    }
+
+    #[test]
+    fn gradients_match_burns_convolution() {
+        let pad = |p| PaddingConfig2d::Explicit(p, p, p, p);
+        // The network's shapes: 3x3 stride 1 and 2 without bias, 1x1 with bias.
+        compare(
+            Conv2dConfig::new([5, 7], [3, 3])
+                .with_padding(pad(1))
+                .with_bias(false),
+            [3, 5, 11, 9],
+        );
+        compare(
+            Conv2dConfig::new([4, 6], [3, 3])
+                .with_stride([2, 2])
+                .with_padding(pad(1))
+                .with_bias(false),
+            [2, 4, 13, 10],
+        );
+        compare(Conv2dConfig::new([6, 3], [1, 1]), [2, 6, 5, 7]);
+        // Beyond them: rectangular kernel, uneven stride, dilation, no padding, bias.
+        compare(
+            Conv2dConfig::new([3, 4], [3, 5])
+                .with_stride([1, 2])
+                .with_dilation([2, 1])
+                .with_padding(PaddingConfig2d::Explicit(2, 1, 2, 1)),
+            [2, 3, 9, 12],
+        );
+        compare(
+            Conv2dConfig::new([2, 3], [3, 3]).with_padding(PaddingConfig2d::Valid),
+            [1, 2, 6, 5],
+        );
+        // More images than threads (parallel over images) and fewer (parallel GEMM).
+        compare(
+            Conv2dConfig::new([3, 5], [3, 3])
+                .with_padding(pad(1))
+                .with_bias(false),
+            [rayon::current_num_threads() * 2 + 1, 3, 6, 6],
+        );
+    }
+
+    #[test]
+    fn only_cpu_training_takes_the_gemm_weight_gradient() {
+        assert!(has_cpu_weight_gradient::<Autodiff<Flex>>());
+        assert!(!has_cpu_weight_gradient::<Flex>());
+    }
+
+    #[test]
+    fn grouped_and_asymmetric_convolutions_use_burns_path_unchanged() {
+        let device = Default::default();
+        let grouped = Conv2dConfig::new([4, 4], [3, 3])
+            .with_groups(2)
+            .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+            .init::<B>(&device);
+        let asymmetric = Conv2dConfig::new([2, 3], [2, 2])
+            .with_padding(PaddingConfig2d::Explicit(0, 0, 1, 1))
+            .init::<B>(&device);
+        for (conv, input) in [(grouped, [2, 4, 5, 5]), (asymmetric, [2, 2, 5, 5])] {
+            let x = Tensor::<B, 4>::random(input, Distribution::Default, &device);
+            let diff = max_diff(apply(&conv, x.clone()).inner(), conv.forward(x).inner());
+            assert_eq!(diff, 0.0);
+        }
+    }
+}
