@@ -72,7 +72,7 @@ mod cpu_training {
     use burn::backend::flex::{Flex, FlexTensor};
     use burn::backend::Autodiff;
     use burn::prelude::*;
-    use burn::tensor::ops::{ConvOptions, FloatTensor, ModuleOps};
+    use burn::tensor::ops::{ConvOptions, FloatTensor};
     use burn::tensor::{DType, TensorData, TensorMetadata, TensorPrimitive};
     use rayon::prelude::*;
 
@@ -145,15 +145,19 @@ mod cpu_training {
                         prep.checkpoint(&weight),
                         options.clone(),
                     );
-                    let out =
-                        Flex::conv2d(x.primitive, weight.primitive, Some(bias.primitive), options);
+                    let out = convolve(
+                        &x.primitive,
+                        &weight.primitive,
+                        Some(&bias.primitive),
+                        &options,
+                    );
                     prep.finish(state, out)
                 }
-                OpsKind::UnTracked(prep) => prep.finish(Flex::conv2d(
-                    x.primitive,
-                    weight.primitive,
-                    Some(bias.primitive),
-                    options,
+                OpsKind::UnTracked(prep) => prep.finish(convolve(
+                    &x.primitive,
+                    &weight.primitive,
+                    Some(&bias.primitive),
+                    &options,
                 )),
             },
             None => match Conv2dGradients
@@ -167,11 +171,11 @@ mod cpu_training {
                         prep.checkpoint(&weight),
                         options.clone(),
                     );
-                    let out = Flex::conv2d(x.primitive, weight.primitive, None, options);
+                    let out = convolve(&x.primitive, &weight.primitive, None, &options);
                     prep.finish(state, out)
                 }
                 OpsKind::UnTracked(prep) => {
-                    prep.finish(Flex::conv2d(x.primitive, weight.primitive, None, options))
+                    prep.finish(convolve(&x.primitive, &weight.primitive, None, &options))
                 }
             },
         }
@@ -253,16 +257,8 @@ mod cpu_training {
                 d_out.to_contiguous(),
                 weight.to_contiguous(),
             );
-            let [batch, in_channels, height, width] = x.shape().dims();
-            let [_, out_channels, out_h, out_w] = d_out.shape().dims();
-            let [_, _, kh, kw] = weight.shape().dims();
-            let geometry = Geometry {
-                in_channels,
-                in_hw: [height, width],
-                out_hw: [out_h, out_w],
-                kernel: [kh, kw],
-                options: options.clone(),
-            };
+            let geometry = Geometry::new(x.shape().dims(), weight.shape().dims(), options);
+            let [batch, out_channels] = [x.shape()[0], weight.shape()[0]];
             Problem {
                 x,
                 d_out,
@@ -273,9 +269,8 @@ mod cpu_training {
             }
         }
 
-        /// Rows of the column matrix: `in * kh * kw`.
         fn rows(&self) -> usize {
-            self.geometry.in_channels * self.geometry.kernel[0] * self.geometry.kernel[1]
+            self.geometry.rows()
         }
 
         fn pixels(&self) -> usize {
@@ -283,12 +278,12 @@ mod cpu_training {
         }
 
         fn image_len(&self) -> usize {
-            self.geometry.in_channels * self.geometry.in_hw[0] * self.geometry.in_hw[1]
+            self.geometry.image_len()
         }
 
         /// `x_b [in, h, w]`.
         fn image(&self, b: usize) -> &[f32] {
-            &values(&self.x)[b * self.image_len()..(b + 1) * self.image_len()]
+            self.geometry.image(values(&self.x), b)
         }
 
         /// `d_out_b [out, h_out * w_out]` as a matrix.
@@ -301,14 +296,8 @@ mod cpu_training {
             }
         }
 
-        /// Images run in parallel when there are at least as many as threads; else each
-        /// GEMM runs on every thread.
         fn gemm_threads(&self) -> gemm::Parallelism {
-            if self.batch >= rayon::current_num_threads() {
-                gemm::Parallelism::None
-            } else {
-                gemm::Parallelism::Rayon(0)
-            }
+            gemm_threads(self.batch)
         }
 
         /// `d_weight [out, in, kh, kw]` = sum over images of `d_out_b x im2col(x_b)^T`.
@@ -392,6 +381,77 @@ mod cpu_training {
         }
     }
 
+    /// Images run in parallel when there are at least as many as threads; else each GEMM runs
+    /// on every thread.
+    fn gemm_threads(batch: usize) -> gemm::Parallelism {
+        if batch >= rayon::current_num_threads() {
+            gemm::Parallelism::None
+        } else {
+            gemm::Parallelism::Rayon(0)
+        }
+    }
+
+    /// The convolution itself, `[batch, in, h, w]` -> `[batch, out, h_out, w_out]`: per image
+    /// `out_b [out, h_out * w_out] = weight [out, rows] x im2col(x_b)`, plus the bias. The same
+    /// column matrix as the weight gradient's, so both sides of the step share one layout
+    /// (burn-flex's own kernel converts to NHWC and back for every call).
+    fn convolve(
+        x: &FlexTensor,
+        weight: &FlexTensor,
+        bias: Option<&FlexTensor>,
+        options: &ConvOptions<2>,
+    ) -> FlexTensor {
+        let (x, weight) = (x.to_contiguous(), weight.to_contiguous());
+        let bias = bias.map(|b| b.to_contiguous());
+        let geometry = Geometry::new(x.shape().dims(), weight.shape().dims(), options);
+        let [batch, out_channels] = [x.shape()[0], weight.shape()[0]];
+        let rows = geometry.rows();
+        let pixels = geometry.out_hw[0] * geometry.out_hw[1];
+        let w = View {
+            data: values(&weight),
+            row: rows,
+            col: 1,
+        };
+        let mut out = vec![0.0f32; batch * out_channels * pixels];
+        if out.is_empty() {
+            let shape = [batch, out_channels, geometry.out_hw[0], geometry.out_hw[1]];
+            return FlexTensor::from_data(TensorData::new(out, shape));
+        }
+        out.par_chunks_mut(out_channels * pixels)
+            .enumerate()
+            .for_each_init(Vec::new, |buffer, (b, out_b)| {
+                let image = geometry.image(values(&x), b);
+                let columns: &[f32] = if geometry.is_identity() {
+                    image
+                } else {
+                    buffer.resize(rows * pixels, 0.0);
+                    geometry.im2col(image, buffer);
+                    buffer
+                };
+                if let Some(bias) = &bias {
+                    for (row, &b) in out_b.chunks_mut(pixels).zip(values(bias)) {
+                        row.fill(b);
+                    }
+                }
+                let columns = View {
+                    data: columns,
+                    row: pixels,
+                    col: 1,
+                };
+                let shape = [out_channels, rows, pixels];
+                matmul(
+                    out_b,
+                    bias.is_some(),
+                    w,
+                    columns,
+                    shape,
+                    gemm_threads(batch),
+                );
+            });
+        let shape = [batch, out_channels, geometry.out_hw[0], geometry.out_hw[1]];
+        FlexTensor::from_data(TensorData::new(out, shape))
+    }
+
     /// A matrix over a slice: element `(r, c)` is `data[r * row + c * col]`.
     #[derive(Clone, Copy)]
     struct View<'a> {
@@ -455,6 +515,36 @@ mod cpu_training {
     }
 
     impl Geometry {
+        fn new(x: [usize; 4], weight: [usize; 4], options: &ConvOptions<2>) -> Self {
+            let [_, in_channels, height, width] = x;
+            let [_, _, kh, kw] = weight;
+            let out = |axis: usize, size: usize, k: usize| {
+                let span = options.dilation[axis] * (k - 1) + 1;
+                (size + 2 * options.padding[axis]).saturating_sub(span) / options.stride[axis] + 1
+            };
+            Geometry {
+                in_channels,
+                in_hw: [height, width],
+                out_hw: [out(0, height, kh), out(1, width, kw)],
+                kernel: [kh, kw],
+                options: options.clone(),
+            }
+        }
+
+        /// Rows of the column matrix: `in * kh * kw`.
+        fn rows(&self) -> usize {
+            self.in_channels * self.kernel[0] * self.kernel[1]
+        }
+
+        fn image_len(&self) -> usize {
+            self.in_channels * self.in_hw[0] * self.in_hw[1]
+        }
+
+        /// Image `b [in, h, w]` of a contiguous `[batch, in, h, w]` tensor.
+        fn image<'a>(&self, x: &'a [f32], b: usize) -> &'a [f32] {
+            &x[b * self.image_len()..(b + 1) * self.image_len()]
+        }
+
         /// A 1x1, stride-1, unpadded convolution: the image is its own column matrix.
         fn is_identity(&self) -> bool {
             self.kernel == [1, 1]
