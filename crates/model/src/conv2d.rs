@@ -1,17 +1,22 @@
-//! 2D convolution for the network's layers, with a faster weight gradient when training on the
-//! CPU backend.
+//! 2D convolution for the network's layers: burn's `conv2d`, except on the CPU backend, where
+//! the convolution and both its gradients are im2col + GEMM.
 //!
 //! burn 0.21 computes a convolution's weight gradient on burn-flex (the CPU backend) as another
 //! convolution: input and output gradient swapped to `[channels, batch, h, w]` (two strided
-//! copies) and the output gradient used as a `[h_out, w_out]` kernel. Measured on 2 cores, that
-//! was 30% of a nano training step. Here the weight gradient is the textbook one: per image, the
-//! input unrolled once into columns `[in * kh * kw, h_out * w_out]` (im2col) and one GEMM
-//! `d_weight += d_out [out, h_out * w_out] x columns^T`. The forward pass and the input
-//! gradient stay burn-flex's own kernels.
+//! copies) and the output gradient used as an `[h_out, w_out]` kernel. Measured on 2 cores, that
+//! was 30% of a nano training step; its input gradient (a transposed convolution whose col2im is
+//! a scalar loop over one image at a time) another 12%. Here every direction is the textbook
+//! one, per image and in parallel over images, with one column matrix
+//! `columns [in * kh * kw, h_out * w_out]` (im2col of the image):
 //!
-//! Only `Autodiff<Flex>` with `f32` tensors and `groups == 1` takes this path (checked at run
-//! time by type, so the network stays generic over burn's `Backend`); every other backend and
-//! case is burn's `conv2d`, unchanged.
+//! - forward: `out_b [out, h_out * w_out] = weight [out, in * kh * kw] x columns`;
+//! - weight gradient: `d_weight += d_out_b x columns^T`;
+//! - input gradient: `d_x_b = col2im(weight^T x d_out_b)`.
+//!
+//! The GEMM is burn-flex's own (the `gemm` crate), with its AVX-512 kernels enabled (chosen at
+//! run time; AVX2 machines get the AVX2 ones). `Flex` and `Autodiff<Flex>` with `f32` tensors
+//! and `groups == 1` take this path, checked at run time by type so that the network stays
+//! generic over burn's `Backend`. Every other backend and case is burn's `conv2d`, unchanged.
 
 use burn::nn::conv::Conv2d;
 use burn::prelude::*;
@@ -37,7 +42,7 @@ pub fn apply<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
         if let Some(padding) = padding {
             let options = ConvOptions::new(conv.stride, padding, conv.dilation, conv.groups);
             let bias = conv.bias.as_ref().map(|b| b.val());
-            return match cpu_training::conv2d(x, conv.weight.val(), bias, options) {
+            return match cpu::conv2d(x, conv.weight.val(), bias, options) {
                 Ok(out) => out,
                 Err((x, weight, bias, options)) => {
                     burn::tensor::module::conv2d(x, weight, bias, options)
@@ -48,11 +53,11 @@ pub fn apply<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
     conv.forward(x)
 }
 
-/// Whether [`apply`] computes weight gradients by im2col + GEMM on backend `B`.
-pub fn has_cpu_weight_gradient<B: Backend>() -> bool {
+/// Whether [`apply`] runs its own im2col + GEMM kernels on backend `B`.
+pub fn uses_cpu_kernels<B: Backend>() -> bool {
     #[cfg(feature = "flex")]
     {
-        cpu_training::is_flex_autodiff::<B>()
+        cpu::is_flex::<B>() || cpu::is_flex_autodiff::<B>()
     }
     #[cfg(not(feature = "flex"))]
     {
@@ -61,7 +66,7 @@ pub fn has_cpu_weight_gradient<B: Backend>() -> bool {
 }
 
 #[cfg(feature = "flex")]
-mod cpu_training {
+mod cpu {
     use std::any::{Any, TypeId};
 
     use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -84,6 +89,10 @@ mod cpu_training {
         ConvOptions<2>,
     );
 
+    pub fn is_flex<B: Backend>() -> bool {
+        TypeId::of::<B>() == TypeId::of::<Flex>()
+    }
+
     pub fn is_flex_autodiff<B: Backend>() -> bool {
         TypeId::of::<B>() == TypeId::of::<Train>()
     }
@@ -96,31 +105,46 @@ mod cpu_training {
             .and_then(Option::take)
     }
 
-    fn float<B: Backend, const D: usize>(t: Tensor<B, D>) -> FloatTensor<Train> {
+    /// `t`'s primitive as backend `P`'s, when `B` is `P`.
+    fn float<P: Backend, B: Backend, const D: usize>(t: Tensor<B, D>) -> P::FloatTensorPrimitive {
         match t.into_primitive() {
-            TensorPrimitive::Float(p) => cast(p).expect("checked: B is Autodiff<Flex>"),
+            TensorPrimitive::Float(p) => cast(p).expect("checked: B is P"),
             TensorPrimitive::QFloat(_) => unreachable!("checked: f32 tensors"),
         }
     }
 
-    /// The convolution through [`Conv2dGradients`], or the arguments back when `B`, the dtype
-    /// or the groups are not this path's.
+    fn tensor<P: Backend, B: Backend, const D: usize>(p: P::FloatTensorPrimitive) -> Tensor<B, D> {
+        let p: B::FloatTensorPrimitive = cast(p).expect("checked: B is P");
+        Tensor::from_primitive(TensorPrimitive::Float(p))
+    }
+
+    /// The convolution by im2col + GEMM (through [`Conv2dGradients`] when training), or the
+    /// arguments back when `B`, the dtype or the groups are not this path's.
     pub fn conv2d<B: Backend>(
         x: Tensor<B, 4>,
         weight: Tensor<B, 4>,
         bias: Option<Tensor<B, 1>>,
         options: ConvOptions<2>,
     ) -> Result<Tensor<B, 4>, Args<B>> {
-        let eligible = is_flex_autodiff::<B>()
-            && options.groups == 1
+        let eligible = options.groups == 1
             && [x.dtype(), weight.dtype()] == [DType::F32; 2]
             && bias.as_ref().is_none_or(|b| b.dtype() == DType::F32);
-        if !eligible {
-            return Err((x, weight, bias, options));
+        if eligible && is_flex_autodiff::<B>() {
+            let (x, weight) = (float::<Train, _, 4>(x), float::<Train, _, 4>(weight));
+            let out = forward(x, weight, bias.map(float::<Train, _, 1>), options);
+            Ok(tensor::<Train, B, 4>(out))
+        } else if eligible && is_flex::<B>() {
+            let (x, weight) = (float::<Flex, _, 4>(x), float::<Flex, _, 4>(weight));
+            let bias = bias.map(float::<Flex, _, 1>);
+            Ok(tensor::<Flex, B, 4>(convolve(
+                &x,
+                &weight,
+                bias.as_ref(),
+                &options,
+            )))
+        } else {
+            Err((x, weight, bias, options))
         }
-        let out = forward(float(x), float(weight), bias.map(float), options);
-        let out: B::FloatTensorPrimitive = cast(out).expect("checked: B is Autodiff<Flex>");
-        Ok(Tensor::from_primitive(TensorPrimitive::Float(out)))
     }
 
     fn forward(
@@ -302,43 +326,45 @@ mod cpu_training {
 
         /// `d_weight [out, in, kh, kw]` = sum over images of `d_out_b x im2col(x_b)^T`.
         fn weight_gradient(&self) -> FlexTensor {
-            let (rows, pixels) = (self.rows(), self.pixels());
-            let shape = [self.out_channels, pixels, rows];
-            let sum = (0..self.batch)
-                .into_par_iter()
-                .fold(
-                    || (vec![0.0f32; self.out_channels * rows], Vec::new()),
-                    |(mut sum, mut buffer), b| {
-                        let columns: &[f32] = if self.geometry.is_identity() {
-                            self.image(b)
-                        } else {
-                            buffer.resize(rows * pixels, 0.0);
-                            self.geometry.im2col(self.image(b), &mut buffer);
-                            &buffer
-                        };
-                        let columns_t = View {
-                            data: columns,
-                            row: 1,
-                            col: pixels,
-                        };
-                        matmul(
-                            &mut sum,
-                            true,
-                            self.d_out(b),
-                            columns_t,
-                            shape,
-                            self.gemm_threads(),
-                        );
-                        (sum, buffer)
-                    },
-                )
-                .map(|(sum, _)| sum)
-                .reduce_with(|mut a, b| {
-                    a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
-                    a
-                })
-                .unwrap_or_else(|| vec![0.0; self.out_channels * rows]);
+            let sum = self.weight_gradient_sum(0..self.batch);
             FlexTensor::from_data(TensorData::new(sum, self.weight.shape()))
+        }
+
+        /// The sum over `images`, added up along a binary tree that depends only on the
+        /// batch size: the same rounding whatever the thread count or scheduling, so runs
+        /// stay bit-reproducible (rayon's `fold` would group by work stealing).
+        fn weight_gradient_sum(&self, images: std::ops::Range<usize>) -> Vec<f32> {
+            const IMAGES_PER_LEAF: usize = 2;
+            if images.len() > IMAGES_PER_LEAF {
+                let mid = images.start + images.len() / 2;
+                let (mut a, b) = rayon::join(
+                    || self.weight_gradient_sum(images.start..mid),
+                    || self.weight_gradient_sum(mid..images.end),
+                );
+                a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+                return a;
+            }
+            let (rows, pixels) = (self.rows(), self.pixels());
+            let mut sum = vec![0.0f32; self.out_channels * rows];
+            let mut buffer = Vec::new();
+            for b in images {
+                let columns = self.geometry.columns(self.image(b), &mut buffer);
+                let columns_t = View {
+                    data: columns,
+                    row: 1,
+                    col: pixels,
+                };
+                let shape = [self.out_channels, pixels, rows];
+                matmul(
+                    &mut sum,
+                    true,
+                    self.d_out(b),
+                    columns_t,
+                    shape,
+                    self.gemm_threads(),
+                );
+            }
+            sum
         }
 
         /// `d_x [batch, in, h, w]`: per image `columns = weight^T x d_out_b`, then col2im.
@@ -420,14 +446,7 @@ mod cpu_training {
         out.par_chunks_mut(out_channels * pixels)
             .enumerate()
             .for_each_init(Vec::new, |buffer, (b, out_b)| {
-                let image = geometry.image(values(&x), b);
-                let columns: &[f32] = if geometry.is_identity() {
-                    image
-                } else {
-                    buffer.resize(rows * pixels, 0.0);
-                    geometry.im2col(image, buffer);
-                    buffer
-                };
+                let columns = geometry.columns(geometry.image(values(&x), b), buffer);
                 if let Some(bias) = &bias {
                     for (row, &b) in out_b.chunks_mut(pixels).zip(values(bias)) {
                         row.fill(b);
@@ -596,8 +615,24 @@ mod cpu_training {
             }
         }
 
+        /// The column matrix of `image`: the image itself for a 1x1 convolution, else its
+        /// im2col in `buffer`.
+        fn columns<'a>(&self, image: &'a [f32], buffer: &'a mut Vec<f32>) -> &'a [f32] {
+            if self.is_identity() {
+                return image;
+            }
+            let len = self.rows() * self.out_hw[0] * self.out_hw[1];
+            if buffer.len() != len {
+                // Padding taps are never written by `im2col`: zero them once per buffer.
+                buffer.clear();
+                buffer.resize(len, 0.0);
+            }
+            self.im2col(image, buffer);
+            buffer
+        }
+
         /// `image [in, h, w]` -> `columns [in * kh * kw, h_out * w_out]`. Padding taps are left
-        /// as they are: zero in a fresh buffer, and the same entries for every image.
+        /// as they are (zero in a buffer from [`Geometry::columns`]).
         fn im2col(&self, image: &[f32], columns: &mut [f32]) {
             let step = self.options.stride[1];
             self.for_each_run(|column, input, len| {
@@ -718,9 +753,64 @@ mod tests {
     }
 
     #[test]
-    fn only_cpu_training_takes_the_gemm_weight_gradient() {
-        assert!(has_cpu_weight_gradient::<Autodiff<Flex>>());
-        assert!(!has_cpu_weight_gradient::<Flex>());
+    fn gradients_do_not_depend_on_the_thread_count() {
+        let gradients = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let device = Default::default();
+                // Fixed values (not the shared RNG, which tests running in parallel also draw).
+                let values = |n: usize, shape: [usize; 4]| {
+                    let v = (0..n).map(|i| ((i * 7919 % 101) as f32 - 50.0) / 37.0).collect();
+                    Tensor::<B, 4>::from_data(TensorData::new(v, shape), &device)
+                };
+                let mut conv = Conv2dConfig::new([3, 4], [3, 3])
+                    .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                    .with_bias(false)
+                    .init::<B>(&device);
+                conv.weight = burn::module::Param::from_tensor(values(108, [4, 3, 3, 3]));
+                let x = values(7 * 3 * 9 * 8, [7, 3, 9, 8]).require_grad();
+                let grads = apply(&conv, x.clone()).powi_scalar(2).sum().backward();
+                let dw = conv.weight.grad(&grads).unwrap().into_data();
+                (dw, x.grad(&grads).unwrap().into_data())
+            })
+        };
+        let one = gradients(1);
+        assert_eq!(one, gradients(3));
+        assert_eq!(one, gradients(2));
+    }
+
+    #[test]
+    fn the_cpu_backend_takes_the_gemm_path() {
+        assert!(uses_cpu_kernels::<Autodiff<Flex>>());
+        assert!(uses_cpu_kernels::<Flex>());
+    }
+
+    #[test]
+    fn inference_matches_burns_convolution() {
+        let device = Default::default();
+        let configs = [
+            (
+                Conv2dConfig::new([5, 7], [3, 3])
+                    .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1)),
+                [3, 5, 11, 9],
+            ),
+            (Conv2dConfig::new([6, 3], [1, 1]), [2, 6, 5, 7]),
+            (
+                Conv2dConfig::new([4, 6], [3, 3])
+                    .with_stride([2, 2])
+                    .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1)),
+                [2, 4, 13, 10],
+            ),
+        ];
+        for (config, input) in configs {
+            let conv = config.init::<Flex>(&device);
+            let x = Tensor::<Flex, 4>::random(input, Distribution::Normal(0.0, 1.0), &device);
+            let diff = max_diff(apply(&conv, x.clone()), conv.forward(x));
+            assert!(diff < 1e-6, "{config:?}: output differs by {diff}");
+        }
     }
 
     #[test]
