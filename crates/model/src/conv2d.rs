@@ -326,8 +326,13 @@ mod cpu {
 
         /// `d_weight [out, in, kh, kw]` = sum over images of `d_out_b x im2col(x_b)^T`.
         fn weight_gradient(&self) -> FlexTensor {
+            // Summed column-major ([rows, out]), transposed once at the end.
             let sum = self.weight_gradient_sum(0..self.batch);
-            FlexTensor::from_data(TensorData::new(sum, self.weight.shape()))
+            let (rows, out) = (self.rows(), self.out_channels);
+            let d_weight = (0..out * rows)
+                .map(|i| sum[(i % rows) * out + i / rows])
+                .collect();
+            FlexTensor::from_data(TensorData::new(d_weight, self.weight.shape()))
         }
 
         /// The sum over `images`, added up along a binary tree that depends only on the
@@ -355,8 +360,16 @@ mod cpu {
                     col: pixels,
                 };
                 let shape = [self.out_channels, pixels, rows];
+                // A column-major result lets gemm read the large column matrix in place:
+                // row-major, it would copy it transposed into its panels first (measured: that
+                // copy took longer than the multiply-adds).
+                let sum_view = ViewMut {
+                    data: &mut sum,
+                    row: 1,
+                    col: self.out_channels,
+                };
                 matmul(
-                    &mut sum,
+                    sum_view,
                     true,
                     self.d_out(b),
                     columns_t,
@@ -383,7 +396,7 @@ mod cpu {
                 .for_each_init(Vec::new, |buffer, (b, d_image)| {
                     if self.geometry.is_identity() {
                         matmul(
-                            d_image,
+                            ViewMut::rows(d_image, pixels),
                             false,
                             weight_t,
                             self.d_out(b),
@@ -393,7 +406,7 @@ mod cpu {
                     } else {
                         buffer.resize(rows * pixels, 0.0);
                         matmul(
-                            buffer,
+                            ViewMut::rows(buffer, pixels),
                             false,
                             weight_t,
                             self.d_out(b),
@@ -459,7 +472,7 @@ mod cpu {
                 };
                 let shape = [out_channels, rows, pixels];
                 matmul(
-                    out_b,
+                    ViewMut::rows(out_b, pixels),
                     bias.is_some(),
                     w,
                     columns,
@@ -479,24 +492,51 @@ mod cpu {
         col: usize,
     }
 
-    /// `dst [m, n] = (dst if accumulate) + lhs [m, k] x rhs [k, n]`, `dst` row-major.
+    /// A writable matrix over a slice, laid out like [`View`].
+    struct ViewMut<'a> {
+        data: &'a mut [f32],
+        row: usize,
+        col: usize,
+    }
+
+    impl<'a> ViewMut<'a> {
+        /// Row-major `[rows, cols]` over `data`.
+        fn rows(data: &'a mut [f32], cols: usize) -> Self {
+            ViewMut {
+                data,
+                row: cols,
+                col: 1,
+            }
+        }
+    }
+
+    /// `dst [m, n] = (dst if accumulate) + lhs [m, k] x rhs [k, n]`.
     fn matmul(
-        dst: &mut [f32],
+        dst: ViewMut,
         accumulate: bool,
         lhs: View,
         rhs: View,
         [m, k, n]: [usize; 3],
         parallelism: gemm::Parallelism,
     ) {
-        let last = |v: View, rows: usize, cols: usize| (rows - 1) * v.row + (cols - 1) * v.col;
-        if m == 0 || n == 0 || k == 0 {
+        let last =
+            |[row, col]: [usize; 2], rows: usize, cols: usize| (rows - 1) * row + (cols - 1) * col;
+        if m == 0 || n == 0 {
+            return;
+        }
+        if k == 0 {
             if !accumulate {
-                dst[..m * n].fill(0.0);
+                for r in 0..m {
+                    for c in 0..n {
+                        dst.data[r * dst.row + c * dst.col] = 0.0;
+                    }
+                }
             }
             return;
         }
-        assert!(dst.len() >= m * n);
-        assert!(last(lhs, m, k) < lhs.data.len() && last(rhs, k, n) < rhs.data.len());
+        assert!(last([dst.row, dst.col], m, n) < dst.data.len());
+        assert!(last([lhs.row, lhs.col], m, k) < lhs.data.len());
+        assert!(last([rhs.row, rhs.col], k, n) < rhs.data.len());
         // SAFETY: the asserts above keep every element gemm reads or writes inside the
         // slices; `dst` is borrowed mutably, so it aliases neither input.
         unsafe {
@@ -504,9 +544,9 @@ mod cpu {
                 m,
                 n,
                 k,
-                dst.as_mut_ptr(),
-                1,
-                n as isize,
+                dst.data.as_mut_ptr(),
+                dst.col as isize,
+                dst.row as isize,
                 accumulate,
                 lhs.data.as_ptr(),
                 lhs.col as isize,
@@ -763,7 +803,9 @@ mod tests {
                 let device = Default::default();
                 // Fixed values (not the shared RNG, which tests running in parallel also draw).
                 let values = |n: usize, shape: [usize; 4]| {
-                    let v = (0..n).map(|i| ((i * 7919 % 101) as f32 - 50.0) / 37.0).collect();
+                    let v = (0..n)
+                        .map(|i| ((i * 7919 % 101) as f32 - 50.0) / 37.0)
+                        .collect();
                     Tensor::<B, 4>::from_data(TensorData::new(v, shape), &device)
                 };
                 let mut conv = Conv2dConfig::new([3, 4], [3, 3])
