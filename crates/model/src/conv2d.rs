@@ -20,7 +20,6 @@
 
 use burn::nn::conv::Conv2d;
 use burn::prelude::*;
-use burn::tensor::ops::ConvOptions;
 
 /// Applies `conv` (burn's module: its parameters, stride, padding, dilation and groups) to
 /// `x [batch, in, height, width]`, giving `[batch, out, height_out, width_out]` exactly as
@@ -29,6 +28,7 @@ pub fn apply<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
     #[cfg(feature = "flex")]
     {
         use burn::nn::PaddingConfig2d;
+        use burn::tensor::ops::ConvOptions;
         // Symmetric padding only; `Same` and asymmetric padding take burn's path.
         let padding = match conv.padding {
             PaddingConfig2d::Valid => Some([0, 0]),
