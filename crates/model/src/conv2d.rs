@@ -153,55 +153,50 @@ mod cpu {
         bias: Option<FloatTensor<Train>>,
         options: ConvOptions<2>,
     ) -> FloatTensor<Train> {
+        let bias_values = bias.as_ref().map(|b| &b.primitive);
+        let out = convolve(&x.primitive, &weight.primitive, bias_values, &options);
+        let (x_node, weight_node) = (x.node.clone(), weight.node.clone());
         match bias {
-            Some(bias) => match Conv2dGradients
-                .prepare::<NoCheckpointing>([
-                    x.node.clone(),
-                    weight.node.clone(),
-                    bias.node.clone(),
-                ])
-                .compute_bound()
-                .stateful()
-            {
-                OpsKind::Tracked(mut prep) => {
-                    let state = (
-                        prep.checkpoint(&x),
-                        prep.checkpoint(&weight),
-                        options.clone(),
-                    );
-                    let out = convolve(
-                        &x.primitive,
-                        &weight.primitive,
-                        Some(&bias.primitive),
-                        &options,
-                    );
-                    prep.finish(state, out)
-                }
-                OpsKind::UnTracked(prep) => prep.finish(convolve(
-                    &x.primitive,
-                    &weight.primitive,
-                    Some(&bias.primitive),
-                    &options,
-                )),
-            },
-            None => match Conv2dGradients
-                .prepare::<NoCheckpointing>([x.node.clone(), weight.node.clone()])
-                .compute_bound()
-                .stateful()
-            {
-                OpsKind::Tracked(mut prep) => {
-                    let state = (
-                        prep.checkpoint(&x),
-                        prep.checkpoint(&weight),
-                        options.clone(),
-                    );
-                    let out = convolve(&x.primitive, &weight.primitive, None, &options);
-                    prep.finish(state, out)
-                }
-                OpsKind::UnTracked(prep) => {
-                    prep.finish(convolve(&x.primitive, &weight.primitive, None, &options))
-                }
-            },
+            Some(bias) => record(
+                Conv2dGradients
+                    .prepare::<NoCheckpointing>([x_node, weight_node, bias.node.clone()])
+                    .compute_bound()
+                    .stateful(),
+                &x,
+                &weight,
+                out,
+                options,
+            ),
+            None => record(
+                Conv2dGradients
+                    .prepare::<NoCheckpointing>([x_node, weight_node])
+                    .compute_bound()
+                    .stateful(),
+                &x,
+                &weight,
+                out,
+                options,
+            ),
+        }
+    }
+
+    type State = (NodeId, NodeId, ConvOptions<2>);
+
+    /// Puts the convolution's output in the graph, keeping `x` and the weight for the backward
+    /// step when a gradient is wanted.
+    fn record<const N: usize>(
+        kind: OpsKind<Conv2dGradients, Flex, State, NoCheckpointing, N>,
+        x: &FloatTensor<Train>,
+        weight: &FloatTensor<Train>,
+        out: FlexTensor,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Train> {
+        match kind {
+            OpsKind::Tracked(mut prep) => {
+                let state = (prep.checkpoint(x), prep.checkpoint(weight), options);
+                prep.finish(state, out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(out),
         }
     }
 
@@ -210,7 +205,7 @@ mod cpu {
     struct Conv2dGradients;
 
     impl<const N: usize> Backward<Flex, N> for Conv2dGradients {
-        type State = (NodeId, NodeId, ConvOptions<2>);
+        type State = State;
 
         fn backward(
             self,
