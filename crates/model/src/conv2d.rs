@@ -288,18 +288,6 @@ mod cpu {
             }
         }
 
-        fn rows(&self) -> usize {
-            self.geometry.rows()
-        }
-
-        fn pixels(&self) -> usize {
-            self.geometry.out_hw[0] * self.geometry.out_hw[1]
-        }
-
-        fn image_len(&self) -> usize {
-            self.geometry.image_len()
-        }
-
         /// `x_b [in, h, w]`.
         fn image(&self, b: usize) -> &[f32] {
             self.geometry.image(values(&self.x), b)
@@ -307,10 +295,10 @@ mod cpu {
 
         /// `d_out_b [out, h_out * w_out]` as a matrix.
         fn d_out(&self, b: usize) -> View<'_> {
-            let len = self.out_channels * self.pixels();
+            let len = self.out_channels * self.geometry.pixels();
             View {
                 data: &values(&self.d_out)[b * len..(b + 1) * len],
-                row: self.pixels(),
+                row: self.geometry.pixels(),
                 col: 1,
             }
         }
@@ -323,7 +311,7 @@ mod cpu {
         fn weight_gradient(&self) -> FlexTensor {
             // Summed column-major ([rows, out]), transposed once at the end.
             let sum = self.weight_gradient_sum(0..self.batch);
-            let (rows, out) = (self.rows(), self.out_channels);
+            let (rows, out) = (self.geometry.rows(), self.out_channels);
             let d_weight = (0..out * rows)
                 .map(|i| sum[(i % rows) * out + i / rows])
                 .collect();
@@ -344,7 +332,7 @@ mod cpu {
                 a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
                 return a;
             }
-            let (rows, pixels) = (self.rows(), self.pixels());
+            let (rows, pixels) = (self.geometry.rows(), self.geometry.pixels());
             let mut sum = vec![0.0f32; self.out_channels * rows];
             let mut buffer = Vec::new();
             for b in images {
@@ -377,7 +365,7 @@ mod cpu {
 
         /// `d_x [batch, in, h, w]`: per image `columns = weight^T x d_out_b`, then col2im.
         fn input_gradient(&self) -> FlexTensor {
-            let (rows, pixels) = (self.rows(), self.pixels());
+            let (rows, pixels) = (self.geometry.rows(), self.geometry.pixels());
             let shape = [rows, self.out_channels, pixels];
             // weight [out, rows] read transposed.
             let weight_t = View {
@@ -385,8 +373,8 @@ mod cpu {
                 row: 1,
                 col: rows,
             };
-            let mut d_x = vec![0.0f32; self.batch * self.image_len()];
-            d_x.par_chunks_mut(self.image_len())
+            let mut d_x = vec![0.0f32; self.batch * self.geometry.image_len()];
+            d_x.par_chunks_mut(self.geometry.image_len())
                 .enumerate()
                 .for_each_init(Vec::new, |buffer, (b, d_image)| {
                     if self.geometry.is_identity() {
@@ -440,7 +428,7 @@ mod cpu {
         let geometry = Geometry::new(x.shape().dims(), weight.shape().dims(), options);
         let [batch, out_channels] = [x.shape()[0], weight.shape()[0]];
         let rows = geometry.rows();
-        let pixels = geometry.out_hw[0] * geometry.out_hw[1];
+        let pixels = geometry.pixels();
         let w = View {
             data: values(&weight),
             row: rows,
@@ -590,6 +578,11 @@ mod cpu {
             self.in_channels * self.kernel[0] * self.kernel[1]
         }
 
+        /// Columns of the column matrix: output pixels.
+        fn pixels(&self) -> usize {
+            self.out_hw[0] * self.out_hw[1]
+        }
+
         fn image_len(&self) -> usize {
             self.in_channels * self.in_hw[0] * self.in_hw[1]
         }
@@ -656,7 +649,7 @@ mod cpu {
             if self.is_identity() {
                 return image;
             }
-            let len = self.rows() * self.out_hw[0] * self.out_hw[1];
+            let len = self.rows() * self.pixels();
             if buffer.len() != len {
                 // Padding taps are never written by `im2col`: zero them once per buffer.
                 buffer.clear();
