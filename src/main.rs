@@ -336,6 +336,9 @@ enum BenchWhat {
         /// Detection classes of the network
         #[arg(long, default_value_t = 10)]
         classes: usize,
+        /// Arithmetic of the convolutions (train.precision): f32, or bf16 on CUDA
+        #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
+        precision: String,
         /// CPU: threads the backend computes on (the rayon pool the step runs in), also the
         /// data workers; default: every core
         #[arg(long)]
@@ -737,6 +740,7 @@ fn run(cli: Cli) -> Result<()> {
                     steps,
                     warmup,
                     classes,
+                    precision,
                     threads,
                     source,
                     scratch,
@@ -760,6 +764,7 @@ fn run(cli: Cli) -> Result<()> {
                 steps,
                 warmup,
                 classes,
+                precision: precision.parse().map_err(|e: String| anyhow::anyhow!("--precision: {e}"))?,
                 threads,
                 scratch: scratch.unwrap_or_else(percept::train::bench::default_scratch),
                 progress: true,

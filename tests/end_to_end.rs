@@ -6,7 +6,7 @@ use burn::backend::{Autodiff, Flex};
 use burn::module::{AutodiffModule, Module};
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use percept::data::{collate, Manifest, Split};
-use percept::model::{ModelSize, PerceptionNet, PerceptionNetConfig};
+use percept::model::{ModelSize, PerceptionNet, PerceptionNetConfig, Precision};
 use percept::train::config::RunConfig;
 use percept::train::data::open_for_site;
 use percept::train::eval::{EvalReport, MetricResolution};
@@ -223,6 +223,44 @@ fn a_fixed_batch_overfits() {
 }
 
 #[test]
+fn bf16_convolutions_train_like_f32() {
+    type A = Autodiff<Flex>;
+    let dir = tempfile::tempdir().unwrap();
+    let data = synth(dir.path(), "DE", 2, 3);
+    let mut config = config(dir.path(), &data, 1);
+    config.train.lr = 0.01;
+    let ds = open_for_site(&data, Split::Train, "DE").unwrap();
+    let batch = collate(&[ds.get(0).unwrap(), ds.get(1).unwrap()], W, H);
+    let device = Default::default();
+    let init: PerceptionNet<A> = PerceptionNetConfig::new(ModelSize::Nano, 7).init(&device);
+    let mut losses = |precision| {
+        config.train.precision = precision;
+        let mut net = init.clone();
+        let mut optim = AdamWConfig::new().init::<A, PerceptionNet<A>>();
+        let mut losses = Vec::new();
+        for _ in 0..25 {
+            let loss = batch_loss(&net, &batch, 7, &config, &device);
+            losses.push(loss.total.clone().into_scalar());
+            let grads = GradientsParams::from_grads(loss.total.backward(), &net);
+            net = optim.step(config.train.lr, net, grads);
+        }
+        losses
+    };
+    let full = losses(Precision::F32);
+    let half = losses(Precision::Bf16);
+    eprintln!("losses f32 {full:?}\nlosses bf16 {half:?}");
+    // Same network, same batch: the first losses differ by bf16 rounding only.
+    let first = (half[0] - full[0]).abs() / full[0];
+    assert!(first > 0.0 && first < 1e-2, "first loss: f32 {} bf16 {}", full[0], half[0]);
+    // Both fall, and bf16 tracks f32.
+    for l in [&full, &half] {
+        assert!(l[24] < 0.7 * l[0], "loss went from {} to {}", l[0], l[24]);
+    }
+    let last = (half[24] - full[24]).abs() / full[24];
+    assert!(last < 0.1, "last loss: f32 {} bf16 {}", full[24], half[24]);
+}
+
+#[test]
 fn bad_configs_are_refused_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let good = include_str!("../configs/smoke.toml");
@@ -233,6 +271,10 @@ fn bad_configs_are_refused_naming_the_key() {
             "batch_size",
         ),
         (good.replace("size = \"nano\"", "size = \"tiny\""), "nano"),
+        (
+            good.replace("seed = 7", "seed = 7\nprecision = \"fp16\""),
+            "precision",
+        ),
     ];
     for (i, (text, key)) in cases.iter().enumerate() {
         let path = dir.path().join(format!("bad{i}.toml"));
@@ -272,6 +314,18 @@ fn user_errors_name_the_file_and_never_panic() {
     );
     refused(&["info", "--device", "tpu"], "cuda:N");
     refused(&["info", "--width", "100"], "multiples of 32");
+    refused(
+        &[
+            "train",
+            "--config",
+            "configs/smoke.toml",
+            "--set",
+            "train.precision=\"bf16\"",
+            "--device",
+            "wgpu",
+        ],
+        "wgpu has no bfloat16",
+    );
     refused(
         &["eval", "--model", missing, "--data", ".", "--split", "test"],
         "test",

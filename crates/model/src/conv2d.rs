@@ -20,37 +20,45 @@
 
 use burn::nn::conv::Conv2d;
 use burn::prelude::*;
+use burn::tensor::module;
+use burn::nn::PaddingConfig2d;
+use burn::tensor::ops::ConvOptions;
+use burn::tensor::{DType, FloatDType};
+
+use crate::precision::{self, Precision};
 
 /// Applies `conv` (burn's module: its parameters, stride, padding, dilation and groups) to
-/// `x [batch, in, height, width]`, giving `[batch, out, height_out, width_out]` exactly as
-/// `conv.forward(x)` does.
+/// `x [batch, in, height, width]`, giving `[batch, out, height_out, width_out]` as
+/// `conv.forward(x)` does: exactly in f32, or in bf16 arithmetic inside
+/// [`autocast`](crate::precision::autocast)`(Precision::Bf16)` (the result is f32 either way).
 pub fn apply<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
-    #[cfg(feature = "flex")]
-    {
-        use burn::nn::PaddingConfig2d;
-        use burn::tensor::ops::ConvOptions;
-        // Symmetric padding only; `Same` and asymmetric padding take burn's path.
-        let padding = match conv.padding {
-            PaddingConfig2d::Valid => Some([0, 0]),
-            PaddingConfig2d::Explicit(top, left, bottom, right)
-                if top == bottom && left == right =>
-            {
-                Some([top, left])
-            }
-            _ => None,
-        };
-        if let Some(padding) = padding {
-            let options = ConvOptions::new(conv.stride, padding, conv.dilation, conv.groups);
-            let bias = conv.bias.as_ref().map(|b| b.val());
-            return match cpu::conv2d(x, conv.weight.val(), bias, options) {
-                Ok(out) => out,
-                Err((x, weight, bias, options)) => {
-                    burn::tensor::module::conv2d(x, weight, bias, options)
-                }
-            };
+    // Symmetric padding only; `Same` and asymmetric padding take burn's path, in f32.
+    let padding = match conv.padding {
+        PaddingConfig2d::Valid => [0, 0],
+        PaddingConfig2d::Explicit(top, left, bottom, right) if top == bottom && left == right => {
+            [top, left]
         }
+        _ => return conv.forward(x),
+    };
+    let options = ConvOptions::new(conv.stride, padding, conv.dilation, conv.groups);
+    let bias = conv.bias.as_ref().map(|b| b.val());
+    if precision::current() == Precision::Bf16 && x.dtype() == DType::F32 {
+        let out = module::conv2d(
+            x.cast(FloatDType::BF16),
+            conv.weight.val().cast(FloatDType::BF16),
+            bias.map(|b| b.cast(FloatDType::BF16)),
+            options,
+        );
+        return out.cast(FloatDType::F32);
     }
-    conv.forward(x)
+    #[cfg(feature = "flex")]
+    let (x, weight, bias, options) = match cpu::conv2d(x, conv.weight.val(), bias, options) {
+        Ok(out) => return out,
+        Err(declined) => declined,
+    };
+    #[cfg(not(feature = "flex"))]
+    let weight = conv.weight.val();
+    module::conv2d(x, weight, bias, options)
 }
 
 /// Whether [`apply`] runs its own im2col + GEMM kernels on backend `B`.
@@ -858,5 +866,68 @@ mod tests {
             let diff = max_diff(apply(&conv, x.clone()).inner(), conv.forward(x).inner());
             assert_eq!(diff, 0.0);
         }
+    }
+
+    /// `t` rounded to bfloat16 (to nearest) and back to f32.
+    fn bf16_rounded<Bk: Backend, const D: usize>(t: Tensor<Bk, D>) -> Tensor<Bk, D> {
+        t.cast(FloatDType::BF16).cast(FloatDType::F32)
+    }
+
+    /// `|a - b| / |b|` over all elements (relative L2 distance).
+    fn relative_l2<const D: usize>(a: Tensor<Flex, D>, b: Tensor<Flex, D>) -> f32 {
+        let norm = |t: Tensor<Flex, D>| t.powi_scalar(2).sum().sqrt().into_scalar();
+        norm(a - b.clone()) / norm(b)
+    }
+
+    #[test]
+    fn bf16_autocast_convolves_rounded_operands_and_keeps_f32_gradients() {
+        let device = Default::default();
+        let conv = Conv2dConfig::new([6, 8], [3, 3])
+            .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+            .init::<B>(&device);
+        let x = Tensor::<B, 4>::random([2, 6, 10, 12], Distribution::Normal(0.0, 1.0), &device)
+            .require_grad();
+        let half = {
+            let _bf16 = precision::autocast(Precision::Bf16);
+            apply(&conv, x.clone())
+        };
+        let full = apply(&conv, x.clone());
+        assert_eq!(half.dtype(), DType::F32);
+
+        // What bf16 arithmetic gives: operands rounded to bf16, products summed, the sum
+        // rounded to bf16. The summation order may differ, which can move a result by one bf16
+        // step (2^-8 relative) when it lies near a rounding boundary.
+        let options = ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
+        let expected = bf16_rounded(module::conv2d(
+            bf16_rounded(x.clone().inner()),
+            bf16_rounded(conv.weight.val().inner()),
+            conv.bias.as_ref().map(|b| bf16_rounded(b.val().inner())),
+            options,
+        ));
+        let step = expected.clone().abs().mul_scalar(2f32.powi(-8)).add_scalar(1e-30);
+        let off_by = (half.clone().inner() - expected.clone()).abs().div(step);
+        assert!(off_by.clone().max().into_scalar() <= 1.0 + 1e-3);
+        let equal = off_by.lower_elem(1e-6).int().sum().into_scalar() as f32;
+        assert!(equal / expected.shape().num_elements() as f32 > 0.95);
+        // ...and not the f32 result.
+        let rel = relative_l2(half.clone().inner(), full.clone().inner());
+        assert!(rel > 1e-4 && rel < 1e-2, "bf16 vs f32 output: {rel}");
+
+        // Gradients come back in f32 to f32 weights, close to the f32 convolution's.
+        let r = Tensor::<B, 4>::random(full.dims(), Distribution::Normal(0.0, 1.0), &device);
+        let grads_half = (half * r.clone()).sum().backward();
+        let grads_full = (full * r).sum().backward();
+        let dw = conv.weight.grad(&grads_half).unwrap();
+        assert_eq!(dw.dtype(), DType::F32);
+        let dw_rel = relative_l2(dw, conv.weight.grad(&grads_full).unwrap());
+        let dx_rel = relative_l2(x.grad(&grads_half).unwrap(), x.grad(&grads_full).unwrap());
+        let db_rel = relative_l2(
+            conv.bias.as_ref().unwrap().grad(&grads_half).unwrap(),
+            conv.bias.as_ref().unwrap().grad(&grads_full).unwrap(),
+        );
+        for (name, rel) in [("weight", dw_rel), ("x", dx_rel), ("bias", db_rel)] {
+            assert!(rel < 1e-2, "{name} gradient, bf16 vs f32: {rel}");
+        }
+        assert!(dw_rel > 1e-5, "the weight gradient saw no bf16 rounding: {dw_rel}");
     }
 }

@@ -48,6 +48,7 @@ pub mod detection_head;
 pub mod loss;
 pub mod neck;
 pub mod network;
+pub mod precision;
 pub mod segmentation_head;
 pub mod sppf;
 
@@ -55,6 +56,7 @@ pub use assign::{assign_targets, DetectionTargets, ImageTargets, TargetBox};
 pub use decode::{decode_detections, DecodeOptions, ScoredBox};
 pub use detection_head::{anchor_points, AnchorPoint, DetectionOutput, STRIDES};
 pub use loss::{multitask_loss, LossParts, LossWeights, SegmentationTargets};
+pub use precision::{autocast, Precision};
 pub use network::{
     check_input_size, ModelSize, PerceptionNet, PerceptionNetConfig, PerceptionOutput, Tasks,
 };

@@ -30,7 +30,9 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::vision::VisionBackend;
 use indicatif::{ProgressBar, ProgressStyle};
 use percept_data::{write_synthetic_dataset, Batch, SynthOptions};
-use percept_model::{check_input_size, LossParts, ModelSize, PerceptionNet, PerceptionNetConfig};
+use percept_model::{
+    check_input_size, LossParts, ModelSize, PerceptionNet, PerceptionNetConfig, Precision,
+};
 use serde::Serialize;
 
 use crate::backend::{dispatch, BackendTask, DeviceSpec};
@@ -60,6 +62,8 @@ pub struct TrainBenchOptions {
     pub warmup: usize,
     /// Detection classes of the network.
     pub classes: usize,
+    /// Arithmetic of the convolutions (`train.precision`).
+    pub precision: Precision,
     /// Size of the rayon pool the benchmark runs in: the CPU backend (burn Flex) runs its
     /// convolutions, matmuls and reductions on the current rayon pool, so this is its compute
     /// threads; it also sets the data workers of (b). `None`: rayon's global pool and one data
@@ -85,6 +89,7 @@ impl TrainBenchOptions {
             steps: 20,
             warmup: 3,
             classes: 10,
+            precision: Precision::F32,
             threads: None,
             scratch: std::env::temp_dir(),
             progress: false,
@@ -107,6 +112,9 @@ impl TrainBenchOptions {
             return bad(
                 "--threads 0: give at least 1 thread, or leave it out for one per core".into(),
             );
+        }
+        if self.precision == Precision::Bf16 && self.device == DeviceSpec::Wgpu {
+            return bad("--precision bf16: wgpu has no bfloat16; use it with --device cuda:N".into());
         }
         if let Err(e) = check_input_size(self.height as usize, self.width as usize) {
             return bad(format!(
@@ -203,6 +211,8 @@ pub struct TrainBenchReport {
     pub forward_gflops_per_image: f64,
     pub device: String,
     pub backend: String,
+    /// Arithmetic of the convolutions.
+    pub precision: String,
     /// Threads of the rayon pool the benchmark ran in (the CPU backend's compute threads).
     pub threads: usize,
     pub batch_size: usize,
@@ -240,7 +250,7 @@ impl TrainBenchReport {
         let mut out = format!(
             "train step: {} ({:.2} M parameters, {:.2} GFLOPs/image forward), {} classes, \
              batch {} at {}\n\
-             device {} ({}), {} thread(s); {} timed steps after {} warm-up\n\
+             device {} ({}), {} convolutions, {} thread(s); {} timed steps after {} warm-up\n\
              first step (kernel compilation/autotune on GPU): {:.1} ms\n\n",
             self.model,
             self.parameters as f64 / 1e6,
@@ -250,6 +260,7 @@ impl TrainBenchReport {
             self.input,
             self.device,
             self.backend,
+            self.precision,
             self.threads,
             self.steps,
             self.warmup_steps,
@@ -370,13 +381,14 @@ fn bench_config(
          [site]\nregion = \"{REGION}\"\nname = \"bench\"\n\
          [model]\nsize = \"{}\"\ninput = {{ width = {}, height = {} }}\n\
          [data]\ndatasets = [{dataset}]\nworkers = {workers}\n\
-         [train]\nsteps = {}\nbatch_size = {}\nseed = 1\nlr = 0.002\n\
+         [train]\nsteps = {}\nbatch_size = {}\nseed = 1\nlr = 0.002\nprecision = \"{}\"\n\
          [optimizer]\ngrad_clip = 10.0\n",
         options.size.name(),
         options.width,
         options.height,
         1 + 2 * options.warmup + 3 * options.steps,
         options.batch_size,
+        options.precision,
     );
     RunConfig::parse(&text, Path::new("<percept bench train>"))
 }
@@ -619,6 +631,7 @@ where
         forward_gflops_per_image: arch.gflops(o.height as usize, o.width as usize),
         device: o.device.to_string(),
         backend: B::name(&device),
+        precision: options.precision.to_string(),
         threads,
         batch_size: o.batch_size,
         input: format!("{}x{}", o.width, o.height),

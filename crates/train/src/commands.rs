@@ -11,7 +11,7 @@ use percept_data::{
     write_synthetic_dataset, AuditEvent, AuditHead, AuditLog, AuditReport, Dataset, Manifest,
     Split, SynthOptions, AUDIT_FILE,
 };
-use percept_model::PerceptionNetConfig;
+use percept_model::{PerceptionNetConfig, Precision};
 
 use crate::backend::{dispatch, dispatch_on, BackendTask, DeviceSpec, Devices};
 use crate::checkpoint::{CheckpointDir, CheckpointKind};
@@ -66,6 +66,7 @@ pub fn train_with(
     faults: Faults,
 ) -> Result<TrainSummary, TrainError> {
     let devices = devices.into();
+    check_precision(config, &devices, "run config")?;
     let run_dir = config.run_dir();
     let checkpoints = CheckpointDir::new(run_dir.join("checkpoints"));
     if let Some(found) = checkpoints.list().first() {
@@ -86,6 +87,18 @@ pub fn train_with(
     write_atomic(&run_dir.join(RUN_CONFIG_FILE), config.to_toml().as_bytes())?;
     audit(&mut log, run_start(config))?;
     run_training(config, run_dir, &mut log, &devices, None, faults)
+}
+
+/// Refuses `train.precision = "bf16"` on wgpu, which has no bfloat16 (WGSL does not have the
+/// type), before anything of the run is written.
+fn check_precision(config: &RunConfig, devices: &Devices, source: &str) -> Result<(), TrainError> {
+    if config.train.precision == Precision::Bf16 && devices.specs()[0] == DeviceSpec::Wgpu {
+        return Err(TrainError::Invalid(format!(
+            "{source}: train.precision = \"bf16\" needs a cuda device (wgpu has no bfloat16): \
+             train on --device cuda:N, or set train.precision = \"f32\" for wgpu"
+        )));
+    }
+    Ok(())
 }
 
 /// The audit event that starts a run (or starts it over).
@@ -158,6 +171,7 @@ pub fn resume_with(
         )));
     }
     let config = RunConfig::load(&config_path)?;
+    check_precision(&config, &devices, &config_path.display().to_string())?;
     let checkpoints = CheckpointDir::new(run_dir.join("checkpoints"));
     let (state, warnings) = checkpoints.latest_intact(&config.hash());
     for w in &warnings {

@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use percept_data::{AugmentConfig, IntegrityPolicy};
-use percept_model::{check_input_size, DecodeOptions, LossWeights, ModelSize, Tasks};
+use percept_model::{
+    check_input_size, DecodeOptions, LossWeights, ModelSize, Precision, Tasks,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::config_source::LayeredConfig;
@@ -176,6 +178,11 @@ pub struct TrainConfig {
     /// stops; the last checkpoint stays as it was.
     #[serde(default = "default_max_nonfinite_steps")]
     pub max_nonfinite_steps: usize,
+    /// Arithmetic of the convolutions: "f32", or "bf16": bfloat16 convolutions (tensor cores)
+    /// with f32 weights, batch norm, losses and optimiser (see `percept_model::precision`).
+    /// bf16 is for CUDA devices: wgpu has no bfloat16, and on the CPU it is slower than f32.
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 fn one() -> usize {

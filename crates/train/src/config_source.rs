@@ -17,7 +17,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use percept_data::{AugmentConfig, IntegrityPolicy};
-use percept_model::{LossWeights, ModelSize, Tasks};
+use percept_model::{LossWeights, ModelSize, Precision, Tasks};
 use toml::{Table, Value};
 
 use crate::config::{
@@ -631,6 +631,7 @@ fn placeholder() -> RunConfig {
                 warmup_steps: 2000,
             }),
             max_nonfinite_steps: 5,
+            precision: Precision::F32,
         },
         optimizer: OptimizerConfig {
             grad_clip: Some(10.0),

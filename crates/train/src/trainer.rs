@@ -29,7 +29,7 @@ use burn::vision::VisionBackend;
 use indicatif::{ProgressBar, ProgressStyle};
 use percept_data::{AuditEvent, AuditHead, AuditLog, Batch, Dataset, LabelledTasks, SamplerState};
 use percept_model::{
-    assign_targets, multitask_loss, ImageTargets, LossParts, PerceptionNet, PerceptionNetConfig,
+    assign_targets, autocast, multitask_loss, ImageTargets, LossParts, PerceptionNet, PerceptionNetConfig,
     SegmentationTargets, TargetBox,
 };
 use serde::{Deserialize, Serialize};
@@ -294,7 +294,11 @@ pub fn batch_loss<B: Backend>(
     device: &B::Device,
 ) -> LossParts<B> {
     let (images, seg) = batch_tensors::<B>(batch, device);
-    let output = net.forward(images);
+    let output = {
+        // The casts are autodiff ops: backward needs no guard.
+        let _autocast = autocast(config.train.precision);
+        net.forward(images)
+    };
     let det_targets = output.detection.as_ref().map(|_| {
         assign_targets(
             batch.height,
