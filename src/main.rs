@@ -10,6 +10,7 @@ use percept::model::{ModelSize, PerceptionNetConfig};
 use percept::train::config_source::LayeredConfig;
 use percept::train::eval::MetricResolution;
 use percept::train::quickstart::{quickstart, QuickstartOptions};
+use percept::train::data_parallel::Cluster;
 use percept::train::{commands, DeviceSpec, Devices, RunConfig};
 
 mod import_cmd;
@@ -116,6 +117,15 @@ enum Command {
         /// train.batch_size images per device
         #[arg(long, visible_alias = "devices", default_value = "cpu")]
         device: String,
+        /// Train over this many nodes, one process each with the same devices (needs --master)
+        #[arg(long, default_value_t = 1)]
+        nodes: usize,
+        /// This node's index, 0 to nodes-1; node 0 writes runs/<name>, node R runs/<name>-node<R>
+        #[arg(long, default_value_t = 0)]
+        node_rank: usize,
+        /// HOST:PORT of node 0, the same on every node; node 0 averages the gradients there
+        #[arg(long, value_name = "HOST:PORT")]
+        master: Option<String>,
     },
     /// Print or check a run config as resolved: `extends` chain, --set overrides, defaults
     Config {
@@ -496,8 +506,20 @@ fn run(cli: Cli) -> Result<()> {
             set,
             resume,
             device: d,
+            nodes,
+            node_rank,
+            master,
         } => {
-            let devices: Devices = d.parse().context("--devices")?;
+            let mut devices: Devices = d.parse().context("--devices")?;
+            if nodes > 1 || node_rank > 0 || master.is_some() {
+                let Some(master) = master else {
+                    anyhow::bail!(
+                        "--nodes {nodes}: a run over several nodes needs --master HOST:PORT, \
+                         node 0's address, the same on every node"
+                    );
+                };
+                devices = devices.on_cluster(Cluster::new(nodes, node_rank, &master)?);
+            }
             let s = match (config, resume) {
                 (_, Some(run)) => {
                     if !set.is_empty() {

@@ -6,6 +6,7 @@ use std::str::FromStr;
 use burn::tensor::backend::AutodiffBackend;
 use burn::vision::VisionBackend;
 
+use crate::data_parallel::Cluster;
 use crate::TrainError;
 
 /// A device named on the command line.
@@ -51,9 +52,13 @@ impl fmt::Display for DeviceSpec {
 }
 
 /// The devices a run trains on: one, or several of one kind for data-parallel training
-/// (`--devices cuda:0,cuda:1`).
+/// (`--devices cuda:0,cuda:1`), and with a [`Cluster`], this node's share of a run over
+/// several nodes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Devices(Vec<DeviceSpec>);
+pub struct Devices {
+    specs: Vec<DeviceSpec>,
+    cluster: Option<Cluster>,
+}
 
 impl Devices {
     /// Several devices of one kind. A CUDA GPU may be named once; `cpu` and `wgpu` (one
@@ -81,17 +86,33 @@ impl Devices {
                 )));
             }
         }
-        Ok(Devices(specs))
+        Ok(Devices {
+            specs,
+            cluster: None,
+        })
     }
 
     pub fn specs(&self) -> &[DeviceSpec] {
-        &self.0
+        &self.specs
+    }
+
+    /// These devices as one node of a run over several nodes.
+    pub fn on_cluster(mut self, cluster: Cluster) -> Devices {
+        self.cluster = Some(cluster);
+        self
+    }
+
+    pub fn cluster(&self) -> Option<&Cluster> {
+        self.cluster.as_ref()
     }
 }
 
 impl From<DeviceSpec> for Devices {
     fn from(spec: DeviceSpec) -> Devices {
-        Devices(vec![spec])
+        Devices {
+            specs: vec![spec],
+            cluster: None,
+        }
     }
 }
 
@@ -109,7 +130,7 @@ impl FromStr for Devices {
 
 impl fmt::Display for Devices {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let names: Vec<String> = self.0.iter().map(ToString::to_string).collect();
+        let names: Vec<String> = self.specs.iter().map(ToString::to_string).collect();
         write!(f, "{}", names.join(","))
     }
 }

@@ -67,6 +67,19 @@ pub fn train_with(
 ) -> Result<TrainSummary, TrainError> {
     let devices = devices.into();
     check_precision(config, &devices, "run config")?;
+    let node_config;
+    let config = match devices.cluster() {
+        // Each node keeps its own run directory (checkpoints, metrics and the audit log of
+        // the shards it read): node 0 `runs/<name>`, node R `runs/<name>-node<R>`.
+        Some(c) if c.rank > 0 => {
+            node_config = RunConfig {
+                name: format!("{}-node{}", config.name, c.rank),
+                ..config.clone()
+            };
+            &node_config
+        }
+        _ => config,
+    };
     let run_dir = config.run_dir();
     let checkpoints = CheckpointDir::new(run_dir.join("checkpoints"));
     if let Some(found) = checkpoints.list().first() {
@@ -133,6 +146,7 @@ fn run_training(
                 audit: &mut *log,
                 resume,
                 faults,
+                cluster: devices.cluster().cloned(),
             },
         )?
     });

@@ -8,6 +8,12 @@
 //! validation); replicas 1.. run in threads of their own and get their parts of each step's
 //! micro-batches over a channel.
 //!
+//! Across nodes ([`Cluster`]): one process per node, each with its local replicas; every
+//! replica averages through the gradient hub node 0 serves ([`crate::gradient_hub`]) instead
+//! of burn-collective. Global rank of a node's `i`-th replica: `node rank x local devices + i`;
+//! every node loads the whole global batch and trains on its ranks' parts, so the run sees
+//! exactly what one process would.
+//!
 //! Batch-norm running statistics are not averaged: each replica keeps those of its own part
 //! (PyTorch's DDP without SyncBatchNorm keeps rank 0's too); checkpoints and validation use
 //! replica 0's.
@@ -17,7 +23,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use burn::collective::{self, CollectiveConfig, PeerId, ReduceOperation};
-use burn::module::ParamId;
+use burn::module::{ModuleVisitor, Param, ParamId};
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
 use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
@@ -28,10 +34,53 @@ use percept_data::Batch;
 use percept_model::{PerceptionNet, PerceptionNetConfig};
 
 use crate::config::RunConfig;
+use crate::gradient_hub::{GradientHub, HubClient};
 use crate::optim::{GradCheck, RunOptimizer};
 use crate::running_stats::{running_ids, RunningStats};
 use crate::trainer::{batch_loss, LossValues};
 use crate::TrainError;
+
+/// This process's place in a run spread over several nodes (one process each).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cluster {
+    /// Nodes (processes) in the run, each with the same number of devices.
+    pub nodes: usize,
+    /// This node's index in `0..nodes`.
+    pub rank: usize,
+    /// `host:port` where node 0 serves the gradient hub; the same on every node.
+    pub master: String,
+}
+
+impl Cluster {
+    /// Checks the flags' values; each message names the flag and what would be valid.
+    pub fn new(nodes: usize, rank: usize, master: &str) -> Result<Cluster, TrainError> {
+        let bad = |m: String| Err(TrainError::Invalid(m));
+        if nodes < 2 {
+            return bad(format!("--nodes {nodes}: a run over several nodes needs at least 2"));
+        }
+        if rank >= nodes {
+            return bad(format!(
+                "--node-rank {rank}: give this node's index, 0 to {} for --nodes {nodes}",
+                nodes - 1
+            ));
+        }
+        let port = master
+            .rsplit_once(':')
+            .filter(|(host, _)| !host.is_empty())
+            .and_then(|(_, port)| port.parse::<u16>().ok())
+            .filter(|p| *p > 0);
+        if port.is_none() {
+            return bad(format!(
+                "--master {master:?}: give node 0's HOST:PORT, e.g. 10.0.0.1:29500"
+            ));
+        }
+        Ok(Cluster {
+            nodes,
+            rank,
+            master: master.into(),
+        })
+    }
+}
 
 /// What one optimisation step found.
 #[derive(Debug, Clone)]
@@ -47,8 +96,10 @@ pub struct Replica<B: AutodiffBackend> {
     pub optimizer: RunOptimizer<B>,
     pub device: B::Device,
     running_ids: Vec<ParamId>,
-    /// This replica's id in the collective; `None` when training on one device.
+    /// This replica's id in the collective (devices of one node); `None` otherwise.
     peer: Option<PeerId>,
+    /// This replica's connection to the gradient hub (a run over several nodes).
+    hub: Option<HubClient>,
 }
 
 fn collective_error(what: &str, e: collective::CollectiveError) -> TrainError {
@@ -68,11 +119,12 @@ where
             optimizer,
             device,
             peer: None,
+            hub: None,
         }
     }
 
-    /// A replica on `device` equal to `self`: the same weights (and parameter ids, which the
-    /// all-reduce matches gradients by) and the same optimiser state.
+    /// A replica on `device` equal to `self`: the same weights (and parameter ids) and the
+    /// same optimiser state.
     ///
     /// A deep copy through burn's recorder, not `clone().fork()`: a clone shares the
     /// batch-norm `RunningState`s (and, on the same device, the autograd leaves) with `self`,
@@ -103,6 +155,7 @@ where
             optimizer,
             device,
             peer: None,
+            hub: None,
         })
     }
 
@@ -147,16 +200,26 @@ where
             losses = losses.div_scalar(count as f32);
         }
         if let Some(peer) = self.peer {
-            grads = grads
-                .all_reduce::<B::InnerBackend>(peer, ReduceOperation::Mean)
+            (grads, losses) = all_reduce_mean(&self.net, grads, losses, |flat| {
+                let reduced = collective::all_reduce::<B::InnerBackend>(
+                    peer,
+                    flat.into_primitive().tensor(),
+                    ReduceOperation::Mean,
+                )
                 .map_err(|e| collective_error("gradient all-reduce", e))?;
-            let reduced = collective::all_reduce::<B::InnerBackend>(
-                peer,
-                losses.into_primitive().tensor(),
-                ReduceOperation::Mean,
-            )
-            .map_err(|e| collective_error("loss all-reduce", e))?;
-            losses = Tensor::from_primitive(TensorPrimitive::Float(reduced));
+                Ok(Tensor::from_primitive(TensorPrimitive::Float(reduced)))
+            })?;
+        } else if let Some(hub) = &mut self.hub {
+            let device = self.device.clone();
+            (grads, losses) = all_reduce_mean(&self.net, grads, losses, |flat| {
+                let n = flat.dims()[0];
+                let mut values = flat
+                    .into_data()
+                    .into_vec::<f32>()
+                    .map_err(|e| TrainError::Device(format!("reading gradients: {e:?}")))?;
+                hub.all_reduce_mean(&mut values)?;
+                Ok(Tensor::from_data(TensorData::new(values, [n]), &device))
+            })?;
         }
         let (values, check) = self.optimizer.check_and_clip(&self.net, &mut grads, losses);
         self.net = if check.finite {
@@ -165,6 +228,81 @@ where
             running.restore(self.net)
         };
         Ok((self, StepOutcome { values, check }))
+    }
+}
+
+/// Averages the gradients and the loss values over all replicas with one `mean` of one
+/// vector: every gradient flattened, in the network's parameter order, then the losses.
+///
+/// burn's `GradientsParams::all_reduce` sends one tensor per parameter in the order of their
+/// `ParamId`s, which are drawn at random in each process: between processes it paired
+/// different parameters (burn-collective: `PeerSentIncoherentTensor`). The module order is
+/// the same in every process, and one message per step is far fewer round trips.
+fn all_reduce_mean<B: AutodiffBackend>(
+    net: &PerceptionNet<B>,
+    mut grads: GradientsParams,
+    losses: Tensor<B::InnerBackend, 1>,
+    mean: impl FnOnce(Tensor<B::InnerBackend, 1>) -> Result<Tensor<B::InnerBackend, 1>, TrainError>,
+) -> Result<(GradientsParams, Tensor<B::InnerBackend, 1>), TrainError> {
+    let mut gather = Gather::<B> {
+        grads: &mut grads,
+        parts: Vec::new(),
+        shapes: Vec::new(),
+    };
+    net.visit(&mut gather);
+    let Gather { mut parts, shapes, .. } = gather;
+    let loss_count = losses.dims()[0];
+    parts.push(losses);
+    let reduced = mean(Tensor::cat(parts, 0))?;
+    let total = reduced.dims()[0];
+    let losses = reduced.clone().slice(total - loss_count..total);
+    let mut scatter = Scatter::<B> {
+        grads: &mut grads,
+        flat: reduced,
+        shapes: shapes.into_iter(),
+        offset: 0,
+    };
+    net.visit(&mut scatter);
+    Ok((grads, losses))
+}
+
+/// Takes each parameter's gradient out of `grads`, flattened, in visiting order.
+struct Gather<'a, B: AutodiffBackend> {
+    grads: &'a mut GradientsParams,
+    parts: Vec<Tensor<B::InnerBackend, 1>>,
+    /// Per parameter visited: its gradient's shape, `None` for one without a gradient.
+    shapes: Vec<Option<Vec<usize>>>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for Gather<'_, B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let grad = self.grads.remove::<B::InnerBackend, D>(param.id);
+        self.shapes.push(grad.as_ref().map(|g| g.dims().to_vec()));
+        if let Some(grad) = grad {
+            let n = grad.shape().num_elements();
+            self.parts.push(grad.reshape([n]));
+        }
+    }
+}
+
+/// Puts the reduced gradients back into `grads`, in the order [`Gather`] took them.
+struct Scatter<'a, B: AutodiffBackend> {
+    grads: &'a mut GradientsParams,
+    flat: Tensor<B::InnerBackend, 1>,
+    shapes: std::vec::IntoIter<Option<Vec<usize>>>,
+    offset: usize,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for Scatter<'_, B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let Some(Some(shape)) = self.shapes.next() else {
+            return;
+        };
+        let n: usize = shape.iter().product();
+        let dims: [usize; D] = shape.try_into().expect("the gradient's rank is the parameter's");
+        let grad = self.flat.clone().slice(self.offset..self.offset + n).reshape(dims);
+        self.offset += n;
+        self.grads.register::<B::InnerBackend, D>(param.id, grad);
     }
 }
 
@@ -180,54 +318,79 @@ struct Job {
 pub struct ReplicaWorkers {
     jobs: Vec<SyncSender<Job>>,
     threads: Vec<JoinHandle<Result<(), TrainError>>>,
+    /// Replicas in the whole run, every node's.
+    world: usize,
+    /// Global rank of this node's replica 0.
+    first_rank: usize,
+    /// The gradient hub, on node 0 of a run over several nodes. Its thread ends by itself
+    /// once every replica has disconnected.
+    hub: Option<GradientHub>,
 }
 
 impl ReplicaWorkers {
-    /// Mirrors `main` (replica 0) onto `devices[1..]` and joins all of them into one
-    /// collective. With one device there is nothing to start.
+    /// Mirrors `main` (replica 0) onto `devices[1..]` and joins all of them, and with a
+    /// `cluster` the other nodes' replicas, into one collective. With one device and no
+    /// cluster there is nothing to start.
     pub fn start<B>(
         main: &mut Replica<B>,
         devices: &[B::Device],
         arch: &PerceptionNetConfig,
         config: &RunConfig,
+        cluster: Option<&Cluster>,
+        start_step: usize,
     ) -> Result<ReplicaWorkers, TrainError>
     where
         B: AutodiffBackend,
         B::InnerBackend: VisionBackend,
     {
-        let world = devices.len();
+        let local = devices.len();
         let num_classes = arch.num_classes;
+        let (world, first_rank) = match cluster {
+            Some(c) => (c.nodes * local, c.rank * local),
+            None => (local, 0),
+        };
         let mut workers = ReplicaWorkers {
             jobs: Vec::new(),
             threads: Vec::new(),
+            world,
+            first_rank,
+            hub: None,
         };
         if world < 2 {
             return Ok(workers);
         }
+        let config = Arc::new(config.clone());
+        if let Some(cluster) = cluster {
+            // Every replica talks to the hub on its own; no collective.
+            if cluster.rank == 0 {
+                workers.hub = Some(GradientHub::start(&cluster.master, world, start_step)?);
+            }
+            let connect = |i: usize| {
+                HubClient::connect(&cluster.master, first_rank + i, world, start_step)
+            };
+            main.hub = Some(connect(0)?);
+            for (i, device) in devices.iter().enumerate().skip(1) {
+                let mut replica = main.mirror(device.clone(), arch, &config)?;
+                replica.hub = Some(connect(i)?);
+                workers.spawn(i, config.clone(), move |receive, config| {
+                    run_replica(replica, receive, &config, num_classes)
+                })?;
+            }
+            return Ok(workers);
+        }
         // A run that failed earlier in this process may have left peers registered.
         collective::reset_collective::<B::InnerBackend>();
-        let collective = CollectiveConfig::default().with_num_devices(world);
-        let config = Arc::new(config.clone());
+        let collective = CollectiveConfig::default().with_num_devices(local);
         for (rank, device) in devices.iter().enumerate().skip(1) {
             let mut replica = main.mirror(device.clone(), arch, &config)?;
             let peer = PeerId::from(rank as u32);
             replica.peer = Some(peer);
-            let (send, receive) = sync_channel::<Job>(1);
-            let (config, collective) = (config.clone(), collective.clone());
-            let thread = std::thread::Builder::new()
-                .name(format!("percept-replica-{rank}"))
-                .spawn(move || {
-                    collective::register::<B::InnerBackend>(
-                        peer,
-                        replica.device.clone(),
-                        collective,
-                    )
+            let collective = collective.clone();
+            workers.spawn(rank, config.clone(), move |receive, config| {
+                collective::register::<B::InnerBackend>(peer, replica.device.clone(), collective)
                     .map_err(|e| collective_error("registration", e))?;
-                    run_replica(replica, receive, &config, num_classes)
-                })
-                .map_err(|e| TrainError::Device(format!("starting replica {rank}: {e}")))?;
-            workers.jobs.push(send);
-            workers.threads.push(thread);
+                run_replica(replica, receive, &config, num_classes)
+            })?;
         }
         let peer = PeerId::from(0);
         collective::register::<B::InnerBackend>(peer, main.device.clone(), collective)
@@ -236,13 +399,41 @@ impl ReplicaWorkers {
         Ok(workers)
     }
 
-    /// Replicas, the caller's included.
+    /// Runs replica `rank` (of this node) in a thread of its own, fed over a channel.
+    fn spawn(
+        &mut self,
+        rank: usize,
+        config: Arc<RunConfig>,
+        body: impl FnOnce(Receiver<Job>, Arc<RunConfig>) -> Result<(), TrainError> + Send + 'static,
+    ) -> Result<(), TrainError> {
+        let (send, receive) = sync_channel::<Job>(1);
+        let thread = std::thread::Builder::new()
+            .name(format!("percept-replica-{rank}"))
+            .spawn(move || body(receive, config))
+            .map_err(|e| TrainError::Device(format!("starting replica {rank}: {e}")))?;
+        self.jobs.push(send);
+        self.threads.push(thread);
+        Ok(())
+    }
+
+    /// Replicas in the whole run (every node's, the caller's included).
     pub fn world_size(&self) -> usize {
+        self.world
+    }
+
+    /// This node's replicas, the caller's included.
+    pub fn local_replicas(&self) -> usize {
         self.jobs.len() + 1
     }
 
+    /// Global rank of this node's first replica (the caller's): this node trains on parts
+    /// `first_rank()..first_rank() + local_replicas()` of each global micro-batch.
+    pub fn first_rank(&self) -> usize {
+        self.first_rank
+    }
+
     /// Hands each replica thread its parts of this step's micro-batches; `parts[r]` holds
-    /// replica `r`'s part of each micro-batch (`parts[0]` stays with the caller).
+    /// this node's replica `r`'s part of each micro-batch (`parts[0]` stays with the caller).
     pub fn send(
         &mut self,
         parts: Vec<Vec<Batch>>,
@@ -294,17 +485,16 @@ where
     B: AutodiffBackend,
     B::InnerBackend: VisionBackend,
 {
-    let peer = replica.peer.expect("registered");
     while let Ok(job) = jobs.recv() {
         replica = replica
             .step(&job.micro, job.lr, config, num_classes, job.poison)?
             .0;
     }
-    collective::finish_collective::<B::InnerBackend>(peer)
-        .map_err(|e| collective_error("finishing", e))
+    finish(&replica)
 }
 
-/// Ends replica 0's part in the collective (after [`ReplicaWorkers::stop`]).
+/// Ends a replica's part in the collective (replica 0's after [`ReplicaWorkers::stop`]). A
+/// hub connection ends when the replica is dropped.
 pub fn finish<B>(main: &Replica<B>) -> Result<(), TrainError>
 where
     B: AutodiffBackend,

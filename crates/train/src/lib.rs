@@ -15,6 +15,7 @@ pub mod ema;
 pub mod eval;
 pub mod export;
 pub mod fsutil;
+pub mod gradient_hub;
 pub mod interrupt;
 pub mod loader;
 pub mod metrics;

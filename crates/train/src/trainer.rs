@@ -39,7 +39,7 @@ pub use crate::checkpoint::{state_path, RunState};
 use crate::checkpoint::{CheckpointDir, CheckpointKind, NonfiniteSteps, TrainingState};
 use crate::config::{BestMetric, ProgressStyleKind, RunConfig};
 use crate::data::{audit, TrainingData};
-use crate::data_parallel::{self, Replica, ReplicaWorkers, StepOutcome};
+use crate::data_parallel::{self, Cluster, Replica, ReplicaWorkers, StepOutcome};
 use crate::ema::WeightEma;
 use crate::eval::{evaluate, EvalOptions};
 use crate::fsutil::write_atomic;
@@ -327,6 +327,8 @@ pub struct TrainTask<'a> {
     /// The checkpoint to continue from.
     pub resume: Option<RunState>,
     pub faults: Faults,
+    /// This process's place in a run over several nodes.
+    pub cluster: Option<Cluster>,
 }
 
 impl BackendTask for TrainTask<'_> {
@@ -596,6 +598,7 @@ where
         audit: audit_log,
         resume,
         faults,
+        cluster,
     } = task;
     let classes = data.classes().to_vec();
     let provenance = data.provenance(config);
@@ -726,9 +729,26 @@ where
     let start_step = position.step;
     let num_classes = classes.len();
     let mut replica = Replica::single(net, optimizer, device.clone());
-    let mut workers = ReplicaWorkers::start(&mut replica, devices, &arch, config)?;
+    let mut workers = ReplicaWorkers::start(
+        &mut replica,
+        devices,
+        &arch,
+        config,
+        cluster.as_ref(),
+        start_step,
+    )?;
     let world = workers.world_size();
-    if world > 1 {
+    let (local, first_rank) = (workers.local_replicas(), workers.first_rank());
+    if let Some(c) = &cluster {
+        tracing::info!(
+            "node {} of {}: ranks {first_rank}..{} of {world}, {} images per device per \
+             micro-batch",
+            c.rank,
+            c.nodes,
+            first_rank + local,
+            config.train.batch_size
+        );
+    } else if world > 1 {
         tracing::info!(
             "data-parallel on {world} devices: {} images per device per micro-batch",
             config.train.batch_size
@@ -788,7 +808,7 @@ where
     let mut interrupted = false;
     for step in start_step + 1..=config.train.steps {
         let lr = schedule.step();
-        let mut parts: Vec<Vec<Batch>> = vec![Vec::with_capacity(accumulation); world];
+        let mut parts: Vec<Vec<Batch>> = vec![Vec::with_capacity(accumulation); local];
         let mut sampler_state = None;
         for _ in 0..accumulation {
             let wait = Instant::now();
@@ -815,8 +835,10 @@ where
                 )?;
             }
             position.skipped_samples += loaded.skipped.len();
-            for (rank, part) in loaded.batch.split(world).into_iter().enumerate() {
-                parts[rank].push(part);
+            // This node's ranks' parts of the global micro-batch.
+            let mine = loaded.batch.split(world).into_iter().skip(first_rank);
+            for (own, part) in parts.iter_mut().zip(mine) {
+                own.push(part);
             }
             sampler_state = Some(loaded.sampler_state);
         }
