@@ -1,9 +1,14 @@
 //! Does burn-collective's multi-node all-reduce work between processes on this machine?
 //!
 //! Starts burn-collective's global orchestrator and `NODES` node processes on loopback (each a
-//! copy of this program), each node holding one CPU peer whose tensor is `[rank + 1; 4]`, and
-//! checks that every node gets the mean back. This is the transport `percept train` would use
-//! across nodes; see README "Several nodes".
+//! copy of this program), each node holding one CPU peer that all-reduces `[rank + 1; 4]`
+//! (mean) in two rounds, and reports which rounds every node completed within 30 s.
+//!
+//! With burn 0.21 the first round completes and the second never does: the node's
+//! `SyncService::sync` clears a copy of its list of synced peers instead of the list, so the
+//! next sync never sees exactly one entry per node. That is why `percept train --nodes`
+//! averages through its own gradient hub (`percept::train::gradient_hub`); this program is the
+//! reproduction to take upstream, and the check to run again after a burn upgrade.
 //!
 //! ```sh
 //! cargo run --release --example two_node_all_reduce            # orchestrator + 2 nodes
@@ -17,6 +22,8 @@ use burn::backend::Flex;
 use burn::collective::{self, CollectiveConfig, PeerId, ReduceOperation};
 use burn::prelude::*;
 use burn_communication::Address;
+
+const ROUNDS: u32 = 2;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -55,11 +62,20 @@ fn node(rank: u16, nodes: u16, orchestrator_port: u16, data_port: u16) {
         .with_data_service_port(data_port);
     let peer = PeerId::from(u32::from(rank));
     collective::register::<Flex>(peer, device, config).expect("registration");
-    let mine = Tensor::<Flex, 1>::full([4], f32::from(rank) + 1.0, &device);
-    let mean = collective::all_reduce::<Flex>(peer, mine.into_primitive().tensor(), ReduceOperation::Mean)
+    for round in 1..=ROUNDS {
+        let mine = Tensor::<Flex, 1>::full([4], f32::from(rank) + 1.0, &device);
+        let mean = collective::all_reduce::<Flex>(
+            peer,
+            mine.into_primitive().tensor(),
+            ReduceOperation::Mean,
+        )
         .expect("all-reduce");
-    let mean = Tensor::<Flex, 1>::from_primitive(burn::tensor::TensorPrimitive::Float(mean));
-    println!("rank {rank}: {:?}", mean.to_data().to_vec::<f32>().unwrap());
+        let mean = Tensor::<Flex, 1>::from_primitive(burn::tensor::TensorPrimitive::Float(mean));
+        println!(
+            "rank {rank} round {round}: {:?}",
+            mean.to_data().to_vec::<f32>().unwrap()
+        );
+    }
     collective::finish_collective::<Flex>(peer).expect("finish");
 }
 
@@ -78,7 +94,7 @@ fn launch(nodes: u16) -> Result<(), String> {
     let mut orchestrator = spawn(vec!["orchestrator".into(), base.to_string()])?;
     std::thread::sleep(Duration::from_millis(500));
     let started = Instant::now();
-    let children: Vec<Child> = (0..nodes)
+    let mut children: Vec<Child> = (0..nodes)
         .map(|rank| {
             spawn(vec![
                 "node".into(),
@@ -90,23 +106,49 @@ fn launch(nodes: u16) -> Result<(), String> {
         })
         .collect::<Result<_, _>>()?;
     let expected = (1..=nodes).map(f32::from).sum::<f32>() / f32::from(nodes);
+    let deadline = started + Duration::from_secs(30);
     let mut failures = Vec::new();
-    for (rank, child) in children.into_iter().enumerate() {
-        let out = child.wait_with_output().map_err(|e| e.to_string())?;
-        // burn-communication logs to stdout too: find the node's answer among its lines.
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        let answer = text.lines().find(|l| l.starts_with("rank ")).unwrap_or("no answer");
-        println!("{answer}");
-        let want = format!("rank {rank}: {:?}", vec![expected; 4]);
-        if !out.status.success() || answer != want {
-            failures.push(format!("node {rank}: {} (wanted {want})", out.status));
+    // Read every node's output as it comes: a full pipe would stall that node, and with it
+    // the others.
+    let readers: Vec<_> = children
+        .iter_mut()
+        .map(|child| {
+            let mut stdout = child.stdout.take().expect("piped");
+            std::thread::spawn(move || {
+                let mut text = String::new();
+                let _ = std::io::Read::read_to_string(&mut stdout, &mut text);
+                text
+            })
+        })
+        .collect();
+    for (rank, (mut child, reader)) in children.into_iter().zip(readers).enumerate() {
+        while child.try_wait().map_err(|e| e.to_string())?.is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let finished = child.try_wait().map_err(|e| e.to_string())?.is_some();
+        if !finished {
+            let _ = child.kill();
+        }
+        let _ = child.wait();
+        // burn-communication logs to stdout too: keep the node's answers.
+        let text = reader.join().unwrap_or_default();
+        let answers: Vec<&str> = text.lines().filter(|l| l.starts_with("rank ")).collect();
+        for round in 1..=ROUNDS {
+            let want = format!("rank {rank} round {round}: {:?}", vec![expected; 4]);
+            if answers.contains(&want.as_str()) {
+                println!("{want}");
+            } else {
+                failures.push(format!(
+                    "node {rank} did not complete round {round} in 30 s"
+                ));
+            }
         }
     }
     let _ = orchestrator.kill();
     let _ = orchestrator.wait();
     if failures.is_empty() {
         println!(
-            "{nodes} nodes all-reduced to the mean {expected} in {:.2} s",
+            "{nodes} nodes all-reduced to the mean {expected}, {ROUNDS} rounds, in {:.2} s",
             started.elapsed().as_secs_f64()
         );
         Ok(())

@@ -8,9 +8,9 @@ use clap::{Parser, Subcommand};
 use percept::data::{Split, SynthOptions};
 use percept::model::{ModelSize, PerceptionNetConfig};
 use percept::train::config_source::LayeredConfig;
+use percept::train::data_parallel::Cluster;
 use percept::train::eval::MetricResolution;
 use percept::train::quickstart::{quickstart, QuickstartOptions};
-use percept::train::data_parallel::Cluster;
 use percept::train::{commands, DeviceSpec, Devices, RunConfig};
 
 mod import_cmd;
@@ -786,7 +786,9 @@ fn run(cli: Cli) -> Result<()> {
                 steps,
                 warmup,
                 classes,
-                precision: precision.parse().map_err(|e: String| anyhow::anyhow!("--precision: {e}"))?,
+                precision: precision
+                    .parse()
+                    .map_err(|e: String| anyhow::anyhow!("--precision: {e}"))?,
                 threads,
                 scratch: scratch.unwrap_or_else(percept::train::bench::default_scratch),
                 progress: true,

@@ -8,8 +8,9 @@
 //! the steps mean equal gradients; measured: bit-identical over 3 steps. CPU replicas share the
 //! one CPU device: the path is the same as on several GPUs, minus the device copies.
 //!
-//! Everything using the collective is in this one test, in its own test binary: the collective
-//! is process-wide.
+//! Everything using the collective is in one test, in its own test binary: the collective is
+//! process-wide. The test over several nodes runs `percept` processes, which average through
+//! node 0's gradient hub, not the collective.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -19,7 +20,7 @@ use percept::train::{commands, Devices};
 use safetensors::SafeTensors;
 
 mod common;
-use common::{step_losses, synth};
+use common::{percept, step_losses, synth};
 
 /// The trainable tensors of a model file (batch-norm running statistics left out: each replica
 /// keeps those of its own part), by name.
@@ -134,4 +135,106 @@ fn two_replicas_train_like_one_device_on_the_same_global_batch() {
         }
     }
     eprintln!("with accumulation, after one step: largest weight difference {worst:e}");
+}
+
+#[test]
+fn two_node_processes_train_like_one_device_on_the_same_global_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = synth(dir.path(), "DE", 24, 11);
+    let nodes = sgd_config(dir.path(), &data, "nodes", 1);
+    let file = dir.path().join("nodes.toml");
+    std::fs::write(&file, nodes.to_toml()).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let master = format!("127.0.0.1:{port}");
+    let run = |rank: &'static str| {
+        let (file, master) = (file.to_str().unwrap().to_string(), master.clone());
+        std::thread::spawn(move || {
+            percept(&[
+                "train",
+                "--config",
+                &file,
+                "--nodes",
+                "2",
+                "--node-rank",
+                rank,
+                "--master",
+                &master,
+            ])
+        })
+    };
+    let (node0, node1) = (run("0"), run("1"));
+    for (rank, node) in [node0, node1].into_iter().enumerate() {
+        let out = node.join().unwrap();
+        assert!(out.ok, "node {rank}: {}", out.stderr);
+    }
+    // The same 4 images a step on one device, as 2 micro-batches of 2.
+    let single = sgd_config(dir.path(), &data, "single", 2);
+    let s = commands::train(&single, percept::train::DeviceSpec::Cpu).unwrap();
+
+    let runs = dir.path().join("runs");
+    let final_model = |run: &str| runs.join(run).join("checkpoints/final.safetensors");
+    let (w0, w1, ws) = (
+        trainable(&final_model("nodes")),
+        trainable(&final_model("nodes-node1")),
+        trainable(&s.checkpoint),
+    );
+    assert_eq!(w0, w1, "the two nodes hold different weights");
+    assert_eq!(w0.len(), ws.len());
+    let mut worst = 0.0f32;
+    for (name, a) in &w0 {
+        for (x, y) in a.iter().zip(&ws[name]) {
+            assert!(
+                (x - y).abs() <= 1e-6,
+                "{name}: {x} (2 nodes) vs {y} (1 device)"
+            );
+            worst = worst.max((x - y).abs());
+        }
+    }
+    eprintln!("2 nodes vs 1 device: largest weight difference {worst:e}");
+    let (lp, ls) = (
+        step_losses(&runs.join("nodes")),
+        step_losses(&single.run_dir()),
+    );
+    assert_eq!(lp.len(), 3);
+    for (a, b) in lp.iter().zip(&ls) {
+        assert!((a - b).abs() <= 1e-5 * b.abs(), "losses {lp:?} vs {ls:?}");
+    }
+
+    // Flags that cannot make a run are refused before anything starts, naming the flag.
+    let refused = |args: &[&str], needle: &str| {
+        let out = percept(args);
+        assert!(
+            !out.ok && out.stderr.contains(needle),
+            "{args:?}: {}",
+            out.stderr
+        );
+        assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+    };
+    let f = file.to_str().unwrap();
+    refused(
+        &["train", "--config", f, "--nodes", "2"],
+        "--master HOST:PORT",
+    );
+    refused(
+        &[
+            "train",
+            "--config",
+            f,
+            "--nodes",
+            "2",
+            "--node-rank",
+            "2",
+            "--master",
+            &master,
+        ],
+        "0 to 1",
+    );
+    refused(
+        &["train", "--config", f, "--nodes", "2", "--master", "nohost"],
+        "HOST:PORT",
+    );
 }

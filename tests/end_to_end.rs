@@ -251,7 +251,12 @@ fn bf16_convolutions_train_like_f32() {
     eprintln!("losses f32 {full:?}\nlosses bf16 {half:?}");
     // Same network, same batch: the first losses differ by bf16 rounding only.
     let first = (half[0] - full[0]).abs() / full[0];
-    assert!(first > 0.0 && first < 1e-2, "first loss: f32 {} bf16 {}", full[0], half[0]);
+    assert!(
+        first > 0.0 && first < 1e-2,
+        "first loss: f32 {} bf16 {}",
+        full[0],
+        half[0]
+    );
     // Both fall, and bf16 tracks f32.
     for l in [&full, &half] {
         assert!(l[24] < 0.7 * l[0], "loss went from {} to {}", l[0], l[24]);

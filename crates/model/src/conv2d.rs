@@ -19,9 +19,9 @@
 //! generic over burn's `Backend`. Every other backend and case is burn's `conv2d`, unchanged.
 
 use burn::nn::conv::Conv2d;
+use burn::nn::PaddingConfig2d;
 use burn::prelude::*;
 use burn::tensor::module;
-use burn::nn::PaddingConfig2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, FloatDType};
 
@@ -904,7 +904,11 @@ mod tests {
             conv.bias.as_ref().map(|b| bf16_rounded(b.val().inner())),
             options,
         ));
-        let step = expected.clone().abs().mul_scalar(2f32.powi(-8)).add_scalar(1e-30);
+        let step = expected
+            .clone()
+            .abs()
+            .mul_scalar(2f32.powi(-8))
+            .add_scalar(1e-30);
         let off_by = (half.clone().inner() - expected.clone()).abs().div(step);
         assert!(off_by.clone().max().into_scalar() <= 1.0 + 1e-3);
         let equal = off_by.lower_elem(1e-6).int().sum().into_scalar() as f32;
@@ -928,6 +932,9 @@ mod tests {
         for (name, rel) in [("weight", dw_rel), ("x", dx_rel), ("bias", db_rel)] {
             assert!(rel < 1e-2, "{name} gradient, bf16 vs f32: {rel}");
         }
-        assert!(dw_rel > 1e-5, "the weight gradient saw no bf16 rounding: {dw_rel}");
+        assert!(
+            dw_rel > 1e-5,
+            "the weight gradient saw no bf16 rounding: {dw_rel}"
+        );
     }
 }

@@ -56,10 +56,10 @@ pub use assign::{assign_targets, DetectionTargets, ImageTargets, TargetBox};
 pub use decode::{decode_detections, DecodeOptions, ScoredBox};
 pub use detection_head::{anchor_points, AnchorPoint, DetectionOutput, STRIDES};
 pub use loss::{multitask_loss, LossParts, LossWeights, SegmentationTargets};
-pub use precision::{autocast, Precision};
 pub use network::{
     check_input_size, ModelSize, PerceptionNet, PerceptionNetConfig, PerceptionOutput, Tasks,
 };
+pub use precision::{autocast, Precision};
 
 /// Errors of model configuration.
 #[derive(Debug, thiserror::Error)]

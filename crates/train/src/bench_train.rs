@@ -114,7 +114,9 @@ impl TrainBenchOptions {
             );
         }
         if self.precision == Precision::Bf16 && self.device == DeviceSpec::Wgpu {
-            return bad("--precision bf16: wgpu has no bfloat16; use it with --device cuda:N".into());
+            return bad(
+                "--precision bf16: wgpu has no bfloat16; use it with --device cuda:N".into(),
+            );
         }
         if let Err(e) = check_input_size(self.height as usize, self.width as usize) {
             return bad(format!(

@@ -7,9 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use percept_data::{AugmentConfig, IntegrityPolicy};
-use percept_model::{
-    check_input_size, DecodeOptions, LossWeights, ModelSize, Precision, Tasks,
-};
+use percept_model::{check_input_size, DecodeOptions, LossWeights, ModelSize, Precision, Tasks};
 use serde::{Deserialize, Serialize};
 
 use crate::config_source::LayeredConfig;

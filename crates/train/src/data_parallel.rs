@@ -56,7 +56,9 @@ impl Cluster {
     pub fn new(nodes: usize, rank: usize, master: &str) -> Result<Cluster, TrainError> {
         let bad = |m: String| Err(TrainError::Invalid(m));
         if nodes < 2 {
-            return bad(format!("--nodes {nodes}: a run over several nodes needs at least 2"));
+            return bad(format!(
+                "--nodes {nodes}: a run over several nodes needs at least 2"
+            ));
         }
         if rank >= nodes {
             return bad(format!(
@@ -250,7 +252,9 @@ fn all_reduce_mean<B: AutodiffBackend>(
         shapes: Vec::new(),
     };
     net.visit(&mut gather);
-    let Gather { mut parts, shapes, .. } = gather;
+    let Gather {
+        mut parts, shapes, ..
+    } = gather;
     let loss_count = losses.dims()[0];
     parts.push(losses);
     let reduced = mean(Tensor::cat(parts, 0))?;
@@ -299,8 +303,14 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Scatter<'_, B> {
             return;
         };
         let n: usize = shape.iter().product();
-        let dims: [usize; D] = shape.try_into().expect("the gradient's rank is the parameter's");
-        let grad = self.flat.clone().slice(self.offset..self.offset + n).reshape(dims);
+        let dims: [usize; D] = shape
+            .try_into()
+            .expect("the gradient's rank is the parameter's");
+        let grad = self
+            .flat
+            .clone()
+            .slice(self.offset..self.offset + n)
+            .reshape(dims);
         self.offset += n;
         self.grads.register::<B::InnerBackend, D>(param.id, grad);
     }
@@ -365,9 +375,8 @@ impl ReplicaWorkers {
             if cluster.rank == 0 {
                 workers.hub = Some(GradientHub::start(&cluster.master, world, start_step)?);
             }
-            let connect = |i: usize| {
-                HubClient::connect(&cluster.master, first_rank + i, world, start_step)
-            };
+            let connect =
+                |i: usize| HubClient::connect(&cluster.master, first_rank + i, world, start_step);
             main.hub = Some(connect(0)?);
             for (i, device) in devices.iter().enumerate().skip(1) {
                 let mut replica = main.mirror(device.clone(), arch, &config)?;

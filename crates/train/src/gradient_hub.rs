@@ -57,7 +57,8 @@ impl HubClient {
             let attempt = address
                 .to_socket_addrs()
                 .and_then(|mut a| {
-                    a.next().ok_or_else(|| std::io::Error::other("no address for that name"))
+                    a.next()
+                        .ok_or_else(|| std::io::Error::other("no address for that name"))
                 })
                 .and_then(|a| TcpStream::connect_timeout(&a, Duration::from_secs(5)));
             match attempt {
@@ -172,7 +173,11 @@ pub struct GradientHub {
 impl GradientHub {
     /// Listens on `address`'s port (every interface) for the `world` replicas of a run that
     /// starts at `start_step`.
-    pub fn start(address: &str, world: usize, start_step: usize) -> Result<GradientHub, TrainError> {
+    pub fn start(
+        address: &str,
+        world: usize,
+        start_step: usize,
+    ) -> Result<GradientHub, TrainError> {
         let port = address
             .rsplit_once(':')
             .and_then(|(_, p)| p.parse::<u16>().ok())
@@ -292,8 +297,9 @@ fn serve(
         let scale = world as f32;
         mean.iter_mut().for_each(|v| *v /= scale);
         for (rank, (_, writer)) in peers.iter_mut().enumerate() {
-            write_vector(writer, &mean)
-                .map_err(|e| io_error(&format!("sending the mean to replica {rank}"), address, e))?;
+            write_vector(writer, &mean).map_err(|e| {
+                io_error(&format!("sending the mean to replica {rank}"), address, e)
+            })?;
         }
     }
 }
@@ -302,9 +308,14 @@ fn serve(
 mod tests {
     use super::*;
 
+    fn free_address() -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("127.0.0.1:{}", listener.local_addr().unwrap().port())
+    }
+
     #[test]
     fn three_replicas_get_the_mean_in_rank_order() {
-        let address = "127.0.0.1:47391";
+        let address: &'static str = free_address().leak();
         let hub = GradientHub::start(address, 3, 5).unwrap();
         let threads: Vec<_> = (0..3)
             .map(|rank| {
@@ -332,14 +343,26 @@ mod tests {
 
     #[test]
     fn the_hub_refuses_a_mismatched_replica_naming_why() {
-        let address = "127.0.0.1:47392";
+        let address = &free_address();
         let _hub = GradientHub::start(address, 2, 10).unwrap();
-        let other_step = HubClient::connect(address, 0, 2, 12).err().unwrap().to_string();
-        assert!(other_step.contains("starts at step 12, node 0 at step 10"), "{other_step}");
-        let other_world = HubClient::connect(address, 1, 3, 10).err().unwrap().to_string();
+        let other_step = HubClient::connect(address, 0, 2, 12)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            other_step.contains("starts at step 12, node 0 at step 10"),
+            "{other_step}"
+        );
+        let other_world = HubClient::connect(address, 1, 3, 10)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(other_world.contains("counts 3 replicas"), "{other_world}");
         let _first = HubClient::connect(address, 0, 2, 10).unwrap();
-        let twice = HubClient::connect(address, 0, 2, 10).err().unwrap().to_string();
+        let twice = HubClient::connect(address, 0, 2, 10)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(twice.contains("rank 0 is taken"), "{twice}");
     }
 }

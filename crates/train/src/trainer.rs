@@ -29,8 +29,8 @@ use burn::vision::VisionBackend;
 use indicatif::{ProgressBar, ProgressStyle};
 use percept_data::{AuditEvent, AuditHead, AuditLog, Batch, Dataset, LabelledTasks, SamplerState};
 use percept_model::{
-    assign_targets, autocast, multitask_loss, ImageTargets, LossParts, PerceptionNet, PerceptionNetConfig,
-    SegmentationTargets, TargetBox,
+    assign_targets, autocast, multitask_loss, ImageTargets, LossParts, PerceptionNet,
+    PerceptionNetConfig, SegmentationTargets, TargetBox,
 };
 use serde::{Deserialize, Serialize};
 
