@@ -41,6 +41,22 @@ fn trainable(path: &Path) -> BTreeMap<String, Vec<f32>> {
         .collect()
 }
 
+/// The largest difference between two models' tensors, each asserted to be at most 1e-6.
+fn largest_difference(a: &BTreeMap<String, Vec<f32>>, b: &BTreeMap<String, Vec<f32>>) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let mut worst = 0.0f32;
+    for (name, x) in a {
+        for (x, y) in x.iter().zip(&b[name]) {
+            assert!(
+                (x - y).abs() <= 1e-6,
+                "{name}: {x} (data-parallel) vs {y} (1 device)"
+            );
+            worst = worst.max((x - y).abs());
+        }
+    }
+    worst
+}
+
 fn sgd_config(dir: &Path, data: &Path, name: &str, accumulation: usize) -> RunConfig {
     let mut c = common::run_config(dir, &[data], "DE", 3, "");
     c.name = name.into();
@@ -122,18 +138,8 @@ fn two_replicas_train_like_one_device_on_the_same_global_batch() {
     let mut c = sgd_config(dir.path(), &data, "single-4", 4);
     c.train.steps = 1;
     let s = commands::train(&c, percept::train::DeviceSpec::Cpu).unwrap();
-    let (wp, ws) = (trainable(&p.checkpoint), trainable(&s.checkpoint));
-    let mut worst = 0.0f32;
-    for (name, a) in &wp {
-        for (x, y) in a.iter().zip(&ws[name]) {
-            // lr 0.05: a gradient difference of 2e-5 would move a weight by 1e-6.
-            assert!(
-                (x - y).abs() <= 1e-6,
-                "{name}: {x} (2 replicas) vs {y} (1 device)"
-            );
-            worst = worst.max((x - y).abs());
-        }
-    }
+    // lr 0.05: a gradient difference of 2e-5 would move a weight by 1e-6.
+    let worst = largest_difference(&trainable(&p.checkpoint), &trainable(&s.checkpoint));
     eprintln!("with accumulation, after one step: largest weight difference {worst:e}");
 }
 
@@ -183,17 +189,7 @@ fn two_node_processes_train_like_one_device_on_the_same_global_batch() {
         trainable(&s.checkpoint),
     );
     assert_eq!(w0, w1, "the two nodes hold different weights");
-    assert_eq!(w0.len(), ws.len());
-    let mut worst = 0.0f32;
-    for (name, a) in &w0 {
-        for (x, y) in a.iter().zip(&ws[name]) {
-            assert!(
-                (x - y).abs() <= 1e-6,
-                "{name}: {x} (2 nodes) vs {y} (1 device)"
-            );
-            worst = worst.max((x - y).abs());
-        }
-    }
+    let worst = largest_difference(&w0, &ws);
     eprintln!("2 nodes vs 1 device: largest weight difference {worst:e}");
     let (lp, ls) = (
         step_losses(&runs.join("nodes")),

@@ -5,7 +5,7 @@ use std::path::Path;
 use burn::backend::{Autodiff, Flex};
 use burn::module::{AutodiffModule, Module};
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
-use percept::data::{collate, Manifest, Split};
+use percept::data::{collate, Batch, Manifest, Split};
 use percept::model::{ModelSize, PerceptionNet, PerceptionNetConfig, Precision};
 use percept::train::config::RunConfig;
 use percept::train::data::open_for_site;
@@ -192,16 +192,21 @@ fn metrics_at_original_and_network_resolution() {
     assert!(network.table().contains("network resolution 96x64"));
 }
 
+/// A run config (lr 0.01) and a fixed batch of the first two frames of a synthetic set.
+fn two_frames(dir: &Path) -> (RunConfig, Batch) {
+    let data = synth(dir, "DE", 2, 3);
+    let mut config = config(dir, &data, 1);
+    config.train.lr = 0.01;
+    let ds = open_for_site(&data, Split::Train, "DE").unwrap();
+    let batch = collate(&[ds.get(0).unwrap(), ds.get(1).unwrap()], W, H);
+    (config, batch)
+}
+
 #[test]
 fn a_fixed_batch_overfits() {
     type A = Autodiff<Flex>;
     let dir = tempfile::tempdir().unwrap();
-    let data = synth(dir.path(), "DE", 2, 3);
-    let mut config = config(dir.path(), &data, 1);
-    config.train.lr = 0.01;
-    let ds = open_for_site(&data, Split::Train, "DE").unwrap();
-    let samples = vec![ds.get(0).unwrap(), ds.get(1).unwrap()];
-    let batch = collate(&samples, W, H);
+    let (config, batch) = two_frames(dir.path());
     let device = Default::default();
     let mut net: PerceptionNet<A> = PerceptionNetConfig::new(ModelSize::Nano, 7).init(&device);
     let mut optim = AdamWConfig::new()
@@ -226,11 +231,7 @@ fn a_fixed_batch_overfits() {
 fn bf16_convolutions_train_like_f32() {
     type A = Autodiff<Flex>;
     let dir = tempfile::tempdir().unwrap();
-    let data = synth(dir.path(), "DE", 2, 3);
-    let mut config = config(dir.path(), &data, 1);
-    config.train.lr = 0.01;
-    let ds = open_for_site(&data, Split::Train, "DE").unwrap();
-    let batch = collate(&[ds.get(0).unwrap(), ds.get(1).unwrap()], W, H);
+    let (mut config, batch) = two_frames(dir.path());
     let device = Default::default();
     let init: PerceptionNet<A> = PerceptionNetConfig::new(ModelSize::Nano, 7).init(&device);
     let mut losses = |precision| {

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Mutex;
 
 use burn::tensor::backend::AutodiffBackend;
 use burn::vision::VisionBackend;
@@ -170,6 +171,62 @@ fn missing(spec: DeviceSpec, feature: &str) -> TrainError {
     ))
 }
 
+/// Panic messages of this process's threads since [`on_gpu`] began watching, kept by the hook
+/// [`report_panics`] installs.
+static PANICS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "no message".into())
+}
+
+/// Installs a panic hook that prints a panic as one line (the standard report and backtrace
+/// with `RUST_BACKTRACE` set) and keeps its message, so that [`dispatch`] can say what broke
+/// inside a GPU backend's own threads. The binary calls it once at start.
+pub fn report_panics() {
+    let standard = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let thread = std::thread::current()
+            .name()
+            .unwrap_or("unnamed")
+            .to_string();
+        let message = format!("thread '{thread}' panicked: {}", panic_text(info.payload()));
+        if std::env::var_os("RUST_BACKTRACE").is_some_and(|v| v != "0") {
+            standard(info);
+        } else {
+            eprintln!("percept: internal error: {message} (RUST_BACKTRACE=1 for a backtrace)");
+        }
+        let mut panics = PANICS.lock().unwrap_or_else(|e| e.into_inner());
+        if panics.len() < 8 {
+            panics.push(message);
+        }
+    }));
+}
+
+/// Runs GPU work, turning a panic (burn's GPU backends panic when the driver or its libraries
+/// cannot be used) into an error that names the device, what broke and what to check.
+// Unused in a build without GPU backends.
+#[cfg_attr(not(any(feature = "wgpu", feature = "cuda", test)), allow(dead_code))]
+fn on_gpu<T>(spec: DeviceSpec, run: impl FnOnce() -> T) -> Result<T, TrainError> {
+    PANICS.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).map_err(|payload| {
+        let mut panics = std::mem::take(&mut *PANICS.lock().unwrap_or_else(|e| e.into_inner()));
+        if panics.is_empty() {
+            panics.push(panic_text(&*payload));
+        }
+        TrainError::Device(format!(
+            "{spec}: the backend failed: {}. At start-up this is the GPU driver or its \
+             libraries: for cuda, the driver's libcuda.so.1 (not a CUDA toolkit's compat/ copy) \
+             and libnvrtc.so must be found (LD_LIBRARY_PATH); for wgpu, a Vulkan, Metal or DX12 \
+             driver",
+            panics.join("; ")
+        ))
+    })
+}
+
 /// Runs `task` on the backend of `spec`, or says which feature is missing.
 pub fn dispatch<T: BackendTask>(spec: DeviceSpec, task: T) -> Result<T::Output, TrainError> {
     dispatch_on(&Devices::from(spec), task)
@@ -198,7 +255,8 @@ pub fn dispatch_on<T: BackendTask>(devices: &Devices, task: T) -> Result<T::Outp
             #[cfg(all(feature = "wgpu", not(test)))]
             {
                 use burn::backend::{wgpu::WgpuDevice, Autodiff, Wgpu};
-                Ok(task.run_on::<Autodiff<Wgpu>>(vec![WgpuDevice::default(); specs.len()]))
+                let devices = vec![WgpuDevice::default(); specs.len()];
+                on_gpu(specs[0], || task.run_on::<Autodiff<Wgpu>>(devices))
             }
             #[cfg(not(all(feature = "wgpu", not(test))))]
             {
@@ -217,7 +275,7 @@ pub fn dispatch_on<T: BackendTask>(devices: &Devices, task: T) -> Result<T::Outp
                         _ => unreachable!("Devices::new keeps one kind"),
                     })
                     .collect();
-                Ok(task.run_on::<Autodiff<Cuda>>(devices))
+                on_gpu(specs[0], || task.run_on::<Autodiff<Cuda>>(devices))
             }
             #[cfg(not(all(feature = "cuda", not(test))))]
             {
@@ -231,6 +289,29 @@ pub fn dispatch_on<T: BackendTask>(devices: &Devices, task: T) -> Result<T::Outp
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_backend_thread_failure_becomes_an_error_naming_device_and_cause() {
+        report_panics();
+        // What burn-cuda does when the driver does not match: its device thread panics,
+        // then the caller's channel to it breaks.
+        let result: Result<(), TrainError> = on_gpu(DeviceSpec::Cuda(1), || {
+            let device_thread = std::thread::Builder::new()
+                .name("DSD-0-0".into())
+                .spawn(|| panic!("DriverError(CUDA_ERROR_SYSTEM_DRIVER_MISMATCH)"))
+                .unwrap();
+            if device_thread.join().is_err() {
+                panic!("called `Result::unwrap()` on an `Err` value: RecvError");
+            }
+        });
+        let e = result.unwrap_err().to_string();
+        assert!(
+            e.starts_with("cuda:1: the backend failed: thread 'DSD-0-0' panicked: DriverError"),
+            "{e}"
+        );
+        assert!(e.contains("RecvError") && e.contains("libcuda.so.1"), "{e}");
+        assert_eq!(on_gpu(DeviceSpec::Wgpu, || 7).unwrap(), 7);
+    }
 
     #[test]
     fn parses_devices() {
