@@ -332,9 +332,6 @@ pub struct ReplicaWorkers {
     world: usize,
     /// Global rank of this node's replica 0.
     first_rank: usize,
-    /// The gradient hub, on node 0 of a run over several nodes. Its thread ends by itself
-    /// once every replica has disconnected.
-    hub: Option<GradientHub>,
 }
 
 impl ReplicaWorkers {
@@ -364,7 +361,6 @@ impl ReplicaWorkers {
             threads: Vec::new(),
             world,
             first_rank,
-            hub: None,
         };
         if world < 2 {
             return Ok(workers);
@@ -373,7 +369,8 @@ impl ReplicaWorkers {
         if let Some(cluster) = cluster {
             // Every replica talks to the hub on its own; no collective.
             if cluster.rank == 0 {
-                workers.hub = Some(GradientHub::start(&cluster.master, world, start_step)?);
+                // Detached: its thread ends once every replica has disconnected.
+                GradientHub::start(&cluster.master, world, start_step)?;
             }
             let connect =
                 |i: usize| HubClient::connect(&cluster.master, first_rank + i, world, start_step);
