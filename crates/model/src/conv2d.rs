@@ -907,7 +907,7 @@ mod tests {
         let got = half.clone().inner().into_data().to_vec::<f32>().unwrap();
         let expected = expected.into_data().to_vec::<f32>().unwrap();
         // One bf16 ulp of a bf16 value: 2^(exponent - 7), from the f32 bit pattern.
-        let ulp = |v: f32| f32::from_bits(((v.to_bits() >> 23) & 0xff).max(8) - 7 << 23);
+        let ulp = |v: f32| f32::from_bits((((v.to_bits() >> 23) & 0xff).max(8) - 7) << 23);
         let off_by: Vec<f32> = got
             .iter()
             .zip(&expected)
