@@ -240,8 +240,7 @@ fn main() -> Result<()> {
         None => {
             let arch = PerceptionNetConfig::new(args.size, args.classes);
             arch.validate()?;
-            A::seed(&device, SEED);
-            let net = arch.init::<A>(&device);
+            let net = arch.init_seeded::<A>(SEED, &device);
             let classes = (0..args.classes).map(|i| format!("class{i}")).collect();
             let card = ModelCard {
                 format: MODEL_FORMAT.into(),

@@ -1,5 +1,7 @@
 //! The multi-task perception network and its configuration.
 
+use std::sync::Mutex;
+
 use burn::module::ModuleMapper;
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -167,6 +169,20 @@ impl PerceptionNetConfig {
             lane_head: self.tasks.lanes.then(|| parts.segmentation.init(device)),
         }
         .map(&mut DrawParameters)
+    }
+
+    /// [`init`](Self::init) with the weights drawn from `seed`: the same seed, the same network.
+    ///
+    /// burn draws initial weights from the backend's process-wide RNG, so seeding and drawing
+    /// happen under one process-wide lock: two networks initialised at once in one process
+    /// (parallel tests, a bench beside a run) would otherwise interleave their draws.
+    pub fn init_seeded<B: Backend>(&self, seed: u64, device: &B::Device) -> PerceptionNet<B> {
+        static BACKEND_RNG: Mutex<()> = Mutex::new(());
+        let _drawing = BACKEND_RNG
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        B::seed(device, seed);
+        self.init(device)
     }
 
     /// Floating-point operations (2 per multiply-accumulate) of the convolutions for one image

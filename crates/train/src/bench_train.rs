@@ -514,8 +514,7 @@ where
     let arch = PerceptionNetConfig::new(o.size, o.classes);
     arch.validate()
         .map_err(|e| TrainError::Invalid(format!("--classes {}: {e}", o.classes)))?;
-    B::seed(&device, 1);
-    let mut net: PerceptionNet<B> = arch.init(&device);
+    let mut net: PerceptionNet<B> = arch.init_seeded(1, &device);
     let parameters = net.num_params();
     let mut stepper = Stepper {
         optimizer: RunOptimizer::new(&net, &config.optimizer)?,

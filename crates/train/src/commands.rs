@@ -384,8 +384,9 @@ impl BackendTask for UntrainedEvalTask<'_> {
         B: AutodiffBackend,
         B::InnerBackend: VisionBackend,
     {
-        B::seed(&device, self.seed);
-        let net = PerceptionNetConfig::init::<B>(&self.card.architecture, &device).valid();
+        let net =
+            PerceptionNetConfig::init_seeded::<B>(&self.card.architecture, self.seed, &device)
+                .valid();
         let bar = progress(self.dataset.len() as u64, "eval (untrained)");
         let options = EvalOptions {
             max_images: 0,
