@@ -405,3 +405,105 @@ fn the_stream_does_not_depend_on_the_number_of_workers_even_with_skips() {
         assert_eq!(a.batch, b.batch, "batch {i}");
     }
 }
+
+#[test]
+fn nodes_reading_only_their_parts_get_exactly_those_parts_of_the_whole_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = synth(dir.path(), "DE", 12, 4);
+    let train = train_shards(&data);
+    damage_record(&train[0], 5);
+    damage_record(&train[1], 1);
+    let config = config(dir.path(), &[&data], "DE", "integrity = \"skip\"");
+    let data = open_training(&config);
+    // A global micro-batch of 4 images over two nodes, 2 images each.
+    let options = LoaderOptions {
+        batch_size: 4,
+        ..loader_options()
+    };
+    let stream = |own: Option<std::ops::Range<usize>>| {
+        let mut builder = BatchBuilder::new(
+            data.clone(),
+            data.sampler(&config).unwrap(),
+            options.clone(),
+        )
+        .unwrap();
+        if let Some(own) = own {
+            builder = builder.reading_only(own).unwrap();
+        }
+        batches(&mut builder, 10)
+    };
+    let whole = stream(None);
+    let nodes = [stream(Some(0..2)), stream(Some(2..4))];
+    let met: Vec<_> = whole.iter().flat_map(|b| b.skipped.clone()).collect();
+    assert_eq!(
+        met.len(),
+        2,
+        "both damaged samples met once in the whole stream"
+    );
+    let mut met_by_nodes = std::collections::BTreeSet::new();
+    for (i, w) in whole.iter().enumerate() {
+        let parts = w.batch.split(2);
+        for (n, node) in nodes.iter().enumerate() {
+            let b = &node[i];
+            assert_eq!(b.batch, parts[n], "batch {i}, node {n}");
+            assert_eq!(
+                b.slots[..],
+                w.slots[2 * n..2 * n + 2],
+                "batch {i}, node {n}"
+            );
+            assert_eq!(b.sampler_state, w.sampler_state, "batch {i}, node {n}");
+            for s in &b.skipped {
+                assert!(
+                    met.contains(s),
+                    "node {n} reports {s:?}, which the stream never met"
+                );
+                met_by_nodes.insert(s.slot);
+            }
+        }
+    }
+    // Every damaged sample was met by the node whose part it fell in, and only read there.
+    let met: std::collections::BTreeSet<_> = met.iter().map(|s| s.slot).collect();
+    assert_eq!(met_by_nodes, met);
+
+    let err = BatchBuilder::new(
+        data.clone(),
+        data.sampler(&config).unwrap(),
+        options.clone(),
+    )
+    .unwrap()
+    .reading_only(3..5)
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        err.contains("3..5") && err.contains("batch of 4 images"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_dataset_whose_every_sample_fails_stops_the_run_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = synth(dir.path(), "DE", 4, 1);
+    for shard in train_shards(&data) {
+        let records = ShardReader::open(&shard).unwrap().len();
+        // Last first: finding a record's offset reads the records before it.
+        for k in (0..records).rev() {
+            damage_record(&shard, k);
+        }
+    }
+    let config = config(dir.path(), &[&data], "DE", "integrity = \"skip\"");
+    let data = open_training(&config);
+    let mut builder = BatchBuilder::new(
+        data.clone(),
+        data.sampler(&config).unwrap(),
+        loader_options(),
+    )
+    .unwrap();
+    let err = builder.next_batch().err().unwrap().to_string();
+    assert!(
+        err.contains("every one of the 4 samples of dataset test-DE failed"),
+        "{err}"
+    );
+    assert!(err.contains("checksum"), "{err}");
+}

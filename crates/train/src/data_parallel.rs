@@ -11,8 +11,9 @@
 //! Across nodes ([`Cluster`]): one process per node, each with its local replicas; every
 //! replica averages through the gradient hub node 0 serves ([`crate::gradient_hub`]) instead
 //! of burn-collective. Global rank of a node's `i`-th replica: `node rank x local devices + i`;
-//! every node loads the whole global batch and trains on its ranks' parts, so the run sees
-//! exactly what one process would.
+//! every node draws the whole global batch but reads only its ranks' parts
+//! ([`crate::loader::BatchBuilder::reading_only`]), so the run sees exactly what one process
+//! would.
 //!
 //! Batch-norm running statistics are not averaged: each replica keeps those of its own part
 //! (PyTorch's DDP without SyncBatchNorm keeps rank 0's too); checkpoints and validation use

@@ -1,11 +1,13 @@
 //! Batches for training: the sampler picks slots, worker threads read, verify, decode and
 //! augment them, and a loader thread keeps `prefetch_batches` batches ready ahead of the step.
 //!
-//! Every random choice of a slot (augmentation parameters, mosaic partners) comes from a
-//! ChaCha8 RNG seeded by the slot's own seed, so a batch depends only on the sampler state it
-//! was drawn from: a run resumed from a saved state sees exactly the batches it would have seen.
+//! Every random choice of a slot (augmentation parameters, mosaic partners, the replacement of
+//! a sample that fails) comes from a ChaCha8 RNG seeded by the slot's own seed, so a batch
+//! depends only on the sampler state it was drawn from: a run resumed from a saved state sees
+//! exactly the batches it would have seen.
 
 use std::collections::{BTreeSet, VecDeque};
+use std::ops::Range;
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -62,19 +64,22 @@ pub struct LoadedBatch {
 
 /// Builds batches in order; owns the sampler and the set of known-bad samples.
 ///
-/// To keep every worker busy when there are more workers than images per batch, it prepares
-/// several batches at once, speculatively: their slots are drawn in order, and if a sample of
-/// batch `j` fails, batch `j` is finished from the sampler state right after its own draws and
-/// the batches after it are dropped and drawn again. So the stream is exactly the one built
-/// one batch at a time, whatever the number of workers.
+/// A slot whose sample (or one of its mosaic partners) fails verification or decoding is
+/// filled by a replacement from the same dataset, chosen by the slot's own seed: which sample
+/// fills a slot depends only on the data and the slot, never on what this process already
+/// knows to be bad (that only saves reading it again) nor on other slots. So the stream does
+/// not depend on the number of workers, and a node that reads only its replicas' part of each
+/// batch ([`BatchBuilder::reading_only`]) gets exactly what one process reading every part
+/// would give those replicas. Several batches are prepared at once, to keep every worker busy
+/// when there are more workers than images per batch.
 pub struct BatchBuilder {
     data: Arc<TrainingData>,
     sampler: RegionSampler,
     options: LoaderOptions,
+    /// The positions of each batch this process reads and returns.
+    own: Range<usize>,
     pool: rayon::ThreadPool,
-    /// Batches prepared together.
-    lookahead: usize,
-    ready: VecDeque<LoadedBatch>,
+    ready: VecDeque<Result<LoadedBatch, TrainError>>,
     /// `(dataset, index)` of samples already skipped: reported once, never read again.
     bad: BTreeSet<(usize, usize)>,
 }
@@ -90,172 +95,115 @@ impl BatchBuilder {
             .thread_name(|i| format!("percept-data-{i}"))
             .build()
             .map_err(|e| TrainError::Invalid(format!("data.workers: {e}")))?;
-        // Two images per worker in flight balances uneven per-image costs.
-        let lookahead = (2 * pool.current_num_threads()).div_ceil(options.batch_size.max(1));
         Ok(BatchBuilder {
             data,
             sampler,
+            own: 0..options.batch_size,
             options,
             pool,
-            lookahead: lookahead.max(1),
             ready: VecDeque::new(),
             bad: BTreeSet::new(),
         })
     }
 
-    /// Samples already known to be bad (from a checkpoint's run state): never drawn.
+    /// Samples already known to be bad (from a checkpoint's run state): never read again.
     pub fn with_known_bad(mut self, bad: impl IntoIterator<Item = (usize, usize)>) -> Self {
         self.bad.extend(bad);
         self
     }
 
+    /// Reads only the images at positions `own` of each batch (a node's replicas' parts of
+    /// the global batch); every slot is still drawn, so the sampler state stays the one every
+    /// node saves.
+    pub fn reading_only(mut self, own: Range<usize>) -> Result<Self, TrainError> {
+        if own.is_empty() || own.end > self.options.batch_size {
+            return Err(TrainError::Invalid(format!(
+                "positions {own:?} are not a part of a batch of {} images",
+                self.options.batch_size
+            )));
+        }
+        self.own = own;
+        Ok(self)
+    }
+
     /// Draws, reads and augments the next batch. Under integrity `skip`, a failing sample is
-    /// recorded and its slot refilled from the sampler; under `fail` the error names it.
+    /// recorded and its slot filled by a replacement; under `fail` the error names it.
     pub fn next_batch(&mut self) -> Result<LoadedBatch, TrainError> {
         if self.ready.is_empty() {
-            self.fill()?;
+            self.fill();
         }
-        Ok(self
-            .ready
+        self.ready
             .pop_front()
-            .expect("fill prepares at least one batch"))
+            .expect("fill prepares at least one batch")
     }
 
-    /// The next `n` slots, passing over samples already known to be bad.
-    fn draw(&mut self, n: usize) -> Vec<SampleRef> {
-        let mut slots = Vec::with_capacity(n);
-        while slots.len() < n {
-            let r = self.sampler.next();
-            if !self.bad.contains(&(r.dataset, r.index)) {
-                slots.push(r);
-            }
-        }
-        slots
-    }
-
-    /// Reads and augments `slots` on the workers.
-    fn prepare_all(&self, slots: &[SampleRef]) -> Vec<Result<Augmented, SlotFailure>> {
-        let (data, options) = (&self.data, &self.options);
-        self.pool.install(|| {
-            slots
-                .par_iter()
-                .map(|r| prepare(data, r, options))
-                .collect()
-        })
-    }
-
-    /// Prepares the next `lookahead` batches into `ready` (see the type's docs).
-    fn fill(&mut self) -> Result<(), TrainError> {
-        let n = self.options.batch_size;
-        let mut drawn = Vec::with_capacity(self.lookahead);
-        let mut states = Vec::with_capacity(self.lookahead);
-        // The sampler right after each batch's draws, to rewind to (not needed after the last).
-        let mut after = Vec::with_capacity(self.lookahead);
-        for j in 0..self.lookahead {
-            drawn.push(self.draw(n));
+    /// Prepares the next batches into `ready`: as many as keep two images per worker in
+    /// flight, which balances uneven per-image costs.
+    fn fill(&mut self) {
+        let per_batch = self.own.len();
+        let lookahead = (2 * self.pool.current_num_threads())
+            .div_ceil(per_batch)
+            .max(1);
+        let mut drawn = Vec::with_capacity(lookahead);
+        let mut states = Vec::with_capacity(lookahead);
+        for _ in 0..lookahead {
+            let slots: Vec<SampleRef> = (0..self.options.batch_size)
+                .map(|_| self.sampler.next())
+                .collect();
+            drawn.push(slots[self.own.clone()].to_vec());
             states.push(self.sampler.state());
-            if j + 1 < self.lookahead {
-                after.push(self.sampler.clone());
-            }
         }
         let flat: Vec<SampleRef> = drawn.concat();
-        let mut results = self.prepare_all(&flat).into_iter();
-        let mut good: Vec<(Vec<SampleRef>, Vec<Augmented>)> = Vec::new();
-        for (j, slots) in drawn.into_iter().enumerate() {
-            let outcome: Vec<_> = results.by_ref().take(slots.len()).collect();
-            if outcome.iter().all(Result::is_ok) {
-                good.push((slots, outcome.into_iter().flatten().collect()));
-                continue;
-            }
-            // Batch j met a bad sample: rewind to right after its draws and finish it alone.
-            if j < after.len() {
-                self.sampler = after.swap_remove(j);
-            }
-            self.collate_into_ready(good, states);
-            let batch = self.finish_batch(slots, outcome)?;
-            self.ready.push_back(batch);
-            return Ok(());
-        }
-        self.collate_into_ready(good, states);
-        Ok(())
-    }
-
-    /// Collates complete batches (in parallel) into `ready`, each with the sampler state
-    /// after its draws.
-    fn collate_into_ready(
-        &mut self,
-        good: Vec<(Vec<SampleRef>, Vec<Augmented>)>,
-        states: Vec<SamplerState>,
-    ) {
-        let batches: Vec<Batch> = self.pool.install(|| {
-            good.par_iter()
-                .map(|(_, items)| collate_augmented(items))
+        let (data, options, bad) = (&self.data, &self.options, &self.bad);
+        let filled: Vec<Result<FilledSlot, TrainError>> = self.pool.install(|| {
+            flat.par_iter()
+                .map(|r| fill_slot(data, r, options, bad))
                 .collect()
         });
-        for (((slots, _), mut batch), state) in good.into_iter().zip(batches).zip(states) {
-            self.label_tasks(&mut batch, &slots);
-            self.ready.push_back(LoadedBatch {
-                batch,
-                slots,
-                skipped: Vec::new(),
-                sampler_state: state,
-            });
-        }
-    }
-
-    /// Finishes a batch whose first draw held failures: records them (or stops, under
-    /// `fail`) and refills the failed slots from the sampler one round at a time.
-    fn finish_batch(
-        &mut self,
-        drawn: Vec<SampleRef>,
-        outcome: Vec<Result<Augmented, SlotFailure>>,
-    ) -> Result<LoadedBatch, TrainError> {
-        let n = self.options.batch_size;
-        let mut slots: Vec<SampleRef> = Vec::with_capacity(n);
-        let mut items: Vec<Augmented> = Vec::with_capacity(n);
-        let mut skipped = Vec::new();
-        let mut round: Vec<(SampleRef, Result<Augmented, SlotFailure>)> =
-            drawn.into_iter().zip(outcome).collect();
-        loop {
-            for (r, result) in round {
-                match result {
-                    Ok(item) => {
-                        slots.push(r);
-                        items.push(item);
+        let mut filled = filled.into_iter();
+        let mut complete = Vec::with_capacity(lookahead);
+        let mut failed = None;
+        'batches: for state in states {
+            let mut slots = Vec::with_capacity(per_batch);
+            let mut items = Vec::with_capacity(per_batch);
+            let mut skipped = Vec::new();
+            for slot in filled.by_ref().take(per_batch) {
+                let slot = match slot {
+                    Ok(slot) => slot,
+                    Err(e) => {
+                        failed = Some(e);
+                        break 'batches;
                     }
-                    Err(failure) => {
-                        let (failed, error) = *failure;
-                        if self.data.integrity() == IntegrityPolicy::Fail {
-                            return Err(TrainError::Dataset(error));
-                        }
-                        if self.bad.insert((failed.dataset, failed.index)) {
-                            skipped.push(self.describe(&failed, &error));
-                        }
-                        if self.bad.len() >= self.data.len() {
-                            return Err(TrainError::Data(format!(
-                                "every one of the {} training samples failed verification or \
-                                 decoding; the last: {error}",
-                                self.data.len()
-                            )));
-                        }
+                };
+                for (r, error) in slot.failures {
+                    if self.bad.insert((r.dataset, r.index)) {
+                        skipped.push(self.describe(&r, &error));
                     }
                 }
+                slots.push(slot.slot);
+                items.push(slot.item);
             }
-            if items.len() == n {
-                break;
-            }
-            let fresh = self.draw(n - items.len());
-            let results = self.prepare_all(&fresh);
-            round = fresh.into_iter().zip(results).collect();
+            complete.push((slots, items, skipped, state));
         }
-        let mut batch = self.pool.install(|| collate_augmented(&items));
-        self.label_tasks(&mut batch, &slots);
-        Ok(LoadedBatch {
-            batch,
-            slots,
-            skipped,
-            sampler_state: self.sampler.state(),
-        })
+        let batches: Vec<Batch> = self.pool.install(|| {
+            complete
+                .par_iter()
+                .map(|(_, items, _, _)| collate_augmented(items))
+                .collect()
+        });
+        for ((slots, _, skipped, state), mut batch) in complete.into_iter().zip(batches) {
+            self.label_tasks(&mut batch, &slots);
+            self.ready.push_back(Ok(LoadedBatch {
+                batch,
+                slots,
+                skipped,
+                sampler_state: state,
+            }));
+        }
+        // The batches before a failure are still delivered; the error comes in their place.
+        if let Some(e) = failed {
+            self.ready.push_back(Err(e));
+        }
     }
 
     /// Marks each image of `batch` with the tasks its dataset labels.
@@ -282,8 +230,79 @@ impl BatchBuilder {
     }
 }
 
-/// A slot whose sample (or one of its mosaic partners) failed: which sample, and why.
-type SlotFailure = Box<(SampleRef, DataError)>;
+/// What a slot became: the sample that fills it (the drawn one or its replacement), augmented,
+/// and the samples that failed on the way.
+struct FilledSlot {
+    slot: SampleRef,
+    item: Augmented,
+    failures: Vec<(SampleRef, DataError)>,
+}
+
+/// Fills one slot: its sample, or while that fails (integrity `skip`), replacements from the
+/// same dataset drawn by an RNG seeded by the slot. Samples in `bad` are passed over unread;
+/// since a sample fails every time it is read, that changes only the work, not the outcome.
+fn fill_slot(
+    data: &TrainingData,
+    r: &SampleRef,
+    options: &LoaderOptions,
+    bad: &BTreeSet<(usize, usize)>,
+) -> Result<FilledSlot, TrainError> {
+    let dataset = data.dataset(r.dataset);
+    let len = dataset.len();
+    let mut failures: Vec<(SampleRef, DataError)> = Vec::new();
+    let mut replacements = ChaCha8Rng::seed_from_u64(r.seed);
+    // Stream 0 of this seed is the slot's augmentation RNG.
+    replacements.set_stream(1);
+    let mut candidate = *r;
+    loop {
+        let known_bad = |s: &SampleRef| {
+            bad.contains(&(s.dataset, s.index))
+                || failures
+                    .iter()
+                    .any(|(f, _)| (f.dataset, f.index) == (s.dataset, s.index))
+        };
+        match prepare(data, &candidate, options, &known_bad) {
+            Ok(item) => {
+                return Ok(FilledSlot {
+                    slot: candidate,
+                    item,
+                    failures,
+                })
+            }
+            Err(Some(failure)) => {
+                let (failed, error) = *failure;
+                if data.integrity() == IntegrityPolicy::Fail {
+                    return Err(TrainError::Dataset(error));
+                }
+                failures.push((failed, error));
+            }
+            Err(None) => {}
+        }
+        let known = bad.range((r.dataset, 0)..(r.dataset + 1, 0)).count()
+            + failures
+                .iter()
+                .filter(|(f, _)| !bad.contains(&(f.dataset, f.index)))
+                .count();
+        if known >= len {
+            let last = failures
+                .last()
+                .map_or_else(String::new, |(_, e)| format!("; the last: {e}"));
+            return Err(TrainError::Data(format!(
+                "every one of the {len} samples of dataset {} failed verification or \
+                 decoding{last}",
+                dataset.manifest().name
+            )));
+        }
+        candidate = SampleRef {
+            index: replacements.random_range(0..len),
+            seed: replacements.random(),
+            ..*r
+        };
+    }
+}
+
+/// A sample that failed: which one, and why. `None`: a sample known to be bad, not read.
+type SlotFailure = Option<Box<(SampleRef, DataError)>>;
 
 /// Reads and augments one slot: its RNG decides the augmentation and, with probability
 /// `mosaic_probability`, three mosaic partners from the same dataset (same region, so the
@@ -292,9 +311,16 @@ fn prepare(
     data: &TrainingData,
     r: &SampleRef,
     options: &LoaderOptions,
+    known_bad: &dyn Fn(&SampleRef) -> bool,
 ) -> Result<Augmented, SlotFailure> {
+    let read = |s: &SampleRef| {
+        if known_bad(s) {
+            return Err(None);
+        }
+        data.get(s).map_err(|e| Some(Box::new((*s, e))))
+    };
     let mut rng = ChaCha8Rng::seed_from_u64(r.seed);
-    let sample = data.get(r).map_err(|e| Box::new((*r, e)))?;
+    let sample = read(r)?;
     let (w, h) = (options.width, options.height);
     let cfg = &options.augment;
     if cfg.mosaic_probability > 0.0 && rng.random::<f32>() < cfg.mosaic_probability {
@@ -305,10 +331,7 @@ fn prepare(
                 ..*r
             })
             .collect();
-        let tiles: Vec<Sample> = partners
-            .iter()
-            .map(|p| data.get(p).map_err(|e| Box::new((*p, e))))
-            .collect::<Result<_, _>>()?;
+        let tiles: Vec<Sample> = partners.iter().map(read).collect::<Result<_, _>>()?;
         let params = MosaicParams::draw(cfg, &mut rng);
         let all = [&sample, &tiles[0], &tiles[1], &tiles[2]];
         if let Ok(item) = mosaic(all, &params, w, h) {

@@ -609,8 +609,7 @@ where
     };
     arch.validate()
         .map_err(|e| TrainError::Invalid(e.to_string()))?;
-    B::seed(device, config.train.seed);
-    let mut net: PerceptionNet<B> = arch.init(device);
+    let mut net: PerceptionNet<B> = arch.init_seeded(config.train.seed, device);
     let mut provenance = provenance;
     match (&resume, &config.train.init) {
         // The checkpoint's provenance already includes the starting weights'.
@@ -771,7 +770,11 @@ where
             workers: config.data.workers,
         },
     )?
-    .with_known_bad(position.known_bad.iter().copied());
+    .with_known_bad(position.known_bad.iter().copied())
+    // Only this node's replicas' parts of each global micro-batch are read and decoded.
+    .reading_only(
+        first_rank * config.train.batch_size..(first_rank + local) * config.train.batch_size,
+    )?;
     let remaining = config.train.steps.saturating_sub(start_step);
     let batches = BatchLoader::spawn(builder, remaining * accumulation);
     let mut checkpointer = Checkpointer {
@@ -835,9 +838,8 @@ where
                 )?;
             }
             position.skipped_samples += loaded.skipped.len();
-            // This node's ranks' parts of the global micro-batch.
-            let mine = loaded.batch.split(world).into_iter().skip(first_rank);
-            for (own, part) in parts.iter_mut().zip(mine) {
+            // This node's ranks' parts of the global micro-batch, one per local replica.
+            for (own, part) in parts.iter_mut().zip(loaded.batch.split(local)) {
                 own.push(part);
             }
             sampler_state = Some(loaded.sampler_state);
