@@ -373,15 +373,22 @@ fn a_resumed_data_stream_equals_the_uninterrupted_one() {
     assert!(err.contains("test-DE"), "{err}");
 }
 
-#[test]
-fn the_stream_does_not_depend_on_the_number_of_workers_even_with_skips() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = synth(dir.path(), "DE", 12, 4);
+/// 12 DE training samples, two of them (in different shards) damaged, opened under integrity
+/// `skip`.
+fn twelve_samples_two_damaged(dir: &Path) -> (RunConfig, Arc<TrainingData>) {
+    let data = synth(dir, "DE", 12, 4);
     let train = train_shards(&data);
     damage_record(&train[0], 5);
     damage_record(&train[1], 1);
-    let config = config(dir.path(), &[&data], "DE", "integrity = \"skip\"");
+    let config = config(dir, &[&data], "DE", "integrity = \"skip\"");
     let data = open_training(&config);
+    (config, data)
+}
+
+#[test]
+fn the_stream_does_not_depend_on_the_number_of_workers_even_with_skips() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, data) = twelve_samples_two_damaged(dir.path());
     let stream = |workers| {
         let options = LoaderOptions {
             workers,
@@ -409,12 +416,7 @@ fn the_stream_does_not_depend_on_the_number_of_workers_even_with_skips() {
 #[test]
 fn nodes_reading_only_their_parts_get_exactly_those_parts_of_the_whole_stream() {
     let dir = tempfile::tempdir().unwrap();
-    let data = synth(dir.path(), "DE", 12, 4);
-    let train = train_shards(&data);
-    damage_record(&train[0], 5);
-    damage_record(&train[1], 1);
-    let config = config(dir.path(), &[&data], "DE", "integrity = \"skip\"");
-    let data = open_training(&config);
+    let (config, data) = twelve_samples_two_damaged(dir.path());
     // A global micro-batch of 4 images over two nodes, 2 images each.
     let options = LoaderOptions {
         batch_size: 4,
