@@ -75,56 +75,26 @@ pub fn uses_cpu_kernels<B: Backend>() -> bool {
 
 #[cfg(feature = "flex")]
 mod cpu {
-    use std::any::{Any, TypeId};
-
     use burn::backend::autodiff::checkpoint::base::Checkpointer;
     use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
     use burn::backend::autodiff::grads::Gradients;
     use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
     use burn::backend::autodiff::NodeId;
     use burn::backend::flex::{Flex, FlexTensor};
-    use burn::backend::Autodiff;
     use burn::prelude::*;
     use burn::tensor::ops::{ConvOptions, FloatTensor};
-    use burn::tensor::{DType, TensorData, TensorMetadata, TensorPrimitive};
+    use burn::tensor::{DType, TensorData, TensorMetadata};
     use rayon::prelude::*;
 
-    type Train = Autodiff<Flex>;
+    use crate::flex_backend::{float, tensor, Train};
+    pub use crate::flex_backend::{is_flex, is_flex_autodiff};
+
     type Args<B> = (
         Tensor<B, 4>,
         Tensor<B, 4>,
         Option<Tensor<B, 1>>,
         ConvOptions<2>,
     );
-
-    pub fn is_flex<B: Backend>() -> bool {
-        TypeId::of::<B>() == TypeId::of::<Flex>()
-    }
-
-    pub fn is_flex_autodiff<B: Backend>() -> bool {
-        TypeId::of::<B>() == TypeId::of::<Train>()
-    }
-
-    /// Moves `value` into type `U` when `T` is `U`.
-    fn cast<T: 'static, U: 'static>(value: T) -> Option<U> {
-        let mut slot = Some(value);
-        (&mut slot as &mut dyn Any)
-            .downcast_mut::<Option<U>>()
-            .and_then(Option::take)
-    }
-
-    /// `t`'s primitive as backend `P`'s, when `B` is `P`.
-    fn float<P: Backend, B: Backend, const D: usize>(t: Tensor<B, D>) -> P::FloatTensorPrimitive {
-        match t.into_primitive() {
-            TensorPrimitive::Float(p) => cast(p).expect("checked: B is P"),
-            TensorPrimitive::QFloat(_) => unreachable!("checked: f32 tensors"),
-        }
-    }
-
-    fn tensor<P: Backend, B: Backend, const D: usize>(p: P::FloatTensorPrimitive) -> Tensor<B, D> {
-        let p: B::FloatTensorPrimitive = cast(p).expect("checked: B is P");
-        Tensor::from_primitive(TensorPrimitive::Float(p))
-    }
 
     /// The convolution by im2col + GEMM (through [`Conv2dGradients`] when training), or the
     /// arguments back when `B`, the dtype or the groups are not this path's.

@@ -4,6 +4,7 @@
 use burn::prelude::*;
 
 use crate::conv_block::{ConvBlock, ConvBlockConfig};
+use crate::dense::dense;
 
 /// Configuration of a [`CspBlock`].
 #[derive(Config, Debug)]
@@ -85,13 +86,17 @@ impl CspBlockConfig {
 impl<B: Backend> CspBlock<B> {
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let y = self.split.forward(x);
-        let mut parts = y.chunk(2, 1);
+        // Both halves and every part's gradient from `cat` are strided views: copied densely
+        // once, they make the element-wise work on them (residual adds, gradient sums) fast
+        // on the CPU backend.
+        let mut parts: Vec<Tensor<B, 4>> = y.chunk(2, 1).into_iter().map(dense).collect();
         debug_assert_eq!(parts[0].dims()[1], self.hidden);
         let mut last = parts[1].clone();
         for bottleneck in &self.bottlenecks {
             last = bottleneck.forward(last);
             parts.push(last.clone());
         }
-        self.merge.forward(Tensor::cat(parts, 1))
+        self.merge
+            .forward(Tensor::cat(parts.into_iter().map(dense).collect(), 1))
     }
 }

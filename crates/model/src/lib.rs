@@ -44,7 +44,10 @@ pub mod conv2d;
 pub mod conv_block;
 pub mod csp_block;
 pub mod decode;
+pub mod dense;
 pub mod detection_head;
+#[cfg(feature = "flex")]
+mod flex_backend;
 pub mod loss;
 pub mod neck;
 pub mod network;
