@@ -144,16 +144,16 @@ impl BatchBuilder {
         let lookahead = (2 * self.pool.current_num_threads())
             .div_ceil(per_batch)
             .max(1);
-        let mut drawn = Vec::with_capacity(lookahead);
+        // This process's slots of the next `lookahead` batches, back to back.
+        let mut flat = Vec::with_capacity(lookahead * per_batch);
         let mut states = Vec::with_capacity(lookahead);
         for _ in 0..lookahead {
             let slots: Vec<SampleRef> = (0..self.options.batch_size)
                 .map(|_| self.sampler.next())
                 .collect();
-            drawn.push(slots[self.own.clone()].to_vec());
+            flat.extend_from_slice(&slots[self.own.clone()]);
             states.push(self.sampler.state());
         }
-        let flat: Vec<SampleRef> = drawn.concat();
         let (data, options, bad) = (&self.data, &self.options, &self.bad);
         let filled: Vec<Result<FilledSlot, TrainError>> = self.pool.install(|| {
             flat.par_iter()
