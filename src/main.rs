@@ -212,6 +212,30 @@ enum Command {
         #[arg(long, default_value = "auto", value_parser = ["auto", "log", "linear"])]
         loss_scale: String,
     },
+    /// Compile and autotune the GPU kernels a run of a config needs, into the kernel cache
+    ///
+    /// Runs the config's training step and validation at its shapes on synthetic scenes, so that
+    /// a node image prepared once starts training without compiling or tuning; nothing is
+    /// written to a run.
+    Warmup {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Device: wgpu, cuda or cuda:N
+        #[arg(long)]
+        device: String,
+        /// Training steps to run (the first compiles; later ones show what is left)
+        #[arg(long, default_value_t = 2)]
+        steps: usize,
+        /// Detection classes (default: from the manifest of the config's first dataset)
+        #[arg(long)]
+        classes: Option<usize>,
+        /// Where to write the synthetic scenes it trains on (removed afterwards)
+        #[arg(long)]
+        scratch: Option<PathBuf>,
+        /// Also write the report as JSON here
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+    },
     /// Measure throughput
     Bench {
         #[command(subcommand)]
@@ -349,6 +373,10 @@ enum BenchWhat {
         /// Arithmetic of the convolutions (train.precision): f32, or bf16 on CUDA
         #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
         precision: String,
+        /// Kernels of the convolutions (train.conv): auto (percept's on the CPU, im2col on a
+        /// GPU), burn (burn's, autotuned per shape on GPUs) or im2col
+        #[arg(long, default_value = "auto", value_parser = ["auto", "burn", "im2col"])]
+        conv: String,
         /// CPU: threads the backend computes on (the rayon pool the step runs in), also the
         /// data workers; default: every core
         #[arg(long)]
@@ -763,6 +791,7 @@ fn run(cli: Cli) -> Result<()> {
                     warmup,
                     classes,
                     precision,
+                    conv,
                     threads,
                     source,
                     scratch,
@@ -789,12 +818,38 @@ fn run(cli: Cli) -> Result<()> {
                 precision: precision
                     .parse()
                     .map_err(|e: String| anyhow::anyhow!("--precision: {e}"))?,
+                conv: conv
+                    .parse()
+                    .map_err(|e: String| anyhow::anyhow!("--conv: {e}"))?,
                 threads,
                 scratch: scratch.unwrap_or_else(percept::train::bench::default_scratch),
                 progress: true,
                 ..TrainBenchOptions::new(model_size, device(&d)?, batch)
             };
             let report = bench_train(&options)?;
+            print!("{}", report.table());
+            if let Some(json) = json {
+                percept::train::fsutil::write_atomic(&json, report.to_json().as_bytes())?;
+            }
+        }
+        Command::Warmup {
+            config: args,
+            device: d,
+            steps,
+            classes,
+            scratch,
+            json,
+        } => {
+            use percept::train::warmup::{warmup, WarmupOptions};
+            let config = RunConfig::load_layered(&args.config, &args.set)?;
+            let report = warmup(&WarmupOptions {
+                config,
+                config_source: args.config.display().to_string(),
+                device: device(&d)?,
+                steps,
+                classes,
+                scratch: scratch.unwrap_or_else(percept::train::bench::default_scratch),
+            })?;
             print!("{}", report.table());
             if let Some(json) = json {
                 percept::train::fsutil::write_atomic(&json, report.to_json().as_bytes())?;

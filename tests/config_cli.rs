@@ -126,3 +126,52 @@ fn train_argument_rules() {
         out.stderr
     );
 }
+
+/// `percept warmup` refuses what it cannot do before touching a GPU or the kernel cache: the
+/// CPU device, a config whose data is not here without `--classes`, and a conv setting that
+/// does not exist.
+#[test]
+fn warmup_refuses_the_cpu_missing_manifests_and_unknown_conv_kernels() {
+    let dir = tempfile::tempdir().unwrap();
+    let smoke = configs().join("smoke.toml");
+    let cache = dir.path().join("cache");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_percept"))
+            .args(args)
+            .env("PERCEPT_KERNEL_CACHE", &cache)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let e = run(&["warmup", "--config", arg(&smoke), "--device", "cpu"]);
+    assert!(
+        e.contains("--device cpu: the CPU backend compiles no kernels"),
+        "{e}"
+    );
+    // smoke.toml reads runs/synth-de, which this directory does not have.
+    let e = run(&["warmup", "--config", arg(&smoke), "--device", "wgpu"]);
+    assert!(
+        e.contains("data.datasets: runs/synth-de")
+            && e.contains("give --classes N where the data is not on this machine"),
+        "{e}"
+    );
+    let e = run(&[
+        "warmup",
+        "--config",
+        arg(&smoke),
+        "--device",
+        "wgpu",
+        "--set",
+        "train.conv=gemm",
+    ]);
+    assert!(
+        e.contains("train.conv = \"gemm\": expected one of \"auto\", \"burn\", \"im2col\""),
+        "{e}"
+    );
+    assert!(
+        !cache.exists(),
+        "nothing may be written to the kernel cache"
+    );
+}

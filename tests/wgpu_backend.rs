@@ -136,3 +136,175 @@ fn wgpu_training_lowers_the_loss() {
         "loss went {first} -> {last}: {losses:?}"
     );
 }
+
+/// Values uniform in [-1, 1) from a seeded RNG, on `device`.
+fn seeded<B: burn::tensor::backend::Backend, const D: usize>(
+    shape: [usize; D],
+    rng: &mut rand_chacha::ChaCha8Rng,
+    device: &B::Device,
+) -> burn::tensor::Tensor<B, D> {
+    use rand::Rng;
+    let values: Vec<f32> = (0..shape.iter().product::<usize>())
+        .map(|_| rng.random_range(-1.0..1.0))
+        .collect();
+    burn::tensor::Tensor::from_data(burn::tensor::TensorData::new(values, shape), device)
+}
+
+/// percept's im2col convolution on wgpu equals burn's own convolution on wgpu: the output and
+/// the gradients of input, weight and bias, over the network's shapes (3x3 stride 1 and 2,
+/// 1x1 with bias) and beyond them (rectangular kernel, uneven stride, dilation, no padding).
+#[test]
+fn wgpu_im2col_convolution_matches_burns() {
+    use burn::tensor::module::conv2d;
+    use burn::tensor::ops::ConvOptions;
+    use burn::tensor::{Tensor, Tolerance};
+    use rand::SeedableRng;
+    if !wgpu_available() {
+        return;
+    }
+    type B = Autodiff<Wgpu>;
+    let device = WgpuDevice::default();
+    let rng = &mut rand_chacha::ChaCha8Rng::seed_from_u64(11);
+    let cases: [([usize; 4], [usize; 4], bool, ConvOptions<2>); 5] = [
+        (
+            [2, 5, 11, 9],
+            [7, 5, 3, 3],
+            false,
+            ConvOptions::new([1, 1], [1, 1], [1, 1], 1),
+        ),
+        (
+            [2, 4, 13, 10],
+            [6, 4, 3, 3],
+            false,
+            ConvOptions::new([2, 2], [1, 1], [1, 1], 1),
+        ),
+        (
+            [3, 6, 5, 7],
+            [4, 6, 1, 1],
+            true,
+            ConvOptions::new([1, 1], [0, 0], [1, 1], 1),
+        ),
+        (
+            [2, 3, 9, 12],
+            [4, 3, 3, 5],
+            true,
+            ConvOptions::new([1, 2], [2, 1], [2, 1], 1),
+        ),
+        (
+            [1, 2, 6, 5],
+            [3, 2, 3, 3],
+            true,
+            ConvOptions::new([1, 1], [0, 0], [1, 1], 1),
+        ),
+    ];
+    let tolerance = Tolerance::<f32>::relative(1e-4).set_absolute(1e-4);
+    for (x_shape, w_shape, with_bias, options) in cases {
+        let x = seeded::<B, 4>(x_shape, rng, &device).require_grad();
+        let weight = seeded::<B, 4>(w_shape, rng, &device).require_grad();
+        let bias = with_bias.then(|| seeded::<B, 1>([w_shape[0]], rng, &device).require_grad());
+        let ours =
+            percept::model::im2col::conv2d(x.clone(), weight.clone(), bias.clone(), &options);
+        let burns = conv2d(x.clone(), weight.clone(), bias.clone(), options.clone());
+        assert_eq!(ours.dims(), burns.dims(), "{options:?}");
+        let r: Tensor<B, 4> = seeded(ours.dims(), rng, &device);
+        let g_ours = (ours.clone() * r.clone()).sum().backward();
+        let g_burn = (burns.clone() * r).sum().backward();
+        ours.into_data()
+            .assert_approx_eq(&burns.into_data(), tolerance);
+        x.grad(&g_ours)
+            .unwrap()
+            .into_data()
+            .assert_approx_eq(&x.grad(&g_burn).unwrap().into_data(), tolerance);
+        weight
+            .grad(&g_ours)
+            .unwrap()
+            .into_data()
+            .assert_approx_eq(&weight.grad(&g_burn).unwrap().into_data(), tolerance);
+        if let Some(bias) = bias {
+            bias.grad(&g_ours)
+                .unwrap()
+                .into_data()
+                .assert_approx_eq(&bias.grad(&g_burn).unwrap().into_data(), tolerance);
+        }
+    }
+}
+
+/// `percept warmup` fills the kernel cache so that a second process, training the same
+/// config, tunes no autotune key and compiles only kernels the warm-up compiled (on wgpu's
+/// WGSL path cubecl compiles those again in every process; Mesa's shader cache, kept in the
+/// same folder, makes that quick). Both processes are the `percept` binary.
+#[test]
+fn a_warmed_kernel_cache_leaves_the_first_step_nothing_new() {
+    if !wgpu_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = synth(dir.path(), "DE", 4, 3);
+    let cache = dir.path().join("kernel-cache");
+    let config = dir.path().join("run.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "name = \"warm\"\nruns_dir = {:?}\n[site]\nregion = \"DE\"\nname = \"lab\"\n\
+             [model]\nsize = \"nano\"\ninput = {{ width = {W}, height = {H} }}\n\
+             [data]\ndatasets = [{:?}]\n[train]\nsteps = 1\nbatch_size = 2\nseed = 1\nlr = 0.002\n\
+             [validation]\nevery = 1\nbatch_size = 3\n",
+            dir.path().join("runs").display().to_string(),
+            data.display().to_string(),
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_percept"))
+            .args(args)
+            .env("PERCEPT_KERNEL_CACHE", &cache)
+            .env_remove("MESA_SHADER_CACHE_DIR")
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "percept {args:?} failed:\n{stderr}");
+        (String::from_utf8_lossy(&out.stdout).into_owned(), stderr)
+    };
+    let report = dir.path().join("warmup.json");
+    let config = config.to_str().unwrap();
+    let (table, _) = run(&[
+        "warmup",
+        "--config",
+        config,
+        "--device",
+        "wgpu",
+        "--steps",
+        "1",
+        "--json",
+        report.to_str().unwrap(),
+    ]);
+    eprintln!("{table}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let phases = report["phases"].as_array().unwrap();
+    // One training step, then validation's full batch of 3 and the last batch of 1 (4 images).
+    let names: Vec<&str> = phases.iter().map(|p| p["what"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "training step 1",
+            "validation batch of 3",
+            "validation batch of 1"
+        ]
+    );
+    let first = &phases[0]["kernels"];
+    assert!(first["compiled"].as_u64().unwrap() > 0, "{first}");
+    assert!(cache.join("percept-warmed-kernels.txt").is_file());
+
+    let (_, log) = run(&["train", "--config", config, "--device", "wgpu"]);
+    let line = log
+        .lines()
+        .find(|l| l.contains("first step: "))
+        .unwrap_or_else(|| panic!("no first-step line in:\n{log}"));
+    eprintln!("{line}");
+    assert!(
+        line.contains("(0 not compiled by a warm-up), 0 autotune keys tuned (0 candidates timed)"),
+        "{line}"
+    );
+}

@@ -1,12 +1,13 @@
-//! 2D convolution for the network's layers: burn's `conv2d`, except on the CPU backend, where
-//! the convolution and both its gradients are im2col + GEMM.
+//! 2D convolution for the network's layers, through the path [`crate::conv_kernels`] selects:
+//! burn's `conv2d`, the backend-generic im2col + matrix product ([`crate::im2col`]), or, on the
+//! CPU backend, percept's own im2col + GEMM kernels (this file's `cpu` module).
 //!
 //! burn 0.21 computes a convolution's weight gradient on burn-flex (the CPU backend) as another
 //! convolution: input and output gradient swapped to `[channels, batch, h, w]` (two strided
 //! copies) and the output gradient used as an `[h_out, w_out]` kernel. Measured on 2 cores, that
 //! was 30% of a nano training step; its input gradient (a transposed convolution whose col2im is
-//! a scalar loop over one image at a time) another 12%. Here every direction is the textbook
-//! one, per image and in parallel over images, with one column matrix
+//! a scalar loop over one image at a time) another 12%. percept's CPU kernels compute every
+//! direction the textbook way, per image and in parallel over images, with one column matrix
 //! `columns [in * kh * kw, h_out * w_out]` (im2col of the image):
 //!
 //! - forward: `out_b [out, h_out * w_out] = weight [out, in * kh * kw] x columns`;
@@ -16,7 +17,7 @@
 //! The GEMM is burn-flex's own (the `gemm` crate), with its AVX-512 kernels enabled (chosen at
 //! run time; AVX2 machines get the AVX2 ones). `Flex` and `Autodiff<Flex>` with `f32` tensors
 //! and `groups == 1` take this path, checked at run time by type so that the network stays
-//! generic over burn's `Backend`. Every other backend and case is burn's `conv2d`, unchanged.
+//! generic over burn's `Backend`.
 
 use burn::nn::conv::Conv2d;
 use burn::nn::PaddingConfig2d;
@@ -25,12 +26,15 @@ use burn::tensor::module;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, FloatDType};
 
+use crate::conv_kernels::{self, ConvKernels};
+use crate::im2col;
 use crate::precision::{self, Precision};
 
 /// Applies `conv` (burn's module: its parameters, stride, padding, dilation and groups) to
 /// `x [batch, in, height, width]`, giving `[batch, out, height_out, width_out]` as
 /// `conv.forward(x)` does: exactly in f32, or in bf16 arithmetic inside
-/// [`autocast`](crate::precision::autocast)`(Precision::Bf16)` (the result is f32 either way).
+/// [`autocast`](crate::precision::autocast)`(Precision::Bf16)` (the result is f32 either way),
+/// through the kernels [`conv_kernels::current`] names.
 pub fn apply<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
     // Symmetric padding only; `Same` and asymmetric padding take burn's path, in f32.
     let padding = match conv.padding {
@@ -43,7 +47,7 @@ pub fn apply<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
     let options = ConvOptions::new(conv.stride, padding, conv.dilation, conv.groups);
     let bias = conv.bias.as_ref().map(|b| b.val());
     if precision::current() == Precision::Bf16 && x.dtype() == DType::F32 {
-        let out = module::conv2d(
+        let out = convolve(
             x.cast(FloatDType::BF16),
             conv.weight.val().cast(FloatDType::BF16),
             bias.map(|b| b.cast(FloatDType::BF16)),
@@ -51,17 +55,42 @@ pub fn apply<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
         );
         return out.cast(FloatDType::F32);
     }
-    #[cfg(feature = "flex")]
-    let (x, weight, bias, options) = match cpu::conv2d(x, conv.weight.val(), bias, options) {
-        Ok(out) => return out,
-        Err(declined) => declined,
-    };
-    #[cfg(not(feature = "flex"))]
-    let weight = conv.weight.val();
-    module::conv2d(x, weight, bias, options)
+    convolve(x, conv.weight.val(), bias, options)
 }
 
-/// Whether [`apply`] runs its own im2col + GEMM kernels on backend `B`.
+/// The kernels [`apply`] runs on backend `B` for the setting `kernels`: `Auto` resolved.
+pub fn resolve<B: Backend>(kernels: ConvKernels) -> ConvKernels {
+    match kernels {
+        ConvKernels::Auto if uses_cpu_kernels::<B>() => ConvKernels::Auto,
+        ConvKernels::Auto => ConvKernels::Im2col,
+        chosen => chosen,
+    }
+}
+
+/// `burn::tensor::module::conv2d(x, weight, bias, options)` through the kernels
+/// [`conv_kernels::current`] names (symmetric padding `options.padding`); what [`apply`] runs,
+/// for convolutions with fixed weights.
+pub fn convolve<B: Backend>(
+    x: Tensor<B, 4>,
+    weight: Tensor<B, 4>,
+    bias: Option<Tensor<B, 1>>,
+    options: ConvOptions<2>,
+) -> Tensor<B, 4> {
+    match resolve::<B>(conv_kernels::current()) {
+        ConvKernels::Im2col if options.groups == 1 => im2col::conv2d(x, weight, bias, &options),
+        ConvKernels::Auto => {
+            #[cfg(feature = "flex")]
+            let (x, weight, bias, options) = match cpu::conv2d(x, weight, bias, options) {
+                Ok(out) => return out,
+                Err(declined) => declined,
+            };
+            module::conv2d(x, weight, bias, options)
+        }
+        _ => module::conv2d(x, weight, bias, options),
+    }
+}
+
+/// Whether [`apply`] runs its own im2col + GEMM kernels on backend `B` by default.
 pub fn uses_cpu_kernels<B: Backend>() -> bool {
     #[cfg(feature = "flex")]
     {
@@ -794,6 +823,24 @@ mod tests {
     fn the_cpu_backend_takes_the_gemm_path() {
         assert!(uses_cpu_kernels::<Autodiff<Flex>>());
         assert!(uses_cpu_kernels::<Flex>());
+        assert_eq!(resolve::<Flex>(ConvKernels::Auto), ConvKernels::Auto);
+        assert_eq!(resolve::<B>(ConvKernels::Im2col), ConvKernels::Im2col);
+        assert_eq!(resolve::<B>(ConvKernels::Burn), ConvKernels::Burn);
+    }
+
+    #[test]
+    fn every_kernel_choice_matches_burns_convolution() {
+        let pad = |p| PaddingConfig2d::Explicit(p, p, p, p);
+        for kernels in ConvKernels::ALL {
+            let _kernels = crate::use_conv_kernels(kernels);
+            compare(
+                Conv2dConfig::new([4, 6], [3, 3])
+                    .with_stride([2, 2])
+                    .with_padding(pad(1)),
+                [2, 4, 13, 10],
+            );
+            compare(Conv2dConfig::new([6, 3], [1, 1]), [2, 6, 5, 7]);
+        }
     }
 
     #[test]

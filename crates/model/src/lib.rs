@@ -42,12 +42,14 @@ pub mod backbone;
 pub mod batch_norm;
 pub mod conv2d;
 pub mod conv_block;
+pub mod conv_kernels;
 pub mod csp_block;
 pub mod decode;
 pub mod dense;
 pub mod detection_head;
 #[cfg(feature = "flex")]
 mod flex_backend;
+pub mod im2col;
 pub mod loss;
 pub mod neck;
 pub mod network;
@@ -56,6 +58,7 @@ pub mod segmentation_head;
 pub mod sppf;
 
 pub use assign::{assign_targets, DetectionTargets, ImageTargets, TargetBox};
+pub use conv_kernels::{use_conv_kernels, ConvKernels};
 pub use decode::{decode_detections, DecodeOptions, ScoredBox};
 pub use detection_head::{anchor_points, AnchorPoint, DetectionOutput, STRIDES};
 pub use loss::{multitask_loss, LossParts, LossWeights, SegmentationTargets};

@@ -4,7 +4,6 @@
 
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::prelude::*;
-use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 
 use crate::conv2d;
@@ -101,7 +100,7 @@ pub fn upsample2_bilinear<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
     let weight = Tensor::<B, 1>::from_floats(kernel, &device)
         .reshape([1, 1, 3, 3])
         .repeat_dim(0, c);
-    conv2d(u, weight, None, ConvOptions::new([1, 1], [0, 0], [1, 1], c))
+    conv2d::convolve(u, weight, None, ConvOptions::new([1, 1], [0, 0], [1, 1], c))
 }
 
 #[cfg(test)]

@@ -256,6 +256,7 @@ pub fn dispatch_on<T: BackendTask>(devices: &Devices, task: T) -> Result<T::Outp
             {
                 use burn::backend::{wgpu::WgpuDevice, Autodiff, Wgpu};
                 let devices = vec![WgpuDevice::default(); specs.len()];
+                crate::gpu_runtime::init_default()?;
                 on_gpu(specs[0], || task.run_on::<Autodiff<Wgpu>>(devices))
             }
             #[cfg(not(all(feature = "wgpu", not(test))))]
@@ -275,6 +276,7 @@ pub fn dispatch_on<T: BackendTask>(devices: &Devices, task: T) -> Result<T::Outp
                         _ => unreachable!("Devices::new keeps one kind"),
                     })
                     .collect();
+                crate::gpu_runtime::init_default()?;
                 on_gpu(specs[0], || task.run_on::<Autodiff<Cuda>>(devices))
             }
             #[cfg(not(all(feature = "cuda", not(test))))]

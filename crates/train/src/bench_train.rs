@@ -30,14 +30,17 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::vision::VisionBackend;
 use indicatif::{ProgressBar, ProgressStyle};
 use percept_data::{write_synthetic_dataset, Batch, SynthOptions};
+use percept_model::conv2d;
 use percept_model::{
-    check_input_size, LossParts, ModelSize, PerceptionNet, PerceptionNetConfig, Precision,
+    check_input_size, ConvKernels, LossParts, ModelSize, PerceptionNet, PerceptionNetConfig,
+    Precision,
 };
 use serde::Serialize;
 
 use crate::backend::{dispatch, BackendTask, DeviceSpec};
 use crate::bench::Scratch;
 use crate::config::RunConfig;
+use crate::gpu_runtime::{self, KernelCounts};
 use crate::loader::{BatchBuilder, BatchLoader, LoaderOptions};
 use crate::optim::RunOptimizer;
 use crate::trainer::batch_loss;
@@ -64,6 +67,8 @@ pub struct TrainBenchOptions {
     pub classes: usize,
     /// Arithmetic of the convolutions (`train.precision`).
     pub precision: Precision,
+    /// Kernels of the convolutions (`train.conv`).
+    pub conv: ConvKernels,
     /// Size of the rayon pool the benchmark runs in: the CPU backend (burn Flex) runs its
     /// convolutions, matmuls and reductions on the current rayon pool, so this is its compute
     /// threads; it also sets the data workers of (b). `None`: rayon's global pool and one data
@@ -90,6 +95,7 @@ impl TrainBenchOptions {
             warmup: 3,
             classes: 10,
             precision: Precision::F32,
+            conv: ConvKernels::Auto,
             threads: None,
             scratch: std::env::temp_dir(),
             progress: false,
@@ -204,6 +210,20 @@ pub struct MemoryReport {
     pub device_note: String,
 }
 
+/// Kernel compilation and autotuning, counted from cubecl's logs.
+#[derive(Debug, Clone, Serialize)]
+pub struct KernelReport {
+    /// From before the network is built to the end of the first step.
+    pub first_step: KernelCounts,
+    /// Over every later step on the pre-built batch (warm-up, (a) and its breakdown): a warm
+    /// state compiles nothing here.
+    pub steady_state: KernelCounts,
+    /// Over (b), the real pipeline's batches.
+    pub with_data: KernelCounts,
+    /// The folder of compiled kernels and autotune results, and why it is that one.
+    pub cache: String,
+}
+
 /// What [`bench_train`] measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct TrainBenchReport {
@@ -215,6 +235,8 @@ pub struct TrainBenchReport {
     pub backend: String,
     /// Arithmetic of the convolutions.
     pub precision: String,
+    /// Kernels of the convolutions (`auto` resolved: `cpu-gemm`, `im2col` or `burn`).
+    pub conv: String,
     /// Threads of the rayon pool the benchmark ran in (the CPU backend's compute threads).
     pub threads: usize,
     pub batch_size: usize,
@@ -226,6 +248,9 @@ pub struct TrainBenchReport {
     /// The very first step, alone (kernel compilation and autotuning on a GPU; first-touch
     /// allocations everywhere).
     pub first_step_ms: f64,
+    /// What cubecl compiled and tuned (GPU backends); `None` on the CPU or where cubecl was
+    /// configured before percept could count.
+    pub kernels: Option<KernelReport>,
     /// (a) data loading excluded.
     pub fixed_batch: FixedBatchTiming,
     /// (a)'s breakdown by phase.
@@ -252,8 +277,8 @@ impl TrainBenchReport {
         let mut out = format!(
             "train step: {} ({:.2} M parameters, {:.2} GFLOPs/image forward), {} classes, \
              batch {} at {}\n\
-             device {} ({}), {} convolutions, {} thread(s); {} timed steps after {} warm-up\n\
-             first step (kernel compilation/autotune on GPU): {:.1} ms\n\n",
+             device {} ({}), {} {} convolutions, {} thread(s); {} timed steps after {} warm-up\n\
+             first step (kernel compilation/autotune on GPU): {:.1} ms\n",
             self.model,
             self.parameters as f64 / 1e6,
             self.forward_gflops_per_image,
@@ -263,11 +288,37 @@ impl TrainBenchReport {
             self.device,
             self.backend,
             self.precision,
+            self.conv,
             self.threads,
             self.steps,
             self.warmup_steps,
             self.first_step_ms,
         );
+        match &self.kernels {
+            Some(k) => {
+                let line = |c: &KernelCounts| {
+                    format!(
+                        "{} kernels compiled ({} not warmed up), {} autotune keys tuned ({} \
+                         candidates timed)",
+                        c.compiled,
+                        c.not_warmed.unwrap_or(c.compiled),
+                        c.keys_tuned,
+                        c.candidates_timed
+                    )
+                };
+                out.push_str(&format!(
+                    "kernels, first step: {}\n\
+                     \x20        later steps: {}\n\
+                     \x20        with data: {}\n\
+                     \x20        cache: {}\n\n",
+                    line(&k.first_step),
+                    line(&k.steady_state),
+                    line(&k.with_data),
+                    k.cache
+                ));
+            }
+            None => out.push('\n'),
+        }
         out.push_str(&format!(
             "(a) data loading excluded (one pre-built batch)\n\
              \x20   {:>8.2} images/s   step mean {:.1} ms, median {:.1} ms (min {:.1}, max {:.1})\n\
@@ -384,6 +435,7 @@ fn bench_config(
          [model]\nsize = \"{}\"\ninput = {{ width = {}, height = {} }}\n\
          [data]\ndatasets = [{dataset}]\nworkers = {workers}\n\
          [train]\nsteps = {}\nbatch_size = {}\nseed = 1\nlr = 0.002\nprecision = \"{}\"\n\
+         conv = \"{}\"\n\
          [optimizer]\ngrad_clip = 10.0\n",
         options.size.name(),
         options.width,
@@ -391,6 +443,7 @@ fn bench_config(
         1 + 2 * options.warmup + 3 * options.steps,
         options.batch_size,
         options.precision,
+        options.conv,
     );
     RunConfig::parse(&text, Path::new("<percept bench train>"))
 }
@@ -514,6 +567,7 @@ where
     let arch = PerceptionNetConfig::new(o.size, o.classes);
     arch.validate()
         .map_err(|e| TrainError::Invalid(format!("--classes {}: {e}", o.classes)))?;
+    let kernels_at_start = gpu_runtime::counts();
     let mut net: PerceptionNet<B> = arch.init_seeded(1, &device);
     let parameters = net.num_params();
     let mut stepper = Stepper {
@@ -544,6 +598,7 @@ where
     net = stepper.step(net, &fixed, noop)?;
     sync::<B>(&device)?;
     let first_step_ms = ms(start.elapsed());
+    let kernels_after_first = gpu_runtime::counts();
     bar.inc(1);
 
     // (a) The pre-built batch: whole steps, then steps synced by phase.
@@ -587,6 +642,8 @@ where
     let [forward_loss_ms, backward_ms, clip_check_ms, update_ms] =
         phases.map(|p| p / o.steps as f64);
 
+    let kernels_after_fixed = gpu_runtime::counts();
+
     // (b) The real pipeline feeding the step.
     bar.set_message("(b) data loading included");
     let builder = BatchBuilder::new(data.clone(), data.sampler(&config)?, loader_options)?;
@@ -614,6 +671,21 @@ where
     drop(loader);
     drop(net);
     bar.finish_and_clear();
+    let kernels = match (
+        kernels_at_start,
+        kernels_after_first,
+        kernels_after_fixed,
+        gpu_runtime::counts(),
+        gpu_runtime::cache(),
+    ) {
+        (Some(start), Some(first), Some(fixed), Some(end), Some(cache)) => Some(KernelReport {
+            first_step: first.since(&start),
+            steady_state: fixed.since(&first),
+            with_data: end.since(&fixed),
+            cache: format!("{} ({})", cache.dir.display(), cache.source),
+        }),
+        _ => None,
+    };
 
     let images = (o.batch_size * o.steps) as f64;
     let total_ms: f64 = step_ms.iter().sum();
@@ -633,6 +705,10 @@ where
         device: o.device.to_string(),
         backend: B::name(&device),
         precision: options.precision.to_string(),
+        conv: match conv2d::resolve::<B>(o.conv) {
+            ConvKernels::Auto => "cpu-gemm".to_string(),
+            chosen => chosen.to_string(),
+        },
         threads,
         batch_size: o.batch_size,
         input: format!("{}x{}", o.width, o.height),
@@ -641,6 +717,7 @@ where
         warmup_steps: o.warmup,
         steps: o.steps,
         first_step_ms,
+        kernels,
         fixed_batch: FixedBatchTiming {
             images_per_second: images / (total_ms / 1e3).max(1e-12),
             mean_step_ms: total_ms / o.steps as f64,

@@ -20,6 +20,7 @@ use crate::data::{audit, open_for_site, TrainingData};
 use crate::eval::{evaluate, EvalOptions, EvalReport, Evaluation, MetricResolution};
 use crate::export::{export, ExportSummary};
 use crate::fsutil::write_atomic;
+use crate::gpu_runtime::KernelCache;
 use crate::model_file::{load_model, read_model_card, ModelCard};
 use crate::predict::{predict_image, read_image, write_prediction, Prediction};
 use crate::report::{write_report, ReportFiles};
@@ -136,6 +137,9 @@ fn run_training(
     resume: Option<RunState>,
     faults: Faults,
 ) -> Result<TrainSummary, TrainError> {
+    if devices.specs()[0] != DeviceSpec::Cpu {
+        crate::gpu_runtime::init(&KernelCache::resolve(config.kernel_cache.as_deref()))?;
+    }
     let result = TrainingData::open(config, log).and_then(|data| {
         dispatch_on(
             devices,

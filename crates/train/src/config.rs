@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use percept_data::{AugmentConfig, IntegrityPolicy};
-use percept_model::{check_input_size, DecodeOptions, LossWeights, ModelSize, Precision, Tasks};
+use percept_model::{
+    check_input_size, ConvKernels, DecodeOptions, LossWeights, ModelSize, Precision, Tasks,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::config_source::LayeredConfig;
@@ -24,6 +26,11 @@ pub struct RunConfig {
     /// Parent of run directories.
     #[serde(default = "default_runs_dir")]
     pub runs_dir: PathBuf,
+    /// Folder for compiled GPU kernels and autotune results (`percept warmup` fills it; see
+    /// `gpu_runtime`). `PERCEPT_KERNEL_CACHE` overrides it; left out, a per-user folder
+    /// (`~/.cache/percept/kernels`). A machine setting: not part of the config's hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_cache: Option<PathBuf>,
     pub site: SiteConfig,
     pub model: ModelConfig,
     pub data: DataConfig,
@@ -181,6 +188,18 @@ pub struct TrainConfig {
     /// bf16 is for CUDA devices: wgpu has no bfloat16, and on the CPU it is slower than f32.
     #[serde(default)]
     pub precision: Precision,
+    /// Kernels of the convolutions (training step and validation): "auto" (percept's CPU
+    /// kernels on the CPU, im2col + matrix product on GPUs), "burn" (burn's own, autotuned per
+    /// shape on cuda and wgpu) or "im2col" (see `percept_model::conv_kernels`). The weights and
+    /// model files are the same whichever runs them.
+    #[serde(default, skip_serializing_if = "is_auto")]
+    pub conv: ConvKernels,
+}
+
+/// Left out of the resolved TOML at its default, so that configs written before the key
+/// existed keep their hash (and their runs can be resumed).
+fn is_auto(kernels: &ConvKernels) -> bool {
+    *kernels == ConvKernels::Auto
 }
 
 fn one() -> usize {
@@ -581,7 +600,13 @@ impl RunConfig {
 
     /// blake3 of the resolved TOML: identifies the config in provenance.
     pub fn hash(&self) -> String {
-        blake3::hash(self.to_toml().as_bytes()).to_hex().to_string()
+        let machine_free = RunConfig {
+            kernel_cache: None,
+            ..self.clone()
+        };
+        blake3::hash(machine_free.to_toml().as_bytes())
+            .to_hex()
+            .to_string()
     }
 }
 

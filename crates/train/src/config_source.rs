@@ -17,7 +17,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use percept_data::{AugmentConfig, IntegrityPolicy};
-use percept_model::{LossWeights, ModelSize, Precision, Tasks};
+use percept_model::{ConvKernels, LossWeights, ModelSize, Precision, Tasks};
 use toml::{Table, Value};
 
 use crate::config::{
@@ -598,6 +598,7 @@ fn parse_value(text: &str) -> Value {
 fn placeholder() -> RunConfig {
     RunConfig {
         name: "placeholder".into(),
+        kernel_cache: None,
         runs_dir: "runs".into(),
         site: SiteConfig {
             region: "DE".into(),
@@ -632,6 +633,7 @@ fn placeholder() -> RunConfig {
             }),
             max_nonfinite_steps: 5,
             precision: Precision::F32,
+            conv: ConvKernels::Auto,
         },
         optimizer: OptimizerConfig {
             grad_clip: Some(10.0),

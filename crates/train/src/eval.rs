@@ -22,7 +22,7 @@ use indicatif::ProgressBar;
 use percept_data::{
     collate, AugmentParams, Batch, BoxLabel, Conditions, Dataset, IgnoreRegion, Letterbox, Sample,
 };
-use percept_model::{decode_detections, DecodeOptions, PerceptionNet};
+use percept_model::{decode_detections, DecodeOptions, PerceptionNet, ScoredBox};
 use serde::{Deserialize, Serialize};
 
 use crate::metrics::{Detection, DetectionEvaluator, DetectionMetrics, SegmentationEvaluator};
@@ -149,6 +149,31 @@ pub(crate) fn masks(logits: Tensor<impl Backend, 4>) -> Vec<u8> {
         .convert::<u8>()
         .to_vec()
         .expect("u8 data")
+}
+
+/// Detections decoded with `decode` (NMS) and binary masks (drivable, lanes) of one batch,
+/// as [`evaluate`] computes them; `wanted`: (detection, drivable, lanes).
+pub(crate) type Inferred = (Option<Vec<Vec<ScoredBox>>>, [Option<Vec<u8>>; 2]);
+
+/// `batch` through `net` as evaluation runs it (also what `percept warmup` compiles).
+pub(crate) fn infer<B: VisionBackend>(
+    net: &PerceptionNet<B>,
+    batch: &Batch,
+    decode: &DecodeOptions,
+    wanted: (bool, bool, bool),
+    device: &B::Device,
+) -> Inferred {
+    let (images, _) = batch_tensors::<B>(batch, device);
+    let out = net.forward(images);
+    let decoded = match (&out.detection, wanted.0) {
+        (Some(det), true) => Some(decode_detections(det, batch.height, batch.width, decode)),
+        _ => None,
+    };
+    let masks = [
+        out.drivable.filter(|_| wanted.1).map(masks),
+        out.lanes.filter(|_| wanted.2).map(masks),
+    ];
+    (decoded, masks)
 }
 
 /// How [`evaluate`] runs.
@@ -324,16 +349,7 @@ pub fn evaluate<B: VisionBackend>(
             .map(|i| dataset.get(i))
             .collect::<Result<Vec<_>, _>>()?;
         let batch: Batch = collate(&samples, w as u32, h as u32);
-        let (images, _) = batch_tensors::<B>(&batch, device);
-        let out = net.forward(images);
-        let decoded = match (&out.detection, evaluated.0) {
-            (Some(det), true) => Some(decode_detections(det, h, w, &decode)),
-            _ => None,
-        };
-        let net_masks = [
-            out.drivable.filter(|_| evaluated.1).map(masks),
-            out.lanes.filter(|_| evaluated.2).map(masks),
-        ];
+        let (decoded, net_masks) = infer(net, &batch, &decode, evaluated, device);
         for (j, sample) in samples.iter().enumerate() {
             let index = start + j;
             let tags = slices.tag(&sample.conditions);

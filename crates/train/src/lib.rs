@@ -15,6 +15,7 @@ pub mod ema;
 pub mod eval;
 pub mod export;
 pub mod fsutil;
+pub mod gpu_runtime;
 pub mod gradient_hub;
 pub mod interrupt;
 pub mod loader;
@@ -29,6 +30,7 @@ pub mod report;
 pub mod running_stats;
 pub mod schedule;
 pub mod trainer;
+pub mod warmup;
 
 use std::path::PathBuf;
 

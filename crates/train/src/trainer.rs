@@ -29,8 +29,8 @@ use burn::vision::VisionBackend;
 use indicatif::{ProgressBar, ProgressStyle};
 use percept_data::{AuditEvent, AuditHead, AuditLog, Batch, Dataset, LabelledTasks, SamplerState};
 use percept_model::{
-    assign_targets, autocast, multitask_loss, ImageTargets, LossParts, PerceptionNet,
-    PerceptionNetConfig, SegmentationTargets, TargetBox,
+    assign_targets, autocast, multitask_loss, use_conv_kernels, ImageTargets, LossParts,
+    PerceptionNet, PerceptionNetConfig, SegmentationTargets, TargetBox,
 };
 use serde::{Deserialize, Serialize};
 
@@ -297,6 +297,7 @@ pub fn batch_loss<B: Backend>(
     let output = {
         // The casts are autodiff ops: backward needs no guard.
         let _autocast = autocast(config.train.precision);
+        let _kernels = use_conv_kernels(config.train.conv);
         net.forward(images)
     };
     let det_targets = output.detection.as_ref().map(|_| {
@@ -351,6 +352,21 @@ impl BackendTask for TrainTask<'_> {
     }
 }
 
+/// On a GPU: what the first step compiled and tuned (a warm kernel cache makes it none).
+fn log_first_step_kernels(took: Duration) {
+    if let Some(k) = crate::gpu_runtime::counts() {
+        tracing::info!(
+            "first step: {:.1} s, {} kernels compiled ({} not compiled by a warm-up), {} autotune \
+             keys tuned ({} candidates timed)",
+            took.as_secs_f64(),
+            k.compiled,
+            k.not_warmed.unwrap_or(k.compiled),
+            k.keys_tuned,
+            k.candidates_timed
+        );
+    }
+}
+
 /// Validates `net` on every validation split.
 fn validate<B: VisionBackend>(
     net: &PerceptionNet<B>,
@@ -367,6 +383,7 @@ fn validate<B: VisionBackend>(
         examples: 0,
         max_images: config.validation.max_images,
     };
+    let _kernels = use_conv_kernels(config.train.conv);
     let mut datasets = Vec::new();
     for ds in sets {
         let r = evaluate(net, card, ds, &options, device, &ProgressBar::hidden())?.report;
@@ -849,6 +866,9 @@ where
         workers.send(parts, lr, poison)?;
         let outcome;
         (replica, outcome) = replica.step(&own, lr, config, num_classes, poison)?;
+        if step == start_step + 1 {
+            log_first_step_kernels(start.elapsed());
+        }
         let StepOutcome { values, check } = outcome;
         let step_losses = LossValues::from_values(&values, present);
         position.step = step;
