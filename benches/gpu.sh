@@ -21,6 +21,8 @@
 #   MODELS       percept models after nano (default "small")
 #   BATCH WIDTH HEIGHT STEPS WARMUP   bench train settings (default 32, 320, 192, 20, 3)
 #   BUDGET       seconds for the whole call (default 530)
+#   SCALE        factor on each command's own time cap (default 1 on cuda, 6 on wgpu, whose
+#                software driver compiles kernels for minutes)
 #   WARM_CACHE   a kernel cache folder from an earlier call ($OUT/kernel-cache), copied in
 #                before step 1 so that step 1 times a warm start on a fresh process
 #   TORCH        0 to leave out PyTorch (default 1 on cuda, 0 on wgpu)
@@ -33,7 +35,7 @@ cd "$(dirname "$0")/.."
 device=${1:-cuda:0}
 out=${OUT:-bench-gpu}
 bin=${BIN:-target/release/percept}
-models=${MODELS:-small}
+models=${MODELS-small}
 batch=${BATCH:-32}
 width=${WIDTH:-320}
 height=${HEIGHT:-192}
@@ -41,6 +43,7 @@ steps=${STEPS:-20}
 warmup=${WARMUP:-3}
 budget=${BUDGET:-530}
 case "$device" in cuda*) gpu=cuda ;; wgpu) gpu=wgpu ;; *) echo "device: cuda:N or wgpu, not $device" >&2; exit 2 ;; esac
+scale=${SCALE:-$([ "$gpu" = cuda ] && echo 1 || echo 6)}
 torch=${TORCH:-$([ "$gpu" = cuda ] && echo 1 || echo 0)}
 start=$(date +%s)
 mkdir -p "$out"
@@ -76,7 +79,7 @@ fi
 ran=()
 # run NAME CAP CMD...: runs CMD with stdout to NAME.json-or-log, under min(CAP, time left).
 run() {
-    local name=$1 cap=$2
+    local name=$1 cap=$(($2 * scale))
     shift 2
     local left=$((budget - ($(date +%s) - start) - 10))
     local limit=$((cap < left ? cap : left))

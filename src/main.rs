@@ -373,8 +373,8 @@ enum BenchWhat {
         /// Arithmetic of the convolutions (train.precision): f32, or bf16 on CUDA
         #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
         precision: String,
-        /// Kernels of the convolutions (train.conv): auto (percept's on the CPU, im2col on a
-        /// GPU), burn (burn's, autotuned per shape on GPUs) or im2col
+        /// Kernels of the convolutions (train.conv): auto (percept's on the CPU, im2col on cuda,
+        /// burn's on wgpu), burn (burn's, autotuned per shape on GPUs) or im2col
         #[arg(long, default_value = "auto", value_parser = ["auto", "burn", "im2col"])]
         conv: String,
         /// CPU: threads the backend computes on (the rayon pool the step runs in), also the

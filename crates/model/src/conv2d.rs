@@ -58,13 +58,29 @@ pub fn apply<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
     convolve(x, conv.weight.val(), bias, options)
 }
 
-/// The kernels [`apply`] runs on backend `B` for the setting `kernels`: `Auto` resolved.
+/// The kernels [`apply`] runs on backend `B` for the setting `kernels`: `Auto` resolved
+/// (see [`crate::conv_kernels`]), to itself on the CPU backend (percept's CPU kernels).
 pub fn resolve<B: Backend>(kernels: ConvKernels) -> ConvKernels {
     match kernels {
         ConvKernels::Auto if uses_cpu_kernels::<B>() => ConvKernels::Auto,
-        ConvKernels::Auto => ConvKernels::Im2col,
+        ConvKernels::Auto if is_cuda::<B>() => ConvKernels::Im2col,
+        ConvKernels::Auto => ConvKernels::Burn,
         chosen => chosen,
     }
+}
+
+/// The name of what [`resolve`] picks on `B`: `cpu-gemm`, `im2col` or `burn`.
+pub fn resolved_name<B: Backend>(kernels: ConvKernels) -> String {
+    match resolve::<B>(kernels) {
+        ConvKernels::Auto => "cpu-gemm".into(),
+        chosen => chosen.to_string(),
+    }
+}
+
+/// Whether `B` runs on burn-cuda (with or without fusion and autodiff). By type name: the
+/// model crate is generic over backends and does not link the CUDA backend.
+fn is_cuda<B: Backend>() -> bool {
+    std::any::type_name::<B>().contains("CudaRuntime")
 }
 
 /// `burn::tensor::module::conv2d(x, weight, bias, options)` through the kernels

@@ -8,12 +8,19 @@
 //! - [`ConvKernels::Im2col`]: im2col in burn tensor ops (pad, strided slices, stack) and one
 //!   batched matrix product ([`crate::im2col`]); autodiff derives the gradients (the weight
 //!   gradient is one matrix product with the column matrix, as upstream burn 0.22 computes it).
-//!   A handful of shape-generic kernels and the matmul's tuning keys, which are shared across
-//!   convolutions of similar size; no per-convolution-shape autotuning.
+//!   Shape-generic pad, slice and stack kernels and burn's matrix product: no convolution
+//!   autotuning, but the matrix product is autotuned per shape class too (on lavapipe, nano's
+//!   first step tuned 155 keys this way against 272 with `Burn`).
 //! - percept's CPU kernels ([`crate::conv2d`]'s im2col + GEMM on burn-flex).
 //!
-//! [`ConvKernels::Auto`] picks percept's CPU kernels on the CPU backend and [`ConvKernels::Im2col`]
-//! on the GPU backends.
+//! [`ConvKernels::Auto`] picks percept's CPU kernels on the CPU backend, `Im2col` on cuda and
+//! `Burn` on wgpu. Why: measured on lavapipe (software Vulkan, where burn's tensor-core
+//! candidates are skipped), burn's convolution was faster both cold (198 s against 278 s for
+//! nano's first step) and warm (2.3 s against 2.4 s a step); on CUDA, burn 0.21's convolution
+//! backward is the known bottleneck (upstream #4598: YOLOX-nano 36x slower than PyTorch; the
+//! weight gradient through a column matrix and one matrix product, what `Im2col` does, took
+//! 21.8 ms down to 1.49 ms in upstream's fix). Neither choice is measured on a GPU yet:
+//! `benches/gpu.sh` runs both.
 //!
 //! The setting is per thread, like [`crate::precision`]: tests comparing the paths, and
 //! data-parallel replicas, do not see each other's.
@@ -28,7 +35,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ConvKernels {
-    /// percept's CPU kernels on the CPU backend, `Im2col` on the GPU backends.
+    /// percept's CPU kernels on the CPU backend, `Im2col` on cuda, `Burn` on wgpu.
     #[default]
     Auto,
     /// burn's `conv2d` (autotuned on cuda and wgpu).

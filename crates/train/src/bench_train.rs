@@ -705,10 +705,7 @@ where
         device: o.device.to_string(),
         backend: B::name(&device),
         precision: options.precision.to_string(),
-        conv: match conv2d::resolve::<B>(o.conv) {
-            ConvKernels::Auto => "cpu-gemm".to_string(),
-            chosen => chosen.to_string(),
-        },
+        conv: conv2d::resolved_name::<B>(o.conv),
         threads,
         batch_size: o.batch_size,
         input: format!("{}x{}", o.width, o.height),

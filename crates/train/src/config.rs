@@ -189,8 +189,9 @@ pub struct TrainConfig {
     #[serde(default)]
     pub precision: Precision,
     /// Kernels of the convolutions (training step and validation): "auto" (percept's CPU
-    /// kernels on the CPU, im2col + matrix product on GPUs), "burn" (burn's own, autotuned per
-    /// shape on cuda and wgpu) or "im2col" (see `percept_model::conv_kernels`). The weights and
+    /// kernels on the CPU, im2col + matrix product on cuda, burn's on wgpu), "burn" (burn's
+    /// own, autotuned per shape on cuda and wgpu) or "im2col" (see
+    /// `percept_model::conv_kernels`). The weights and
     /// model files are the same whichever runs them.
     #[serde(default, skip_serializing_if = "is_auto")]
     pub conv: ConvKernels,

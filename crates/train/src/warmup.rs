@@ -18,7 +18,7 @@ use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use burn::vision::VisionBackend;
 use percept_data::{write_synthetic_dataset, Batch, Manifest, Split, SynthOptions};
-use percept_model::{conv2d, use_conv_kernels, ConvKernels, PerceptionNetConfig};
+use percept_model::{conv2d, use_conv_kernels, PerceptionNetConfig};
 use serde::Serialize;
 
 use crate::backend::{dispatch, BackendTask, DeviceSpec};
@@ -337,10 +337,7 @@ impl BackendTask for WarmupTask {
         Ok(WarmupReport {
             device: self.device_spec.to_string(),
             backend: B::name(&device),
-            conv: match conv2d::resolve::<B>(config.train.conv) {
-                ConvKernels::Auto => "cpu-gemm".into(),
-                chosen => chosen.to_string(),
-            },
+            conv: conv2d::resolved_name::<B>(config.train.conv),
             classes: self.classes,
             cache: gpu_runtime::cache().map(|c| format!("{} ({})", c.dir.display(), c.source)),
             phases,
