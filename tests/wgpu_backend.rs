@@ -163,6 +163,9 @@ fn wgpu_im2col_convolution_matches_burns() {
         return;
     }
     type B = Autodiff<Wgpu>;
+    // `auto` on wgpu is burn's convolution; this test is what checks `im2col` there.
+    let auto = percept::model::conv2d::resolved_name::<B>(percept::model::ConvKernels::Auto);
+    assert_eq!(auto, "burn");
     let device = WgpuDevice::default();
     let rng = &mut rand_chacha::ChaCha8Rng::seed_from_u64(11);
     let cases: [([usize; 4], [usize; 4], bool, ConvOptions<2>); 5] = [
