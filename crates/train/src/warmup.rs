@@ -1,6 +1,6 @@
 //! `percept warmup`: compiles and tunes every GPU kernel a run of a config will need, into the
 //! kernel cache ([`crate::gpu_runtime`]), so that a node image prepared once starts training
-//! in seconds.
+//! without compiling or tuning.
 //!
 //! It runs what the run runs, at the run's shapes: the training step itself
 //! ([`Replica::step`]: forward, multi-task loss, backward, gradient accumulation over
@@ -9,7 +9,11 @@
 //! `validation.batch_size` and at the last, smaller batch a validation pass over the data's
 //! `val` splits ends with. Its batches come from synthetic scenes written to a scratch folder
 //! (removed afterwards) at the config's input size: no frame of the run's data is read (only
-//! the manifests, for the class count), and nothing is written to a run.
+//! the manifests, for the class count and the val splits' sizes), and nothing is written to a
+//! run. One device is warmed: data-parallel replicas on identical GPUs share the cache.
+//!
+//! What it cannot see: an operation whose shape depends on a batch's content (how many
+//! targets it has) may still meet a new autotune key later in a run.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -169,11 +173,16 @@ pub fn warmup(options: &WarmupOptions) -> Result<WarmupReport, TrainError> {
         fit_classes(&mut batch, classes);
         micro_batches.push(batch);
     }
-    // Validation batches: the full one, and the last, smaller one a pass over the val
-    // splits ends with (another shape, so other kernels and tuning keys).
-    let mut val_sizes = vec![val_batch];
-    if let Some(n) = val_images.filter(|n| n % val_batch != 0) {
-        val_sizes.push(n % val_batch);
+    // Validation batches (when the run validates): the full one, and the last, smaller one
+    // a pass over each val split ends with (other shapes, so other kernels and tuning keys).
+    let mut val_sizes = Vec::new();
+    if config.validation.every > 0 {
+        val_sizes.push(val_batch);
+        for last in val_images.iter().map(|n| n % val_batch).filter(|&r| r > 0) {
+            if !val_sizes.contains(&last) {
+                val_sizes.push(last);
+            }
+        }
     }
     let task = WarmupTask {
         config: config.clone(),
@@ -186,13 +195,13 @@ pub fn warmup(options: &WarmupOptions) -> Result<WarmupReport, TrainError> {
     dispatch(options.device, task)?
 }
 
-/// The class count (given, or from the first dataset's manifest) and the images one
-/// validation pass covers (`None` where no manifest could be read).
+/// The class count (given, or from the first dataset's manifest) and the images a
+/// validation pass covers in each dataset whose manifest could be read.
 fn data_shape(
     config: &RunConfig,
     source: &str,
     classes: Option<usize>,
-) -> Result<(usize, Option<usize>), TrainError> {
+) -> Result<(usize, Vec<usize>), TrainError> {
     let manifests: Vec<_> = config
         .data
         .datasets
@@ -220,24 +229,17 @@ fn data_shape(
             )))
         }
     };
-    let val_images = if config.validation.every == 0 {
-        Some(0)
-    } else {
-        manifests
-            .iter()
-            .map(|(_, m)| {
-                m.as_ref().ok().map(|m| {
-                    let n = m.samples_of(Split::Val);
-                    match config.validation.max_images {
-                        0 => n,
-                        cap => n.min(cap),
-                    }
-                })
-            })
-            // Each val split is evaluated on its own: only one remainder is warmed, the first.
-            .next()
-            .flatten()
-    };
+    let val_images = manifests
+        .iter()
+        .filter_map(|(_, m)| m.as_ref().ok())
+        .map(|m| {
+            let n = m.samples_of(Split::Val);
+            match config.validation.max_images {
+                0 => n,
+                cap => n.min(cap),
+            }
+        })
+        .collect();
     Ok((classes, val_images))
 }
 
