@@ -208,7 +208,10 @@ fn a_fixed_batch_overfits() {
     let dir = tempfile::tempdir().unwrap();
     let (config, batch) = two_frames(dir.path());
     let device = Default::default();
-    let mut net: PerceptionNet<A> = PerceptionNetConfig::new(ModelSize::Nano, 7).init(&device);
+    // Seeded: an unseeded draw made this test pass or fail by chance (6.19 -> 0.64 once in CI;
+    // seeds 1-6 all end between 0.19 and 0.27).
+    let mut net: PerceptionNet<A> =
+        PerceptionNetConfig::new(ModelSize::Nano, 7).init_seeded(1, &device);
     let mut optim = AdamWConfig::new()
         .with_weight_decay(0.0)
         .init::<A, PerceptionNet<A>>();
@@ -233,7 +236,8 @@ fn bf16_convolutions_train_like_f32() {
     let dir = tempfile::tempdir().unwrap();
     let (mut config, batch) = two_frames(dir.path());
     let device = Default::default();
-    let init: PerceptionNet<A> = PerceptionNetConfig::new(ModelSize::Nano, 7).init(&device);
+    let init: PerceptionNet<A> =
+        PerceptionNetConfig::new(ModelSize::Nano, 7).init_seeded(2, &device);
     let mut losses = |precision| {
         config.train.precision = precision;
         let mut net = init.clone();
