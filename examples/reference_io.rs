@@ -30,7 +30,8 @@ use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::store::{ModuleSnapshot, SafetensorsStore};
 use burn::tensor::backend::AutodiffBackend;
-use percept::data::{collate, IgnoreRegion, LabelledTasks, SceneGenerator, TrafficSide};
+use percept::data::{collate, IgnoreRegion, LabelledTasks, TrafficSide};
+use percept::synth::SceneGenerator;
 use percept::model::{
     assign_targets, multitask_loss, DecodeOptions, LossParts, ModelSize, PerceptionNet,
     PerceptionNetConfig, PerceptionOutput,

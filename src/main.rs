@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use percept::data::{Split, SynthOptions};
+use percept::data::Split;
+use percept::synth::SynthOptions;
 use percept::model::{ModelSize, PerceptionNetConfig};
 use percept::train::config_source::LayeredConfig;
 use percept::train::data_parallel::Cluster;

@@ -166,7 +166,7 @@ fn metrics_at_original_and_network_resolution() {
     // frames at original resolution, every network pixel (border included) at network
     // resolution, and both count the same ground-truth boxes.
     let big = dir.path().join("big");
-    let options = percept::data::SynthOptions {
+    let options = percept::synth::SynthOptions {
         name: "test-DE".into(),
         region: "DE".into(),
         width: 2 * W,
@@ -176,7 +176,7 @@ fn metrics_at_original_and_network_resolution() {
         seed: 11,
         samples_per_shard: 8,
     };
-    percept::data::write_synthetic_dataset(&big, &options, &|_| {}).unwrap();
+    percept::synth::write_synthetic_dataset(&big, &options, &|_| {}).unwrap();
     let original = eval_at(model, &big, MetricResolution::Original);
     let network = eval_at(model, &big, MetricResolution::Network);
     let pixels = |r: &EvalReport| confusion(r).iter().flatten().sum::<u64>();

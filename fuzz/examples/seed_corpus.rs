@@ -7,7 +7,9 @@
 
 use std::path::Path;
 
-use percept_data::{IgnoreRegion, SceneGenerator, ShardWriter, TrafficSide};
+use percept_data::{IgnoreRegion, ShardWriter, TrafficSide};
+
+use percept_synth::SceneGenerator;
 
 fn main() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/shard_reader");

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use percept::data::{write_synthetic_dataset, SynthOptions};
+use percept::synth::{write_synthetic_dataset, SynthOptions};
 use percept::train::config::RunConfig;
 
 /// Frame and network size of the test datasets.

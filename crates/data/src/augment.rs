@@ -22,7 +22,7 @@ use image::{GrayImage, RgbImage};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::batch::{Letterbox, PAD_VALUE};
+use crate::letterbox::{Letterbox, PAD_VALUE};
 use crate::sample::{BoxLabel, IgnoreRegion, Sample, TrafficSide};
 
 /// Default of [`AugmentConfig::min_box_side`], and the box filter of [`AugmentParams::identity`].

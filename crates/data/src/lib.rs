@@ -5,27 +5,27 @@
 //! - [`manifest`]: dataset manifests with region and residency policy ([`Manifest`]).
 //! - [`residency`]: the residency guard, the only way to open a dataset ([`ResidencyGuard`]).
 //! - [`dataset`]: one verified split of a dataset directory ([`Dataset`]).
-//! - [`synth`]: procedural driving scenes and synthetic datasets ([`SceneGenerator`],
-//!   [`write_synthetic_dataset`]).
 //! - [`augment`]: training-time augmentation: zoom, shift, flip, HSV jitter, mosaics
 //!   ([`augment()`], [`mosaic`]).
 //! - [`batch`]: letterboxing, normalisation and collation into flat arrays ([`Batch`]).
 
+pub mod atomic_file;
 pub mod audit;
 pub mod augment;
 pub mod batch;
 pub mod dataset;
 pub mod error;
+pub mod letterbox;
 pub mod manifest;
 pub mod process_memory;
 pub mod residency;
 pub mod sample;
 pub mod sampler;
 pub mod shard;
-pub mod synth;
 #[cfg(test)]
 mod testutil;
 
+pub use atomic_file::{save_png_atomic, write_atomic, AtomicFile};
 pub use audit::{AuditEntry, AuditError, AuditEvent, AuditHead, AuditLog, AuditReport, AUDIT_FILE};
 pub use augment::{
     augment, mosaic, AugmentConfig, AugmentParams, Augmented, FlipPolicy, HsvJitter, MosaicParams,
@@ -47,7 +47,3 @@ pub use sampler::{
     SAMPLER_STATE_VERSION,
 };
 pub use shard::{EncodedRecord, ShardInfo, ShardReader, ShardWriter};
-pub use synth::{
-    write_synthetic_dataset, CentreLine, SceneGenerator, SynthOptions, SYNTH_CLASSES,
-    VAL_INDEX_OFFSET,
-};

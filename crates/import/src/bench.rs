@@ -281,7 +281,7 @@ mod tests {
             "{:?}",
             summary.report.skipped
         );
-        let generator = percept_data::SceneGenerator::for_region(96, 64, "US", 11);
+        let generator = percept_synth::SceneGenerator::for_region(96, 64, "US", 11);
         let reader = percept_data::ShardReader::open(out.join("train-00000.shard")).unwrap();
         let bdd = ClassMap::builtin("bdd100k").unwrap();
         for i in 0..3 {
@@ -293,7 +293,7 @@ mod tests {
             let names = |b: &percept_data::BoxLabel, classes: &[String]| {
                 classes[usize::from(b.class)].clone()
             };
-            let synth: Vec<String> = percept_data::SYNTH_CLASSES
+            let synth: Vec<String> = percept_synth::SYNTH_CLASSES
                 .iter()
                 .map(|s| s.to_string())
                 .collect();

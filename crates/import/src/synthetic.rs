@@ -20,7 +20,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use image::codecs::jpeg::JpegEncoder;
 use image::{GrayImage, Luma};
-use percept_data::{Sample, SceneGenerator, SYNTH_CLASSES};
+use percept_data::Sample;
+use percept_synth::{SceneGenerator, SYNTH_CLASSES};
 use rayon::prelude::*;
 use serde_json::json;
 

@@ -9,10 +9,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use percept_data::{
-    write_synthetic_dataset, AugmentConfig, FlipPolicy, IntegrityPolicy, RegionSampler,
-    SamplerConfig, Site, SynthOptions,
-};
+use percept_data::{AugmentConfig, FlipPolicy, IntegrityPolicy, RegionSampler, SamplerConfig, Site};
+
+use percept_synth::{write_synthetic_dataset, SynthOptions};
 use rayon::prelude::*;
 use serde::Serialize;
 

@@ -29,7 +29,8 @@ use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use burn::vision::VisionBackend;
 use indicatif::{ProgressBar, ProgressStyle};
-use percept_data::{write_synthetic_dataset, Batch, SynthOptions};
+use percept_data::Batch;
+use percept_synth::{write_synthetic_dataset, SynthOptions};
 use percept_model::conv2d;
 use percept_model::{
     check_input_size, ConvKernels, LossParts, ModelSize, PerceptionNet, PerceptionNetConfig,

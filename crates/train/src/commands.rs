@@ -7,10 +7,8 @@ use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use burn::vision::VisionBackend;
 use indicatif::{ProgressBar, ProgressStyle};
-use percept_data::{
-    write_synthetic_dataset, AuditEvent, AuditHead, AuditLog, AuditReport, Dataset, Manifest,
-    Split, SynthOptions, AUDIT_FILE,
-};
+use percept_data::{AuditEvent, AuditHead, AuditLog, AuditReport, Dataset, Manifest, Split, AUDIT_FILE};
+use percept_synth::{write_synthetic_dataset, SynthOptions};
 use percept_model::{PerceptionNetConfig, Precision};
 
 use crate::backend::{dispatch, dispatch_on, BackendTask, DeviceSpec, Devices};

@@ -3,7 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use percept_data::{Split, SynthOptions};
+use percept_data::Split;
+
+use percept_synth::SynthOptions;
 use serde::Serialize;
 
 use crate::backend::DeviceSpec;

@@ -21,7 +21,8 @@ use std::time::Instant;
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use burn::vision::VisionBackend;
-use percept_data::{write_synthetic_dataset, Batch, Manifest, Split, SynthOptions};
+use percept_data::{Batch, Manifest, Split};
+use percept_synth::{write_synthetic_dataset, SynthOptions};
 use percept_model::{conv2d, use_conv_kernels, PerceptionNetConfig};
 use serde::Serialize;
 

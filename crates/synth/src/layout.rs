@@ -14,8 +14,12 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
 use super::canvas::{mix, scale, Col};
-use super::objects::{LIGHT_LONG, LIGHT_SHORT};
 use super::{CentreLine, BUS, CAR, CYCLIST, PEDESTRIAN, SIGN, TRAFFIC_LIGHT, TRUCK};
+
+/// Long side of a traffic-light housing, metres.
+pub(crate) const LIGHT_LONG: f32 = 1.0;
+/// Short side of a traffic-light housing, metres.
+pub(crate) const LIGHT_SHORT: f32 = 0.36;
 
 pub(crate) type R = ChaCha8Rng;
 

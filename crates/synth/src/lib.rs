@@ -1,4 +1,10 @@
-//! Procedural driving scenes in perspective, for smoke training, tests and demos.
+//! `percept-synth`: procedural driving scenes in perspective, for smoke training, tests, benches
+//! and demos, and [`write_synthetic_dataset`], which stores them as a percept dataset (shards
+//! and a manifest of `percept-data`). Kept apart from the data format: the format knows nothing
+//! of how scenes are drawn.
+//!
+//! Inside, one way down: [`layout`](self) places a scene (road, markings, objects) as data,
+//! `objects` and `render` draw it on a `canvas`.
 //!
 //! A scene is drawn from a ChaCha8 RNG seeded with `(seed, index)` only, so any sample can be
 //! regenerated on its own and generation parallelises freely. The image size scales the scene
@@ -33,6 +39,7 @@
 //! at least 2 px wide, up to the distance where a lane is 6 px wide.
 
 mod canvas;
+mod frame;
 mod layout;
 mod objects;
 mod render;
@@ -45,10 +52,10 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
-use crate::error::{DataError, Result};
-use crate::manifest::{is_region_code, Manifest, ShardEntry, Split, MANIFEST_FILE};
-use crate::sample::{Conditions, Sample, TrafficSide};
-use crate::shard::{EncodedRecord, ShardWriter};
+use percept_data::{
+    is_region_code, Conditions, DataError, EncodedRecord, Manifest, Result, Sample, ShardEntry,
+    ShardWriter, Split, TrafficSide, MANIFEST_FILE,
+};
 
 /// Class names of synthetic datasets; box classes index this list.
 pub const SYNTH_CLASSES: [&str; 7] = [
@@ -323,6 +330,22 @@ fn validate_options(o: &SynthOptions) -> Result<()> {
 mod tests {
     use super::*;
 
+    /// Opens `split` at a site in the dataset's own region, failing on any integrity problem.
+    fn open_at_home(dir: &Path, split: Split) -> Result<percept_data::Dataset> {
+        let manifest = Manifest::load_dir(dir)?;
+        let guard = percept_data::ResidencyGuard::new(percept_data::Site {
+            region: manifest.region.clone(),
+            name: "test".into(),
+        })?;
+        let cleared = guard.check(dir).map_err(|r| r.error)?;
+        percept_data::Dataset::open(
+            &cleared,
+            split,
+            percept_data::IntegrityPolicy::Fail,
+            &mut |_| {},
+        )
+    }
+
     fn gen(side: TrafficSide) -> SceneGenerator {
         SceneGenerator::new(320, 192, side, 42)
     }
@@ -498,7 +521,7 @@ mod tests {
             m.hash()
         );
 
-        let train = crate::testutil::open_at_home(&out, Split::Train).unwrap();
+        let train = open_at_home(&out, Split::Train).unwrap();
         assert_eq!(train.len(), 5);
         let s4 = train.get(4).unwrap();
         assert_eq!(s4.id, "synth-JP-train-4");
@@ -506,7 +529,7 @@ mod tests {
         let fresh = SceneGenerator::for_region(96, 64, "JP", 9).generate(4);
         assert_eq!(s4.boxes, fresh.boxes);
         assert_eq!(s4.drivable, fresh.drivable);
-        let val = crate::testutil::open_at_home(&out, Split::Val).unwrap();
+        let val = open_at_home(&out, Split::Val).unwrap();
         assert_eq!(val.len(), 2);
         let v0 = val.get(0).unwrap();
         assert_eq!(v0.id, "synth-JP-val-0");

@@ -4,16 +4,12 @@
 //! posts, hangers and shadows are drawn outside that bracket.
 
 use super::canvas::{hash2, mix, scale, Canvas, Col};
-use super::layout::{
+use super::layout::{LIGHT_LONG, LIGHT_SHORT, 
     Beam, Cam, Cyclist, Facing, Lamp, Light, ObjKind, Person, Sign, SignShape, Time, Tree, Vehicle,
 };
-use super::render::{Ctx, Glow};
+use super::frame::{Ctx, Glow};
 use super::{BUS, TRUCK};
 
-/// Long side of a traffic-light housing, metres.
-pub(crate) const LIGHT_LONG: f32 = 1.0;
-/// Short side of a traffic-light housing, metres.
-pub(crate) const LIGHT_SHORT: f32 = 0.36;
 
 const GLASS: Col = [0.07, 0.09, 0.12];
 const TYRE: Col = [0.03, 0.03, 0.035];

@@ -5,7 +5,9 @@
 
 use std::time::Instant;
 
-use percept_data::{write_synthetic_dataset, SceneGenerator, SynthOptions, TrafficSide};
+use percept_data::TrafficSide;
+
+use percept_synth::{write_synthetic_dataset, SceneGenerator, SynthOptions};
 
 fn main() {
     let frames: u64 = std::env::args()

@@ -11,9 +11,10 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::canvas::{ffloor, frac, hash2, mix, scale, Canvas, Col, NoiseTable};
-use super::layout::{Backdrop, Cam, Dash, Material, ObjKind, Scene, Time, Wall, WallStyle};
+use super::layout::{Backdrop, Dash, Material, ObjKind, Scene, Time, Wall, WallStyle};
+use super::frame::Ctx;
 use super::objects::draw_object;
-use crate::sample::BoxLabel;
+use percept_data::BoxLabel;
 
 /// Objects whose box is smaller than this (px, either side) are not labelled.
 const MIN_BOX_PX: i32 = 4;
@@ -30,25 +31,6 @@ pub(crate) struct Rendered {
     pub boxes: Vec<BoxLabel>,
     /// For each kept box: (oncoming vehicle, world X of the object).
     pub meta: Vec<(bool, f32)>,
-}
-
-/// A light halo to add at the end, if the lamp at its centre is still visible.
-pub(super) struct Glow {
-    pub x: f32,
-    pub y: f32,
-    pub r: f32,
-    pub col: Col,
-    pub strength: f32,
-    /// Object id that must still own the centre pixel.
-    pub owner: u16,
-}
-
-/// Everything a drawing routine needs.
-pub(super) struct Ctx<'a> {
-    pub cv: Canvas,
-    pub cam: Cam,
-    pub scene: &'a Scene,
-    pub glows: Vec<Glow>,
 }
 
 pub(crate) fn render(scene: &Scene) -> Rendered {
