@@ -10,8 +10,8 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use burn::backend::Flex;
-use percept::train::model_file::load_model;
-use percept::train::predict::{predict_image, read_image};
+use percept::eval::model_file::load_model;
+use percept::eval::predict::{predict_image, read_image};
 
 fn main() -> Result<()> {
     let args: Vec<PathBuf> = std::env::args_os().skip(1).map(PathBuf::from).collect();

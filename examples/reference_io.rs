@@ -31,16 +31,16 @@ use burn::prelude::*;
 use burn::store::{ModuleSnapshot, SafetensorsStore};
 use burn::tensor::backend::AutodiffBackend;
 use percept::data::{collate, IgnoreRegion, LabelledTasks, TrafficSide};
-use percept::synth::SceneGenerator;
+use percept::eval::eval::MetricResolution;
+use percept::eval::model_file::{
+    load_model, save_model, ModelCard, Normalization, Provenance, MODEL_FORMAT,
+};
 use percept::model::{
     assign_targets, multitask_loss, DecodeOptions, LossParts, ModelSize, PerceptionNet,
     PerceptionNetConfig, PerceptionOutput,
 };
+use percept::synth::SceneGenerator;
 use percept::train::config::InputSize;
-use percept::train::eval::MetricResolution;
-use percept::train::model_file::{
-    load_model, save_model, ModelCard, Normalization, Provenance, MODEL_FORMAT,
-};
 use percept::train::trainer::{batch_loss, batch_tensors, detection_targets};
 use percept::train::RunConfig;
 use safetensors::tensor::{Dtype, TensorView};

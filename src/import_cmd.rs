@@ -8,13 +8,13 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use indicatif::ProgressBar;
+use percept::commands::progress;
 use percept::data::Split;
 use percept::import::bdd100k::{default_lane_lines, Bdd100kOptions, Bdd100kSource, LaneCategory};
 use percept::import::kitti::{KittiOptions, KittiSource};
 use percept::import::pipeline::{import, plural, ImportOptions, ImportProgress, ImportSummary};
 use percept::import::yolop::{YolopOptions, YolopSource};
 use percept::import::{ClassMap, Source, UnmappedPolicy};
-use percept::train::commands::progress;
 
 #[derive(Subcommand)]
 pub enum ImportFormat {

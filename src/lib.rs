@@ -2,9 +2,23 @@
 //! detection, drivable-area and lane-line segmentation — on region-tagged data, on CPU, wgpu or
 //! CUDA, and export it for inference.
 //!
-//! This crate re-exports the workspace's crates; the `percept` binary is its command line.
+//! This crate is the application: the bodies of the `percept` commands over the workspace's
+//! libraries, which it re-exports. The `percept` binary (`src/main.rs`) parses the command line
+//! and calls these.
+//!
+//! - [`commands`]: train, eval, export, predict, audit and the other commands' bodies.
+//! - [`quickstart`]: synthetic data, a short run, evaluation and a report in one command.
+//! - [`bench`], [`bench_train`]: the input pipeline's and the training step's benchmarks.
+//! - [`warmup`]: fills a GPU kernel cache before a run.
+
+pub mod bench;
+pub mod bench_train;
+pub mod commands;
+pub mod quickstart;
+pub mod warmup;
 
 pub use percept_data as data;
+pub use percept_eval as eval;
 pub use percept_import as import;
 pub use percept_model as model;
 pub use percept_synth as synth;

@@ -1,18 +1,19 @@
-//! The `percept` command line: a thin layer over `percept_train::commands`.
+//! The `percept` command line: a thin layer over `percept::commands`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use percept::commands;
 use percept::data::Split;
-use percept::synth::SynthOptions;
+use percept::eval::eval::MetricResolution;
 use percept::model::{ModelSize, PerceptionNetConfig};
+use percept::quickstart::{quickstart, QuickstartOptions};
+use percept::synth::SynthOptions;
 use percept::train::config_source::LayeredConfig;
 use percept::train::data_parallel::Cluster;
-use percept::train::eval::MetricResolution;
-use percept::train::quickstart::{quickstart, QuickstartOptions};
-use percept::train::{commands, DeviceSpec, Devices, RunConfig};
+use percept::train::{DeviceSpec, Devices, RunConfig};
 
 mod import_cmd;
 use import_cmd::{run_import, ImportFormat};
@@ -696,10 +697,10 @@ fn run(cli: Cli) -> Result<()> {
             out,
             loss_scale,
         } => {
-            let options = percept::train::plot::PlotOptions {
+            let options = percept::eval::plot::PlotOptions {
                 loss_scale: loss_scale.parse()?,
             };
-            let s = percept::train::plot::plot_run(&run, out.as_deref(), &options)?;
+            let s = percept::eval::plot::plot_run(&run, out.as_deref(), &options)?;
             println!(
                 "{}: {} step, {} epoch and {} validation lines",
                 s.metrics.display(),
@@ -733,7 +734,7 @@ fn run(cli: Cli) -> Result<()> {
             let (source_width, source_height) = size("--source", &source)?;
             let (width, height) = size("--input", &input)?;
             let threads = thread_counts(threads);
-            let options = percept::train::bench::DataBenchOptions {
+            let options = percept::bench::DataBenchOptions {
                 frames,
                 source_width,
                 source_height,
@@ -743,13 +744,12 @@ fn run(cli: Cli) -> Result<()> {
                 threads,
                 passes,
                 mosaic_probability: mosaic,
-                scratch: scratch.unwrap_or_else(percept::train::bench::default_scratch),
+                scratch: scratch.unwrap_or_else(percept::bench::default_scratch),
             };
-            let report =
-                percept::train::bench::bench_data(&options, &|line| tracing::info!("{line}"))?;
+            let report = percept::bench::bench_data(&options, &|line| tracing::info!("{line}"))?;
             print!("{}", report.table());
             if let Some(out) = out {
-                percept::train::fsutil::write_atomic(&out, report.to_json().as_bytes())?;
+                percept::data::atomic_file::write_atomic(&out, report.to_json().as_bytes())?;
             }
         }
         Command::Bench {
@@ -770,14 +770,14 @@ fn run(cli: Cli) -> Result<()> {
                 height,
                 threads: thread_counts(threads),
                 samples_per_shard,
-                scratch: scratch.unwrap_or_else(percept::train::bench::default_scratch),
+                scratch: scratch.unwrap_or_else(percept::bench::default_scratch),
             };
             let report =
                 percept::import::bench::bench_import(&options, &|line| tracing::info!("{line}"))
                     .map_err(anyhow::Error::msg)?;
             print!("{}", report.table());
             if let Some(out) = out {
-                percept::train::fsutil::write_atomic(&out, report.to_json().as_bytes())?;
+                percept::data::atomic_file::write_atomic(&out, report.to_json().as_bytes())?;
             }
         }
         Command::Bench {
@@ -799,7 +799,7 @@ fn run(cli: Cli) -> Result<()> {
                     json,
                 },
         } => {
-            use percept::train::bench_train::{bench_train, TrainBenchOptions};
+            use percept::bench_train::{bench_train, TrainBenchOptions};
             let model_size = ModelSize::ALL
                 .into_iter()
                 .find(|s| s.name() == model)
@@ -823,14 +823,14 @@ fn run(cli: Cli) -> Result<()> {
                     .parse()
                     .map_err(|e: String| anyhow::anyhow!("--conv: {e}"))?,
                 threads,
-                scratch: scratch.unwrap_or_else(percept::train::bench::default_scratch),
+                scratch: scratch.unwrap_or_else(percept::bench::default_scratch),
                 progress: true,
                 ..TrainBenchOptions::new(model_size, device(&d)?, batch)
             };
             let report = bench_train(&options)?;
             print!("{}", report.table());
             if let Some(json) = json {
-                percept::train::fsutil::write_atomic(&json, report.to_json().as_bytes())?;
+                percept::data::atomic_file::write_atomic(&json, report.to_json().as_bytes())?;
             }
         }
         Command::Warmup {
@@ -841,7 +841,7 @@ fn run(cli: Cli) -> Result<()> {
             scratch,
             json,
         } => {
-            use percept::train::warmup::{warmup, WarmupOptions};
+            use percept::warmup::{warmup, WarmupOptions};
             let config = RunConfig::load_layered(&args.config, &args.set)?;
             let report = warmup(&WarmupOptions {
                 config,
@@ -849,11 +849,11 @@ fn run(cli: Cli) -> Result<()> {
                 device: device(&d)?,
                 steps,
                 classes,
-                scratch: scratch.unwrap_or_else(percept::train::bench::default_scratch),
+                scratch: scratch.unwrap_or_else(percept::bench::default_scratch),
             })?;
             print!("{}", report.table());
             if let Some(json) = json {
-                percept::train::fsutil::write_atomic(&json, report.to_json().as_bytes())?;
+                percept::data::atomic_file::write_atomic(&json, report.to_json().as_bytes())?;
             }
         }
         Command::Info {

@@ -4,12 +4,13 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use percept::commands;
 use percept::data::{audit, Manifest, ShardReader, Site, TrafficSide};
 use percept::train::config::RunConfig;
 use percept::train::data::TrainingData;
 use percept::train::loader::{BatchBuilder, LoadedBatch, LoaderOptions};
 use percept::train::trainer::RunState;
-use percept::train::{commands, DeviceSpec, TrainError};
+use percept::train::{DeviceSpec, TrainError};
 
 mod common;
 use common::{percept, synth, H, W};

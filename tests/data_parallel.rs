@@ -15,8 +15,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use percept::commands;
 use percept::train::config::{OptimizerKind, RunConfig};
-use percept::train::{commands, Devices};
+use percept::train::Devices;
 use safetensors::SafeTensors;
 
 mod common;

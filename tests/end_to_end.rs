@@ -5,15 +5,16 @@ use std::path::Path;
 use burn::backend::{Autodiff, Flex};
 use burn::module::{AutodiffModule, Module};
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use percept::commands;
 use percept::data::{collate, Batch, Manifest, Split};
+use percept::eval::eval::{EvalReport, MetricResolution};
+use percept::eval::model_file::load_model;
 use percept::model::{ModelSize, PerceptionNet, PerceptionNetConfig, Precision};
 use percept::train::config::RunConfig;
 use percept::train::data::open_for_site;
-use percept::train::eval::{EvalReport, MetricResolution};
 use percept::train::export::{output_values, probe_input};
-use percept::train::model_file::load_model;
 use percept::train::trainer::batch_loss;
-use percept::train::{commands, DeviceSpec};
+use percept::train::DeviceSpec;
 
 mod common;
 use common::{percept, synth, H, W};
@@ -358,7 +359,7 @@ fn a_run_starts_from_another_runs_weights_and_inherits_its_provenance() {
     // batch-norm statistics, which the forward pass updates.
     tune.train.lr = 1e-12;
     let tuned = commands::train(&tune, DeviceSpec::Cpu).unwrap();
-    let card = percept::train::model_file::read_model_card(&tuned.checkpoint).unwrap();
+    let card = percept::eval::model_file::read_model_card(&tuned.checkpoint).unwrap();
     assert_eq!(
         card.provenance.base_checkpoint.as_deref(),
         Some(base.checkpoint_hash.as_str())
@@ -375,12 +376,12 @@ fn a_run_starts_from_another_runs_weights_and_inherits_its_provenance() {
         .collect();
     assert_eq!(names, ["test-JP", "test-DE"]);
 
-    let (a, _) = percept::train::model_file::load_model::<burn::backend::Flex>(
+    let (a, _) = percept::eval::model_file::load_model::<burn::backend::Flex>(
         &base.checkpoint,
         &Default::default(),
     )
     .unwrap();
-    let (b, _) = percept::train::model_file::load_model::<burn::backend::Flex>(
+    let (b, _) = percept::eval::model_file::load_model::<burn::backend::Flex>(
         &tuned.checkpoint,
         &Default::default(),
     )

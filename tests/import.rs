@@ -16,11 +16,14 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use image::{GrayImage, Luma, Rgb, RgbImage};
-use percept::data::{BoxLabel, Conditions, IgnoreRegion, LabelledTasks, Manifest, Sample, ShardReader, Split, TrafficSide, MANIFEST_FILE};
-use percept::synth::{SceneGenerator, SYNTH_CLASSES};
+use percept::data::{
+    BoxLabel, Conditions, IgnoreRegion, LabelledTasks, Manifest, Sample, ShardReader, Split,
+    TrafficSide, MANIFEST_FILE,
+};
 use percept::import::bdd100k::{default_lane_lines, Bdd100kOptions, Bdd100kSource, LaneCategory};
 use percept::import::pipeline::{import, ImportOptions, ImportProgress, Quiet, STATE_FILE};
 use percept::import::{ClassMap, ImportError, ImportReport, UnmappedPolicy};
+use percept::synth::{SceneGenerator, SYNTH_CLASSES};
 use serde_json::{json, Value};
 
 use common::{percept, Output};

@@ -8,10 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use percept::commands;
 use percept::train::checkpoint::{CheckpointDir, TrainingState};
 use percept::train::config::{EmaConfig, RunConfig};
 use percept::train::trainer::Faults;
-use percept::train::{commands, DeviceSpec, TrainError};
+use percept::train::{DeviceSpec, TrainError};
 use rand::{Rng, SeedableRng};
 
 mod common;

@@ -12,10 +12,11 @@ use burn::backend::wgpu::WgpuDevice;
 use burn::backend::{Autodiff, Flex, Wgpu};
 use burn::module::{AutodiffModule, Module};
 use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
+use percept::commands;
 use percept::data::{AugmentConfig, FlipPolicy};
 use percept::model::{ModelSize, PerceptionNetConfig};
 use percept::train::export::{output_values, probe_input};
-use percept::train::{commands, DeviceSpec};
+use percept::train::DeviceSpec;
 
 mod common;
 use common::{step_losses, synth, H, W};

@@ -173,7 +173,12 @@ mod tests {
         assert_ne!(a.temporary_path(), b.temporary_path());
         a.write_all(b"new").unwrap();
         b.write_all(b"other").unwrap();
-        let tmp = a.temporary_path().file_name().unwrap().to_string_lossy().into_owned();
+        let tmp = a
+            .temporary_path()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
         assert!(is_temporary(&tmp), "{tmp}");
         assert!(!is_temporary("data.bin"));
         // Until the commit, the destination keeps its old bytes.

@@ -28,13 +28,12 @@
 //! log and checkpoint state and refuses to resume over a changed one.
 
 use std::fmt;
-use std::fs::OpenOptions;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::atomic_file::write_atomic;
 use crate::error::{DataError, Result};
 
 /// The manifest format this build reads and writes.
@@ -317,8 +316,9 @@ impl Manifest {
         Self::load(dir.as_ref().join(MANIFEST_FILE))
     }
 
-    /// Validates and writes the manifest atomically (temp file, fsync, rename). Afterwards
-    /// [`hash`](Self::hash) is the hash of the written bytes.
+    /// Validates and writes the manifest atomically ([`write_atomic`]: temp file, fsync,
+    /// rename, directory fsync). Afterwards [`hash`](Self::hash) is the hash of the written
+    /// bytes.
     pub fn save(&mut self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
         let bad = |reason: String| DataError::BadManifest {
@@ -328,30 +328,10 @@ impl Manifest {
         self.validate().map_err(bad)?;
         self.seal = self.content_seal();
         let bytes = self.to_json_bytes().map_err(bad)?;
-        let file_name = path
-            .file_name()
-            .ok_or_else(|| bad("the path has no file name".into()))?;
-        let mut tmp_name = file_name.to_os_string();
-        tmp_name.push(".tmp");
-        let tmp = path.with_file_name(tmp_name);
-        let write = || -> std::io::Result<()> {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()
-        };
-        if let Err(e) = write() {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(DataError::io(&tmp, e));
+        if path.file_name().is_none() {
+            return Err(bad("the path has no file name".into()));
         }
-        if let Err(e) = std::fs::rename(&tmp, path) {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(DataError::io(path, e));
-        }
-        crate::shard::sync_parent_dir(path)?;
+        write_atomic(path, &bytes)?;
         self.disk_hash = Some(blake3::hash(&bytes).to_hex().to_string());
         Ok(())
     }
@@ -534,7 +514,14 @@ mod tests {
         let disk_hash = blake3::hash(&bytes).to_hex().to_string();
         assert_eq!(m.hash(), disk_hash);
         assert_eq!(unsaved_hash, disk_hash);
-        assert!(!dir.path().join("manifest.json.tmp").exists());
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            !names.iter().any(|n| crate::atomic_file::is_temporary(n)),
+            "temporary file left: {names:?}"
+        );
 
         let loaded = Manifest::load(&path).unwrap();
         assert_eq!(loaded, m);

@@ -65,17 +65,19 @@
 //! Labels and masks round-trip exactly; the image goes through JPEG and comes back within
 //! JPEG's tolerance.
 //!
-//! Writing is atomic: [`ShardWriter`] writes `<name>.tmp` in the destination directory, fsyncs
-//! it and renames it over `<name>` in [`ShardWriter::finish`]; a writer dropped before `finish`
-//! removes its temp file. Published shards are therefore never modified in place, which is what
-//! makes memory-mapping them in [`ShardReader`] sound in practice.
+//! Writing is atomic: [`ShardWriter`] writes through an [`AtomicFile`], i.e. to a temporary
+//! file beside the destination (`.<name>.<pid>.<n>.tmp`, see [`atomic_file`](crate::atomic_file)),
+//! which [`ShardWriter::finish`] fsyncs and renames over `<name>` before fsyncing the directory;
+//! a writer dropped before `finish` removes its temporary file. Published shards are therefore
+//! never modified in place, which is what makes memory-mapping them in [`ShardReader`] sound in
+//! practice.
 //!
 //! The reader takes any bytes: a damaged or forged file yields a [`DataError`], never a panic,
 //! an out-of-bounds read or an allocation larger than the file or the limits above
 //! (`fuzz/fuzz_targets/shard_reader.rs` checks this).
 
-use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Cursor, Write};
+use std::fs::File;
+use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
 use image::codecs::jpeg::{JpegDecoder, JpegEncoder};
@@ -86,6 +88,7 @@ use image::{
 };
 use memmap2::Mmap;
 
+use crate::atomic_file::AtomicFile;
 use crate::error::{DataError, Result};
 use crate::sample::{BoxLabel, Conditions, IgnoreRegion, Sample, TrafficSide};
 
@@ -231,25 +234,27 @@ struct IndexEntry {
     checksum: [u8; 32],
 }
 
-/// Writes one shard atomically (temp file + fsync + rename).
+/// Writes one shard atomically (an [`AtomicFile`]: temp file + fsync + rename + directory
+/// fsync).
 #[derive(Debug)]
 pub struct ShardWriter {
-    path: PathBuf,
+    /// The [`AtomicFile`]'s temporary file, kept to name it in errors once the file is gone.
     tmp_path: PathBuf,
     file_name: String,
-    /// `None` once finished or after a failed write (the writer is then unusable).
-    file: Option<BufWriter<File>>,
+    /// `None` once finished or after a failed write (the writer is then unusable, and dropping
+    /// the [`AtomicFile`] has removed its temporary file).
+    file: Option<AtomicFile>,
     hasher: blake3::Hasher,
     offset: u64,
     entries: Vec<IndexEntry>,
-    finished: bool,
 }
 
 impl ShardWriter {
     /// Starts a shard that will appear at `path` when [`finish`](Self::finish) succeeds.
     ///
-    /// The data goes to `path` + `.tmp` until then. The file name must be UTF-8 because the
-    /// manifest records it.
+    /// The data goes to a temporary file beside `path` until then (see
+    /// [`temporary_path`](Self::temporary_path)); `path`'s directory is created if needed. The
+    /// file name must be UTF-8 because the manifest records it.
     pub fn create(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         let file_name = path
@@ -262,22 +267,14 @@ impl ShardWriter {
                 ))
             })?
             .to_string();
-        let tmp_path = path.with_file_name(format!("{file_name}.tmp"));
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp_path)
-            .map_err(|e| DataError::io(&tmp_path, e))?;
+        let file = AtomicFile::create(&path)?;
         let mut writer = ShardWriter {
-            path,
-            tmp_path,
+            tmp_path: file.temporary_path().to_path_buf(),
             file_name,
-            file: Some(BufWriter::with_capacity(1 << 20, file)),
+            file: Some(file),
             hasher: blake3::Hasher::new(),
             offset: 0,
             entries: Vec::new(),
-            finished: false,
         };
         writer.write_all(&SHARD_MAGIC)?;
         Ok(writer)
@@ -311,7 +308,14 @@ impl ShardWriter {
         self.entries.is_empty()
     }
 
-    /// Writes the index and footer, fsyncs, and renames the temp file into place.
+    /// The temporary file the shard is written to until [`finish`](Self::finish) renames it
+    /// into place (its name satisfies [`is_temporary`](crate::atomic_file::is_temporary)).
+    pub fn temporary_path(&self) -> &Path {
+        &self.tmp_path
+    }
+
+    /// Writes the index and footer, fsyncs, renames the temp file into place and fsyncs the
+    /// directory.
     pub fn finish(mut self) -> Result<ShardInfo> {
         let index_offset = self.offset;
         let mut tail = Vec::with_capacity(self.entries.len() * INDEX_ENTRY_LEN + FOOTER_LEN);
@@ -325,16 +329,8 @@ impl ShardWriter {
         tail.extend_from_slice(&SHARD_MAGIC);
         self.write_all(&tail)?;
 
-        let writer = self.file.take().ok_or_else(|| self.closed_error())?;
-        let file = writer
-            .into_inner()
-            .map_err(|e| DataError::io(&self.tmp_path, e.into_error()))?;
-        file.sync_all()
-            .map_err(|e| DataError::io(&self.tmp_path, e))?;
-        drop(file);
-        std::fs::rename(&self.tmp_path, &self.path).map_err(|e| DataError::io(&self.path, e))?;
-        self.finished = true;
-        sync_parent_dir(&self.path)?;
+        let file = self.file.take().ok_or_else(|| self.closed_error())?;
+        file.commit()?;
 
         Ok(ShardInfo {
             file_name: self.file_name.clone(),
@@ -350,9 +346,10 @@ impl ShardWriter {
             return Err(self.closed_error());
         };
         if let Err(e) = file.write_all(bytes) {
-            // A partial write leaves the file inconsistent: refuse further use.
+            // A partial write leaves the file inconsistent: refuse further use (dropping the
+            // `AtomicFile` removes its temporary file). The error names the temporary file.
             self.file = None;
-            return Err(DataError::io(&self.tmp_path, e));
+            return Err(e);
         }
         self.hasher.update(bytes);
         self.offset += bytes.len() as u64;
@@ -367,33 +364,8 @@ impl ShardWriter {
     }
 }
 
-impl Drop for ShardWriter {
-    fn drop(&mut self) {
-        if !self.finished {
-            // Close before unlinking so nothing re-creates the file; a failure to remove is
-            // harmless (a stray `.tmp` is never read as a shard).
-            self.file = None;
-            let _ = std::fs::remove_file(&self.tmp_path);
-        }
-    }
-}
-
-/// fsync the directory so the rename itself survives a crash.
-pub(crate) fn sync_parent_dir(path: &Path) -> Result<()> {
-    #[cfg(unix)]
-    {
-        let dir = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| DataError::io(dir, e))?;
-    }
-    #[cfg(not(unix))]
-    let _ = path;
-    Ok(())
-}
+// No `Drop` of its own: a writer dropped before `finish` drops its `AtomicFile`, which removes
+// the temporary file (a stray one, left by a killed process, is never read as a shard).
 
 /// Random-access reader of one shard, backed by a memory map (or by bytes in memory, see
 /// [`from_bytes`](Self::from_bytes)).
@@ -1150,6 +1122,15 @@ mod tests {
     use crate::testutil::test_sample;
     use image::{GrayImage, Luma, Rgb, RgbImage};
 
+    /// The temporary files of `AtomicFile` in `dir`.
+    fn temporary_files(dir: &Path) -> Vec<String> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| crate::atomic_file::is_temporary(n))
+            .collect()
+    }
+
     fn write_three(dir: &Path) -> (PathBuf, ShardInfo, Vec<Sample>) {
         let path = dir.join("train-00000.shard");
         let samples: Vec<Sample> = (0..3).map(test_sample).collect();
@@ -1170,7 +1151,7 @@ mod tests {
         assert_eq!(info.file_name, "train-00000.shard");
         assert_eq!(info.samples, 3);
         assert_eq!(info.bytes, std::fs::metadata(&path).unwrap().len());
-        assert!(!dir.path().join("train-00000.shard.tmp").exists());
+        assert_eq!(temporary_files(dir.path()), Vec::<String>::new());
 
         let r = ShardReader::open(&path).unwrap();
         assert_eq!(r.len(), 3);
@@ -1390,9 +1371,16 @@ mod tests {
         let path = dir.path().join("val-00000.shard");
         let mut w = ShardWriter::create(&path).unwrap();
         w.push(&test_sample(1)).unwrap();
-        assert!(dir.path().join("val-00000.shard.tmp").exists());
+        let tmp = w.temporary_path().to_path_buf();
+        assert_eq!(tmp.parent(), Some(dir.path()));
+        assert!(tmp.exists());
+        assert_eq!(
+            temporary_files(dir.path()),
+            [tmp.file_name().unwrap().to_string_lossy()]
+        );
         drop(w);
-        assert!(!dir.path().join("val-00000.shard.tmp").exists());
+        assert!(!tmp.exists());
+        assert_eq!(temporary_files(dir.path()), Vec::<String>::new());
         assert!(!path.exists());
     }
 
@@ -1414,11 +1402,12 @@ mod tests {
         big.lanes = GrayImage::new(512, 512);
         for (name, sample, count) in [("small", test_sample(1), 2), ("big", big, 4)] {
             let path = dir.path().join(format!("{name}.shard"));
-            let tmp = dir.path().join(format!("{name}.shard.tmp"));
             let mut w = ShardWriter::create(&path).unwrap();
             for _ in 0..count {
                 w.push(&sample).unwrap();
             }
+            let tmp = w.temporary_path().to_path_buf();
+            assert_eq!(tmp.parent(), Some(dir.path()));
             std::mem::forget(w);
             assert!(!path.exists());
             let flushed = std::fs::metadata(&tmp).unwrap().len();

@@ -28,6 +28,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use image::GrayImage;
+use percept_data::atomic_file::is_temporary;
 use percept_data::{
     is_region_code, BoxLabel, DataError, EncodedRecord, IgnoreRegion, ImportRecord, LabelledTasks,
     Manifest, Sample, ShardEntry, ShardReader, ShardWriter, Split, TrafficSide, MANIFEST_FILE,
@@ -544,8 +545,15 @@ fn prepare_output(
     let in_progress = out.join(STATE_FILE).exists();
     if !manifest_path.exists() {
         if !in_progress {
-            let mut entries = std::fs::read_dir(out).map_err(|e| DataError::io(out, e))?;
-            if entries.next().is_some() {
+            // A temporary file left by a killed writer (e.g. of the first state file) is not
+            // data; an entry that cannot be read is counted as data.
+            let holds_data = std::fs::read_dir(out)
+                .map_err(|e| DataError::io(out, e))?
+                .any(|entry| match entry {
+                    Ok(entry) => !is_temporary(&entry.file_name().to_string_lossy()),
+                    Err(_) => true,
+                });
+            if holds_data {
                 return Err(ImportError::Options(format!(
                     "--out {} is not empty and holds no percept dataset; choose an empty or new \
                      directory",
@@ -896,22 +904,12 @@ fn write_manifest(
     Ok(manifest)
 }
 
-/// Writes JSON atomically (temp file, fsync, rename).
+/// Writes JSON atomically ([`percept_data::write_atomic`]: unique temp file, fsync, rename,
+/// directory fsync).
 fn save_json<T: Serialize>(path: &Path, value: &T) -> Result<(), ImportError> {
     let mut bytes = serde_json::to_vec_pretty(value).expect("import state serialises");
     bytes.push(b'\n');
-    let tmp = path.with_extension("json.tmp");
-    let write = || -> std::io::Result<()> {
-        use std::io::Write;
-        let mut f = File::create(&tmp)?;
-        f.write_all(&bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    };
-    write().map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        ImportError::Data(DataError::io(path, e))
-    })
+    percept_data::write_atomic(path, &bytes).map_err(ImportError::Data)
 }
 
 #[cfg(test)]
@@ -1047,6 +1045,45 @@ mod tests {
         let b = reader.read(1).unwrap();
         assert_eq!(b.boxes, vec![bx(1, 10.0, 4.0, 16.0, 8.0)]);
         assert_eq!(b.conditions.time_of_day, "night");
+    }
+
+    #[test]
+    fn leftover_temporary_files_are_not_data() {
+        let source = MemorySource(vec![frame("a", &[("car", [1.0, 2.0, 5.5, 6.0])])]);
+        let class_map =
+            ClassMap::parse("classes = [\"car\"]\n[map]\ncar = \"car\"\n", "test map").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        // What a process killed while writing its first state file leaves behind.
+        let leftover = format!(".{STATE_FILE}.4242.0.tmp");
+        std::fs::write(out.join(&leftover), b"{\"ver").unwrap();
+        let opts = ImportOptions {
+            out: out.clone(),
+            name: "mem".into(),
+            region: "GB".into(),
+            class_map,
+            unmapped: UnmappedPolicy::Error,
+            samples_per_shard: 10,
+            val_fraction: None,
+        };
+        let summary = import(&source, &opts, &Quiet).unwrap();
+        assert_eq!(summary.manifest.imports[0].imported, 1);
+        // Every file of the import was committed: the only temporary file is the leftover.
+        let temporary: Vec<String> = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| is_temporary(n))
+            .collect();
+        assert_eq!(temporary, [leftover]);
+
+        // Anything else still makes the directory non-empty.
+        let other = dir.path().join("other");
+        std::fs::create_dir(&other).unwrap();
+        std::fs::write(other.join("notes.txt"), b"mine").unwrap();
+        let opts = ImportOptions { out: other, ..opts };
+        let err = import(&source, &opts, &Quiet).unwrap_err();
+        assert!(err.to_string().contains("is not empty"), "{err}");
     }
 
     #[test]

@@ -53,6 +53,7 @@ pub mod im2col;
 pub mod loss;
 pub mod neck;
 pub mod network;
+pub mod params;
 pub mod precision;
 pub mod segmentation_head;
 pub mod sppf;

@@ -4,12 +4,12 @@
 //! posts, hangers and shadows are drawn outside that bracket.
 
 use super::canvas::{hash2, mix, scale, Canvas, Col};
-use super::layout::{LIGHT_LONG, LIGHT_SHORT, 
-    Beam, Cam, Cyclist, Facing, Lamp, Light, ObjKind, Person, Sign, SignShape, Time, Tree, Vehicle,
-};
 use super::frame::{Ctx, Glow};
+use super::layout::{
+    Beam, Cam, Cyclist, Facing, Lamp, Light, ObjKind, Person, Sign, SignShape, Time, Tree, Vehicle,
+    LIGHT_LONG, LIGHT_SHORT,
+};
 use super::{BUS, TRUCK};
-
 
 const GLASS: Col = [0.07, 0.09, 0.12];
 const TYRE: Col = [0.03, 0.03, 0.035];

@@ -11,8 +11,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::canvas::{ffloor, frac, hash2, mix, scale, Canvas, Col, NoiseTable};
-use super::layout::{Backdrop, Dash, Material, ObjKind, Scene, Time, Wall, WallStyle};
 use super::frame::Ctx;
+use super::layout::{Backdrop, Dash, Material, ObjKind, Scene, Time, Wall, WallStyle};
 use super::objects::draw_object;
 use percept_data::BoxLabel;
 

@@ -22,9 +22,9 @@ use std::path::{Path, PathBuf};
 use percept_data::{AuditHead, SamplerState};
 use serde::{Deserialize, Serialize};
 
-use crate::fsutil::write_atomic;
 use crate::schedule::ScheduleState;
 use crate::TrainError;
+use percept_data::atomic_file::write_atomic;
 
 /// Why a checkpoint was written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -232,7 +232,7 @@ impl CheckpointDir {
         let files = self.files(name);
         write_atomic(&files.training, training)?;
         let json = serde_json::to_string_pretty(state).expect("a run state serialises");
-        write_atomic(&files.state, json.as_bytes())
+        Ok(write_atomic(&files.state, json.as_bytes())?)
     }
 
     /// Every checkpoint that has a state file or a model file, newest (highest step) first;

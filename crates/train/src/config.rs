@@ -13,8 +13,9 @@ use percept_model::{
 use serde::{Deserialize, Serialize};
 
 use crate::config_source::LayeredConfig;
-use crate::eval::MetricResolution;
 use crate::TrainError;
+pub use percept_eval::model_file::InputSize;
+use percept_eval::MetricResolution;
 
 /// A whole run. Sections: `[site]`, `[model]`, `[data]` (with `[data.augment]`), `[train]`,
 /// `[optimizer]`, `[schedule]`, `[checkpoint]`, `[validation]`, `[logging]`, `[loss]`, `[eval]`.
@@ -106,13 +107,6 @@ pub struct SiteConfig {
     pub region: String,
     /// Human-readable site name (recorded in provenance).
     pub name: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct InputSize {
-    pub width: usize,
-    pub height: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -9,8 +9,8 @@ use percept_data::{
 };
 
 use crate::config::RunConfig;
-use crate::model_file::{DatasetRef, Provenance};
 use crate::TrainError;
+use percept_eval::model_file::{DatasetRef, Provenance};
 
 /// One split of every dataset of a run, ready for the sampler.
 pub struct TrainingData {

@@ -6,8 +6,8 @@ use burn::prelude::*;
 use percept_model::PerceptionNet;
 use serde::Serialize;
 
-use crate::model_file::{load_model, save_model, ModelCard};
 use crate::TrainError;
+use percept_eval::model_file::{load_model, save_model, ModelCard};
 
 /// What an export wrote.
 #[derive(Debug, Clone, Serialize)]

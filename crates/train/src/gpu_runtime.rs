@@ -294,7 +294,10 @@ pub fn remember_warmed() -> Result<(), TrainError> {
     let mut warmed = warmed_kernels(&cache);
     warmed.extend(counts.kernels.into_iter().map(|k| k.id));
     let text: String = warmed.into_iter().map(|id| id + "\n").collect();
-    crate::fsutil::write_atomic(&cache.dir.join(WARMED_FILE), text.as_bytes())
+    Ok(percept_data::atomic_file::write_atomic(
+        &cache.dir.join(WARMED_FILE),
+        text.as_bytes(),
+    )?)
 }
 
 /// The log's text once it has stopped growing: cubecl sends compilation messages to its

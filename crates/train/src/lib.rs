@@ -2,35 +2,21 @@
 //! prediction. The `percept` binary is a thin layer over [`commands`].
 
 pub mod backend;
-pub mod bench;
-pub mod bench_train;
-pub mod chart;
 pub mod checkpoint;
-pub mod commands;
 pub mod config;
 pub mod config_source;
 pub mod data;
 pub mod data_parallel;
 pub mod ema;
-pub mod eval;
 pub mod export;
-pub mod fsutil;
 pub mod gpu_runtime;
 pub mod gradient_hub;
 pub mod interrupt;
 pub mod loader;
-pub mod metrics;
-pub mod model_file;
 pub mod optim;
-pub mod overlay;
-pub mod plot;
-pub mod predict;
-pub mod quickstart;
-pub mod report;
 pub mod running_stats;
 pub mod schedule;
 pub mod trainer;
-pub mod warmup;
 
 use std::path::PathBuf;
 
@@ -54,6 +40,8 @@ pub enum TrainError {
     Device(String),
     #[error(transparent)]
     Dataset(#[from] percept_data::DataError),
+    #[error(transparent)]
+    Eval(#[from] percept_eval::EvalError),
     #[error("data: {0}")]
     Data(String),
     #[error("residency: {0}")]

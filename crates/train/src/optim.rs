@@ -21,6 +21,7 @@ use burn::optim::{AdamW, AdamWConfig, GradientsParams, Optimizer, Sgd, SgdConfig
 use burn::prelude::*;
 use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
 use burn::tensor::backend::AutodiffBackend;
+pub use percept_model::params::{list_params, ParamInfo};
 use percept_model::PerceptionNet;
 
 use crate::config::{OptimizerConfig, OptimizerKind};
@@ -37,47 +38,6 @@ pub struct ParamGroup {
     pub params: Vec<ParamId>,
     /// Scalars in the group.
     pub elements: usize,
-}
-
-/// A float parameter's module path (`backbone.stem.conv.weight`), id and shape.
-#[derive(Debug, Clone)]
-pub struct ParamInfo {
-    pub path: String,
-    pub id: ParamId,
-    pub dims: Vec<usize>,
-}
-
-struct ParamLister {
-    path: Vec<String>,
-    params: Vec<ParamInfo>,
-}
-
-impl<B: Backend> ModuleVisitor<B> for ParamLister {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.push(name.to_string());
-    }
-
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.pop();
-    }
-
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        self.params.push(ParamInfo {
-            path: self.path.join("."),
-            id: param.id,
-            dims: param.shape().dims::<D>().to_vec(),
-        });
-    }
-}
-
-/// Every float parameter of `module`, in visiting order.
-pub fn list_params<B: Backend, M: Module<B>>(module: &M) -> Vec<ParamInfo> {
-    let mut lister = ParamLister {
-        path: Vec::new(),
-        params: Vec::new(),
-    };
-    module.visit(&mut lister);
-    lister.params
 }
 
 /// Splits parameters into groups by weight decay and learning-rate multiplier. A multiplier

@@ -27,10 +27,10 @@ use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
 use burn::tensor::backend::AutodiffBackend;
 use burn::vision::VisionBackend;
 use indicatif::{ProgressBar, ProgressStyle};
-use percept_data::{AuditEvent, AuditHead, AuditLog, Batch, Dataset, LabelledTasks, SamplerState};
+use percept_data::{AuditEvent, AuditHead, AuditLog, Batch, Dataset, SamplerState};
 use percept_model::{
-    assign_targets, autocast, multitask_loss, use_conv_kernels, ImageTargets, LossParts,
-    PerceptionNet, PerceptionNetConfig, SegmentationTargets, TargetBox,
+    assign_targets, autocast, multitask_loss, use_conv_kernels, LossParts, PerceptionNet,
+    PerceptionNetConfig,
 };
 use serde::{Deserialize, Serialize};
 
@@ -41,15 +41,16 @@ use crate::config::{BestMetric, ProgressStyleKind, RunConfig};
 use crate::data::{audit, TrainingData};
 use crate::data_parallel::{self, Cluster, Replica, ReplicaWorkers, StepOutcome};
 use crate::ema::WeightEma;
-use crate::eval::{evaluate, EvalOptions};
-use crate::fsutil::write_atomic;
 use crate::loader::{BatchBuilder, BatchLoader, LoaderOptions};
-use crate::model_file::{
-    load_matching, read_model_card, save_model, ModelCard, Normalization, MODEL_FORMAT,
-};
 use crate::optim::RunOptimizer;
 use crate::schedule::{LearningRateSchedule, ScheduleState};
 use crate::TrainError;
+use percept_data::atomic_file::write_atomic;
+use percept_eval::eval::{evaluate, EvalOptions};
+use percept_eval::inputs::{batch_tensors, detection_targets};
+use percept_eval::model_file::{
+    load_matching, read_model_card, save_model, ModelCard, Normalization, MODEL_FORMAT,
+};
 
 /// What a run (or this part of it) produced.
 #[derive(Debug, Clone, Serialize)]
@@ -242,47 +243,6 @@ impl DatasetMetrics {
             }
         }
     }
-}
-
-/// Converts a batch's labels into detection targets of the model crate.
-pub fn detection_targets(batch: &Batch) -> Vec<ImageTargets> {
-    (0..batch.batch_size)
-        .map(|i| ImageTargets {
-            boxes: batch.boxes[i]
-                .iter()
-                .map(|b| TargetBox {
-                    class: b.class as usize,
-                    bbox: [b.x1, b.y1, b.x2, b.y2],
-                })
-                .collect(),
-            ignore: batch.ignore[i]
-                .iter()
-                .map(|r| [r.x1, r.y1, r.x2, r.y2])
-                .collect(),
-            labelled: batch.tasks[i].detection,
-        })
-        .collect()
-}
-
-/// Input and segmentation target tensors of a batch.
-pub fn batch_tensors<B: Backend>(
-    batch: &Batch,
-    device: &B::Device,
-) -> (Tensor<B, 4>, SegmentationTargets<B>) {
-    let [b, h, w] = [batch.batch_size, batch.height, batch.width];
-    let images = Tensor::<B, 1>::from_floats(batch.images.as_slice(), device).reshape([b, 3, h, w]);
-    let mask = |v: &[f32]| Tensor::<B, 1>::from_floats(v, device).reshape([b, h, w]);
-    let labelled = |task: fn(&LabelledTasks) -> bool| {
-        let v: Vec<f32> = batch.tasks.iter().map(|t| task(t) as u8 as f32).collect();
-        Tensor::<B, 1>::from_floats(v.as_slice(), device)
-    };
-    let targets = SegmentationTargets {
-        drivable: mask(&batch.drivable),
-        lanes: mask(&batch.lanes),
-        drivable_labelled: labelled(|t| t.drivable),
-        lanes_labelled: labelled(|t| t.lanes),
-    };
-    (images, targets)
 }
 
 /// One training step's loss on a batch (forward only; the caller runs backward).
@@ -1110,8 +1070,8 @@ where
 /// Adds the datasets and regions of the weights a run started from to its own provenance:
 /// they trained the weights too.
 fn merge_provenance(
-    provenance: &mut crate::model_file::Provenance,
-    base: &crate::model_file::Provenance,
+    provenance: &mut percept_eval::model_file::Provenance,
+    base: &percept_eval::model_file::Provenance,
 ) {
     for d in &base.datasets {
         if !provenance

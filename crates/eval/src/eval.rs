@@ -15,7 +15,6 @@
 use std::borrow::Cow;
 use std::fmt::Write as _;
 
-use burn::prelude::*;
 use burn::vision::VisionBackend;
 use image::{imageops, GrayImage, RgbImage};
 use indicatif::ProgressBar;
@@ -25,12 +24,12 @@ use percept_data::{
 use percept_model::{decode_detections, DecodeOptions, PerceptionNet, ScoredBox};
 use serde::{Deserialize, Serialize};
 
+use crate::image_space::{box_to_image, mask_to_image, masks, network_mask};
+use crate::inputs::batch_tensors;
 use crate::metrics::{Detection, DetectionEvaluator, DetectionMetrics, SegmentationEvaluator};
 use crate::model_file::ModelCard;
 use crate::overlay::draw_overlay;
-use crate::predict::{box_to_image, mask_to_image, network_mask};
-use crate::trainer::batch_tensors;
-use crate::TrainError;
+use crate::EvalError;
 
 /// Score threshold used for the AP curves (COCO keeps low-scoring detections for AP; the
 /// operating threshold from the model card applies to recall).
@@ -140,23 +139,12 @@ pub struct EvalReport {
     pub slices: Vec<SliceReport>,
 }
 
-/// Binary masks (logit > 0) of `[batch, 1, h, w]` logits, flattened.
-pub(crate) fn masks(logits: Tensor<impl Backend, 4>) -> Vec<u8> {
-    logits
-        .greater_elem(0.0)
-        .int()
-        .into_data()
-        .convert::<u8>()
-        .to_vec()
-        .expect("u8 data")
-}
-
 /// Detections decoded with `decode` (NMS) and binary masks (drivable, lanes) of one batch,
 /// as [`evaluate`] computes them; `wanted`: (detection, drivable, lanes).
-pub(crate) type Inferred = (Option<Vec<Vec<ScoredBox>>>, [Option<Vec<u8>>; 2]);
+pub type Inferred = (Option<Vec<Vec<ScoredBox>>>, [Option<Vec<u8>>; 2]);
 
 /// `batch` through `net` as evaluation runs it (also what `percept warmup` compiles).
-pub(crate) fn infer<B: VisionBackend>(
+pub fn infer<B: VisionBackend>(
     net: &PerceptionNet<B>,
     batch: &Batch,
     decode: &DecodeOptions,
@@ -315,7 +303,7 @@ pub fn evaluate<B: VisionBackend>(
     options: &EvalOptions,
     device: &B::Device,
     bar: &ProgressBar,
-) -> Result<Evaluation, TrainError> {
+) -> Result<Evaluation, EvalError> {
     let (w, h) = (card.input.width, card.input.height);
     let num_classes = card.classes.len();
     let (built, labelled) = (card.architecture.tasks, dataset.manifest().tasks);
@@ -341,7 +329,7 @@ pub fn evaluate<B: VisionBackend>(
         ..card.decode
     };
     let min_box_side = AugmentParams::identity().min_box_side;
-    let err = |e: crate::metrics::MetricsError| TrainError::Data(e.to_string());
+    let err = |e: crate::metrics::MetricsError| EvalError::Data(e.to_string());
     bar.set_length(images as u64);
     for start in (0..images).step_by(options.batch_size.max(1)) {
         let end = (start + options.batch_size.max(1)).min(images);

@@ -30,22 +30,22 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::vision::VisionBackend;
 use indicatif::{ProgressBar, ProgressStyle};
 use percept_data::Batch;
-use percept_synth::{write_synthetic_dataset, SynthOptions};
 use percept_model::conv2d;
 use percept_model::{
     check_input_size, ConvKernels, LossParts, ModelSize, PerceptionNet, PerceptionNetConfig,
     Precision,
 };
+use percept_synth::{write_synthetic_dataset, SynthOptions};
 use serde::Serialize;
 
-use crate::backend::{dispatch, BackendTask, DeviceSpec};
 use crate::bench::Scratch;
-use crate::config::RunConfig;
-use crate::gpu_runtime::{self, KernelCounts};
-use crate::loader::{BatchBuilder, BatchLoader, LoaderOptions};
-use crate::optim::RunOptimizer;
-use crate::trainer::batch_loss;
-use crate::TrainError;
+use percept_train::backend::{dispatch, BackendTask, DeviceSpec};
+use percept_train::config::RunConfig;
+use percept_train::gpu_runtime::{self, KernelCounts};
+use percept_train::loader::{BatchBuilder, BatchLoader, LoaderOptions};
+use percept_train::optim::RunOptimizer;
+use percept_train::trainer::batch_loss;
+use percept_train::TrainError;
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -389,7 +389,7 @@ pub fn bench_train(options: &TrainBenchOptions) -> Result<TrainBenchReport, Trai
     )?
 }
 
-/// [`bench_train`] as the task of [`crate::backend::dispatch`].
+/// [`bench_train`] as the task of [`percept_train::backend::dispatch`].
 pub struct TrainBenchTask {
     pub options: TrainBenchOptions,
 }

@@ -7,23 +7,25 @@ use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use burn::vision::VisionBackend;
 use indicatif::{ProgressBar, ProgressStyle};
-use percept_data::{AuditEvent, AuditHead, AuditLog, AuditReport, Dataset, Manifest, Split, AUDIT_FILE};
-use percept_synth::{write_synthetic_dataset, SynthOptions};
+use percept_data::{
+    AuditEvent, AuditHead, AuditLog, AuditReport, Dataset, Manifest, Split, AUDIT_FILE,
+};
 use percept_model::{PerceptionNetConfig, Precision};
+use percept_synth::{write_synthetic_dataset, SynthOptions};
 
-use crate::backend::{dispatch, dispatch_on, BackendTask, DeviceSpec, Devices};
-use crate::checkpoint::{CheckpointDir, CheckpointKind};
-use crate::config::RunConfig;
-use crate::data::{audit, open_for_site, TrainingData};
-use crate::eval::{evaluate, EvalOptions, EvalReport, Evaluation, MetricResolution};
-use crate::export::{export, ExportSummary};
-use crate::fsutil::write_atomic;
-use crate::gpu_runtime::KernelCache;
-use crate::model_file::{load_model, read_model_card, ModelCard};
-use crate::predict::{predict_image, read_image, write_prediction, Prediction};
-use crate::report::{write_report, ReportFiles};
-use crate::trainer::{Faults, RunState, TrainSummary, TrainTask};
-use crate::TrainError;
+use percept_data::atomic_file::write_atomic;
+use percept_eval::eval::{evaluate, EvalOptions, EvalReport, Evaluation, MetricResolution};
+use percept_eval::model_file::{load_model, read_model_card, ModelCard};
+use percept_eval::predict::{predict_image, read_image, write_prediction, Prediction};
+use percept_eval::report::{write_report, ReportFiles};
+use percept_train::backend::{dispatch, dispatch_on, BackendTask, DeviceSpec, Devices};
+use percept_train::checkpoint::{CheckpointDir, CheckpointKind};
+use percept_train::config::RunConfig;
+use percept_train::data::{audit, open_for_site, TrainingData};
+use percept_train::export::{export, ExportSummary};
+use percept_train::gpu_runtime::KernelCache;
+use percept_train::trainer::{Faults, RunState, TrainSummary, TrainTask};
+use percept_train::TrainError;
 
 /// A progress bar on a terminal, hidden elsewhere (batch logs stay clean).
 pub fn progress(len: u64, prefix: &'static str) -> ProgressBar {
@@ -136,7 +138,7 @@ fn run_training(
     faults: Faults,
 ) -> Result<TrainSummary, TrainError> {
     if devices.specs()[0] != DeviceSpec::Cpu {
-        crate::gpu_runtime::init(&KernelCache::resolve(config.kernel_cache.as_deref()))?;
+        percept_train::gpu_runtime::init(&KernelCache::resolve(config.kernel_cache.as_deref()))?;
     }
     let result = TrainingData::open(config, log).and_then(|data| {
         dispatch_on(
@@ -259,7 +261,7 @@ impl BackendTask for EvalTask<'_> {
         let bar = progress(self.dataset.len() as u64, "eval");
         let evaluation = evaluate(&net, &card, self.dataset, &self.options, &device, &bar);
         bar.finish_and_clear();
-        evaluation
+        Ok(evaluation?)
     }
 }
 
@@ -398,7 +400,7 @@ impl BackendTask for UntrainedEvalTask<'_> {
         };
         let evaluation = evaluate(&net, self.card, self.dataset, &options, &device, &bar);
         bar.finish_and_clear();
-        evaluation
+        Ok(evaluation?)
     }
 }
 

@@ -128,7 +128,7 @@ expected = {
 with open("coco_reference.json", "w") as f:
     json.dump(
         {
-            "source": "crates/train/tests/data/coco_reference.py (pycocotools COCOeval, iouType bbox)",
+            "source": "crates/eval/tests/data/coco_reference.py (pycocotools COCOeval, iouType bbox)",
             "classes": CLASSES,
             "images": images,
             "expected": expected,

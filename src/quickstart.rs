@@ -8,17 +8,17 @@ use percept_data::Split;
 use percept_synth::SynthOptions;
 use serde::Serialize;
 
-use crate::backend::DeviceSpec;
 use crate::commands;
-use crate::config::RunConfig;
-use crate::data::open_for_site;
-use crate::eval::EvalReport;
-use crate::fsutil::save_png_atomic;
-use crate::model_file::read_model_card;
-use crate::TrainError;
+use percept_data::atomic_file::save_png_atomic;
+use percept_eval::eval::EvalReport;
+use percept_eval::model_file::read_model_card;
+use percept_train::backend::DeviceSpec;
+use percept_train::config::RunConfig;
+use percept_train::data::open_for_site;
+use percept_train::TrainError;
 
 /// The smoke config, built in so the quickstart runs from anywhere.
-pub const SMOKE_CONFIG: &str = include_str!("../../../configs/smoke.toml");
+pub const SMOKE_CONFIG: &str = include_str!("../configs/smoke.toml");
 
 /// Settings of a quickstart.
 #[derive(Debug, Clone)]

@@ -14,16 +14,16 @@
 //!
 //! The Markdown and HTML pages are rendered from one list of [`Block`]s, so they say the same
 //! things, and reference the images by relative path (the directory can be moved whole).
-//! Every file is written atomically ([`crate::fsutil`]).
+//! Every file is written atomically ([`percept_data::atomic_file`]).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use crate::chart::{bar_chart, line_chart, readable_on_white, Bar, Series};
 use crate::eval::{DetectionReport, EvalReport, Evaluation, MetricResolution, SegmentationReport};
-use crate::fsutil::{save_png_atomic, write_atomic};
 use crate::overlay::class_color;
-use crate::TrainError;
+use crate::EvalError;
+use percept_data::{save_png_atomic, write_atomic};
 
 /// The metrics as JSON.
 pub const JSON_FILE: &str = "eval.json";
@@ -60,21 +60,21 @@ pub struct ReportFiles {
 /// heading. Files of an earlier report in `dir` are replaced, except examples whose names
 /// are not reused.
 ///
-/// Errors: [`TrainError::Io`] naming `dir` when it cannot be created (for instance, it is a
+/// Errors: [`EvalError::Io`] naming `dir` when it cannot be created (for instance, it is a
 /// regular file), or naming the file that could not be written.
 pub fn write_report(
     evaluation: &Evaluation,
     dir: &Path,
     title: &str,
-) -> Result<ReportFiles, TrainError> {
-    std::fs::create_dir_all(dir).map_err(|source| TrainError::Io {
+) -> Result<ReportFiles, EvalError> {
+    std::fs::create_dir_all(dir).map_err(|source| EvalError::Io {
         path: dir.to_path_buf(),
         source,
     })?;
     let report = &evaluation.report;
 
     let json = dir.join(JSON_FILE);
-    let bytes = serde_json::to_vec_pretty(report).map_err(|e| TrainError::Io {
+    let bytes = serde_json::to_vec_pretty(report).map_err(|e| EvalError::Io {
         path: json.clone(),
         source: e.into(),
     })?;
@@ -841,7 +841,7 @@ mod tests {
         std::fs::write(&file, b"x").unwrap();
         let ev = evaluation(true, MetricResolution::Network);
         match write_report(&ev, &file, "t") {
-            Err(TrainError::Io { path, .. }) => assert_eq!(path, file),
+            Err(EvalError::Io { path, .. }) => assert_eq!(path, file),
             other => panic!("expected an Io error, got {other:?}"),
         }
     }

@@ -62,8 +62,8 @@ use image::{Rgb, RgbImage};
 use serde::Deserialize;
 
 use crate::chart::{line_chart_on, Axis, Scale, Series};
-use crate::fsutil::save_png_atomic;
-use crate::TrainError;
+use crate::EvalError;
+use percept_data::save_png_atomic;
 
 /// The file a run logs its metrics to, in the run directory.
 pub const METRICS_FILE: &str = "metrics.jsonl";
@@ -227,9 +227,9 @@ pub struct MetricsLog {
     pub torn_line: Option<usize>,
 }
 
-/// An error about `path`, as [`TrainError::Io`] of `kind`.
-fn file_error(path: &Path, kind: io::ErrorKind, message: String) -> TrainError {
-    TrainError::Io {
+/// An error about `path`, as [`EvalError::Io`] of `kind`.
+fn file_error(path: &Path, kind: io::ErrorKind, message: String) -> EvalError {
+    EvalError::Io {
         path: path.to_path_buf(),
         source: io::Error::new(kind, message),
     }
@@ -237,7 +237,7 @@ fn file_error(path: &Path, kind: io::ErrorKind, message: String) -> TrainError {
 
 /// Reads and parses the metrics file at `path` (see [`parse_metrics`]). A missing file is
 /// an error saying to train first.
-pub fn read_metrics(path: &Path) -> Result<MetricsLog, TrainError> {
+pub fn read_metrics(path: &Path) -> Result<MetricsLog, EvalError> {
     let bytes = std::fs::read(path).map_err(|e| {
         if e.kind() == io::ErrorKind::NotFound {
             file_error(
@@ -248,7 +248,7 @@ pub fn read_metrics(path: &Path) -> Result<MetricsLog, TrainError> {
                     .to_string(),
             )
         } else {
-            TrainError::Io {
+            EvalError::Io {
                 path: path.to_path_buf(),
                 source: e,
             }
@@ -261,7 +261,7 @@ pub fn read_metrics(path: &Path) -> Result<MetricsLog, TrainError> {
 ///
 /// Errors: a malformed line other than the last (its number and what is wrong), and a file
 /// without step lines (nothing to plot yet). A malformed last line is skipped with a warning.
-pub fn parse_metrics(bytes: &[u8], path: &Path) -> Result<MetricsLog, TrainError> {
+pub fn parse_metrics(bytes: &[u8], path: &Path) -> Result<MetricsLog, EvalError> {
     let lines: Vec<(usize, &[u8])> = bytes
         .split(|&b| b == b'\n')
         .enumerate()
@@ -359,14 +359,14 @@ impl LossScale {
 }
 
 impl FromStr for LossScale {
-    type Err = TrainError;
+    type Err = EvalError;
 
-    fn from_str(s: &str) -> Result<LossScale, TrainError> {
+    fn from_str(s: &str) -> Result<LossScale, EvalError> {
         match s {
             "auto" => Ok(LossScale::Auto),
             "log" => Ok(LossScale::Log),
             "linear" => Ok(LossScale::Linear),
-            _ => Err(TrainError::Invalid(format!(
+            _ => Err(EvalError::Invalid(format!(
                 "loss scale {s:?}: give one of {}",
                 LossScale::NAMES.join(", ")
             ))),
@@ -440,7 +440,7 @@ pub fn plot_run(
     run: &Path,
     out_dir: Option<&Path>,
     options: &PlotOptions,
-) -> Result<PlotSummary, TrainError> {
+) -> Result<PlotSummary, EvalError> {
     let (run_dir, metrics) = if run.is_file() {
         let dir = run.parent().unwrap_or(Path::new("."));
         (dir.to_path_buf(), run.to_path_buf())
@@ -677,7 +677,7 @@ mod tests {
     const EPOCH: &str = r#"{"kind":"epoch","step":130,"epoch":0,"loss":{"total":1.1,"classification":0.4,"box_iou":null,"drivable":0.2,"lanes":0.2}}"#;
     const VALIDATION: &str = r#"{"kind":"validation","step":130,"weights":"ema","datasets":[{"name":"synth-de","images":40,"map50":0.1,"map50_95":0.05,"drivable_miou":0.8,"lane_iou":0.5}],"mean":{"map50":0.1,"map50_95":0.05,"drivable_miou":0.8,"lane_iou":0.5},"score":0.47}"#;
 
-    fn parse(text: &str) -> Result<MetricsLog, TrainError> {
+    fn parse(text: &str) -> Result<MetricsLog, EvalError> {
         parse_metrics(text.as_bytes(), Path::new("runs/x/metrics.jsonl"))
     }
 

@@ -1,11 +1,11 @@
 //! `percept warmup`: compiles and tunes every GPU kernel a run of a config will need, into the
-//! kernel cache ([`crate::gpu_runtime`]), so that a node image prepared once starts training
+//! kernel cache ([`percept_train::gpu_runtime`]), so that a node image prepared once starts training
 //! without compiling or tuning.
 //!
 //! It runs what the run runs, at the run's shapes: the training step itself
 //! ([`Replica::step`]: forward, multi-task loss, backward, gradient accumulation over
 //! `train.grad_accumulation` micro-batches of `train.batch_size`, clip, AdamW) for a few
-//! steps, then validation's inference ([`crate::eval`]'s forward, decoding with NMS, masks) at
+//! steps, then validation's inference ([`percept_eval::eval`]'s forward, decoding with NMS, masks) at
 //! `validation.batch_size` and at the last, smaller batch a validation pass over the data's
 //! `val` splits ends with. Its batches come from synthetic scenes written to a scratch folder
 //! (removed afterwards) at the config's input size: no frame of the run's data is read (only
@@ -22,19 +22,19 @@ use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use burn::vision::VisionBackend;
 use percept_data::{Batch, Manifest, Split};
-use percept_synth::{write_synthetic_dataset, SynthOptions};
 use percept_model::{conv2d, use_conv_kernels, PerceptionNetConfig};
+use percept_synth::{write_synthetic_dataset, SynthOptions};
 use serde::Serialize;
 
-use crate::backend::{dispatch, BackendTask, DeviceSpec};
 use crate::bench::Scratch;
-use crate::config::RunConfig;
-use crate::data_parallel::Replica;
-use crate::eval::infer;
-use crate::gpu_runtime::{self, KernelCache, KernelCounts};
-use crate::loader::{BatchBuilder, LoaderOptions};
-use crate::optim::RunOptimizer;
-use crate::TrainError;
+use percept_eval::eval::infer;
+use percept_train::backend::{dispatch, BackendTask, DeviceSpec};
+use percept_train::config::RunConfig;
+use percept_train::data_parallel::Replica;
+use percept_train::gpu_runtime::{self, KernelCache, KernelCounts};
+use percept_train::loader::{BatchBuilder, LoaderOptions};
+use percept_train::optim::RunOptimizer;
+use percept_train::TrainError;
 
 /// What to warm up.
 #[derive(Debug, Clone)]
@@ -150,7 +150,7 @@ pub fn warmup(options: &WarmupOptions) -> Result<WarmupReport, TrainError> {
     )?;
     let data = scratch.open(&config.site.region)?;
     let sampling = RunConfig {
-        data: crate::config::DataConfig {
+        data: percept_train::config::DataConfig {
             region_weights: Default::default(),
             ..config.data.clone()
         },
@@ -252,7 +252,7 @@ fn fit_classes(batch: &mut Batch, classes: usize) {
     }
 }
 
-/// [`warmup`] as the task of [`crate::backend::dispatch`].
+/// [`warmup`] as the task of [`percept_train::backend::dispatch`].
 struct WarmupTask {
     config: RunConfig,
     device_spec: DeviceSpec,

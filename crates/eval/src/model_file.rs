@@ -12,10 +12,17 @@ use burn::store::{ModuleSnapshot, SafetensorsStore};
 use percept_model::{DecodeOptions, PerceptionNet, PerceptionNetConfig};
 use serde::{Deserialize, Serialize};
 
-use crate::config::InputSize;
 use crate::eval::MetricResolution;
-use crate::fsutil::write_atomic;
-use crate::TrainError;
+use crate::EvalError;
+use percept_data::write_atomic;
+
+/// The network input in pixels (both sides multiples of 32); frames are letterboxed to it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputSize {
+    pub width: usize,
+    pub height: usize,
+}
 
 /// Metadata key of the model card.
 pub const MODEL_CARD_KEY: &str = "percept.model_card";
@@ -94,15 +101,15 @@ pub fn save_model<B: Backend>(
     net: &PerceptionNet<B>,
     card: &ModelCard,
     path: &Path,
-) -> Result<String, TrainError> {
+) -> Result<String, EvalError> {
     let card_json = serde_json::to_string(card).expect("a model card serialises");
     let mut store = SafetensorsStore::from_bytes(None).metadata(MODEL_CARD_KEY, card_json);
     net.save_into(&mut store)
-        .map_err(|e| TrainError::ModelFile {
+        .map_err(|e| EvalError::ModelFile {
             path: path.to_path_buf(),
             message: format!("could not serialise the weights: {e}"),
         })?;
-    let bytes = store.get_bytes().map_err(|e| TrainError::ModelFile {
+    let bytes = store.get_bytes().map_err(|e| EvalError::ModelFile {
         path: path.to_path_buf(),
         message: e.to_string(),
     })?;
@@ -111,20 +118,20 @@ pub fn save_model<B: Backend>(
 }
 
 /// Reads the model card of a model file without loading the weights.
-pub fn read_model_card(path: &Path) -> Result<ModelCard, TrainError> {
+pub fn read_model_card(path: &Path) -> Result<ModelCard, EvalError> {
     let bytes = read(path)?;
     card_from_bytes(&bytes, path)
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, TrainError> {
-    std::fs::read(path).map_err(|e| TrainError::Io {
+fn read(path: &Path) -> Result<Vec<u8>, EvalError> {
+    std::fs::read(path).map_err(|e| EvalError::Io {
         path: path.to_path_buf(),
         source: e,
     })
 }
 
-fn card_from_bytes(bytes: &[u8], path: &Path) -> Result<ModelCard, TrainError> {
-    let bad = |message: String| TrainError::ModelFile {
+fn card_from_bytes(bytes: &[u8], path: &Path) -> Result<ModelCard, EvalError> {
+    let bad = |message: String| EvalError::ModelFile {
         path: path.to_path_buf(),
         message,
     };
@@ -155,12 +162,12 @@ fn card_from_bytes(bytes: &[u8], path: &Path) -> Result<ModelCard, TrainError> {
 pub fn load_model<B: Backend>(
     path: &Path,
     device: &B::Device,
-) -> Result<(PerceptionNet<B>, ModelCard), TrainError> {
+) -> Result<(PerceptionNet<B>, ModelCard), EvalError> {
     let bytes = read(path)?;
     let card = card_from_bytes(&bytes, path)?;
     card.architecture
         .validate()
-        .map_err(|e| TrainError::ModelFile {
+        .map_err(|e| EvalError::ModelFile {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
@@ -168,12 +175,12 @@ pub fn load_model<B: Backend>(
     let mut store = SafetensorsStore::from_bytes(Some(bytes));
     let result = net
         .load_from(&mut store)
-        .map_err(|e| TrainError::ModelFile {
+        .map_err(|e| EvalError::ModelFile {
             path: path.to_path_buf(),
             message: format!("weights do not fit the architecture in the model card: {e}"),
         })?;
     if !result.errors.is_empty() || !result.unused.is_empty() || !result.missing.is_empty() {
-        return Err(TrainError::ModelFile {
+        return Err(EvalError::ModelFile {
             path: path.to_path_buf(),
             message: format!(
                 "weights do not fit the architecture: errors {:?}, missing {:?}, unused {:?}",
@@ -202,10 +209,10 @@ pub struct InitReport {
 pub fn load_matching<B: Backend>(
     net: PerceptionNet<B>,
     path: &Path,
-) -> Result<(PerceptionNet<B>, InitReport), TrainError> {
+) -> Result<(PerceptionNet<B>, InitReport), EvalError> {
     let bytes = read(path)?;
     let card = card_from_bytes(&bytes, path)?;
-    let bad = |message: String| TrainError::ModelFile {
+    let bad = |message: String| EvalError::ModelFile {
         path: path.to_path_buf(),
         message,
     };
@@ -218,7 +225,7 @@ pub fn load_matching<B: Backend>(
         .collect();
     let mut matched = Vec::new();
     let mut kept = Vec::new();
-    for p in crate::optim::list_params(&net) {
+    for p in percept_model::params::list_params(&net) {
         if shapes.get(&p.path) == Some(&p.dims) {
             matched.push(p.path);
         } else {

@@ -4,17 +4,17 @@ use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
 use burn::vision::VisionBackend;
-use image::{imageops, GrayImage, RgbImage};
-use percept_data::{image_to_chw, letterbox_image, BoxLabel, Letterbox};
+use image::{GrayImage, RgbImage};
+use percept_data::{image_to_chw, letterbox_image};
 use percept_model::{decode_detections, PerceptionNet};
 use serde::Serialize;
 
-use crate::eval::masks;
-use crate::fsutil::{save_png_atomic, write_atomic};
+use crate::image_space::{box_to_image, mask_to_image, masks, network_mask};
 use crate::metrics::Detection;
 use crate::model_file::ModelCard;
 use crate::overlay::draw_overlay;
-use crate::TrainError;
+use crate::EvalError;
+use percept_data::{save_png_atomic, write_atomic};
 
 /// A detection in original image pixels, as written to JSON.
 #[derive(Debug, Clone, Serialize)]
@@ -45,63 +45,23 @@ pub struct Prediction {
 }
 
 /// Reads an image file (JPEG, PNG), naming the file on failure.
-pub fn read_image(path: &Path) -> Result<RgbImage, TrainError> {
+pub fn read_image(path: &Path) -> Result<RgbImage, EvalError> {
     let img = image::ImageReader::open(path)
-        .map_err(|e| TrainError::Io {
+        .map_err(|e| EvalError::Io {
             path: path.to_path_buf(),
             source: e,
         })?
         .with_guessed_format()
-        .map_err(|e| TrainError::Io {
+        .map_err(|e| EvalError::Io {
             path: path.to_path_buf(),
             source: e,
         })?
         .decode()
-        .map_err(|e| TrainError::Image {
+        .map_err(|e| EvalError::Image {
             path: path.to_path_buf(),
             message: format!("{e} (percept reads JPEG and PNG)"),
         })?;
     Ok(img.to_rgb8())
-}
-
-/// A network-resolution 0/1 mask cut out of the letterbox and resized (nearest) to the
-/// `img_w x img_h` image.
-pub(crate) fn mask_to_image(
-    net_mask: &GrayImage,
-    lb: &Letterbox,
-    img_w: u32,
-    img_h: u32,
-) -> GrayImage {
-    let (w, h) = net_mask.dimensions();
-    let x0 = (lb.pad_x.floor().max(0.0) as u32).min(w - 1);
-    let y0 = (lb.pad_y.floor().max(0.0) as u32).min(h - 1);
-    let cw = ((img_w as f32 * lb.scale).round() as u32).clamp(1, w - x0);
-    let ch = ((img_h as f32 * lb.scale).round() as u32).clamp(1, h - y0);
-    let crop = imageops::crop_imm(net_mask, x0, y0, cw, ch).to_image();
-    imageops::resize(&crop, img_w, img_h, imageops::FilterType::Nearest)
-}
-
-/// A box in network pixels mapped back to the `img_w x img_h` image and clipped to it.
-pub(crate) fn box_to_image(bbox: [f32; 4], lb: &Letterbox, img_w: u32, img_h: u32) -> [f32; 4] {
-    let b = lb.to_image(&BoxLabel::new(0, bbox));
-    let (w, h) = (img_w as f32, img_h as f32);
-    [
-        b.x1.clamp(0.0, w),
-        b.y1.clamp(0.0, h),
-        b.x2.clamp(0.0, w),
-        b.y2.clamp(0.0, h),
-    ]
-}
-
-/// The `[batch, 1, h, w]` mask logits of image `j` as a `w x h` 0/1 mask (logit > 0).
-pub(crate) fn network_mask(masks: &[u8], j: usize, w: usize, h: usize) -> GrayImage {
-    let pixels = w * h;
-    GrayImage::from_raw(
-        w as u32,
-        h as u32,
-        masks[j * pixels..(j + 1) * pixels].to_vec(),
-    )
-    .expect("mask size")
 }
 
 /// Runs `net` on `image`.
@@ -156,7 +116,7 @@ pub fn write_prediction(
     card: &ModelCard,
     png: &Path,
     json: &Path,
-) -> Result<(), TrainError> {
+) -> Result<(), EvalError> {
     let detections: Vec<Detection> = prediction
         .detections
         .iter()
@@ -171,5 +131,5 @@ pub fn write_prediction(
     );
     save_png_atomic(&overlay, png)?;
     let text = serde_json::to_string_pretty(prediction).expect("serialises");
-    write_atomic(json, text.as_bytes())
+    Ok(write_atomic(json, text.as_bytes())?)
 }

@@ -9,15 +9,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use percept_data::{AugmentConfig, FlipPolicy, IntegrityPolicy, RegionSampler, SamplerConfig, Site};
+use percept_data::{
+    AugmentConfig, FlipPolicy, IntegrityPolicy, RegionSampler, SamplerConfig, Site,
+};
 
 use percept_synth::{write_synthetic_dataset, SynthOptions};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::data::TrainingData;
-use crate::loader::{BatchBuilder, LoaderOptions};
-use crate::TrainError;
+use percept_train::data::TrainingData;
+use percept_train::loader::{BatchBuilder, LoaderOptions};
+use percept_train::TrainError;
 
 /// What to measure.
 #[derive(Debug, Clone)]

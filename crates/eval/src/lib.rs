@@ -1,0 +1,32 @@
+//! `percept-eval`: what a trained network is worth and what it shows.
+//!
+//! - [`model_file`]: the model file (safetensors weights + model card), shared by checkpoints
+//!   and exports ([`ModelCard`], [`save_model`], [`load_model`]).
+//! - [`inputs`]: a batch as the network's input and target tensors (training uses it too).
+//! - [`image_space`]: outputs mapped back from network pixels to the frame's pixels.
+//! - [`metrics`]: detection AP (COCO-style) and segmentation IoU accumulators.
+//! - [`eval`]: a network over a dataset split: metrics, per-slice metrics, example images
+//!   ([`evaluate`]).
+//! - [`predict`]: one image through a model file: detections, masks, an overlay.
+//! - [`overlay`], [`chart`]: drawing predictions on frames, and charts.
+//! - [`report`]: an evaluation as HTML and Markdown with charts and examples.
+//! - [`plot`]: a run's `metrics.jsonl` as charts (`percept plot`).
+//!
+//! Dependencies run one way: `percept-train` uses this crate (validation, model files); this
+//! crate knows nothing of training.
+
+pub mod chart;
+pub mod error;
+pub mod eval;
+pub mod image_space;
+pub mod inputs;
+pub mod metrics;
+pub mod model_file;
+pub mod overlay;
+pub mod plot;
+pub mod predict;
+pub mod report;
+
+pub use error::EvalError;
+pub use eval::{evaluate, EvalOptions, EvalReport, MetricResolution};
+pub use model_file::{load_model, save_model, ModelCard};
