@@ -5,6 +5,7 @@
 //! - [`inputs`]: a batch as the network's input and target tensors (training uses it too).
 //! - [`image_space`]: outputs mapped back from network pixels to the frame's pixels.
 //! - [`metrics`]: detection AP (COCO-style) and segmentation IoU accumulators.
+//! - [`metrics_log`]: the lines of a run's `metrics.jsonl` (the trainer writes them, [`plot`] reads them).
 //! - [`eval`]: a network over a dataset split: metrics, per-slice metrics, example images
 //!   ([`evaluate`]).
 //! - [`predict`]: one image through a model file: detections, masks, an overlay.
@@ -21,6 +22,7 @@ pub mod eval;
 pub mod image_space;
 pub mod inputs;
 pub mod metrics;
+pub mod metrics_log;
 pub mod model_file;
 pub mod overlay;
 pub mod plot;
