@@ -9,9 +9,11 @@
 //! - [`eval`]: a network over a dataset split: metrics, per-slice metrics, example images
 //!   ([`evaluate`]).
 //! - [`predict`]: one image through a model file: detections, masks, an overlay.
-//! - [`overlay`], [`chart`]: drawing predictions on frames, and charts.
+//! - [`overlay`], [`chart`]: drawing predictions on frames, and charts (plotters; PNG and SVG).
+//! - [`font`]: the bundled font (DejaVu Sans) of chart and overlay text.
 //! - [`report`]: an evaluation as HTML and Markdown with charts and examples.
-//! - [`plot`]: a run's `metrics.jsonl` as charts (`percept plot`).
+//! - [`plot`]: a run's `metrics.jsonl` (read with [`metrics_log`]'s types) as charts
+//!   (`percept plot`).
 //!
 //! Dependencies run one way: `percept-train` uses this crate (validation, model files); this
 //! crate knows nothing of training.
@@ -19,6 +21,7 @@
 pub mod chart;
 pub mod error;
 pub mod eval;
+pub mod font;
 pub mod image_space;
 pub mod inputs;
 pub mod metrics;

@@ -26,7 +26,7 @@ pub struct StepLine {
     pub epoch: Option<u64>,
     #[serde(default)]
     pub lr: Option<f64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub loss: LossValues,
     #[serde(default)]
     pub grad_norm: Option<f32>,
@@ -51,7 +51,7 @@ pub struct EpochLine {
     pub epoch: Option<u64>,
     #[serde(default)]
     pub steps: Option<usize>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub loss: LossValues,
 }
 
@@ -115,6 +115,13 @@ fn nan() -> f32 {
     f32::NAN
 }
 
+/// Reads `null` as the default (serialising is unchanged).
+fn null_as_default<'de, D: Deserializer<'de>, T: Deserialize<'de> + Default>(
+    d: D,
+) -> Result<T, D::Error> {
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
 fn null_as_nan<'de, D: Deserializer<'de>>(d: D) -> Result<f32, D::Error> {
     Ok(Option::<f32>::deserialize(d)?.unwrap_or(f32::NAN))
 }
@@ -124,12 +131,12 @@ fn null_as_nan<'de, D: Deserializer<'de>>(d: D) -> Result<f32, D::Error> {
 pub struct ValidationResult {
     pub step: usize,
     /// `ema` or `raw`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub weights: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub datasets: Vec<DatasetMetrics>,
     /// Each metric's mean over the datasets that have it.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub mean: DatasetMetrics,
     /// The run's `checkpoint.best_metric` of `mean` (higher is better); null when the model
     /// has none.
@@ -140,9 +147,9 @@ pub struct ValidationResult {
 /// Metrics of one validation split (a metric is null when the task is off or unlabelled).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct DatasetMetrics {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub name: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub images: usize,
     #[serde(default)]
     pub map50: Option<f64>,

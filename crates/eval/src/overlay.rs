@@ -2,9 +2,12 @@
 //!
 //! Drawing order: drivable area (translucent green tint), lane lines (opaque magenta), boxes
 //! (2-pixel outlines in a per-class colour), then one label per box with the class name and
-//! score in an 8x8 bitmap font. Everything is clipped to the image, so boxes partly or wholly
-//! outside it are fine.
+//! score. Labels are drawn in DejaVu Sans (the charts' font, [`crate::font`]) with `ab_glyph`
+//! directly, antialiased over the label's background; plotters is not used here, as its text
+//! placement is not exact enough to fit a label tightly into its box. Everything is clipped
+//! to the image, so boxes partly or wholly outside it are fine.
 
+use ab_glyph::{point, Font, ScaleFont};
 use image::{GrayImage, Rgb, RgbImage};
 
 use crate::metrics::Detection;
@@ -32,8 +35,10 @@ const PALETTE: [[u8; 3]; 10] = [
     [170, 255, 90],  // lime
 ];
 
-/// Glyph size of the label font, in pixels.
-pub(crate) const GLYPH: i64 = 8;
+/// Size of the label font, in pixels (ascent to descent).
+pub const LABEL_FONT_SIZE: f32 = 13.0;
+/// Height of a label's line of text, in pixels.
+const LABEL_TEXT_HEIGHT: i64 = 13;
 /// Padding around label text, in pixels.
 const LABEL_PAD: i64 = 1;
 /// Coordinates are clamped to this magnitude before conversion to integers, so arithmetic on
@@ -56,7 +61,7 @@ pub fn class_color(class: u16) -> Rgb<u8> {
 ///   above it (inside it when there is no room above). Boxes with non-finite coordinates or
 ///   entirely outside the image are skipped.
 /// * `class_names`: names by class index; a class without a name is labelled `#<index>`.
-///   Characters outside ASCII are drawn as `?`.
+///   Any character DejaVu Sans has is drawn (accents included).
 ///
 /// The result has the input's size.
 pub fn draw_overlay(
@@ -161,7 +166,7 @@ impl PixelBox {
 }
 
 /// Fills the inclusive rectangle `[x0, x1] x [y0, y1]`, clipped to the image.
-pub(crate) fn fill_rect(image: &mut RgbImage, x0: i64, y0: i64, x1: i64, y1: i64, color: Rgb<u8>) {
+fn fill_rect(image: &mut RgbImage, x0: i64, y0: i64, x1: i64, y1: i64, color: Rgb<u8>) {
     let (w, h) = (i64::from(image.width()), i64::from(image.height()));
     let (x0, x1) = (x0.max(0), x1.min(w - 1));
     let (y0, y1) = (y0.max(0), y1.min(h - 1));
@@ -195,8 +200,8 @@ fn draw_outline(image: &mut RgbImage, b: &PixelBox, color: Rgb<u8>) {
 /// the top of the image), shifted left if needed to stay within the image.
 fn draw_label(image: &mut RgbImage, b: &PixelBox, text: &str, background: Rgb<u8>) {
     let (w, h) = (i64::from(image.width()), i64::from(image.height()));
-    let label_w = text.chars().count() as i64 * GLYPH + 2 * LABEL_PAD;
-    let label_h = GLYPH + 2 * LABEL_PAD;
+    let label_w = text_width(text) + 2 * LABEL_PAD;
+    let label_h = LABEL_TEXT_HEIGHT + 2 * LABEL_PAD;
     let x0 = b.left.min(w - label_w).max(0);
     let y0 = if b.top - label_h >= 0 {
         b.top - label_h
@@ -217,50 +222,46 @@ fn draw_label(image: &mut RgbImage, b: &PixelBox, text: &str, background: Rgb<u8
         y0 + LABEL_PAD,
         text,
         text_color(background),
-        1,
     );
 }
 
-/// Draws `text` in the 8x8 bitmap font with its top-left corner at `(x, y)`, each font pixel
-/// a `scale x scale` square (so a glyph covers `8 * scale` pixels each way), clipped to the
-/// image. Only the glyphs' set pixels are painted; characters outside ASCII are drawn as `?`.
-pub(crate) fn draw_text(
-    image: &mut RgbImage,
-    x: i64,
-    y: i64,
-    text: &str,
-    color: Rgb<u8>,
-    scale: i64,
-) {
-    let scale = scale.max(1);
-    let advance = GLYPH * scale;
-    let w = i64::from(image.width());
-    for (i, c) in (0i64..).zip(text.chars()) {
-        let gx = x + i * advance;
-        if gx >= w {
-            break;
-        }
-        for (row, bits) in (0i64..).zip(glyph(c)) {
-            for col in 0..GLYPH {
-                if bits & (1 << col) != 0 {
-                    let (px, py) = (gx + col * scale, y + row * scale);
-                    fill_rect(image, px, py, px + scale - 1, py + scale - 1, color);
-                }
-            }
-        }
-    }
+/// The width of `text` in the label font, in whole pixels.
+fn text_width(text: &str) -> i64 {
+    crate::font::text_width(text, LABEL_FONT_SIZE).ceil() as i64
 }
 
-/// The 8x8 bitmap of `c` (rows top to bottom, least significant bit leftmost); `?` for
-/// characters outside ASCII.
-fn glyph(c: char) -> [u8; 8] {
-    let basic = &font8x8::legacy::BASIC_LEGACY;
-    let index = if c.is_ascii() {
-        c as usize
-    } else {
-        '?' as usize
-    };
-    basic[index]
+/// Draws `text` in DejaVu Sans at [`LABEL_FONT_SIZE`] with the top of its line at row `y`
+/// and its start at column `x`, antialiased (each pixel blended towards `color` by the
+/// glyph's coverage), clipped to the image.
+fn draw_text(image: &mut RgbImage, x: i64, y: i64, text: &str, color: Rgb<u8>) {
+    let font = crate::font::font().as_scaled(LABEL_FONT_SIZE);
+    let (w, h) = (i64::from(image.width()), i64::from(image.height()));
+    let mut caret = 0.0f32;
+    let mut previous = None;
+    for c in text.chars() {
+        let id = font.glyph_id(c);
+        if let Some(p) = previous {
+            caret += font.kern(p, id);
+        }
+        previous = Some(id);
+        let glyph = id.with_scale_and_position(LABEL_FONT_SIZE, point(caret, font.ascent()));
+        caret += font.h_advance(id);
+        let Some(outline) = font.outline_glyph(glyph) else {
+            continue;
+        };
+        let bounds = outline.px_bounds();
+        let (left, top) = (x + bounds.min.x as i64, y + bounds.min.y as i64);
+        outline.draw(|gx, gy, coverage| {
+            let (px, py) = (left + i64::from(gx), top + i64::from(gy));
+            if (0..w).contains(&px) && (0..h).contains(&py) {
+                let pixel = image.get_pixel_mut(px as u32, py as u32);
+                let a = coverage.clamp(0.0, 1.0);
+                for (c, ink) in pixel.0.iter_mut().zip(color.0) {
+                    *c = (f32::from(*c) * (1.0 - a) + f32::from(ink) * a).round() as u8;
+                }
+            }
+        });
+    }
 }
 
 /// Black or white, whichever reads better on `background`.
@@ -373,29 +374,35 @@ mod tests {
             &[det(0, 0.5, [20.0, 30.0, 40.0, 50.0])],
             &names(),
         );
-        // "car 0.50": 8 glyphs -> 66 x 10 label at columns 20..=85, rows 20..=29.
+        // "car 0.50": a label of its text's width plus padding, 15 rows high, ending just
+        // above the box (rows 15..=29).
+        let right = 20 + text_width("car 0.50") + 2 * LABEL_PAD - 1;
+        assert!((45..=75).contains(&right), "{right}");
+        let (top, bottom) = (30 - LABEL_TEXT_HEIGHT - 2 * LABEL_PAD, 29);
         let bg = class_color(0);
         let ink = text_color(bg);
         let (mut bg_count, mut ink_count) = (0, 0);
-        for y in 20..30 {
-            for x in 20..86 {
-                let p = *out.get_pixel(x, y);
+        for y in top..=bottom {
+            for x in 20..=right {
+                let p = *out.get_pixel(x as u32, y as u32);
                 if p == bg {
                     bg_count += 1;
-                } else if p == ink {
-                    ink_count += 1;
                 } else {
-                    panic!("unexpected colour {p:?} at ({x}, {y})");
+                    // Ink, or antialiased edges between background and ink.
+                    for ((c, b), i) in p.0.iter().zip(bg.0).zip(ink.0) {
+                        assert!(b.min(i) <= *c && *c <= b.max(i), "{p:?} at ({x}, {y})");
+                    }
+                    ink_count += 1;
                 }
             }
         }
         assert!(ink_count > 20, "{ink_count} text pixels");
         assert!(bg_count > ink_count);
-        assert_eq!(*out.get_pixel(20, 19), GREY);
-        assert_eq!(*out.get_pixel(86, 25), GREY);
+        assert_eq!(*out.get_pixel(20, top as u32 - 1), GREY);
+        assert_eq!(*out.get_pixel(right as u32 + 1, 25), GREY);
         // The padding ring is background only.
-        assert_eq!(*out.get_pixel(20, 20), bg);
-        assert_eq!(*out.get_pixel(85, 29), bg);
+        assert_eq!(*out.get_pixel(20, top as u32), bg);
+        assert_eq!(*out.get_pixel(right as u32, 29), bg);
     }
 
     #[test]
@@ -409,11 +416,14 @@ mod tests {
             &[det(0, 0.5, [30.0, 0.0, 40.0, 20.0])],
             &names(),
         );
-        // "car 0.50" is 66 px wide, wider than the image: it starts at column 0.
+        // "car 0.50" is wider than the room right of the box: it ends at the image's edge.
+        // It is wider than the image, so it starts at column 0.
+        assert!(text_width("car 0.50") + 2 * LABEL_PAD > 40);
         let bg = class_color(0);
+        let label_h = (LABEL_TEXT_HEIGHT + 2 * LABEL_PAD) as u32;
         assert_eq!(*out.get_pixel(0, 0), bg);
-        assert_eq!(*out.get_pixel(0, 9), bg);
-        assert_eq!(*out.get_pixel(0, 10), GREY);
+        assert_eq!(*out.get_pixel(0, label_h - 1), bg);
+        assert_eq!(*out.get_pixel(0, label_h), GREY);
     }
 
     #[test]
@@ -436,7 +446,7 @@ mod tests {
         assert_eq!(out.dimensions(), (30, 20));
 
         // A box reaching in from the top-left (columns and rows -10..=14) outlines its visible
-        // part; its label sits inside, at rows 0..=9.
+        // part; its label sits inside, at rows 0..=14.
         let out = draw_overlay(
             &img,
             None,
@@ -444,10 +454,10 @@ mod tests {
             &[det(0, 0.9, [-10.0, -10.0, 15.0, 15.0])],
             &names(),
         );
-        assert_eq!(*out.get_pixel(14, 12), class_color(0));
+        assert_eq!(*out.get_pixel(0, 0), class_color(0));
         assert_eq!(*out.get_pixel(0, 14), class_color(0));
-        assert_eq!(*out.get_pixel(12, 12), GREY);
-        assert_eq!(*out.get_pixel(15, 12), GREY);
+        assert_eq!(*out.get_pixel(0, 15), GREY);
+        assert_eq!(*out.get_pixel(16, 16), GREY);
 
         // A box wholly outside draws nothing, not even its label.
         let out = draw_overlay(
@@ -474,6 +484,11 @@ mod tests {
             &["véhicule".to_string()],
         );
         assert_ne!(out, img);
-        assert_eq!(glyph('é'), glyph('?'));
+        // DejaVu Sans has accented letters: "é" is not drawn as "?".
+        assert_ne!(text_width("é"), 0);
+        let (mut a, mut b) = (grey(20, 20), grey(20, 20));
+        draw_text(&mut a, 2, 2, "é", Rgb([0, 0, 0]));
+        draw_text(&mut b, 2, 2, "?", Rgb([0, 0, 0]));
+        assert_ne!(a, b);
     }
 }

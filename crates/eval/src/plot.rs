@@ -1,4 +1,4 @@
-//! `percept plot`: training curves as PNG charts from a run's `metrics.jsonl`.
+//! `percept plot`: training curves as PNG and SVG charts from a run's `metrics.jsonl`.
 //!
 //! # The `metrics.jsonl` format
 //!
@@ -11,11 +11,14 @@
 //! {"kind":"validation","step":130,"weights":"ema","datasets":[{"name":"synth-de","images":40,"map50":0.1,"map50_95":0.05,"drivable_miou":0.8,"lane_iou":0.5}],"mean":{"map50":0.1,"map50_95":0.05,"drivable_miou":0.8,"lane_iou":0.5},"score":0.47}
 //! ```
 //!
-//! - `step` lines ([`StepRecord`]): the losses are averages over the steps since the previous
+//! The lines are the types of [`crate::metrics_log`] ([`MetricsLine`]), which the trainer
+//! writes and this module reads.
+//!
+//! - `step` lines ([`StepLine`]): the losses are averages over the steps since the previous
 //!   step line. A loss term is `null` or absent when its task is switched off; `grad_norm` may
 //!   be `null`.
-//! - `epoch` lines ([`EpochRecord`]): the mean losses over the epoch just finished.
-//! - `validation` lines ([`ValidationRecord`]): metrics per validation dataset and their mean
+//! - `epoch` lines ([`EpochLine`]): the mean losses over the epoch just finished.
+//! - `validation` lines ([`ValidationResult`]): metrics per validation dataset and their mean
 //!   over the datasets; any metric may be `null` or absent (task not labelled or not built).
 //!
 //! Reading is forward compatible: unknown fields are ignored and lines of unknown kinds are
@@ -30,7 +33,9 @@
 //!
 //! # The charts
 //!
-//! [`plot_run`] writes into `RUN_DIR/plots/` (or the directory given), each file atomically:
+//! [`plot_run`] writes into `RUN_DIR/plots/` (or the directory given), each file atomically,
+//! every chart as a PNG and, beside it, an SVG of the same name (`loss.svg`, ...); see
+//! [`crate::chart`] for how they look:
 //!
 //! - `loss.png`: the total loss and each per-task term that has a value anywhere, against the
 //!   step, from the step lines; when there are epoch lines, their means as further series in a
@@ -58,15 +63,14 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use image::{Rgb, RgbImage};
-use serde::Deserialize;
+use image::Rgb;
 
-use crate::chart::{line_chart_on, Axis, Scale, Series};
+use crate::chart::{line_chart_on, Axis, ChartImage, Scale, Series};
+use crate::metrics_log::{
+    EpochLine, LossValues, MetricsLine, StepLine, ValidationResult, METRICS_FILE,
+};
 use crate::EvalError;
-use percept_data::save_png_atomic;
 
-/// The file a run logs its metrics to, in the run directory.
-pub const METRICS_FILE: &str = "metrics.jsonl";
 /// The directory in the run directory where [`plot_run`] writes by default.
 pub const PLOTS_DIR: &str = "plots";
 /// Chart files.
@@ -106,119 +110,31 @@ pub const LR_COLOR: Rgb<u8> = Rgb([31, 119, 180]);
 /// Colour of the throughput series.
 pub const THROUGHPUT_COLOR: Rgb<u8> = Rgb([44, 160, 44]);
 
-/// Loss terms of a step or epoch line; `None` where the term is `null` or absent.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-pub struct LossTerms {
-    pub total: Option<f64>,
-    pub classification: Option<f64>,
-    pub box_iou: Option<f64>,
-    pub drivable: Option<f64>,
-    pub lanes: Option<f64>,
+/// The term of `loss` named `key` (a key of [`LOSS_TERMS`]), if present.
+pub fn loss_term(loss: &LossValues, key: &str) -> Option<f64> {
+    let (_, value) = loss.terms().into_iter().find(|(name, _)| *name == key)?;
+    value.map(f64::from)
 }
 
-impl LossTerms {
-    /// The term named `key` (a key of [`LOSS_TERMS`]).
-    pub fn get(&self, key: &str) -> Option<f64> {
-        match key {
-            "total" => self.total,
-            "classification" => self.classification,
-            "box_iou" => self.box_iou,
-            "drivable" => self.drivable,
-            "lanes" => self.lanes,
-            _ => None,
-        }
+/// The metric of `line` named `key` (a key of [`VALIDATION_METRICS`]): a mean over the
+/// datasets, or the score.
+pub fn validation_metric(line: &ValidationResult, key: &str) -> Option<f64> {
+    match key {
+        "map50" => line.mean.map50,
+        "map50_95" => line.mean.map50_95,
+        "drivable_miou" => line.mean.drivable_miou,
+        "lane_iou" => line.mean.lane_iou,
+        "score" => line.score,
+        _ => None,
     }
-}
-
-/// A `step` line: averages over the steps since the previous step line.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct StepRecord {
-    pub step: u64,
-    pub epoch: Option<u64>,
-    pub lr: Option<f64>,
-    #[serde(default)]
-    pub loss: LossTerms,
-    pub grad_norm: Option<f64>,
-    pub images_per_second: Option<f64>,
-    pub elapsed_seconds: Option<f64>,
-    pub data_wait_fraction: Option<f64>,
-    pub skipped_samples: Option<u64>,
-    pub nonfinite_steps: Option<u64>,
-}
-
-/// An `epoch` line: mean losses over the epoch that ended at `step`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct EpochRecord {
-    pub step: u64,
-    pub epoch: Option<u64>,
-    #[serde(default)]
-    pub loss: LossTerms,
-}
-
-/// Validation metrics of one dataset, or their mean over the datasets.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-pub struct ValidationMetrics {
-    pub map50: Option<f64>,
-    pub map50_95: Option<f64>,
-    pub drivable_miou: Option<f64>,
-    pub lane_iou: Option<f64>,
-}
-
-/// One validation dataset's entry of a `validation` line.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-pub struct DatasetValidation {
-    #[serde(default)]
-    pub name: String,
-    pub images: Option<u64>,
-    #[serde(flatten)]
-    pub metrics: ValidationMetrics,
-}
-
-/// A `validation` line.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct ValidationRecord {
-    pub step: u64,
-    /// Which weights were validated (`ema`, `raw`, ...).
-    pub weights: Option<String>,
-    #[serde(default)]
-    pub datasets: Vec<DatasetValidation>,
-    #[serde(default)]
-    pub mean: ValidationMetrics,
-    pub score: Option<f64>,
-}
-
-impl ValidationRecord {
-    /// The metric named `key` (a key of [`VALIDATION_METRICS`]): a mean over the datasets, or
-    /// the score.
-    pub fn get(&self, key: &str) -> Option<f64> {
-        match key {
-            "map50" => self.mean.map50,
-            "map50_95" => self.mean.map50_95,
-            "drivable_miou" => self.mean.drivable_miou,
-            "lane_iou" => self.mean.lane_iou,
-            "score" => self.score,
-            _ => None,
-        }
-    }
-}
-
-/// One line of `metrics.jsonl`.
-#[derive(Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-enum Line {
-    Step(StepRecord),
-    Epoch(EpochRecord),
-    Validation(ValidationRecord),
-    #[serde(other)]
-    Unknown,
 }
 
 /// A parsed `metrics.jsonl`: the records of each kind in step order.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct MetricsLog {
-    pub steps: Vec<StepRecord>,
-    pub epochs: Vec<EpochRecord>,
-    pub validations: Vec<ValidationRecord>,
+    pub steps: Vec<StepLine>,
+    pub epochs: Vec<EpochLine>,
+    pub validations: Vec<ValidationResult>,
     /// Lines of a kind this version does not know, skipped.
     pub unknown_lines: usize,
     /// Lines dropped because a later line of their kind logged their step again.
@@ -271,14 +187,7 @@ pub fn parse_metrics(bytes: &[u8], path: &Path) -> Result<MetricsLog, EvalError>
     let last = lines.last().map(|&(n, _)| n);
     let mut log = MetricsLog::default();
     for (number, line) in lines {
-        let parsed = serde_json::from_slice::<Line>(line).map_err(|e| {
-            // serde_json places the error on line 1 of the one line it was given.
-            let mut message = e.to_string();
-            if let Some(at) = message.rfind(" at line ") {
-                message.truncate(at);
-            }
-            format!("line {number}, column {}: {message}", e.column())
-        });
+        let parsed = parse_line(line).map_err(|message| format!("line {number}{message}"));
         let parsed = match parsed {
             Ok(parsed) => parsed,
             Err(message) if Some(number) == last => {
@@ -294,12 +203,16 @@ pub fn parse_metrics(bytes: &[u8], path: &Path) -> Result<MetricsLog, EvalError>
         };
         let superseded = &mut log.superseded_lines;
         match parsed {
-            Line::Step(r) => push_latest(&mut log.steps, r, |r| r.step, false, superseded),
-            Line::Epoch(r) => push_latest(&mut log.epochs, r, |r| r.step, false, superseded),
-            Line::Validation(r) => {
+            Some(MetricsLine::Step(r)) => {
+                push_latest(&mut log.steps, r, |r| r.step, false, superseded)
+            }
+            Some(MetricsLine::Epoch(r)) => {
+                push_latest(&mut log.epochs, r, |r| r.step, false, superseded)
+            }
+            Some(MetricsLine::Validation(r)) => {
                 push_latest(&mut log.validations, r, |r| r.step, true, superseded)
             }
-            Line::Unknown => log.unknown_lines += 1,
+            None => log.unknown_lines += 1,
         }
     }
     if log.steps.is_empty() {
@@ -320,12 +233,36 @@ pub fn parse_metrics(bytes: &[u8], path: &Path) -> Result<MetricsLog, EvalError>
     Ok(log)
 }
 
+/// One line as a [`MetricsLine`], or `None` for a line of a kind this version does not know.
+/// An error says what is wrong, starting with where (`, column 7: ...`) or a colon.
+fn parse_line(line: &[u8]) -> Result<Option<MetricsLine>, String> {
+    let value = serde_json::from_slice::<serde_json::Value>(line).map_err(|e| {
+        // serde_json places the error on line 1 of the one line it was given.
+        let mut message = e.to_string();
+        if let Some(at) = message.rfind(" at line ") {
+            message.truncate(at);
+        }
+        format!(", column {}: {message}", e.column())
+    })?;
+    match value.get("kind") {
+        Some(serde_json::Value::String(kind))
+            if ["step", "epoch", "validation"].contains(&kind.as_str()) => {}
+        Some(serde_json::Value::String(_)) => return Ok(None),
+        Some(_) => return Err(": `kind` is not a string".to_string()),
+        None if value.is_object() => return Err(": no `kind`".to_string()),
+        None => return Err(": not a JSON object".to_string()),
+    }
+    serde_json::from_value(value)
+        .map(Some)
+        .map_err(|e| format!(": {e}"))
+}
+
 /// Appends `record`, first dropping the records it supersedes: those at its step or later
 /// (`ties_kept`: only those after its step).
 fn push_latest<T>(
     records: &mut Vec<T>,
     record: T,
-    step: impl Fn(&T) -> u64,
+    step: impl Fn(&T) -> usize,
     ties_kept: bool,
     superseded: &mut usize,
 ) {
@@ -392,7 +329,7 @@ pub struct SeriesSummary {
 pub struct Chart {
     /// File name in the output directory, e.g. [`LOSS_PNG`].
     pub file_name: &'static str,
-    pub image: RgbImage,
+    pub image: ChartImage,
     pub x_axis: Axis,
     pub y_axis: Axis,
     pub series: Vec<SeriesSummary>,
@@ -401,7 +338,10 @@ pub struct Chart {
 /// A chart written by [`plot_run`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChartFile {
+    /// The PNG.
     pub path: PathBuf,
+    /// The SVG beside it.
+    pub svg: PathBuf,
     /// The y axis' scale (log or linear).
     pub y_scale: Scale,
     pub series: Vec<SeriesSummary>,
@@ -456,11 +396,13 @@ pub fn plot_run(
     let log = read_metrics(&metrics)?;
     let out_dir = out_dir.map_or_else(|| run_dir.join(PLOTS_DIR), Path::to_path_buf);
     let mut charts = Vec::new();
-    for chart in render(&log, options) {
+    for chart in render(&log, options)? {
         let path = out_dir.join(chart.file_name);
-        save_png_atomic(&chart.image, &path)?;
+        let svg = path.with_extension("svg");
+        chart.image.save_as(&path, &svg)?;
         charts.push(ChartFile {
             path,
+            svg,
             y_scale: chart.y_axis.scale,
             series: chart.series,
         });
@@ -480,7 +422,7 @@ pub fn plot_run(
 
 /// Renders the charts of `log` (see the module docs): loss, and learning rate, throughput and
 /// validation where there is a value to plot.
-pub fn render(log: &MetricsLog, options: &PlotOptions) -> Vec<Chart> {
+pub fn render(log: &MetricsLog, options: &PlotOptions) -> Result<Vec<Chart>, EvalError> {
     let last_step = log
         .steps
         .iter()
@@ -490,7 +432,7 @@ pub fn render(log: &MetricsLog, options: &PlotOptions) -> Vec<Chart> {
         .max()
         .unwrap_or(0);
     let x_axis = Axis::linear("step", 0.0, (last_step as f64).max(1.0));
-    let mut charts = vec![loss_chart(log, &x_axis, options.loss_scale)];
+    let mut charts = vec![loss_chart(log, &x_axis, options.loss_scale)?];
     let lr = series(
         "learning rate",
         LR_COLOR,
@@ -504,7 +446,7 @@ pub fn render(log: &MetricsLog, options: &PlotOptions) -> Vec<Chart> {
             x_axis.clone(),
             y_axis,
             vec![lr],
-        ));
+        )?);
     }
     let throughput = series(
         "images/s",
@@ -520,12 +462,12 @@ pub fn render(log: &MetricsLog, options: &PlotOptions) -> Vec<Chart> {
             x_axis.clone(),
             y_axis,
             vec![throughput],
-        ));
+        )?);
     }
-    if let Some(validation) = validation_chart(log, &x_axis) {
+    if let Some(validation) = validation_chart(log, &x_axis)? {
         charts.push(validation);
     }
-    charts
+    Ok(charts)
 }
 
 /// Draws `series` on the axes and keeps what the summary needs.
@@ -535,8 +477,8 @@ fn chart(
     x_axis: Axis,
     y_axis: Axis,
     series: Vec<Series>,
-) -> Chart {
-    let image = line_chart_on(title, &x_axis, &y_axis, &series);
+) -> Result<Chart, EvalError> {
+    let image = line_chart_on(title, &x_axis, &y_axis, &series)?;
     let series = series
         .into_iter()
         .map(|s| SeriesSummary {
@@ -544,17 +486,21 @@ fn chart(
             points: s.points.len(),
         })
         .collect();
-    Chart {
+    Ok(Chart {
         file_name,
         image,
         x_axis,
         y_axis,
         series,
-    }
+    })
 }
 
 /// A series of the values that are present, at their steps.
-fn series(name: &str, color: Rgb<u8>, values: impl Iterator<Item = (u64, Option<f64>)>) -> Series {
+fn series(
+    name: &str,
+    color: Rgb<u8>,
+    values: impl Iterator<Item = (usize, Option<f64>)>,
+) -> Series {
     Series {
         name: name.to_string(),
         color,
@@ -575,14 +521,14 @@ fn from_zero(label: &str, points: &[(f64, f64)]) -> Axis {
 }
 
 /// `loss.png`: step-line series of every term present, then epoch-line series.
-fn loss_chart(log: &MetricsLog, x_axis: &Axis, scale: LossScale) -> Chart {
+fn loss_chart(log: &MetricsLog, x_axis: &Axis, scale: LossScale) -> Result<Chart, EvalError> {
     let mut all = Vec::new();
     for (key, _, color) in LOSS_TERMS {
-        let values = log.steps.iter().map(|r| (r.step, r.loss.get(key)));
+        let values = log.steps.iter().map(|r| (r.step, loss_term(&r.loss, key)));
         all.push(series(key, color, values));
     }
     for (key, short, color) in LOSS_TERMS {
-        let values = log.epochs.iter().map(|r| (r.step, r.loss.get(key)));
+        let values = log.epochs.iter().map(|r| (r.step, loss_term(&r.loss, key)));
         let name = format!("{short} (epoch)");
         all.push(series(&name, darken(color), values));
     }
@@ -630,11 +576,11 @@ fn loss_axis(values: &[f64], scale: LossScale) -> Axis {
 }
 
 /// `validation.png`, when there are validation lines with a value.
-fn validation_chart(log: &MetricsLog, x_axis: &Axis) -> Option<Chart> {
-    let mut weights: Vec<Option<&str>> = Vec::new();
+fn validation_chart(log: &MetricsLog, x_axis: &Axis) -> Result<Option<Chart>, EvalError> {
+    let mut weights: Vec<&str> = Vec::new();
     for r in &log.validations {
-        if !weights.contains(&r.weights.as_deref()) {
-            weights.push(r.weights.as_deref());
+        if !weights.contains(&r.weights.as_str()) {
+            weights.push(&r.weights);
         }
     }
     let several = weights.len() > 1;
@@ -642,7 +588,7 @@ fn validation_chart(log: &MetricsLog, x_axis: &Axis) -> Option<Chart> {
     for (i, w) in weights.iter().enumerate() {
         for (key, name, short, color) in VALIDATION_METRICS {
             let name = if several {
-                format!("{short} ({})", w.unwrap_or("?"))
+                format!("{short} ({})", if w.is_empty() { "?" } else { w })
             } else {
                 name.to_string()
             };
@@ -650,18 +596,18 @@ fn validation_chart(log: &MetricsLog, x_axis: &Axis) -> Option<Chart> {
             let values = log
                 .validations
                 .iter()
-                .filter(|r| r.weights.as_deref() == *w)
-                .map(|r| (r.step, r.get(key)));
+                .filter(|r| r.weights == *w)
+                .map(|r| (r.step, validation_metric(r, key)));
             all.push(series(&name, color, values));
         }
     }
     all.retain(|s| !s.points.is_empty());
     if all.is_empty() {
-        return None;
+        return Ok(None);
     }
     let y_axis = Axis::unit("mean over validation datasets");
     let title = "Validation";
-    Some(chart(VALIDATION_PNG, title, x_axis.clone(), y_axis, all))
+    chart(VALIDATION_PNG, title, x_axis.clone(), y_axis, all).map(Some)
 }
 
 /// `color` at 60% brightness, for the epoch series.
@@ -672,6 +618,7 @@ fn darken(color: Rgb<u8>) -> Rgb<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics_log::DatasetMetrics;
 
     const STEP: &str = r#"{"kind":"step","step":10,"epoch":0,"lr":0.001,"loss":{"total":1.2,"classification":0.5,"box_iou":0.3,"drivable":0.2,"lanes":0.2},"grad_norm":3.4,"images_per_second":12.3,"elapsed_seconds":33.1,"data_wait_fraction":0.01,"skipped_samples":0,"nonfinite_steps":0}"#;
     const EPOCH: &str = r#"{"kind":"epoch","step":130,"epoch":0,"loss":{"total":1.1,"classification":0.4,"box_iou":null,"drivable":0.2,"lanes":0.2}}"#;
@@ -704,12 +651,12 @@ mod tests {
         let log = parse(STEP).unwrap();
         assert_eq!(
             log.steps,
-            [StepRecord {
+            [StepLine {
                 step: 10,
                 epoch: Some(0),
                 lr: Some(0.001),
-                loss: LossTerms {
-                    total: Some(1.2),
+                loss: LossValues {
+                    total: 1.2,
                     classification: Some(0.5),
                     box_iou: Some(0.3),
                     drivable: Some(0.2),
@@ -732,11 +679,12 @@ mod tests {
         let log = parse(&[STEP, EPOCH, VALIDATION].join("\n")).unwrap();
         assert_eq!(
             log.epochs,
-            [EpochRecord {
+            [EpochLine {
                 step: 130,
                 epoch: Some(0),
-                loss: LossTerms {
-                    total: Some(1.1),
+                steps: None,
+                loss: LossValues {
+                    total: 1.1,
                     classification: Some(0.4),
                     box_iou: None,
                     drivable: Some(0.2),
@@ -744,7 +692,9 @@ mod tests {
                 },
             }]
         );
-        let metrics = ValidationMetrics {
+        let metrics = DatasetMetrics {
+            name: String::new(),
+            images: 0,
             map50: Some(0.1),
             map50_95: Some(0.05),
             drivable_miou: Some(0.8),
@@ -752,42 +702,43 @@ mod tests {
         };
         assert_eq!(
             log.validations,
-            [ValidationRecord {
+            [ValidationResult {
                 step: 130,
-                weights: Some("ema".to_string()),
-                datasets: vec![DatasetValidation {
+                weights: "ema".to_string(),
+                datasets: vec![DatasetMetrics {
                     name: "synth-de".to_string(),
-                    images: Some(40),
-                    metrics: metrics.clone(),
+                    images: 40,
+                    ..metrics.clone()
                 }],
                 mean: metrics,
                 score: Some(0.47),
             }]
         );
-        assert_eq!(log.validations[0].get("score"), Some(0.47));
-        assert_eq!(log.validations[0].get("drivable_miou"), Some(0.8));
+        let v = &log.validations[0];
+        assert_eq!(validation_metric(v, "score"), Some(0.47));
+        assert_eq!(validation_metric(v, "drivable_miou"), Some(0.8));
     }
 
     #[test]
     fn null_and_absent_values_are_none() {
         let text = [
             r#"{"kind":"step","step":1,"lr":null,"loss":{"total":2.0,"classification":null},"grad_norm":null}"#,
-            r#"{"kind":"step","step":2}"#,
-            r#"{"kind":"validation","step":2,"mean":{"map50":null,"lane_iou":0.25}}"#,
+            r#"{"kind":"step","step":2,"loss":null}"#,
+            r#"{"kind":"validation","step":2,"weights":null,"mean":{"map50":null,"lane_iou":0.25,"images":null},"datasets":[{"name":null,"images":null}]}"#,
         ]
         .join("\n");
         let log = parse(&text).unwrap();
         let first = &log.steps[0];
-        assert_eq!(first.loss.total, Some(2.0));
+        assert_eq!(loss_term(&first.loss, "total"), Some(2.0));
         assert_eq!(first.loss.classification, None);
         assert_eq!(first.loss.lanes, None);
         assert_eq!((first.lr, first.grad_norm, first.epoch), (None, None, None));
-        assert_eq!(log.steps[1].loss, LossTerms::default());
+        assert!(log.steps[1].loss.terms().iter().all(|(_, v)| v.is_none()));
         let v = &log.validations[0];
         assert_eq!((v.mean.map50, v.mean.map50_95), (None, None));
         assert_eq!(v.mean.lane_iou, Some(0.25));
-        assert_eq!((v.weights.as_deref(), v.score), (None, None));
-        assert!(v.datasets.is_empty());
+        assert_eq!((v.weights.as_str(), v.score), ("", None));
+        assert_eq!((v.datasets[0].name.as_str(), v.datasets[0].images), ("", 0));
     }
 
     #[test]
@@ -801,10 +752,10 @@ mod tests {
         let log = parse(&text).unwrap();
         assert_eq!(log.steps.len(), 1);
         assert_eq!(log.steps[0].lr, Some(0.5));
-        assert_eq!(log.steps[0].loss.total, Some(1.0));
+        assert_eq!(log.steps[0].loss.total, 1.0);
         assert_eq!(log.unknown_lines, 1);
         assert_eq!(log.validations[0].mean.map50, Some(0.2));
-        assert_eq!(log.validations[0].datasets[0].metrics.map50, Some(0.2));
+        assert_eq!(log.validations[0].datasets[0].map50, Some(0.2));
     }
 
     #[test]
@@ -881,9 +832,9 @@ mod tests {
             step_line(40, 0.5, 0.1, 1.0),
         ];
         let log = parse(&lines.join("\n")).unwrap();
-        let steps: Vec<u64> = log.steps.iter().map(|r| r.step).collect();
+        let steps: Vec<usize> = log.steps.iter().map(|r| r.step).collect();
         assert_eq!(steps, [10, 20, 30, 40]);
-        assert_eq!(log.steps[2].loss.total, Some(0.5));
+        assert_eq!(log.steps[2].loss.total, 0.5);
         assert_eq!(log.superseded_lines, 1);
         // Validation lines at one step (raw and EMA weights) are both kept.
         let v = r#"{"kind":"validation","step":10,"weights":"raw","score":0.1}"#;
@@ -919,7 +870,14 @@ mod tests {
             let image = image::open(&chart.path).unwrap().to_rgb8();
             let expected = (crate::chart::LINE_CHART_WIDTH, crate::chart::CHART_HEIGHT);
             assert_eq!(image.dimensions(), expected, "{}", chart.path.display());
+            assert_eq!(chart.svg, chart.path.with_extension("svg"));
+            let svg = std::fs::read_to_string(&chart.svg).unwrap();
+            assert!(svg.starts_with("<svg"), "{}", chart.svg.display());
+            let lines = chart.series.iter().filter(|s| s.points > 1).count();
+            assert_eq!(svg.matches("<polyline").count(), lines, "{svg}");
         }
+        let svg = std::fs::read_to_string(&summary.charts[0].svg).unwrap();
+        assert!(svg.contains("\nTraining loss\n</text>"), "{svg}");
         let points = |c: &ChartFile| -> Vec<(String, usize)> {
             c.series
                 .iter()
@@ -987,7 +945,7 @@ mod tests {
         let lines = run_lines(12);
         let log = parse(&lines.join("\n")).unwrap();
         for scale in [LossScale::Auto, LossScale::Linear, LossScale::Log] {
-            let charts = render(&log, &PlotOptions { loss_scale: scale });
+            let charts = render(&log, &PlotOptions { loss_scale: scale }).unwrap();
             let loss = &charts[0];
             assert_eq!(loss.file_name, LOSS_PNG);
             let expected = if scale == LossScale::Linear {
@@ -998,22 +956,24 @@ mod tests {
             assert_eq!(loss.y_axis.scale, expected);
             let total = LOSS_TERMS[0].2;
             for r in &log.steps {
-                let (x, y) = pixel_of(loss, r.step as f64, r.loss.total.unwrap());
-                assert_eq!(
-                    *loss.image.get_pixel(x, y),
-                    total,
-                    "{scale:?}: step {} at ({x}, {y})",
-                    r.step
-                );
+                let (x, y) = pixel_of(loss, r.step as f64, f64::from(r.loss.total));
+                let png = &loss.image.png;
+                let near = (x - 2..=x + 2)
+                    .flat_map(|x| (y - 2..=y + 2).map(move |y| (x, y)))
+                    .any(|(x, y)| *png.get_pixel(x, y) == total);
+                assert!(near, "{scale:?}: step {} at ({x}, {y})", r.step);
             }
             // The falling curve: its first point is higher up than its last.
-            let first = pixel_of(loss, 10.0, log.steps[0].loss.total.unwrap());
-            let last = pixel_of(loss, 120.0, log.steps[11].loss.total.unwrap());
+            let first = pixel_of(loss, 10.0, f64::from(log.steps[0].loss.total));
+            let last = pixel_of(loss, 120.0, f64::from(log.steps[11].loss.total));
             assert!(first.1 + 100 < last.1, "{first:?} {last:?}");
             // The learning rate rises to the top right.
             let lr = &charts[1];
             let (x, y) = pixel_of(lr, 120.0, 1e-3);
-            assert_eq!(*lr.image.get_pixel(x, y), LR_COLOR);
+            let png = &lr.image.png;
+            assert!((x - 2..=x)
+                .flat_map(|x| (y..=y + 2).map(move |y| (x, y)))
+                .any(|(x, y)| *png.get_pixel(x, y) == LR_COLOR));
         }
     }
 
@@ -1051,7 +1011,7 @@ mod tests {
             r#"{"kind":"validation","step":20,"weights":"ema","score":0.3}"#.to_string(),
         ]
         .join("\n");
-        let charts = render(&parse(&text).unwrap(), &PlotOptions::default());
+        let charts = render(&parse(&text).unwrap(), &PlotOptions::default()).unwrap();
         let validation = charts.last().unwrap();
         assert_eq!(validation.file_name, VALIDATION_PNG);
         let series: Vec<(&str, usize)> = validation

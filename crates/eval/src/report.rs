@@ -1,5 +1,5 @@
-//! Evaluation reports: the metrics as JSON, charts and example overlays as PNG, and a
-//! Markdown and a self-contained HTML page presenting them.
+//! Evaluation reports: the metrics as JSON, charts as PNG and SVG, example overlays as PNG,
+//! and a Markdown and an HTML page presenting them.
 //!
 //! [`write_report`] lays a report directory out as
 //!
@@ -9,17 +9,20 @@
 //! report.html            HTML with inline CSS
 //! ap50_per_class.png     bar chart of AP@0.5 per class        (when detection was evaluated)
 //! pr_curves.png          precision-recall curves at IoU 0.5   (when detection was evaluated)
+//! ap50_per_class.svg,    the same charts as SVG
+//! pr_curves.svg
 //! examples/000-<id>.png  example overlays, in evaluation order
 //! ```
 //!
 //! The Markdown and HTML pages are rendered from one list of [`Block`]s, so they say the same
-//! things, and reference the images by relative path (the directory can be moved whole).
+//! things, and reference the images by relative path (the directory can be moved whole). The
+//! HTML page shows the SVG charts (each linking to its PNG); the Markdown page the PNGs.
 //! Every file is written atomically ([`percept_data::atomic_file`]).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use crate::chart::{bar_chart, line_chart, readable_on_white, Bar, Series};
+use crate::chart::{bar_chart, line_chart, readable_on_white, Bar, ChartImage, Series};
 use crate::eval::{DetectionReport, EvalReport, Evaluation, MetricResolution, SegmentationReport};
 use crate::overlay::class_color;
 use crate::EvalError;
@@ -35,6 +38,10 @@ pub const HTML_FILE: &str = "report.html";
 pub const AP_CHART_FILE: &str = "ap50_per_class.png";
 /// Precision-recall curves at IoU 0.5, one per class with ground truth.
 pub const PR_CHART_FILE: &str = "pr_curves.png";
+/// [`AP_CHART_FILE`] as SVG.
+pub const AP_CHART_SVG: &str = "ap50_per_class.svg";
+/// [`PR_CHART_FILE`] as SVG.
+pub const PR_CHART_SVG: &str = "pr_curves.svg";
 /// Directory of the example overlays.
 pub const EXAMPLES_DIR: &str = "examples";
 
@@ -52,6 +59,9 @@ pub struct ReportFiles {
     pub json: PathBuf,
     /// [`AP_CHART_FILE`] and [`PR_CHART_FILE`]; empty when detection was not evaluated.
     pub charts: Vec<PathBuf>,
+    /// The same charts as SVG: [`AP_CHART_SVG`] and [`PR_CHART_SVG`]; empty when detection
+    /// was not evaluated.
+    pub chart_svgs: Vec<PathBuf>,
     /// One overlay per example, in evaluation order.
     pub examples: Vec<PathBuf>,
 }
@@ -80,13 +90,17 @@ pub fn write_report(
     })?;
     write_atomic(&json, &bytes)?;
 
-    let mut charts = Vec::new();
+    let (mut charts, mut chart_svgs) = (Vec::new(), Vec::new());
     if let Some(detection) = &report.detection {
-        let ap = dir.join(AP_CHART_FILE);
-        save_png_atomic(&ap_chart(detection), &ap)?;
-        let pr = dir.join(PR_CHART_FILE);
-        save_png_atomic(&pr_chart(detection), &pr)?;
-        charts = vec![ap, pr];
+        for (chart, png, svg) in [
+            (ap_chart(detection)?, AP_CHART_FILE, AP_CHART_SVG),
+            (pr_chart(detection)?, PR_CHART_FILE, PR_CHART_SVG),
+        ] {
+            let (png, svg) = (dir.join(png), dir.join(svg));
+            chart.save_as(&png, &svg)?;
+            charts.push(png);
+            chart_svgs.push(svg);
+        }
     }
 
     let ids: Vec<&str> = evaluation.examples.iter().map(|e| e.id.as_str()).collect();
@@ -118,6 +132,7 @@ pub fn write_report(
         html,
         json,
         charts,
+        chart_svgs,
         examples,
     })
 }
@@ -132,7 +147,7 @@ fn class_name(detection: &DetectionReport, class: u16) -> String {
 }
 
 /// Bar chart of AP@0.5 per class, in the classes' overlay colours.
-fn ap_chart(detection: &DetectionReport) -> image::RgbImage {
+fn ap_chart(detection: &DetectionReport) -> Result<ChartImage, EvalError> {
     let bars: Vec<Bar> = detection
         .metrics
         .per_class
@@ -147,7 +162,7 @@ fn ap_chart(detection: &DetectionReport) -> image::RgbImage {
 }
 
 /// Precision against recall at IoU 0.5 for each class with ground truth.
-fn pr_chart(detection: &DetectionReport) -> image::RgbImage {
+fn pr_chart(detection: &DetectionReport) -> Result<ChartImage, EvalError> {
     let series: Vec<Series> = detection
         .metrics
         .per_class
@@ -209,9 +224,11 @@ enum Block {
     Heading(u8, String),
     Paragraph(String),
     Table(Table),
-    /// An image, by path relative to the report.
+    /// An image, by path relative to the report; the HTML page shows `svg` where there is
+    /// one, linking to `src`.
     Image {
         src: String,
+        svg: Option<String>,
         alt: String,
     },
     /// Example images with captions.
@@ -400,10 +417,12 @@ fn detection_blocks(d: &DetectionReport, b: &mut Vec<Block>) {
     )));
     b.push(Block::Image {
         src: AP_CHART_FILE.to_string(),
+        svg: Some(AP_CHART_SVG.to_string()),
         alt: "AP@0.5 per class".to_string(),
     });
     b.push(Block::Image {
         src: PR_CHART_FILE.to_string(),
+        svg: Some(PR_CHART_SVG.to_string()),
         alt: "Precision-recall curves at IoU 0.5".to_string(),
     });
 }
@@ -539,7 +558,7 @@ fn to_markdown(blocks: &[Block]) -> String {
                 }
                 s.push('\n');
             }
-            Block::Image { src, alt } => {
+            Block::Image { src, alt, .. } => {
                 let _ = writeln!(s, "![{}]({src})\n", escape_markdown(alt));
             }
             Block::Gallery(figures) => {
@@ -618,13 +637,16 @@ fn to_html(title: &str, blocks: &[Block]) -> String {
                 }
                 s.push_str("</table>\n");
             }
-            Block::Image { src, alt } => {
-                let _ = writeln!(
-                    s,
-                    "<p><img src=\"{}\" alt=\"{}\"></p>",
-                    escape_html(src),
-                    escape_html(alt)
-                );
+            Block::Image { src, svg, alt } => {
+                let (src, alt) = (escape_html(src), escape_html(alt));
+                let _ = match svg {
+                    Some(svg) => writeln!(
+                        s,
+                        "<p><a href=\"{src}\"><img src=\"{}\" alt=\"{alt}\"></a></p>",
+                        escape_html(svg)
+                    ),
+                    None => writeln!(s, "<p><img src=\"{src}\" alt=\"{alt}\"></p>"),
+                };
             }
             Block::Gallery(figures) => {
                 s.push_str("<div class=\"gallery\">\n");
@@ -736,6 +758,21 @@ mod tests {
             [dir.join("ap50_per_class.png"), dir.join("pr_curves.png")]
         );
         assert_eq!(
+            files.chart_svgs,
+            [dir.join("ap50_per_class.svg"), dir.join("pr_curves.svg")]
+        );
+        for (svg, title) in files
+            .chart_svgs
+            .iter()
+            .zip(["AP@0.5 per class", "Precision-recall"])
+        {
+            let svg = std::fs::read_to_string(svg).unwrap();
+            assert!(svg.starts_with("<svg") && svg.contains(title), "{svg}");
+        }
+        // A bar per class; a curve per class with ground truth.
+        let svg = std::fs::read_to_string(&files.chart_svgs[1]).unwrap();
+        assert_eq!(svg.matches("<polyline").count(), 2);
+        assert_eq!(
             files.examples,
             [
                 dir.join("examples/000-frames_a_b_.jpg.png"),
@@ -745,6 +782,7 @@ mod tests {
         for path in [&files.markdown, &files.html, &files.json]
             .into_iter()
             .chain(&files.charts)
+            .chain(&files.chart_svgs)
             .chain(&files.examples)
         {
             assert!(path.is_file(), "{}", path.display());
@@ -794,13 +832,14 @@ mod tests {
         assert!(html.contains("<figcaption>frames/a&lt;b&gt;.jpg</figcaption>"));
         assert!(!html.contains("a<b"));
         for src in [
-            "ap50_per_class.png",
-            "pr_curves.png",
+            "ap50_per_class.svg",
+            "pr_curves.svg",
             "examples/000-frames_a_b_.jpg.png",
             "examples/001-plain-id.png",
         ] {
             assert!(html.contains(&format!("src=\"{src}\"")), "{src}");
         }
+        assert!(html.contains("<a href=\"pr_curves.png\"><img src=\"pr_curves.svg\""));
         assert!(html.contains("<td class=\"num\">0.750</td>"));
         assert!(html.contains("network resolution 640x384"));
         assert!(html.contains("(YOLOP&#39;s lane accuracy)"));
@@ -813,7 +852,9 @@ mod tests {
         ev.report.lanes = None;
         ev.examples.clear();
         let files = write_report(&ev, tmp.path(), "t").unwrap();
-        assert!(files.charts.is_empty() && files.examples.is_empty());
+        assert!(files.charts.is_empty() && files.chart_svgs.is_empty());
+        assert!(files.examples.is_empty());
+        assert!(!tmp.path().join(AP_CHART_SVG).exists());
         assert!(!tmp.path().join(AP_CHART_FILE).exists());
         assert!(!tmp.path().join(PR_CHART_FILE).exists());
         assert!(!tmp.path().join(EXAMPLES_DIR).exists());
@@ -826,7 +867,7 @@ mod tests {
                 "Metrics computed at the original image resolution (predictions mapped back \
                  out of the letterbox)."
             ));
-            assert!(!text.contains(".png"));
+            assert!(!text.contains(".png") && !text.contains(".svg"));
             assert!(text.contains("No example images."));
         }
         // Drivable area is still reported.
