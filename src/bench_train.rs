@@ -1,9 +1,10 @@
 //! `percept bench train`: speed and memory of the training step.
 //!
-//! The step is the trainer's own: [`batch_loss`] (forward + multi-task loss), backward into a
-//! [`GradientsAccumulator`], [`RunOptimizer::check_and_clip`] (the gradients' global norm read
-//! with the loss values, clipping over `grad_clip`) and [`RunOptimizer::step`] (AdamW per
-//! parameter group), with the run-config defaults (plus `grad_clip = 10`, as the shipped
+//! The step is the trainer's own code, not a copy: [`Replica::step_observed`] runs
+//! [`percept_train::step`] (forward + multi-task loss, backward, the finiteness check and
+//! global-norm clip, the update per parameter group, batch-norm statistics restored after a
+//! non-finite step), with a hook at its phase boundaries for the breakdown; with the run-config
+//! defaults (plus `grad_clip = 10`, as the shipped
 //! configs set it). On a synthetic dataset written to a scratch directory it measures:
 //!
 //! - the first step alone (on a GPU it includes kernel compilation and autotuning);
@@ -24,7 +25,6 @@ use std::any::Any;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use burn::vision::VisionBackend;
@@ -32,8 +32,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use percept_data::Batch;
 use percept_model::conv2d;
 use percept_model::{
-    check_input_size, ConvKernels, LossParts, ModelSize, PerceptionNet, PerceptionNetConfig,
-    Precision,
+    check_input_size, ConvKernels, ModelSize, PerceptionNet, PerceptionNetConfig, Precision,
 };
 use percept_synth::{write_synthetic_dataset, SynthOptions};
 use serde::Serialize;
@@ -41,10 +40,11 @@ use serde::Serialize;
 use crate::bench::Scratch;
 use percept_train::backend::{dispatch, BackendTask, DeviceSpec};
 use percept_train::config::RunConfig;
+use percept_train::data_parallel::Replica;
 use percept_train::gpu_runtime::{self, KernelCounts};
 use percept_train::loader::{BatchBuilder, BatchLoader, LoaderOptions};
 use percept_train::optim::RunOptimizer;
-use percept_train::trainer::batch_loss;
+use percept_train::step::{Phase, PhaseHook};
 use percept_train::TrainError;
 
 /// What to measure.
@@ -451,67 +451,31 @@ fn bench_config(
 
 const REGION: &str = "DE";
 
-/// The detached loss terms, total first: what the trainer hands `check_and_clip`, which reads
-/// them with the gradient norm in one transfer.
-fn loss_terms<B: AutodiffBackend>(parts: &LossParts<B>) -> Tensor<B::InnerBackend, 1> {
-    let terms = [
-        Some(&parts.total),
-        parts.classification.as_ref(),
-        parts.box_iou.as_ref(),
-        parts.drivable.as_ref(),
-        parts.lanes.as_ref(),
-    ];
-    Tensor::cat(
-        terms
-            .into_iter()
-            .flatten()
-            .map(|t| t.clone().inner())
-            .collect(),
-        0,
-    )
-}
-
-/// The trainer's step (one micro-batch, no accumulation).
-struct Stepper<'a, B: AutodiffBackend> {
-    optimizer: RunOptimizer<B>,
-    config: &'a RunConfig,
+/// One step of the trainer's own code ([`Replica::step_observed`]), `hook` called at its phase
+/// boundaries. A non-finite step is an error: the trainer would skip its update, and timing a
+/// skipped update would time a different step.
+fn bench_step<B>(
+    replica: Replica<B>,
+    batch: &Batch,
+    config: &RunConfig,
     classes: usize,
-    device: B::Device,
-}
-
-impl<B: AutodiffBackend> Stepper<'_, B> {
-    /// One step; `phase_done` runs after forward + loss, backward, the clip check and the
-    /// update.
-    fn step(
-        &mut self,
-        net: PerceptionNet<B>,
-        batch: &Batch,
-        mut phase_done: impl FnMut() -> Result<(), TrainError>,
-    ) -> Result<PerceptionNet<B>, TrainError> {
-        let parts = batch_loss(&net, batch, self.classes, self.config, &self.device);
-        let losses = loss_terms(&parts);
-        phase_done()?;
-        let mut accumulator = GradientsAccumulator::<PerceptionNet<B>>::new();
-        accumulator.accumulate(
-            &net,
-            GradientsParams::from_grads(parts.total.backward(), &net),
-        );
-        let mut grads = accumulator.grads();
-        phase_done()?;
-        let (values, check) = self.optimizer.check_and_clip(&net, &mut grads, losses);
-        phase_done()?;
-        if !check.finite {
-            // Skipping the update, as the trainer would, would time a different step.
-            return Err(TrainError::Data(format!(
-                "the benchmark step's loss ({}) or gradient norm ({}) is not finite",
-                values.first().copied().unwrap_or(f32::NAN),
-                check.norm
-            )));
-        }
-        let net = self.optimizer.step(self.config.train.lr, net, grads);
-        phase_done()?;
-        Ok(net)
+    hook: &mut dyn PhaseHook,
+) -> Result<Replica<B>, TrainError>
+where
+    B: AutodiffBackend,
+    B::InnerBackend: VisionBackend,
+{
+    let micro = std::slice::from_ref(batch);
+    let (replica, outcome) =
+        replica.step_observed(micro, config.train.lr, config, classes, false, hook)?;
+    if !outcome.check.finite {
+        return Err(TrainError::Data(format!(
+            "the benchmark step's loss ({}) or gradient norm ({}) is not finite",
+            outcome.values.first().copied().unwrap_or(f32::NAN),
+            outcome.check.norm
+        )));
     }
+    Ok(replica)
 }
 
 fn run_bench<B>(
@@ -569,13 +533,12 @@ where
     arch.validate()
         .map_err(|e| TrainError::Invalid(format!("--classes {}: {e}", o.classes)))?;
     let kernels_at_start = gpu_runtime::counts();
-    let mut net: PerceptionNet<B> = arch.init_seeded(1, &device);
+    let net: PerceptionNet<B> = arch.init_seeded(1, &device);
     let parameters = net.num_params();
-    let mut stepper = Stepper {
-        optimizer: RunOptimizer::new(&net, &config.optimizer)?,
-        config: &config,
-        classes: o.classes,
-        device: device.clone(),
+    let optimizer = RunOptimizer::new(&net, &config.optimizer)?;
+    let mut replica = Replica::single(net, optimizer, device.clone());
+    let step = |replica, batch: &Batch, hook: &mut dyn PhaseHook| {
+        bench_step(replica, batch, &config, o.classes, hook)
     };
     let memory_probe = DeviceMemoryProbe::new(o.device, &device);
     tracing::info!(
@@ -590,13 +553,12 @@ where
     );
 
     let bar = progress_bar(o.progress, (1 + 2 * o.warmup + 3 * o.steps) as u64);
-    let noop = || Ok(());
 
     // (c) The first step, alone.
     bar.set_message("first step");
     sync::<B>(&device)?;
     let start = Instant::now();
-    net = stepper.step(net, &fixed, noop)?;
+    replica = step(replica, &fixed, &mut ())?;
     sync::<B>(&device)?;
     let first_step_ms = ms(start.elapsed());
     let kernels_after_first = gpu_runtime::counts();
@@ -605,7 +567,7 @@ where
     // (a) The pre-built batch: whole steps, then steps synced by phase.
     bar.set_message("warm-up");
     for _ in 0..o.warmup {
-        net = stepper.step(net, &fixed, noop)?;
+        replica = step(replica, &fixed, &mut ())?;
         bar.inc(1);
     }
     bar.set_message("(a) data loading excluded");
@@ -614,7 +576,7 @@ where
     let mut step_ms = Vec::with_capacity(o.steps);
     for _ in 0..o.steps {
         let start = Instant::now();
-        net = stepper.step(net, &fixed, noop)?;
+        replica = step(replica, &fixed, &mut ())?;
         sync::<B>(&device)?;
         step_ms.push(ms(start.elapsed()));
         bar.inc(1);
@@ -626,18 +588,17 @@ where
     bar.set_message("(a) breakdown by phase");
     let mut phases = [0.0f64; 4];
     for _ in 0..o.steps {
-        let mut k = 0;
         let mut last = Instant::now();
-        net = stepper.step(net, &fixed, || {
+        let mut at_boundary = |phase: Phase| {
             sync::<B>(&device)?;
             let now = Instant::now();
-            phases[k] += ms(now - last);
-            k += 1;
+            phases[phase.index()] += ms(now - last);
             // Sampled after the sync, so the probe's own work is not timed.
             device_memory.sample(&memory_probe);
             last = Instant::now();
             Ok(())
-        })?;
+        };
+        replica = step(replica, &fixed, &mut at_boundary)?;
         bar.inc(1);
     }
     let [forward_loss_ms, backward_ms, clip_check_ms, update_ms] =
@@ -651,7 +612,7 @@ where
     let loader = BatchLoader::spawn(builder, o.warmup + o.steps);
     for _ in 0..o.warmup {
         let loaded = loader.next()?;
-        net = stepper.step(net, &loaded.batch, noop)?;
+        replica = step(replica, &loaded.batch, &mut ())?;
         bar.inc(1);
     }
     sync::<B>(&device)?;
@@ -662,7 +623,7 @@ where
         let wait = Instant::now();
         let loaded = loader.next()?;
         waited += wait.elapsed();
-        net = stepper.step(net, &loaded.batch, noop)?;
+        replica = step(replica, &loaded.batch, &mut ())?;
         bar.inc(1);
     }
     sync::<B>(&device)?;
@@ -670,7 +631,7 @@ where
     let peak_rss_with_data = rss_before_with_data.and(status_mib("VmHWM"));
     device_memory.sample(&memory_probe);
     drop(loader);
-    drop(net);
+    drop(replica);
     bar.finish_and_clear();
     let kernels = match (
         kernels_at_start,

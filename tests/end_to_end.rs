@@ -13,7 +13,7 @@ use percept::model::{ModelSize, PerceptionNet, PerceptionNetConfig, Precision};
 use percept::train::config::RunConfig;
 use percept::train::data::open_for_site;
 use percept::train::export::{output_values, probe_input};
-use percept::train::trainer::batch_loss;
+use percept::train::step::batch_loss;
 use percept::train::DeviceSpec;
 
 mod common;

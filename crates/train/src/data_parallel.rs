@@ -25,7 +25,7 @@ use std::thread::JoinHandle;
 
 use burn::collective::{self, CollectiveConfig, PeerId, ReduceOperation};
 use burn::module::{ModuleVisitor, Param, ParamId};
-use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
 use burn::tensor::backend::AutodiffBackend;
@@ -36,9 +36,10 @@ use percept_model::{PerceptionNet, PerceptionNetConfig};
 
 use crate::config::RunConfig;
 use crate::gradient_hub::{GradientHub, HubClient};
-use crate::optim::{GradCheck, RunOptimizer};
-use crate::running_stats::{running_ids, RunningStats};
-use crate::trainer::{batch_loss, LossValues};
+use crate::optim::RunOptimizer;
+use crate::running_stats::running_ids;
+pub use crate::step::StepOutcome;
+use crate::step::{optimisation_step, PhaseHook, Reduce, StepState};
 use crate::TrainError;
 
 /// This process's place in a run spread over several nodes (one process each).
@@ -83,14 +84,6 @@ impl Cluster {
             master: master.into(),
         })
     }
-}
-
-/// What one optimisation step found.
-#[derive(Debug, Clone)]
-pub struct StepOutcome {
-    /// The loss terms ([`LossValues`] order), averaged over micro-batches and replicas.
-    pub values: Vec<f32>,
-    pub check: GradCheck,
 }
 
 /// One model copy on one device, with its optimiser.
@@ -162,59 +155,47 @@ where
         })
     }
 
-    /// One optimisation step on `micro`, this replica's part of each micro-batch of the step:
-    /// forward and backward on each (the loss divided by their number, so the gradient is
-    /// their mean), the all-reduce with the other replicas, the finite check and clip, and
-    /// the update. A non-finite step leaves the weights and the batch-norm statistics as they
-    /// were. `poison` multiplies the loss by NaN (fault injection for tests).
+    /// One optimisation step ([`crate::step`]) on `micro`, this replica's part of each
+    /// micro-batch of the step, its gradients averaged with the other replicas'.
     pub fn step(
-        mut self,
+        self,
         micro: &[Batch],
         lr: f64,
         config: &RunConfig,
         num_classes: usize,
         poison: bool,
     ) -> Result<(Self, StepOutcome), TrainError> {
-        let running = RunningStats::snapshot(&self.net, &self.running_ids);
-        let mut accumulator = GradientsAccumulator::<PerceptionNet<B>>::new();
-        let mut losses: Option<Tensor<B::InnerBackend, 1>> = None;
-        let count = micro.len();
-        for batch in micro {
-            let mut parts = batch_loss(&self.net, batch, num_classes, config, &self.device);
-            if poison {
-                parts.total = parts.total.mul_scalar(f32::NAN);
-            }
-            let values = LossValues::tensor(&parts);
-            losses = Some(match losses {
-                Some(l) => l + values,
-                None => values,
-            });
-            let objective = if count > 1 {
-                parts.total.div_scalar(count as f32)
-            } else {
-                parts.total
-            };
-            let grads = GradientsParams::from_grads(objective.backward(), &self.net);
-            accumulator.accumulate(&self.net, grads);
-        }
-        let mut grads = accumulator.grads();
-        let mut losses = losses.expect("at least one micro-batch");
-        if count > 1 {
-            losses = losses.div_scalar(count as f32);
-        }
-        if let Some(peer) = self.peer {
-            (grads, losses) = all_reduce_mean(&self.net, grads, losses, |flat| {
+        self.step_observed(micro, lr, config, num_classes, poison, &mut ())
+    }
+
+    /// [`step`](Self::step) with `hook` called at each phase boundary.
+    pub fn step_observed(
+        mut self,
+        micro: &[Batch],
+        lr: f64,
+        config: &RunConfig,
+        num_classes: usize,
+        poison: bool,
+        hook: &mut dyn PhaseHook,
+    ) -> Result<(Self, StepOutcome), TrainError> {
+        let device = self.device.clone();
+        let peer = self.peer;
+        let mut through_collective = |net: &PerceptionNet<B>, grads, losses| {
+            all_reduce_mean(net, grads, losses, |flat| {
                 let reduced = collective::all_reduce::<B::InnerBackend>(
-                    peer,
+                    peer.expect("a replica of the collective"),
                     flat.into_primitive().tensor(),
                     ReduceOperation::Mean,
                 )
                 .map_err(|e| collective_error("gradient all-reduce", e))?;
                 Ok(Tensor::from_primitive(TensorPrimitive::Float(reduced)))
-            })?;
-        } else if let Some(hub) = &mut self.hub {
-            let device = self.device.clone();
-            (grads, losses) = all_reduce_mean(&self.net, grads, losses, |flat| {
+            })
+        };
+        let has_hub = self.hub.is_some();
+        let hub = &mut self.hub;
+        let mut through_hub = |net: &PerceptionNet<B>, grads, losses| {
+            let hub = hub.as_mut().expect("a replica of the gradient hub");
+            all_reduce_mean(net, grads, losses, |flat| {
                 let n = flat.dims()[0];
                 let mut values = flat
                     .into_data()
@@ -222,15 +203,25 @@ where
                     .map_err(|e| TrainError::Device(format!("reading gradients: {e:?}")))?;
                 hub.all_reduce_mean(&mut values)?;
                 Ok(Tensor::from_data(TensorData::new(values, [n]), &device))
-            })?;
-        }
-        let (values, check) = self.optimizer.check_and_clip(&self.net, &mut grads, losses);
-        self.net = if check.finite {
-            self.optimizer.step(lr, self.net, grads)
-        } else {
-            running.restore(self.net)
+            })
         };
-        Ok((self, StepOutcome { values, check }))
+        let reduce: Reduce<'_, B> = if peer.is_some() {
+            Some(&mut through_collective)
+        } else if has_hub {
+            Some(&mut through_hub)
+        } else {
+            None
+        };
+        let state = StepState {
+            net: self.net,
+            optimizer: &mut self.optimizer,
+            device: &self.device,
+            running_ids: &self.running_ids,
+        };
+        let (net, outcome) =
+            optimisation_step(state, micro, lr, config, num_classes, poison, reduce, hook)?;
+        self.net = net;
+        Ok((self, outcome))
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod backend;
 pub mod checkpoint;
+pub mod checkpointer;
 pub mod config;
 pub mod config_source;
 pub mod data;
@@ -14,9 +15,13 @@ pub mod gradient_hub;
 pub mod interrupt;
 pub mod loader;
 pub mod optim;
+pub mod run_log;
 pub mod running_stats;
 pub mod schedule;
+pub mod step;
+pub mod tensorboard;
 pub mod trainer;
+pub mod validation;
 
 use std::path::PathBuf;
 

@@ -13,11 +13,15 @@
 //! counters. Nothing else in a step is random (the network has no dropout). On the CPU backend a
 //! run killed at any point and resumed from its last checkpoint ends with the same bits as one
 //! that was never interrupted (`tests/resume.rs` kills a child process to check it).
+//!
+//! # The run object
+//!
+//! [`train`] is [`Run::start`] (fresh or resumed), then per step [`Run::step`] (data, the
+//! optimisation step of [`crate::step`], EMA), [`Run::log`], [`Run::checkpoint`] and
+//! [`Run::validate`], then [`Run::finish`].
 
 use std::collections::BTreeSet;
-use std::fs::File;
-use std::io::{IsTerminal, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,31 +30,30 @@ use burn::prelude::*;
 use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
 use burn::tensor::backend::AutodiffBackend;
 use burn::vision::VisionBackend;
-use indicatif::{ProgressBar, ProgressStyle};
-use percept_data::{AuditEvent, AuditHead, AuditLog, Batch, Dataset, SamplerState};
-use percept_model::{
-    assign_targets, autocast, multitask_loss, use_conv_kernels, LossParts, PerceptionNet,
-    PerceptionNetConfig,
+use percept_data::{AuditEvent, AuditHead, AuditLog, Batch};
+use percept_eval::metrics_log::LossValues;
+use percept_eval::model_file::{
+    load_matching, read_model_card, ModelCard, Normalization, Provenance, MODEL_FORMAT,
 };
-use serde::{Deserialize, Serialize};
+use percept_model::{PerceptionNet, PerceptionNetConfig};
+use serde::Serialize;
 
 use crate::backend::BackendTask;
 pub use crate::checkpoint::{state_path, RunState};
 use crate::checkpoint::{CheckpointDir, CheckpointKind, NonfiniteSteps, TrainingState};
-use crate::config::{BestMetric, ProgressStyleKind, RunConfig};
+use crate::checkpointer::{Checkpointer, Position};
+use crate::config::RunConfig;
 use crate::data::{audit, TrainingData};
 use crate::data_parallel::{self, Cluster, Replica, ReplicaWorkers, StepOutcome};
 use crate::ema::WeightEma;
 use crate::loader::{BatchBuilder, BatchLoader, LoaderOptions};
 use crate::optim::RunOptimizer;
-use crate::schedule::{LearningRateSchedule, ScheduleState};
+use crate::run_log::{Pace, RunLog, StepRecord};
+use crate::schedule::LearningRateSchedule;
+use crate::step::loss_values;
+use crate::validation::validate;
 use crate::TrainError;
 use percept_data::atomic_file::write_atomic;
-use percept_eval::eval::{evaluate, EvalOptions};
-use percept_eval::inputs::{batch_tensors, detection_targets};
-use percept_eval::model_file::{
-    load_matching, read_model_card, save_model, ModelCard, Normalization, MODEL_FORMAT,
-};
 
 /// What a run (or this part of it) produced.
 #[derive(Debug, Clone, Serialize)]
@@ -81,195 +84,6 @@ pub struct TrainSummary {
 }
 
 /// Loss values (unweighted terms), as logged; absent terms belong to tasks switched off.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-pub struct LossValues {
-    pub total: f32,
-    pub classification: Option<f32>,
-    pub box_iou: Option<f32>,
-    pub drivable: Option<f32>,
-    pub lanes: Option<f32>,
-}
-
-impl LossValues {
-    /// The terms as one `[n]` tensor, total first then the present terms in order, detached.
-    pub(crate) fn tensor<B: AutodiffBackend>(parts: &LossParts<B>) -> Tensor<B::InnerBackend, 1> {
-        let mut all = vec![parts.total.clone().inner()];
-        for t in [
-            &parts.classification,
-            &parts.box_iou,
-            &parts.drivable,
-            &parts.lanes,
-        ]
-        .into_iter()
-        .flatten()
-        {
-            all.push(t.clone().inner());
-        }
-        Tensor::cat(all, 0)
-    }
-
-    /// Inverse of [`Self::tensor`] given which terms are present.
-    fn from_values(values: &[f32], present: [bool; 4]) -> LossValues {
-        let mut it = values.iter().copied();
-        let total = it.next().unwrap_or(f32::NAN);
-        let mut next = |p: bool| if p { it.next() } else { None };
-        LossValues {
-            total,
-            classification: next(present[0]),
-            box_iou: next(present[1]),
-            drivable: next(present[2]),
-            lanes: next(present[3]),
-        }
-    }
-
-    fn short(&self) -> String {
-        let f =
-            |name: &str, v: Option<f32>| v.map(|v| format!(" {name} {v:.3}")).unwrap_or_default();
-        format!(
-            "loss {:.3}{}{}{}{}",
-            self.total,
-            f("cls", self.classification),
-            f("box", self.box_iou),
-            f("da", self.drivable),
-            f("ll", self.lanes)
-        )
-    }
-}
-
-/// Sums of loss values over steps, for window and epoch means.
-#[derive(Debug, Clone, Default)]
-struct LossMean {
-    sum: [f64; 5],
-    steps: usize,
-    present: [bool; 4],
-}
-
-impl LossMean {
-    fn add(&mut self, v: &LossValues) {
-        let terms = [v.classification, v.box_iou, v.drivable, v.lanes];
-        self.sum[0] += v.total as f64;
-        for (k, t) in terms.iter().enumerate() {
-            self.present[k] = t.is_some();
-            self.sum[k + 1] += t.unwrap_or(0.0) as f64;
-        }
-        self.steps += 1;
-    }
-
-    /// The mean since the last take, and a fresh start.
-    fn take(&mut self) -> Option<LossValues> {
-        if self.steps == 0 {
-            return None;
-        }
-        let n = self.steps as f64;
-        let m = |k: usize| (self.sum[k] / n) as f32;
-        let p = self.present;
-        let mean = LossValues {
-            total: m(0),
-            classification: p[0].then(|| m(1)),
-            box_iou: p[1].then(|| m(2)),
-            drivable: p[2].then(|| m(3)),
-            lanes: p[3].then(|| m(4)),
-        };
-        *self = LossMean::default();
-        Some(mean)
-    }
-}
-
-/// One line of `metrics.jsonl`; see `percept plot` (crate::plot) for the reader.
-#[derive(Serialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-enum MetricsLine<'a> {
-    /// Means over the steps since the previous step line.
-    Step {
-        step: usize,
-        epoch: u64,
-        lr: f64,
-        loss: &'a LossValues,
-        grad_norm: Option<f32>,
-        images_per_second: f64,
-        elapsed_seconds: f64,
-        data_wait_fraction: f64,
-        skipped_samples: usize,
-        nonfinite_steps: usize,
-    },
-    /// Means over an epoch's steps (`steps` of them: fewer than the epoch when the run was
-    /// resumed inside it).
-    Epoch {
-        step: usize,
-        epoch: u64,
-        steps: usize,
-        loss: &'a LossValues,
-    },
-    Validation(&'a ValidationResult),
-}
-
-/// Validation metrics at a step.
-#[derive(Debug, Clone, Serialize)]
-pub struct ValidationResult {
-    pub step: usize,
-    /// `ema` or `raw`.
-    pub weights: &'static str,
-    pub datasets: Vec<DatasetMetrics>,
-    /// Each metric's mean over the datasets that have it.
-    pub mean: DatasetMetrics,
-    /// `checkpoint.best_metric` of `mean` (higher is better); null when the model has none.
-    pub score: Option<f64>,
-}
-
-/// Metrics of one validation split (a metric is null when the task is off or unlabelled).
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct DatasetMetrics {
-    pub name: String,
-    pub images: usize,
-    pub map50: Option<f64>,
-    pub map50_95: Option<f64>,
-    pub drivable_miou: Option<f64>,
-    pub lane_iou: Option<f64>,
-}
-
-impl DatasetMetrics {
-    fn score(&self, metric: BestMetric) -> Option<f64> {
-        match metric {
-            BestMetric::Map50 => self.map50,
-            BestMetric::Map50_95 => self.map50_95,
-            BestMetric::DrivableMiou => self.drivable_miou,
-            BestMetric::LaneIou => self.lane_iou,
-            BestMetric::Mean => {
-                let v: Vec<f64> = [self.map50, self.drivable_miou, self.lane_iou]
-                    .into_iter()
-                    .flatten()
-                    .collect();
-                (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
-            }
-        }
-    }
-}
-
-/// One training step's loss on a batch (forward only; the caller runs backward).
-pub fn batch_loss<B: Backend>(
-    net: &PerceptionNet<B>,
-    batch: &Batch,
-    num_classes: usize,
-    config: &RunConfig,
-    device: &B::Device,
-) -> LossParts<B> {
-    let (images, seg) = batch_tensors::<B>(batch, device);
-    let output = {
-        // The casts are autodiff ops: backward needs no guard.
-        let _autocast = autocast(config.train.precision);
-        let _kernels = use_conv_kernels(config.train.conv);
-        net.forward(images)
-    };
-    let det_targets = output.detection.as_ref().map(|_| {
-        assign_targets(
-            batch.height,
-            batch.width,
-            &detection_targets(batch),
-            num_classes,
-        )
-    });
-    multitask_loss(&output, det_targets.as_ref(), &seg, &config.loss)
-}
 
 /// Test-only fault injection: these steps' losses are multiplied by NaN before backward, so
 /// their gradients are non-finite too (the real path a diverging run takes).
@@ -313,253 +127,6 @@ impl BackendTask for TrainTask<'_> {
 }
 
 /// On a GPU: what the first step compiled and tuned (a warm kernel cache makes it none).
-fn log_first_step_kernels(took: Duration) {
-    if let Some(k) = crate::gpu_runtime::counts() {
-        tracing::info!(
-            "first step: {:.1} s, {} kernels compiled ({} not compiled by a warm-up), {} autotune \
-             keys tuned ({} candidates timed)",
-            took.as_secs_f64(),
-            k.compiled,
-            k.not_warmed.unwrap_or(k.compiled),
-            k.keys_tuned,
-            k.candidates_timed
-        );
-    }
-}
-
-/// Validates `net` on every validation split.
-fn validate<B: VisionBackend>(
-    net: &PerceptionNet<B>,
-    card: &ModelCard,
-    sets: &[Dataset],
-    config: &RunConfig,
-    step: usize,
-    weights: &'static str,
-    device: &B::Device,
-) -> Result<ValidationResult, TrainError> {
-    let options = EvalOptions {
-        batch_size: config.validation.batch_size,
-        resolution: config.eval.resolution,
-        examples: 0,
-        max_images: config.validation.max_images,
-    };
-    let _kernels = use_conv_kernels(config.train.conv);
-    let mut datasets = Vec::new();
-    for ds in sets {
-        let r = evaluate(net, card, ds, &options, device, &ProgressBar::hidden())?.report;
-        datasets.push(DatasetMetrics {
-            name: ds.manifest().name.clone(),
-            images: r.images,
-            map50: r.detection.as_ref().map(|d| d.metrics.map50),
-            map50_95: r.detection.as_ref().map(|d| d.metrics.map50_95),
-            drivable_miou: r.drivable.as_ref().map(|d| d.miou),
-            lane_iou: r.lanes.as_ref().map(|l| l.iou),
-        });
-    }
-    let mean_of = |f: fn(&DatasetMetrics) -> Option<f64>| {
-        let v: Vec<f64> = datasets.iter().filter_map(f).collect();
-        (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
-    };
-    let mean = DatasetMetrics {
-        name: "mean".into(),
-        images: datasets.iter().map(|d| d.images).sum(),
-        map50: mean_of(|d| d.map50),
-        map50_95: mean_of(|d| d.map50_95),
-        drivable_miou: mean_of(|d| d.drivable_miou),
-        lane_iou: mean_of(|d| d.lane_iou),
-    };
-    Ok(ValidationResult {
-        step,
-        weights,
-        score: mean.score(config.checkpoint.best_metric),
-        datasets,
-        mean,
-    })
-}
-
-/// Progress: a bar on a terminal, plain log lines every `logging.line_seconds` otherwise.
-struct Progress {
-    bar: ProgressBar,
-    lines: bool,
-    every: Duration,
-    last_line: Instant,
-}
-
-impl Progress {
-    fn new(config: &RunConfig, start_step: usize) -> Progress {
-        let terminal = std::io::stderr().is_terminal();
-        let bar_wanted = match config.logging.progress {
-            ProgressStyleKind::Auto => terminal,
-            ProgressStyleKind::Bar => true,
-            ProgressStyleKind::Lines => false,
-        };
-        let bar = if bar_wanted {
-            let bar = ProgressBar::new(config.train.steps as u64);
-            bar.set_style(
-                ProgressStyle::with_template(
-                    "{prefix} [{elapsed_precise}] {bar:24.cyan/blue} {pos}/{len} {msg} ETA {eta}",
-                )
-                .expect("valid template")
-                .progress_chars("=> "),
-            );
-            bar.set_prefix("train");
-            bar.set_position(start_step as u64);
-            bar.reset_eta();
-            bar
-        } else {
-            ProgressBar::hidden()
-        };
-        Progress {
-            bar,
-            lines: !bar_wanted,
-            every: Duration::from_secs_f64(config.logging.line_seconds),
-            last_line: Instant::now(),
-        }
-    }
-}
-
-/// Everything of a run's position that a checkpoint saves besides weights and optimiser.
-struct Position {
-    step: usize,
-    sampler: Option<SamplerState>,
-    schedule: ScheduleState,
-    nonfinite: NonfiniteSteps,
-    skipped_samples: usize,
-    known_bad: BTreeSet<(usize, usize)>,
-}
-
-/// Writes checkpoints and records them in the audit log.
-struct Checkpointer<'a> {
-    dir: CheckpointDir,
-    card: ModelCard,
-    config_hash: String,
-    audit: &'a mut AuditLog,
-    /// The newest checkpoint written or resumed from.
-    last: Option<(PathBuf, String)>,
-}
-
-impl Checkpointer<'_> {
-    /// Saves checkpoint `name`: the model file (`eval_net`: the EMA weights when there are
-    /// any), the training state, then the commit record.
-    #[allow(clippy::too_many_arguments)]
-    fn save<B: AutodiffBackend>(
-        &mut self,
-        name: &str,
-        kind: CheckpointKind,
-        net: &PerceptionNet<B>,
-        ema: Option<&WeightEma<B::InnerBackend>>,
-        optimizer: &RunOptimizer<B>,
-        position: &Position,
-        score: Option<f64>,
-    ) -> Result<(PathBuf, String), TrainError> {
-        let files = self.dir.files(name);
-        let mut card = self.card.clone();
-        card.provenance.steps = position.step;
-        card.provenance.audit_head = Some(self.audit.head());
-        let raw;
-        let eval_net = match ema {
-            Some(e) => e.weights(),
-            None => {
-                raw = net.valid();
-                &raw
-            }
-        };
-        let hash = save_model(eval_net, &card, &files.model)?;
-        let recorder = BinBytesRecorder::<FullPrecisionSettings>::default();
-        let record_err = |e: burn::record::RecorderError| TrainError::ModelFile {
-            path: files.training.clone(),
-            message: format!("could not serialise the training state: {e}"),
-        };
-        let training = TrainingState {
-            model: recorder
-                .record(net.clone().into_record(), ())
-                .map_err(record_err)?,
-            optimizer: optimizer.to_bytes()?.into_iter().collect(),
-            ema: ema
-                .map(|e| recorder.record(e.weights().clone().into_record(), ()))
-                .transpose()
-                .map_err(record_err)?,
-        }
-        .to_bytes();
-        let training_hash = blake3::hash(&training).to_hex().to_string();
-        let audit_head = audit(
-            self.audit,
-            AuditEvent::Checkpoint {
-                path: files.model.display().to_string(),
-                step: position.step as u64,
-                hash: hash.clone(),
-                training_state_hash: Some(training_hash.clone()),
-            },
-        )?;
-        let state = RunState {
-            step: position.step,
-            kind,
-            checkpoint: format!("{name}.safetensors"),
-            checkpoint_hash: hash.clone(),
-            training_state: format!("{name}.train.safetensors"),
-            training_state_hash: training_hash,
-            config_hash: self.config_hash.clone(),
-            sampler: position
-                .sampler
-                .clone()
-                .expect("a checkpoint follows at least one step"),
-            schedule: position.schedule.clone(),
-            ema_updates: ema.map(|e| e.updates()),
-            nonfinite: position.nonfinite,
-            skipped_samples: position.skipped_samples,
-            known_bad: position.known_bad.iter().copied().collect(),
-            score,
-            audit_head,
-        };
-        self.dir.commit(name, &training, &state)?;
-        self.last = Some((files.model.clone(), hash.clone()));
-        Ok((files.model, hash))
-    }
-
-    fn last_description(&self) -> String {
-        match &self.last {
-            Some((path, _)) => format!("The last checkpoint, {}, is intact.", path.display()),
-            None => "No checkpoint had been written yet.".into(),
-        }
-    }
-}
-
-fn io_err(path: &Path) -> impl Fn(std::io::Error) -> TrainError + '_ {
-    move |e| TrainError::Io {
-        path: path.to_path_buf(),
-        source: e,
-    }
-}
-
-/// Opens `metrics.jsonl` for appending; on resume, first drops the lines after the resumed
-/// step (written by the interrupted process after its last checkpoint).
-fn open_metrics(path: &Path, resumed_at: Option<usize>) -> Result<File, TrainError> {
-    match resumed_at {
-        None => File::create(path).map_err(io_err(path)),
-        Some(step) => {
-            let text = std::fs::read_to_string(path).unwrap_or_default();
-            let kept: String = text
-                .lines()
-                .filter(|line| {
-                    serde_json::from_str::<serde_json::Value>(line)
-                        .ok()
-                        .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
-                        .is_some_and(|s| s as usize <= step)
-                })
-                .map(|l| format!("{l}\n"))
-                .collect();
-            write_atomic(path, kept.as_bytes())?;
-            std::fs::OpenOptions::new()
-                .append(true)
-                .open(path)
-                .map_err(io_err(path))
-        }
-    }
-}
-
-fn write_line(file: &mut File, path: &Path, line: &MetricsLine) -> Result<(), TrainError> {
-    writeln!(file, "{}", serde_json::to_string(line).expect("serialises")).map_err(io_err(path))
-}
 
 /// Trains on `devices` (more than one: data-parallel, see [`crate::data_parallel`]).
 fn train<B>(task: TrainTask<'_>, devices: &[B::Device]) -> Result<TrainSummary, TrainError>
@@ -567,38 +134,461 @@ where
     B: AutodiffBackend,
     B::InnerBackend: VisionBackend,
 {
-    let device = &devices[0];
-    let TrainTask {
-        config,
-        run_dir,
-        data,
-        audit: audit_log,
-        resume,
-        faults,
-        cluster,
-    } = task;
-    let classes = data.classes().to_vec();
-    let provenance = data.provenance(config);
-    let arch = PerceptionNetConfig {
-        size: config.model.size,
-        num_classes: classes.len(),
-        tasks: config.model.tasks,
-    };
-    arch.validate()
-        .map_err(|e| TrainError::Invalid(e.to_string()))?;
-    let mut net: PerceptionNet<B> = arch.init_seeded(config.train.seed, device);
-    let mut provenance = provenance;
-    match (&resume, &config.train.init) {
+    let config = task.config;
+    let mut run = Run::<B>::start(task, devices)?;
+    let mut interrupted = false;
+    for step in run.start_step + 1..=config.train.steps {
+        let record = run.step(step)?;
+        run.log(&record)?;
+        // Ctrl-C (or SIGTERM): finish this step, checkpoint it, stop.
+        let stop = crate::interrupt::stop_requested() && step < config.train.steps;
+        run.checkpoint(step, stop)?;
+        run.validate(step)?;
+        run.log.advance();
+        if stop {
+            interrupted = true;
+            break;
+        }
+    }
+    run.finish(interrupted)
+}
+
+/// A run in progress: the replicas, the optimiser's schedule, the EMA, the data and where the
+/// run stands, with what it writes.
+struct Run<'a, B: AutodiffBackend> {
+    config: &'a RunConfig,
+    run_dir: PathBuf,
+    device: B::Device,
+    data: Arc<TrainingData>,
+    /// `None` only inside [`Run::step`].
+    replica: Option<Replica<B>>,
+    workers: ReplicaWorkers,
+    schedule: LearningRateSchedule,
+    ema: Option<WeightEma<B::InnerBackend>>,
+    position: Position,
+    checkpointer: Checkpointer<'a>,
+    /// `None` once finished (its threads stopped).
+    batches: Option<BatchLoader>,
+    log: RunLog,
+    faults: Faults,
+    parameters: usize,
+    start_step: usize,
+    /// Images per optimisation step over every replica of every node.
+    images_per_step: usize,
+    started: Instant,
+    waited: Duration,
+    last_losses: LossValues,
+}
+
+/// The network, optimiser state and position a run starts from.
+struct Start<B: AutodiffBackend> {
+    net: PerceptionNet<B>,
+    optimizer: RunOptimizer<B>,
+    schedule: LearningRateSchedule,
+    ema: Option<WeightEma<B::InnerBackend>>,
+    position: Position,
+    /// The checkpoint resumed from.
+    last_checkpoint: Option<(PathBuf, String)>,
+}
+
+impl<'a, B> Run<'a, B>
+where
+    B: AutodiffBackend,
+    B::InnerBackend: VisionBackend,
+{
+    /// Builds the network (from `train.init` or the resumed checkpoint), the replicas, the
+    /// data loader and the logs.
+    fn start(task: TrainTask<'a>, devices: &[B::Device]) -> Result<Self, TrainError> {
+        let TrainTask {
+            config,
+            run_dir,
+            data,
+            audit: audit_log,
+            resume,
+            faults,
+            cluster,
+        } = task;
+        let device = devices[0].clone();
+        let arch = PerceptionNetConfig {
+            size: config.model.size,
+            num_classes: data.classes().len(),
+            tasks: config.model.tasks,
+        };
+        arch.validate()
+            .map_err(|e| TrainError::Invalid(e.to_string()))?;
+        let mut provenance = data.provenance(config);
+        let net = initial_network::<B>(
+            &arch,
+            config,
+            &run_dir,
+            resume.as_ref(),
+            &mut provenance,
+            &device,
+        )?;
+        let parameters = net.num_params();
+        log_model(config, &arch, parameters, data.len());
+        let checkpoints = CheckpointDir::new(run_dir.join("checkpoints"));
+        let data = Arc::new(data);
+        let (start, sampler) = match &resume {
+            None => (fresh_start(net, config)?, data.sampler(config)?),
+            Some(state) => (
+                resume_start(net, config, state, &checkpoints, &device)?,
+                data.resume_sampler(config, state.sampler.clone())?,
+            ),
+        };
+        log_groups(&start.optimizer);
+        let start_step = start.position.step;
+        let mut replica = Replica::single(start.net, start.optimizer, device.clone());
+        let workers = ReplicaWorkers::start(
+            &mut replica,
+            devices,
+            &arch,
+            config,
+            cluster.as_ref(),
+            start_step,
+        )?;
+        log_replicas(config, &workers, cluster.as_ref());
+        let world = workers.world_size();
+        let batches = spawn_loader(config, &data, sampler, &start.position, &workers)?;
+        let epoch = start.position.sampler.as_ref().map_or(0, |s| s.epoch);
+        let log = RunLog::open(
+            config,
+            &run_dir,
+            resume.as_ref().map(|s| s.step),
+            start_step,
+            epoch,
+        )?;
+        let checkpointer = Checkpointer {
+            dir: checkpoints,
+            card: ModelCard {
+                format: MODEL_FORMAT.into(),
+                architecture: arch,
+                classes: data.classes().to_vec(),
+                input: config.model.input.clone(),
+                normalization: Normalization::default(),
+                decode: config.eval.decode(),
+                eval_resolution: config.eval.resolution,
+                provenance,
+            },
+            config_hash: config.hash(),
+            audit: audit_log,
+            last: start.last_checkpoint,
+        };
+        Ok(Run {
+            config,
+            run_dir,
+            device,
+            data,
+            replica: Some(replica),
+            workers,
+            schedule: start.schedule,
+            ema: start.ema,
+            position: start.position,
+            checkpointer,
+            batches: Some(batches),
+            log,
+            faults,
+            parameters,
+            start_step,
+            images_per_step: config.train.batch_size * config.train.grad_accumulation * world,
+            started: Instant::now(),
+            waited: Duration::ZERO,
+            last_losses: LossValues::default(),
+        })
+    }
+
+    fn replica(&self) -> &Replica<B> {
+        self.replica.as_ref().expect("a replica outside a step")
+    }
+
+    /// Step `step`: its micro-batches, the optimisation step on every replica, the EMA and
+    /// the non-finite accounting (too many in a row stops the run).
+    fn step(&mut self, step: usize) -> Result<StepRecord, TrainError> {
+        let config = self.config;
+        let lr = self.schedule.step();
+        let local = self.workers.local_replicas();
+        let mut parts = self.micro_batches(local)?;
+        let poison = self.faults.nonfinite_steps.contains(&step);
+        let own = std::mem::take(&mut parts[0]);
+        self.workers.send(parts, lr, poison)?;
+        let replica = self.replica.take().expect("a replica outside a step");
+        let (replica, outcome) = replica.step(&own, lr, config, self.num_classes(), poison)?;
+        self.replica = Some(replica);
+        if step == self.start_step + 1 {
+            log_first_step_kernels(self.started.elapsed());
+        }
+        let StepOutcome { values, check } = outcome;
+        let tasks = config.model.tasks;
+        let losses = loss_values(
+            &values,
+            [
+                tasks.detection,
+                tasks.detection,
+                tasks.drivable,
+                tasks.lanes,
+            ],
+        );
+        self.position.step = step;
+        let finite = if check.finite {
+            if let Some(e) = self.ema.as_mut() {
+                e.update(self.replica.as_ref().expect("replica").net.valid());
+            }
+            self.position.nonfinite.in_a_row = 0;
+            self.last_losses = losses;
+            Some((losses, check.norm))
+        } else {
+            self.nonfinite(step, &losses, check.norm)?;
+            None
+        };
+        self.position.schedule = self.schedule.state::<B>();
+        Ok(StepRecord {
+            step,
+            lr,
+            finite,
+            losses,
+            epoch: self.position.sampler.as_ref().map_or(0, |s| s.epoch),
+            skipped_samples: self.position.skipped_samples,
+            nonfinite_steps: self.position.nonfinite.total,
+        })
+    }
+
+    fn num_classes(&self) -> usize {
+        self.checkpointer.card.classes.len()
+    }
+
+    /// This step's `grad_accumulation` micro-batches, split into the local replicas' parts;
+    /// skipped samples go to the audit log.
+    fn micro_batches(&mut self, local: usize) -> Result<Vec<Vec<Batch>>, TrainError> {
+        let accumulation = self.config.train.grad_accumulation;
+        let mut parts: Vec<Vec<Batch>> = vec![Vec::with_capacity(accumulation); local];
+        for _ in 0..accumulation {
+            let wait = Instant::now();
+            let loaded = self
+                .batches
+                .as_ref()
+                .expect("a loader until finish")
+                .next()?;
+            self.waited += wait.elapsed();
+            for s in &loaded.skipped {
+                tracing::warn!(
+                    "skipped sample {} of {} in dataset {}: {}",
+                    s.index,
+                    s.shard,
+                    s.dataset,
+                    s.reason
+                );
+                self.position.known_bad.insert(s.slot);
+                audit(
+                    self.checkpointer.audit,
+                    AuditEvent::SampleSkipped {
+                        dataset: s.dataset.clone(),
+                        shard: s.shard.clone(),
+                        index: s.index as u64,
+                        sample_id: None,
+                        reason: s.reason.clone(),
+                    },
+                )?;
+            }
+            self.position.skipped_samples += loaded.skipped.len();
+            // This node's ranks' parts of the global micro-batch, one per local replica.
+            for (own, part) in parts.iter_mut().zip(loaded.batch.split(local)) {
+                own.push(part);
+            }
+            self.position.sampler = Some(loaded.sampler_state);
+        }
+        Ok(parts)
+    }
+
+    /// Counts a skipped (non-finite) step; too many in a row is an error naming the last
+    /// intact checkpoint.
+    fn nonfinite(&mut self, step: usize, losses: &LossValues, norm: f32) -> Result<(), TrainError> {
+        let n = &mut self.position.nonfinite;
+        n.total += 1;
+        n.in_a_row += 1;
+        tracing::warn!(
+            "step {step}: non-finite loss ({}) or gradient norm ({norm}); step skipped ({} in a \
+             row, {} in all)",
+            losses.total,
+            n.in_a_row,
+            n.total
+        );
+        if n.in_a_row >= self.config.train.max_nonfinite_steps {
+            self.log.abandon();
+            return Err(TrainError::NonFinite {
+                step,
+                in_a_row: n.in_a_row,
+                last_checkpoint: self.checkpointer.last_description(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Throughput so far.
+    fn pace(&self, step: usize) -> Pace {
+        let elapsed = self.started.elapsed().as_secs_f64();
+        let done = step - self.start_step;
+        Pace {
+            images_per_second: (done * self.images_per_step) as f64 / elapsed.max(1e-9),
+            elapsed_seconds: elapsed,
+            data_wait_fraction: self.waited.as_secs_f64() / elapsed.max(1e-9),
+        }
+    }
+
+    /// The step's metrics lines, TensorBoard scalars and progress.
+    fn log(&mut self, record: &StepRecord) -> Result<(), TrainError> {
+        let pace = self.pace(record.step);
+        self.log.step(record, &pace)
+    }
+
+    /// A periodic checkpoint when one is due, or the interrupted run's last one (`stop`).
+    fn checkpoint(&mut self, step: usize, stop: bool) -> Result<(), TrainError> {
+        let c = &self.config.checkpoint;
+        let periodic = c.every > 0 && step % c.every == 0 && step < self.config.train.steps;
+        if periodic || stop {
+            self.save(&format!("step-{step:06}"), CheckpointKind::Periodic, None)?;
+            self.checkpointer.dir.retain(c.keep_last, c.keep_best)?;
+        }
+        Ok(())
+    }
+
+    fn save(
+        &mut self,
+        name: &str,
+        kind: CheckpointKind,
+        score: Option<f64>,
+    ) -> Result<(PathBuf, String), TrainError> {
+        let replica = self.replica.as_ref().expect("a replica outside a step");
+        self.checkpointer.save(
+            name,
+            kind,
+            &replica.net,
+            self.ema.as_ref(),
+            &replica.optimizer,
+            &self.position,
+            score,
+        )
+    }
+
+    /// Validation when due (every `validation.every` steps and at the last), of the EMA
+    /// weights when there are any; a score among the best saves a `best` checkpoint.
+    fn validate(&mut self, step: usize) -> Result<(), TrainError> {
+        let v = self.config.validation.every;
+        if v == 0 || (step % v != 0 && step != self.config.train.steps) {
+            return Ok(());
+        }
+        let (weights, name) = match &self.ema {
+            Some(e) => (e.weights().clone(), "ema"),
+            None => (self.replica().net.valid(), "raw"),
+        };
+        let (result, examples) = validate(
+            &weights,
+            &self.checkpointer.card,
+            self.data.validation(),
+            self.config,
+            step,
+            name,
+            &self.device,
+        )?;
+        self.log.validation(&result)?;
+        for (k, example) in examples.iter().enumerate() {
+            self.log
+                .example(&format!("val/{name}/example-{k}"), step, &example.overlay);
+        }
+        let (keep_last, keep) = (
+            self.config.checkpoint.keep_last,
+            self.config.checkpoint.keep_best,
+        );
+        if let Some(score) = result.score {
+            if self.checkpointer.dir.is_among_best(score, keep) {
+                self.save(
+                    &format!("best-{step:06}"),
+                    CheckpointKind::Best,
+                    Some(score),
+                )?;
+                self.checkpointer.dir.retain(keep_last, keep)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops the replicas, writes the final checkpoint (unless interrupted: the last one
+    /// holds the state), the audit log's end and `summary.json`.
+    fn finish(mut self, interrupted: bool) -> Result<TrainSummary, TrainError> {
+        self.log.finish();
+        self.batches = None;
+        self.workers.stop()?;
+        data_parallel::finish(self.replica())?;
+        let seconds = self.started.elapsed().as_secs_f64();
+        let steps_done = self.position.step;
+        let (checkpoint, checkpoint_hash) = if interrupted {
+            self.checkpointer.last.clone().expect("saved on interrupt")
+        } else {
+            let saved = self.save("final", CheckpointKind::Final, None)?;
+            let c = &self.config.checkpoint;
+            self.checkpointer.dir.retain(c.keep_last, c.keep_best)?;
+            saved
+        };
+        let audit_head = audit(
+            self.checkpointer.audit,
+            AuditEvent::RunEnd {
+                steps: steps_done as u64,
+                skipped_samples: self.position.skipped_samples as u64,
+                status: if interrupted {
+                    format!("interrupted at step {steps_done}; resumable")
+                } else {
+                    "completed".into()
+                },
+            },
+        )?;
+        let done = steps_done - self.start_step;
+        let summary = TrainSummary {
+            run_dir: self.run_dir.clone(),
+            checkpoint,
+            checkpoint_hash,
+            steps: steps_done,
+            start_step: self.start_step,
+            parameters: self.parameters,
+            final_losses: self.last_losses,
+            images_per_second: (done * self.images_per_step) as f64 / seconds.max(1e-9),
+            seconds,
+            data_wait_fraction: self.waited.as_secs_f64() / seconds.max(1e-9),
+            skipped_samples: self.position.skipped_samples,
+            nonfinite_steps: self.position.nonfinite.total,
+            interrupted,
+            audit_head,
+        };
+        write_atomic(
+            self.run_dir.join("summary.json"),
+            serde_json::to_string_pretty(&summary)
+                .expect("serialises")
+                .as_bytes(),
+        )?;
+        Ok(summary)
+    }
+}
+
+/// The network a run starts from: seeded, then `train.init`'s weights (a fresh run) or, on
+/// resume, the provenance of the checkpoint's (its weights are loaded by [`resume_start`]).
+fn initial_network<B: AutodiffBackend>(
+    arch: &PerceptionNetConfig,
+    config: &RunConfig,
+    run_dir: &std::path::Path,
+    resume: Option<&RunState>,
+    provenance: &mut Provenance,
+    device: &B::Device,
+) -> Result<PerceptionNet<B>, TrainError> {
+    let net: PerceptionNet<B> = arch.init_seeded(config.train.seed, device);
+    match (resume, &config.train.init) {
         // The checkpoint's provenance already includes the starting weights'.
         (Some(state), _) => {
             let model = run_dir.join("checkpoints").join(&state.checkpoint);
             let saved = read_model_card(&model)?.provenance;
-            merge_provenance(&mut provenance, &saved);
+            merge_provenance(provenance, &saved);
             provenance.base_checkpoint = saved.base_checkpoint;
+            Ok(net)
         }
         (None, Some(init)) => {
             let (loaded, report) = load_matching(net, init)?;
-            net = loaded;
             tracing::info!(
                 "starting from {} (blake3 {}): {} tensors loaded, {} kept at their initial values{}",
                 init.display(),
@@ -607,133 +597,110 @@ where
                 report.kept.len(),
                 summarize_kept(&report.kept)
             );
-            merge_provenance(&mut provenance, &report.card.provenance);
+            merge_provenance(provenance, &report.card.provenance);
             provenance.base_checkpoint = Some(report.hash);
+            Ok(loaded)
         }
-        (None, None) => {}
+        (None, None) => Ok(net),
     }
-    let parameters = net.num_params();
-    let accumulation = config.train.grad_accumulation;
-    tracing::info!(
-        "model {} with {} classes: {:.2} M parameters, {:.2} GFLOPs per {}x{} image; {} training samples; {} images per step",
-        config.model.size.name(),
-        classes.len(),
-        parameters as f64 / 1e6,
-        arch.gflops(config.model.input.height, config.model.input.width),
-        config.model.input.width,
-        config.model.input.height,
-        data.len(),
-        config.train.batch_size * accumulation
-    );
+}
 
-    let mut schedule = LearningRateSchedule::new(config)?;
-    let checkpoints = CheckpointDir::new(run_dir.join("checkpoints"));
-    let mut position = Position {
-        step: 0,
-        sampler: None,
-        schedule: schedule.state::<B>(),
-        nonfinite: NonfiniteSteps::default(),
-        skipped_samples: 0,
-        known_bad: BTreeSet::new(),
+fn fresh_start<B: AutodiffBackend>(
+    net: PerceptionNet<B>,
+    config: &RunConfig,
+) -> Result<Start<B>, TrainError> {
+    let schedule = LearningRateSchedule::new(config)?;
+    Ok(Start {
+        optimizer: RunOptimizer::new(&net, &config.optimizer)?,
+        ema: config.train.ema.map(|c| WeightEma::new(c, net.valid(), 0)),
+        position: Position {
+            step: 0,
+            sampler: None,
+            schedule: schedule.state::<B>(),
+            nonfinite: NonfiniteSteps::default(),
+            skipped_samples: 0,
+            known_bad: BTreeSet::new(),
+        },
+        schedule,
+        net,
+        last_checkpoint: None,
+    })
+}
+
+/// The raw weights, optimiser, schedule, EMA and position of the checkpoint `state` names.
+fn resume_start<B: AutodiffBackend>(
+    net: PerceptionNet<B>,
+    config: &RunConfig,
+    state: &RunState,
+    checkpoints: &CheckpointDir,
+    device: &B::Device,
+) -> Result<Start<B>, TrainError> {
+    let files = checkpoints.files(
+        state
+            .checkpoint
+            .strip_suffix(".safetensors")
+            .unwrap_or(&state.checkpoint),
+    );
+    let bad = |message: String| TrainError::ModelFile {
+        path: files.training.clone(),
+        message,
     };
-    let mut ema = config.train.ema.map(|c| WeightEma::new(c, net.valid(), 0));
-    let data = Arc::new(data);
-    let mut last_checkpoint = None;
-    let (optimizer, sampler) = match &resume {
-        None => (
-            RunOptimizer::new(&net, &config.optimizer)?,
-            data.sampler(config)?,
-        ),
-        Some(state) => {
-            let files = checkpoints.files(
-                state
-                    .checkpoint
-                    .strip_suffix(".safetensors")
-                    .unwrap_or(&state.checkpoint),
-            );
-            let bad = |message: String| TrainError::ModelFile {
-                path: files.training.clone(),
-                message,
-            };
-            let bytes = std::fs::read(&files.training).map_err(io_err(&files.training))?;
-            let saved = TrainingState::from_bytes(&bytes).map_err(bad)?;
-            let recorder = BinBytesRecorder::<FullPrecisionSettings>::default();
-            net = net.load_record(
+    let bytes = std::fs::read(&files.training).map_err(|e| TrainError::Io {
+        path: files.training.clone(),
+        source: e,
+    })?;
+    let saved = TrainingState::from_bytes(&bytes).map_err(bad)?;
+    let recorder = BinBytesRecorder::<FullPrecisionSettings>::default();
+    let net = net.load_record(
+        recorder
+            .load(saved.model, device)
+            .map_err(|e| bad(format!("raw weights: {e}")))?,
+    );
+    let optimizer = RunOptimizer::new(&net, &config.optimizer)?
+        .load_bytes(saved.optimizer, device)
+        .map_err(bad)?;
+    let schedule = LearningRateSchedule::new(config)?
+        .restore::<B>(&state.schedule)
+        .map_err(bad)?;
+    let ema = match (config.train.ema, saved.ema, state.ema_updates) {
+        (Some(c), Some(weights), Some(updates)) => {
+            let weights = net.valid().load_record(
                 recorder
-                    .load(saved.model, device)
-                    .map_err(|e| bad(format!("raw weights: {e}")))?,
+                    .load(weights, device)
+                    .map_err(|e| bad(format!("EMA weights: {e}")))?,
             );
-            let optimizer = RunOptimizer::new(&net, &config.optimizer)?
-                .load_bytes(saved.optimizer, device)
-                .map_err(bad)?;
-            schedule = schedule.restore::<B>(&state.schedule).map_err(bad)?;
-            ema = match (config.train.ema, saved.ema, state.ema_updates) {
-                (Some(c), Some(weights), Some(updates)) => {
-                    let weights = net.valid().load_record(
-                        recorder
-                            .load(weights, device)
-                            .map_err(|e| bad(format!("EMA weights: {e}")))?,
-                    );
-                    Some(WeightEma::new(c, weights, updates))
-                }
-                (None, None, None) => None,
-                _ => return Err(bad("the EMA state does not match train.ema".into())),
-            };
-            position = Position {
-                step: state.step,
-                sampler: Some(state.sampler.clone()),
-                schedule: state.schedule.clone(),
-                nonfinite: state.nonfinite,
-                skipped_samples: state.skipped_samples,
-                known_bad: state.known_bad.iter().copied().collect(),
-            };
-            last_checkpoint = Some((files.model.clone(), state.checkpoint_hash.clone()));
-            let sampler = data.resume_sampler(config, state.sampler.clone())?;
-            (optimizer, sampler)
+            Some(WeightEma::new(c, weights, updates))
         }
+        (None, None, None) => None,
+        _ => return Err(bad("the EMA state does not match train.ema".into())),
     };
-    for g in optimizer.groups() {
-        tracing::debug!(
-            "parameter group {}: {} tensors, {} values, lr x{}, weight decay {}",
-            g.name,
-            g.params.len(),
-            g.elements,
-            g.lr_factor,
-            g.weight_decay
-        );
-    }
-    let start_step = position.step;
-    let num_classes = classes.len();
-    let mut replica = Replica::single(net, optimizer, device.clone());
-    let mut workers = ReplicaWorkers::start(
-        &mut replica,
-        devices,
-        &arch,
-        config,
-        cluster.as_ref(),
-        start_step,
-    )?;
+    Ok(Start {
+        net,
+        optimizer,
+        schedule,
+        ema,
+        position: Position {
+            step: state.step,
+            sampler: Some(state.sampler.clone()),
+            schedule: state.schedule.clone(),
+            nonfinite: state.nonfinite,
+            skipped_samples: state.skipped_samples,
+            known_bad: state.known_bad.iter().copied().collect(),
+        },
+        last_checkpoint: Some((files.model.clone(), state.checkpoint_hash.clone())),
+    })
+}
+
+/// The loader of this node's part of every micro-batch, from the run's position on.
+fn spawn_loader(
+    config: &RunConfig,
+    data: &Arc<TrainingData>,
+    sampler: percept_data::RegionSampler,
+    position: &Position,
+    workers: &ReplicaWorkers,
+) -> Result<BatchLoader, TrainError> {
     let world = workers.world_size();
     let (local, first_rank) = (workers.local_replicas(), workers.first_rank());
-    if let Some(c) = &cluster {
-        tracing::info!(
-            "node {} of {}: ranks {first_rank}..{} of {world}, {} images per device per \
-             micro-batch",
-            c.rank,
-            c.nodes,
-            first_rank + local,
-            config.train.batch_size
-        );
-    } else if world > 1 {
-        tracing::info!(
-            "data-parallel on {world} devices: {} images per device per micro-batch",
-            config.train.batch_size
-        );
-    }
-    let images_per_step = config.train.batch_size * accumulation * world;
-
-    let metrics_path = run_dir.join("metrics.jsonl");
-    let mut metrics = open_metrics(&metrics_path, resume.as_ref().map(|s| s.step))?;
     let builder = BatchBuilder::new(
         data.clone(),
         sampler,
@@ -752,327 +719,78 @@ where
     .reading_only(
         first_rank * config.train.batch_size..(first_rank + local) * config.train.batch_size,
     )?;
-    let remaining = config.train.steps.saturating_sub(start_step);
-    let batches = BatchLoader::spawn(builder, remaining * accumulation);
-    let mut checkpointer = Checkpointer {
-        dir: checkpoints,
-        card: ModelCard {
-            format: MODEL_FORMAT.into(),
-            architecture: arch,
-            classes,
-            input: config.model.input.clone(),
-            normalization: Normalization::default(),
-            decode: config.eval.decode(),
-            eval_resolution: config.eval.resolution,
-            provenance,
-        },
-        config_hash: config.hash(),
-        audit: audit_log,
-        last: last_checkpoint,
-    };
-    let present = [
-        config.model.tasks.detection,
-        config.model.tasks.detection,
-        config.model.tasks.drivable,
-        config.model.tasks.lanes,
-    ];
-    let mut progress = Progress::new(config, start_step);
-    let start = Instant::now();
-    let mut waited = Duration::ZERO;
-    let mut window = LossMean::default();
-    let mut line_window = LossMean::default();
-    let mut epoch_mean = LossMean::default();
-    let mut grad_norms = (0.0f64, 0usize);
-    let mut last = LossValues::default();
-    let mut epoch = position.sampler.as_ref().map_or(0, |s| s.epoch);
-    let mut interrupted = false;
-    for step in start_step + 1..=config.train.steps {
-        let lr = schedule.step();
-        let mut parts: Vec<Vec<Batch>> = vec![Vec::with_capacity(accumulation); local];
-        let mut sampler_state = None;
-        for _ in 0..accumulation {
-            let wait = Instant::now();
-            let loaded = batches.next()?;
-            waited += wait.elapsed();
-            for s in &loaded.skipped {
-                tracing::warn!(
-                    "skipped sample {} of {} in dataset {}: {}",
-                    s.index,
-                    s.shard,
-                    s.dataset,
-                    s.reason
-                );
-                position.known_bad.insert(s.slot);
-                audit(
-                    checkpointer.audit,
-                    AuditEvent::SampleSkipped {
-                        dataset: s.dataset.clone(),
-                        shard: s.shard.clone(),
-                        index: s.index as u64,
-                        sample_id: None,
-                        reason: s.reason.clone(),
-                    },
-                )?;
-            }
-            position.skipped_samples += loaded.skipped.len();
-            // This node's ranks' parts of the global micro-batch, one per local replica.
-            for (own, part) in parts.iter_mut().zip(loaded.batch.split(local)) {
-                own.push(part);
-            }
-            sampler_state = Some(loaded.sampler_state);
-        }
-        let poison = faults.nonfinite_steps.contains(&step);
-        let own = std::mem::take(&mut parts[0]);
-        workers.send(parts, lr, poison)?;
-        let outcome;
-        (replica, outcome) = replica.step(&own, lr, config, num_classes, poison)?;
-        if step == start_step + 1 {
-            log_first_step_kernels(start.elapsed());
-        }
-        let StepOutcome { values, check } = outcome;
-        let step_losses = LossValues::from_values(&values, present);
-        position.step = step;
-        position.sampler = sampler_state;
-        if check.finite {
-            if let Some(e) = ema.as_mut() {
-                e.update(replica.net.valid());
-            }
-            position.nonfinite.in_a_row = 0;
-            window.add(&step_losses);
-            line_window.add(&step_losses);
-            epoch_mean.add(&step_losses);
-            grad_norms.0 += check.norm as f64;
-            grad_norms.1 += 1;
-            last = step_losses;
-        } else {
-            position.nonfinite.total += 1;
-            position.nonfinite.in_a_row += 1;
-            tracing::warn!(
-                "step {step}: non-finite loss ({}) or gradient norm ({}); step skipped ({} in a row, {} in all)",
-                step_losses.total,
-                check.norm,
-                position.nonfinite.in_a_row,
-                position.nonfinite.total
-            );
-            if position.nonfinite.in_a_row >= config.train.max_nonfinite_steps {
-                progress.bar.abandon();
-                return Err(TrainError::NonFinite {
-                    step,
-                    in_a_row: position.nonfinite.in_a_row,
-                    last_checkpoint: checkpointer.last_description(),
-                });
-            }
-        }
-        position.schedule = schedule.state::<B>();
+    let remaining = config.train.steps.saturating_sub(position.step);
+    Ok(BatchLoader::spawn(
+        builder,
+        remaining * config.train.grad_accumulation,
+    ))
+}
 
-        let elapsed = start.elapsed().as_secs_f64();
-        let done = step - start_step;
-        let ips = (done * images_per_step) as f64 / elapsed.max(1e-9);
-        let data_wait_fraction = waited.as_secs_f64() / elapsed.max(1e-9);
-        let new_epoch = position.sampler.as_ref().map_or(epoch, |s| s.epoch);
-        if step % config.logging.every == 0 || step == config.train.steps {
-            {
-                // Every step since the last line skipped: log this one's (non-finite) values.
-                let mean = window.take().unwrap_or(step_losses);
-                let grad_norm =
-                    (grad_norms.1 > 0).then(|| (grad_norms.0 / grad_norms.1 as f64) as f32);
-                grad_norms = (0.0, 0);
-                write_line(
-                    &mut metrics,
-                    &metrics_path,
-                    &MetricsLine::Step {
-                        step,
-                        epoch,
-                        lr,
-                        loss: &mean,
-                        grad_norm,
-                        images_per_second: ips,
-                        elapsed_seconds: elapsed,
-                        data_wait_fraction,
-                        skipped_samples: position.skipped_samples,
-                        nonfinite_steps: position.nonfinite.total,
-                    },
-                )?;
-                progress
-                    .bar
-                    .set_message(format!("{} lr {lr:.2e} {ips:.1} img/s", mean.short()));
-            }
-        }
-        if new_epoch > epoch {
-            let steps = epoch_mean.steps;
-            if let Some(mean) = epoch_mean.take() {
-                write_line(
-                    &mut metrics,
-                    &metrics_path,
-                    &MetricsLine::Epoch {
-                        step,
-                        epoch,
-                        steps,
-                        loss: &mean,
-                    },
-                )?;
-            }
-            epoch = new_epoch;
-        }
-        if progress.lines
-            && (progress.last_line.elapsed() >= progress.every
-                || step == config.train.steps
-                || step == start_step + 1)
-        {
-            progress.last_line = Instant::now();
-            let eta = elapsed / done as f64 * (config.train.steps - step) as f64;
-            if let Some(mean) = line_window.take() {
-                tracing::info!(
-                    "step {step}/{} {} lr {lr:.2e} {ips:.1} img/s, data wait {:.0}%, ETA {}",
-                    config.train.steps,
-                    mean.short(),
-                    100.0 * data_wait_fraction,
-                    format_duration(eta)
-                );
-            }
-        }
+fn log_model(config: &RunConfig, arch: &PerceptionNetConfig, parameters: usize, samples: usize) {
+    tracing::info!(
+        "model {} with {} classes: {:.2} M parameters, {:.2} GFLOPs per {}x{} image; {} training samples; {} images per step",
+        config.model.size.name(),
+        arch.num_classes,
+        parameters as f64 / 1e6,
+        arch.gflops(config.model.input.height, config.model.input.width),
+        config.model.input.width,
+        config.model.input.height,
+        samples,
+        config.train.batch_size * config.train.grad_accumulation
+    );
+}
 
-        // Ctrl-C (or SIGTERM): finish this step, checkpoint it, stop.
-        let stop = crate::interrupt::stop_requested() && step < config.train.steps;
-        let periodic = config.checkpoint.every > 0
-            && step % config.checkpoint.every == 0
-            && step < config.train.steps;
-        if periodic || stop {
-            checkpointer.save(
-                &format!("step-{step:06}"),
-                CheckpointKind::Periodic,
-                &replica.net,
-                ema.as_ref(),
-                &replica.optimizer,
-                &position,
-                None,
-            )?;
-            checkpointer
-                .dir
-                .retain(config.checkpoint.keep_last, config.checkpoint.keep_best)?;
-        }
-        let v = config.validation.every;
-        if v > 0 && (step % v == 0 || step == config.train.steps) {
-            let (weights, name) = match &ema {
-                Some(e) => (e.weights().clone(), "ema"),
-                None => (replica.net.valid(), "raw"),
-            };
-            let result = validate(
-                &weights,
-                &checkpointer.card,
-                data.validation(),
-                config,
-                step,
-                name,
-                device,
-            )?;
-            write_line(
-                &mut metrics,
-                &metrics_path,
-                &MetricsLine::Validation(&result),
-            )?;
-            let shown = |m: Option<f64>| m.map_or("-".into(), |v| format!("{v:.3}"));
-            let message = format!(
-                "validation at step {step} ({name} weights): mAP@0.5 {} drivable mIoU {} lane IoU {}",
-                shown(result.mean.map50),
-                shown(result.mean.drivable_miou),
-                shown(result.mean.lane_iou)
-            );
-            if progress.lines {
-                tracing::info!("{message}");
-            } else {
-                progress.bar.println(message);
-            }
-            let keep = config.checkpoint.keep_best;
-            if let Some(score) = result.score {
-                if checkpointer.dir.is_among_best(score, keep) {
-                    checkpointer.save(
-                        &format!("best-{step:06}"),
-                        CheckpointKind::Best,
-                        &replica.net,
-                        ema.as_ref(),
-                        &replica.optimizer,
-                        &position,
-                        Some(score),
-                    )?;
-                    checkpointer.dir.retain(config.checkpoint.keep_last, keep)?;
-                }
-            }
-        }
-        progress.bar.inc(1);
-        if stop {
-            interrupted = true;
-            break;
-        }
+fn log_groups<B: AutodiffBackend>(optimizer: &RunOptimizer<B>) {
+    for g in optimizer.groups() {
+        tracing::debug!(
+            "parameter group {}: {} tensors, {} values, lr x{}, weight decay {}",
+            g.name,
+            g.params.len(),
+            g.elements,
+            g.lr_factor,
+            g.weight_decay
+        );
     }
-    progress.bar.finish_and_clear();
-    drop(batches);
-    workers.stop()?;
-    data_parallel::finish(&replica)?;
-    let seconds = start.elapsed().as_secs_f64();
-    let steps_done = position.step;
+}
 
-    let (checkpoint, checkpoint_hash) = if interrupted {
-        checkpointer.last.clone().expect("saved on interrupt")
-    } else {
-        let saved = checkpointer.save(
-            "final",
-            CheckpointKind::Final,
-            &replica.net,
-            ema.as_ref(),
-            &replica.optimizer,
-            &position,
-            None,
-        )?;
-        checkpointer
-            .dir
-            .retain(config.checkpoint.keep_last, config.checkpoint.keep_best)?;
-        saved
-    };
-    let audit_head = audit(
-        checkpointer.audit,
-        AuditEvent::RunEnd {
-            steps: steps_done as u64,
-            skipped_samples: position.skipped_samples as u64,
-            status: if interrupted {
-                format!("interrupted at step {steps_done}; resumable")
-            } else {
-                "completed".into()
-            },
-        },
-    )?;
-    let done = steps_done - start_step;
-    let summary = TrainSummary {
-        run_dir: run_dir.clone(),
-        checkpoint,
-        checkpoint_hash,
-        steps: steps_done,
-        start_step,
-        parameters,
-        final_losses: last,
-        images_per_second: (done * images_per_step) as f64 / seconds.max(1e-9),
-        seconds,
-        data_wait_fraction: waited.as_secs_f64() / seconds.max(1e-9),
-        skipped_samples: position.skipped_samples,
-        nonfinite_steps: position.nonfinite.total,
-        interrupted,
-        audit_head,
-    };
-    write_atomic(
-        &run_dir.join("summary.json"),
-        serde_json::to_string_pretty(&summary)
-            .expect("serialises")
-            .as_bytes(),
-    )?;
-    Ok(summary)
+fn log_replicas(config: &RunConfig, workers: &ReplicaWorkers, cluster: Option<&Cluster>) {
+    let world = workers.world_size();
+    let (local, first_rank) = (workers.local_replicas(), workers.first_rank());
+    if let Some(c) = cluster {
+        tracing::info!(
+            "node {} of {}: ranks {first_rank}..{} of {world}, {} images per device per \
+             micro-batch",
+            c.rank,
+            c.nodes,
+            first_rank + local,
+            config.train.batch_size
+        );
+    } else if world > 1 {
+        tracing::info!(
+            "data-parallel on {world} devices: {} images per device per micro-batch",
+            config.train.batch_size
+        );
+    }
+}
+
+/// On a GPU: what the first step compiled and tuned (a warm kernel cache makes it none).
+fn log_first_step_kernels(took: Duration) {
+    if let Some(k) = crate::gpu_runtime::counts() {
+        tracing::info!(
+            "first step: {:.1} s, {} kernels compiled ({} not compiled by a warm-up), {} autotune \
+             keys tuned ({} candidates timed)",
+            took.as_secs_f64(),
+            k.compiled,
+            k.not_warmed.unwrap_or(k.compiled),
+            k.keys_tuned,
+            k.candidates_timed
+        );
+    }
 }
 
 /// Adds the datasets and regions of the weights a run started from to its own provenance:
 /// they trained the weights too.
-fn merge_provenance(
-    provenance: &mut percept_eval::model_file::Provenance,
-    base: &percept_eval::model_file::Provenance,
-) {
+fn merge_provenance(provenance: &mut Provenance, base: &Provenance) {
     for d in &base.datasets {
         if !provenance
             .datasets
@@ -1095,14 +813,4 @@ fn summarize_kept(kept: &[String]) -> String {
     let shown: Vec<&str> = kept.iter().take(4).map(String::as_str).collect();
     let more = if kept.len() > 4 { ", ..." } else { "" };
     format!(": {}{more}", shown.join(", "))
-}
-
-/// `1h02m`, `3m05s`, `12s`.
-fn format_duration(seconds: f64) -> String {
-    let s = seconds.max(0.0).round() as u64;
-    match s {
-        0..=59 => format!("{s}s"),
-        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
-        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
-    }
 }
