@@ -32,6 +32,7 @@ use burn::store::{ModuleSnapshot, SafetensorsStore};
 use burn::tensor::backend::AutodiffBackend;
 use percept::data::{collate, IgnoreRegion, LabelledTasks, TrafficSide};
 use percept::eval::eval::MetricResolution;
+use percept::eval::inputs::{batch_tensors, detection_targets};
 use percept::eval::model_file::{
     load_model, save_model, ModelCard, Normalization, Provenance, MODEL_FORMAT,
 };
@@ -41,7 +42,7 @@ use percept::model::{
 };
 use percept::synth::SceneGenerator;
 use percept::train::config::InputSize;
-use percept::train::trainer::{batch_loss, batch_tensors, detection_targets};
+use percept::train::step::batch_loss;
 use percept::train::RunConfig;
 use safetensors::tensor::{Dtype, TensorView};
 

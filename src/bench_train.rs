@@ -23,6 +23,7 @@
 use percept_data::process_memory::{reset_peak_rss, status_mib};
 use std::any::Any;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use burn::prelude::*;
@@ -40,6 +41,7 @@ use serde::Serialize;
 use crate::bench::Scratch;
 use percept_train::backend::{dispatch, BackendTask, DeviceSpec};
 use percept_train::config::RunConfig;
+use percept_train::data::TrainingData;
 use percept_train::data_parallel::Replica;
 use percept_train::gpu_runtime::{self, KernelCounts};
 use percept_train::loader::{BatchBuilder, BatchLoader, LoaderOptions};
@@ -478,6 +480,245 @@ where
     Ok(replica)
 }
 
+/// The benchmark's scratch dataset, config and pre-built batch.
+struct BenchData {
+    /// Holds the scratch directory until the benchmark ends.
+    _scratch: Scratch,
+    data: Arc<TrainingData>,
+    config: RunConfig,
+    loader_options: LoaderOptions,
+    fixed: Batch,
+    frames: usize,
+    workers: usize,
+}
+
+impl BenchData {
+    /// Writes the synthetic frames and builds (a)'s batch: the pipeline's first, built once.
+    fn prepare(o: &TrainBenchOptions) -> Result<BenchData, TrainError> {
+        let workers = o.threads.unwrap_or(0);
+        let scratch = Scratch::new(&o.scratch, "bench-train")?;
+        let dir = scratch.0.clone();
+        // Enough frames that (b) decodes a fair mix; the sampler cycles through them.
+        let frames = (o.batch_size * (o.warmup + o.steps)).clamp(16, 256);
+        tracing::info!(
+            "writing {frames} synthetic {}x{} frames to {}",
+            o.source_width,
+            o.source_height,
+            dir.display()
+        );
+        write_synthetic_dataset(
+            &dir,
+            &SynthOptions {
+                name: "bench".into(),
+                region: REGION.into(),
+                width: o.source_width,
+                height: o.source_height,
+                train: frames,
+                val: 0,
+                seed: 1,
+                samples_per_shard: 64,
+            },
+            &|_| {},
+        )?;
+        let data = scratch.open(REGION)?;
+        let config = bench_config(o, &dir, workers)?;
+        let loader_options = LoaderOptions {
+            batch_size: o.batch_size,
+            width: o.width,
+            height: o.height,
+            augment: config.data.augment.clone(),
+            prefetch_batches: config.data.prefetch_batches,
+            workers,
+        };
+        let fixed =
+            BatchBuilder::new(data.clone(), data.sampler(&config)?, loader_options.clone())?
+                .next_batch()?
+                .batch;
+        Ok(BenchData {
+            _scratch: scratch,
+            data,
+            config,
+            loader_options,
+            fixed,
+            frames,
+            workers,
+        })
+    }
+}
+
+/// The benchmark in progress: the trainer's replica and what it has measured so far.
+struct Bench<'a, B: AutodiffBackend> {
+    o: &'a TrainBenchOptions,
+    d: &'a BenchData,
+    device: B::Device,
+    /// `None` only inside a step.
+    replica: Option<Replica<B>>,
+    bar: ProgressBar,
+    memory_probe: DeviceMemoryProbe,
+    device_memory: DeviceMemoryPeak,
+}
+
+impl<B> Bench<'_, B>
+where
+    B: AutodiffBackend,
+    B::InnerBackend: VisionBackend,
+{
+    fn step(&mut self, batch: &Batch, hook: &mut dyn PhaseHook) -> Result<(), TrainError> {
+        let replica = self.replica.take().expect("a replica outside a step");
+        self.replica = Some(bench_step(
+            replica,
+            batch,
+            &self.d.config,
+            self.o.classes,
+            hook,
+        )?);
+        self.bar.inc(1);
+        Ok(())
+    }
+
+    /// (c) The first step, alone: milliseconds.
+    fn first_step(&mut self) -> Result<f64, TrainError> {
+        self.bar.set_message("first step");
+        sync::<B>(&self.device)?;
+        let start = Instant::now();
+        self.step(&self.d.fixed, &mut ())?;
+        sync::<B>(&self.device)?;
+        Ok(ms(start.elapsed()))
+    }
+
+    /// (a) Warm-up, then each step on the pre-built batch timed: step milliseconds, and the
+    /// resident memory before and at peak.
+    #[allow(clippy::type_complexity)]
+    fn fixed_batch(&mut self) -> Result<(Vec<f64>, Option<f64>, Option<f64>), TrainError> {
+        self.bar.set_message("warm-up");
+        for _ in 0..self.o.warmup {
+            self.step(&self.d.fixed, &mut ())?;
+        }
+        self.bar.set_message("(a) data loading excluded");
+        sync::<B>(&self.device)?;
+        let rss_before = reset_peak_rss().then(|| status_mib("VmRSS")).flatten();
+        let mut step_ms = Vec::with_capacity(self.o.steps);
+        for _ in 0..self.o.steps {
+            let start = Instant::now();
+            self.step(&self.d.fixed, &mut ())?;
+            sync::<B>(&self.device)?;
+            step_ms.push(ms(start.elapsed()));
+        }
+        let peak_rss = rss_before.and(status_mib("VmHWM"));
+        self.device_memory.sample(&self.memory_probe);
+        Ok((step_ms, rss_before, peak_rss))
+    }
+
+    /// (a) Steps synced at every phase boundary of the trainer's step: mean milliseconds per
+    /// [`Phase`].
+    fn phase_breakdown(&mut self) -> Result<[f64; 4], TrainError> {
+        self.bar.set_message("(a) breakdown by phase");
+        let mut phases = [0.0f64; 4];
+        for _ in 0..self.o.steps {
+            let (device, probe) = (self.device.clone(), &self.memory_probe);
+            let memory = &mut self.device_memory;
+            let mut last = Instant::now();
+            let mut at_boundary = |phase: Phase| {
+                sync::<B>(&device)?;
+                let now = Instant::now();
+                phases[phase.index()] += ms(now - last);
+                // Sampled after the sync, so the probe's own work is not timed.
+                memory.sample(probe);
+                last = Instant::now();
+                Ok(())
+            };
+            let replica = self.replica.take().expect("a replica outside a step");
+            let stepped = bench_step(
+                replica,
+                &self.d.fixed,
+                &self.d.config,
+                self.o.classes,
+                &mut at_boundary,
+            );
+            self.replica = Some(stepped?);
+            self.bar.inc(1);
+        }
+        Ok(phases.map(|p| p / self.o.steps as f64))
+    }
+
+    /// (b) The real pipeline feeding the step: seconds, seconds waited, memory before and at
+    /// peak.
+    #[allow(clippy::type_complexity)]
+    fn with_data(&mut self) -> Result<(f64, Duration, Option<f64>, Option<f64>), TrainError> {
+        self.bar.set_message("(b) data loading included");
+        let d = self.d;
+        let builder = BatchBuilder::new(
+            d.data.clone(),
+            d.data.sampler(&d.config)?,
+            d.loader_options.clone(),
+        )?;
+        let loader = BatchLoader::spawn(builder, self.o.warmup + self.o.steps);
+        for _ in 0..self.o.warmup {
+            let loaded = loader.next()?;
+            self.step(&loaded.batch, &mut ())?;
+        }
+        sync::<B>(&self.device)?;
+        let rss_before = reset_peak_rss().then(|| status_mib("VmRSS")).flatten();
+        let mut waited = Duration::ZERO;
+        let start = Instant::now();
+        for _ in 0..self.o.steps {
+            let wait = Instant::now();
+            let loaded = loader.next()?;
+            waited += wait.elapsed();
+            self.step(&loaded.batch, &mut ())?;
+        }
+        sync::<B>(&self.device)?;
+        let seconds = start.elapsed().as_secs_f64();
+        let peak_rss = rss_before.and(status_mib("VmHWM"));
+        self.device_memory.sample(&self.memory_probe);
+        Ok((seconds, waited, rss_before, peak_rss))
+    }
+}
+
+/// What the first step, the steady state and the pipeline compiled and tuned (GPU only).
+fn kernel_report(
+    at_start: Option<KernelCounts>,
+    after_first: Option<KernelCounts>,
+    after_fixed: Option<KernelCounts>,
+) -> Option<KernelReport> {
+    match (
+        at_start,
+        after_first,
+        after_fixed,
+        gpu_runtime::counts(),
+        gpu_runtime::cache(),
+    ) {
+        (Some(start), Some(first), Some(fixed), Some(end), Some(cache)) => Some(KernelReport {
+            first_step: first.since(&start),
+            steady_state: fixed.since(&first),
+            with_data: end.since(&fixed),
+            cache: format!("{} ({})", cache.dir.display(), cache.source),
+        }),
+        _ => None,
+    }
+}
+
+/// Throughput and the distribution of the fixed-batch step times.
+fn fixed_timing(step_ms: Vec<f64>, images: f64) -> FixedBatchTiming {
+    let total_ms: f64 = step_ms.iter().sum();
+    let mut sorted = step_ms.clone();
+    sorted.sort_by(f64::total_cmp);
+    let mid = sorted.len() / 2;
+    let median = if sorted.len() % 2 == 1 {
+        sorted[mid]
+    } else {
+        (sorted[mid - 1] + sorted[mid]) / 2.0
+    };
+    FixedBatchTiming {
+        images_per_second: images / (total_ms / 1e3).max(1e-12),
+        mean_step_ms: total_ms / step_ms.len() as f64,
+        median_step_ms: median,
+        min_step_ms: sorted[0],
+        max_step_ms: sorted[sorted.len() - 1],
+        step_ms,
+    }
+}
+
 fn run_bench<B>(
     options: &TrainBenchOptions,
     device: B::Device,
@@ -489,58 +730,14 @@ where
     let o = options;
     let rss_start = status_mib("VmRSS");
     let threads = rayon::current_num_threads();
-    let workers = o.threads.unwrap_or(0);
-    let scratch = Scratch::new(&o.scratch, "bench-train")?;
-    let dir = scratch.0.clone();
-    // Enough frames that (b) decodes a fair mix; the sampler cycles through them.
-    let frames = (o.batch_size * (o.warmup + o.steps)).clamp(16, 256);
-    tracing::info!(
-        "writing {frames} synthetic {}x{} frames to {}",
-        o.source_width,
-        o.source_height,
-        dir.display()
-    );
-    write_synthetic_dataset(
-        &dir,
-        &SynthOptions {
-            name: "bench".into(),
-            region: REGION.into(),
-            width: o.source_width,
-            height: o.source_height,
-            train: frames,
-            val: 0,
-            seed: 1,
-            samples_per_shard: 64,
-        },
-        &|_| {},
-    )?;
-    let data = scratch.open(REGION)?;
-    let config = bench_config(o, &dir, workers)?;
-    let loader_options = LoaderOptions {
-        batch_size: o.batch_size,
-        width: o.width,
-        height: o.height,
-        augment: config.data.augment.clone(),
-        prefetch_batches: config.data.prefetch_batches,
-        workers,
-    };
-    // (a)'s batch: the pipeline's first, built once.
-    let fixed = BatchBuilder::new(data.clone(), data.sampler(&config)?, loader_options.clone())?
-        .next_batch()?
-        .batch;
-
+    let d = BenchData::prepare(o)?;
     let arch = PerceptionNetConfig::new(o.size, o.classes);
     arch.validate()
         .map_err(|e| TrainError::Invalid(format!("--classes {}: {e}", o.classes)))?;
     let kernels_at_start = gpu_runtime::counts();
     let net: PerceptionNet<B> = arch.init_seeded(1, &device);
     let parameters = net.num_params();
-    let optimizer = RunOptimizer::new(&net, &config.optimizer)?;
-    let mut replica = Replica::single(net, optimizer, device.clone());
-    let step = |replica, batch: &Batch, hook: &mut dyn PhaseHook| {
-        bench_step(replica, batch, &config, o.classes, hook)
-    };
-    let memory_probe = DeviceMemoryProbe::new(o.device, &device);
+    let optimizer = RunOptimizer::new(&net, &d.config.optimizer)?;
     tracing::info!(
         "{} on {} ({}): {:.2} M parameters, batch {} at {}x{}",
         o.size.name(),
@@ -551,121 +748,32 @@ where
         o.width,
         o.height
     );
-
-    let bar = progress_bar(o.progress, (1 + 2 * o.warmup + 3 * o.steps) as u64);
-
-    // (c) The first step, alone.
-    bar.set_message("first step");
-    sync::<B>(&device)?;
-    let start = Instant::now();
-    replica = step(replica, &fixed, &mut ())?;
-    sync::<B>(&device)?;
-    let first_step_ms = ms(start.elapsed());
+    let mut bench = Bench::<B> {
+        o,
+        d: &d,
+        replica: Some(Replica::single(net, optimizer, device.clone())),
+        memory_probe: DeviceMemoryProbe::new(o.device, &device),
+        device,
+        bar: progress_bar(o.progress, (1 + 2 * o.warmup + 3 * o.steps) as u64),
+        device_memory: DeviceMemoryPeak::default(),
+    };
+    let first_step_ms = bench.first_step()?;
     let kernels_after_first = gpu_runtime::counts();
-    bar.inc(1);
-
-    // (a) The pre-built batch: whole steps, then steps synced by phase.
-    bar.set_message("warm-up");
-    for _ in 0..o.warmup {
-        replica = step(replica, &fixed, &mut ())?;
-        bar.inc(1);
-    }
-    bar.set_message("(a) data loading excluded");
-    sync::<B>(&device)?;
-    let rss_before = reset_peak_rss().then(|| status_mib("VmRSS")).flatten();
-    let mut step_ms = Vec::with_capacity(o.steps);
-    for _ in 0..o.steps {
-        let start = Instant::now();
-        replica = step(replica, &fixed, &mut ())?;
-        sync::<B>(&device)?;
-        step_ms.push(ms(start.elapsed()));
-        bar.inc(1);
-    }
-    let peak_rss = rss_before.and(status_mib("VmHWM"));
-    let mut device_memory = DeviceMemoryPeak::default();
-    device_memory.sample(&memory_probe);
-
-    bar.set_message("(a) breakdown by phase");
-    let mut phases = [0.0f64; 4];
-    for _ in 0..o.steps {
-        let mut last = Instant::now();
-        let mut at_boundary = |phase: Phase| {
-            sync::<B>(&device)?;
-            let now = Instant::now();
-            phases[phase.index()] += ms(now - last);
-            // Sampled after the sync, so the probe's own work is not timed.
-            device_memory.sample(&memory_probe);
-            last = Instant::now();
-            Ok(())
-        };
-        replica = step(replica, &fixed, &mut at_boundary)?;
-        bar.inc(1);
-    }
-    let [forward_loss_ms, backward_ms, clip_check_ms, update_ms] =
-        phases.map(|p| p / o.steps as f64);
-
+    let (step_ms, rss_before, peak_rss) = bench.fixed_batch()?;
+    let [forward_loss_ms, backward_ms, clip_check_ms, update_ms] = bench.phase_breakdown()?;
     let kernels_after_fixed = gpu_runtime::counts();
-
-    // (b) The real pipeline feeding the step.
-    bar.set_message("(b) data loading included");
-    let builder = BatchBuilder::new(data.clone(), data.sampler(&config)?, loader_options)?;
-    let loader = BatchLoader::spawn(builder, o.warmup + o.steps);
-    for _ in 0..o.warmup {
-        let loaded = loader.next()?;
-        replica = step(replica, &loaded.batch, &mut ())?;
-        bar.inc(1);
-    }
-    sync::<B>(&device)?;
-    let rss_before_with_data = reset_peak_rss().then(|| status_mib("VmRSS")).flatten();
-    let mut waited = Duration::ZERO;
-    let start = Instant::now();
-    for _ in 0..o.steps {
-        let wait = Instant::now();
-        let loaded = loader.next()?;
-        waited += wait.elapsed();
-        replica = step(replica, &loaded.batch, &mut ())?;
-        bar.inc(1);
-    }
-    sync::<B>(&device)?;
-    let with_data_seconds = start.elapsed().as_secs_f64();
-    let peak_rss_with_data = rss_before_with_data.and(status_mib("VmHWM"));
-    device_memory.sample(&memory_probe);
-    drop(loader);
-    drop(replica);
-    bar.finish_and_clear();
-    let kernels = match (
-        kernels_at_start,
-        kernels_after_first,
-        kernels_after_fixed,
-        gpu_runtime::counts(),
-        gpu_runtime::cache(),
-    ) {
-        (Some(start), Some(first), Some(fixed), Some(end), Some(cache)) => Some(KernelReport {
-            first_step: first.since(&start),
-            steady_state: fixed.since(&first),
-            with_data: end.since(&fixed),
-            cache: format!("{} ({})", cache.dir.display(), cache.source),
-        }),
-        _ => None,
-    };
-
+    let (with_data_seconds, waited, rss_before_with_data, peak_rss_with_data) =
+        bench.with_data()?;
+    bench.replica = None;
+    bench.bar.finish_and_clear();
     let images = (o.batch_size * o.steps) as f64;
-    let total_ms: f64 = step_ms.iter().sum();
-    let mut sorted = step_ms.clone();
-    sorted.sort_by(f64::total_cmp);
-    let mid = sorted.len() / 2;
-    let median = if sorted.len() % 2 == 1 {
-        sorted[mid]
-    } else {
-        (sorted[mid - 1] + sorted[mid]) / 2.0
-    };
     let mib = |bytes: Option<u64>| bytes.map(|b| b as f64 / (1024.0 * 1024.0));
     Ok(TrainBenchReport {
         model: o.size.name().into(),
         parameters,
         forward_gflops_per_image: arch.gflops(o.height as usize, o.width as usize),
         device: o.device.to_string(),
-        backend: B::name(&device),
+        backend: B::name(&bench.device),
         precision: options.precision.to_string(),
         conv: conv2d::resolved_name::<B>(o.conv),
         threads,
@@ -676,15 +784,8 @@ where
         warmup_steps: o.warmup,
         steps: o.steps,
         first_step_ms,
-        kernels,
-        fixed_batch: FixedBatchTiming {
-            images_per_second: images / (total_ms / 1e3).max(1e-12),
-            mean_step_ms: total_ms / o.steps as f64,
-            median_step_ms: median,
-            min_step_ms: sorted[0],
-            max_step_ms: sorted[sorted.len() - 1],
-            step_ms,
-        },
+        kernels: kernel_report(kernels_at_start, kernels_after_first, kernels_after_fixed),
+        fixed_batch: fixed_timing(step_ms, images),
         breakdown: StepBreakdown {
             forward_loss_ms,
             backward_ms,
@@ -697,13 +798,13 @@ where
             images_per_second: images / with_data_seconds.max(1e-12),
             mean_step_ms: 1e3 * with_data_seconds / o.steps as f64,
             data_wait_fraction: waited.as_secs_f64() / with_data_seconds.max(1e-12),
-            workers: if workers == 0 {
+            workers: if d.workers == 0 {
                 std::thread::available_parallelism().map_or(1, |n| n.get())
             } else {
-                workers
+                d.workers
             },
-            prefetch_batches: config.data.prefetch_batches,
-            frames,
+            prefetch_batches: d.config.data.prefetch_batches,
+            frames: d.frames,
         },
         memory: MemoryReport {
             rss_start_mib: rss_start,
@@ -711,9 +812,9 @@ where
             peak_rss_mib: peak_rss,
             rss_before_with_data_mib: rss_before_with_data,
             peak_rss_with_data_mib: peak_rss_with_data,
-            device_in_use_mib: mib(device_memory.in_use),
-            device_reserved_mib: mib(device_memory.reserved),
-            device_note: memory_probe.note,
+            device_in_use_mib: mib(bench.device_memory.in_use),
+            device_reserved_mib: mib(bench.device_memory.reserved),
+            device_note: bench.memory_probe.note,
         },
     })
 }

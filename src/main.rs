@@ -201,7 +201,7 @@ enum Command {
         #[command(subcommand)]
         action: AuditAction,
     },
-    /// Draw a run's training curves from its metrics.jsonl as PNG charts
+    /// Draw a run's training curves from its metrics.jsonl as PNG and SVG charts
     Plot {
         /// Run directory (runs/<name>), or its metrics.jsonl
         #[arg(value_name = "RUN_DIR")]

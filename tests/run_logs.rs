@@ -96,7 +96,11 @@ fn a_short_run_is_read_back_from_its_metrics_charts_and_tensorboard_events() {
     // 8 frames, 2 per step: the 4th step ends the first epoch.
     assert_eq!(epochs, 1);
     assert_eq!(plotted.epoch_lines, 1);
-    assert_eq!(loss.points(), (4 + 1) * 5, "(4 steps + 1 epoch) x (total + 4 terms)");
+    assert_eq!(
+        loss.points(),
+        (4 + 1) * 5,
+        "(4 steps + 1 epoch) x (total + 4 terms)"
+    );
     for chart in &plotted.charts {
         assert!(chart.path.exists(), "{}", chart.path.display());
     }

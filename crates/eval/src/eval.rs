@@ -22,10 +22,11 @@ use percept_data::{
     collate, AugmentParams, Batch, BoxLabel, Conditions, Dataset, IgnoreRegion, Letterbox, Sample,
 };
 use percept_model::{decode_detections, DecodeOptions, PerceptionNet, ScoredBox};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::image_space::{box_to_image, mask_to_image, masks, network_mask};
 use crate::inputs::batch_tensors;
+pub use crate::metrics::MetricResolution;
 use crate::metrics::{Detection, DetectionEvaluator, DetectionMetrics, SegmentationEvaluator};
 use crate::model_file::ModelCard;
 use crate::overlay::draw_overlay;
@@ -91,18 +92,6 @@ pub struct SliceReport {
 /// The condition keys evaluation slices by. (The region slice is the whole evaluation: one
 /// dataset has one region.)
 const SLICE_KEYS: [&str; 3] = ["weather", "time_of_day", "scene"];
-
-/// Where metrics are computed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum MetricResolution {
-    /// At the original image resolution: boxes and masks are mapped back out of the letterbox,
-    /// and compared with the labels as stored.
-    #[default]
-    Original,
-    /// At network resolution, on the letterboxed input and letterboxed labels.
-    Network,
-}
 
 /// An example prediction drawn over its image, for the report.
 #[derive(Debug, Clone)]

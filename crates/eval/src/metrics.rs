@@ -11,6 +11,18 @@ use std::collections::BTreeMap;
 use percept_data::{BoxLabel, IgnoreRegion};
 use serde::{Deserialize, Serialize};
 
+/// Where metrics are computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MetricResolution {
+    /// At the original image resolution: boxes and masks are mapped back out of the letterbox,
+    /// and compared with the labels as stored.
+    #[default]
+    Original,
+    /// At network resolution, on the letterboxed input and letterboxed labels.
+    Network,
+}
+
 /// The IoU thresholds of COCO's AP@[.50:.95]: 0.50, 0.55, ..., 0.95.
 pub const COCO_IOU_THRESHOLDS: [f32; 10] = [0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95];
 

@@ -12,7 +12,7 @@ use burn::store::{ModuleSnapshot, SafetensorsStore};
 use percept_model::{DecodeOptions, PerceptionNet, PerceptionNetConfig};
 use serde::{Deserialize, Serialize};
 
-use crate::eval::MetricResolution;
+use crate::metrics::MetricResolution;
 use crate::EvalError;
 use percept_data::write_atomic;
 

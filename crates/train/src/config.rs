@@ -4,7 +4,7 @@
 //! the file (or `--set`) it came from.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use percept_data::{AugmentConfig, IntegrityPolicy};
 use percept_model::{
@@ -12,8 +12,6 @@ use percept_model::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::config_source::LayeredConfig;
-use crate::TrainError;
 pub use percept_eval::model_file::InputSize;
 use percept_eval::MetricResolution;
 
@@ -410,29 +408,22 @@ impl Default for LoggingConfig {
 }
 
 impl RunConfig {
-    /// Reads a config file and the files it `extends`, and resolves it: every unknown key,
-    /// wrong type and invalid value is reported in one [`TrainError::Config`], one per line,
-    /// each with its key path and the file it came from.
-    pub fn load(path: &Path) -> Result<RunConfig, TrainError> {
-        Self::load_layered(path, &[])
-    }
-
-    /// As [`load`](Self::load), then applies `sets` (`KEY=VALUE`, see
-    /// [`parse_set`](crate::config_source::parse_set)) over the file chain; problems from a
-    /// `--set` name it.
-    pub fn load_layered(path: &Path, sets: &[String]) -> Result<RunConfig, TrainError> {
-        LayeredConfig::load(path, sets)?.into_config()
-    }
-
-    /// Parses config text; `path` names it in errors, and a relative `extends` is read from
-    /// its directory.
-    pub fn parse(text: &str, path: &Path) -> Result<RunConfig, TrainError> {
-        LayeredConfig::from_text(text, path, &[])?.into_config()
-    }
-
     /// Checks values the types cannot: every message names the key and what would be valid.
     pub fn validate(&self) -> Result<(), String> {
         let mut problems = Vec::new();
+        self.check_run_and_data(&mut problems);
+        self.check_training(&mut problems);
+        self.check_optimizer(&mut problems);
+        self.check_schedule_and_outputs(&mut problems);
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("\n"))
+        }
+    }
+
+    /// The run's name, site, input size and data.
+    fn check_run_and_data(&self, problems: &mut Vec<String>) {
         if self.name.is_empty() || self.name.contains(['/', '\\']) || self.name.starts_with('.') {
             problems.push(format!(
                 "name = {:?}: give a non-empty name without '/' or '\\' that does not start \
@@ -465,6 +456,10 @@ impl RunConfig {
         if let Err(e) = self.data.augment.validate() {
             problems.push(e);
         }
+    }
+
+    /// Step counts, batch sizes, the learning rate and the EMA.
+    fn check_training(&self, problems: &mut Vec<String>) {
         let t = &self.train;
         for (key, v) in [
             ("train.steps", t.steps),
@@ -493,6 +488,10 @@ impl RunConfig {
                 problems.push("train.ema.warmup_steps = 0: give at least 1".into());
             }
         }
+    }
+
+    /// The optimiser's settings.
+    fn check_optimizer(&self, problems: &mut Vec<String>) {
         let o = &self.optimizer;
         if o.weight_decay.is_nan() || o.weight_decay < 0.0 {
             problems.push(format!(
@@ -531,6 +530,10 @@ impl RunConfig {
                 ));
             }
         }
+    }
+
+    /// The schedule, checkpoints, logging, tasks and evaluation thresholds.
+    fn check_schedule_and_outputs(&self, problems: &mut Vec<String>) {
         let s = &self.schedule;
         if !(s.warmup_start > 0.0 && s.warmup_start <= 1.0) {
             problems.push(format!(
@@ -576,11 +579,6 @@ impl RunConfig {
         if !(0.0..=1.0).contains(&e.score_threshold) || !(0.0..=1.0).contains(&e.iou_threshold) {
             problems.push("eval.score_threshold and eval.iou_threshold must be in [0, 1]".into());
         }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(problems.join("\n"))
-        }
     }
 
     /// The run directory.
@@ -607,6 +605,8 @@ impl RunConfig {
 
 #[cfg(test)]
 pub(crate) mod tests {
+    use std::path::Path;
+
     use super::*;
 
     /// A minimal valid config; other modules' tests build on it.

@@ -848,6 +848,29 @@ fn remove(t: &mut Table, keys: &[String]) -> bool {
     t.remove(last).is_some()
 }
 
+/// Reading a run config is this module's job; `RunConfig` itself only holds and checks values.
+impl RunConfig {
+    /// Reads a config file and the files it `extends`, and resolves it: every unknown key,
+    /// wrong type and invalid value is reported in one [`TrainError::Config`], one per line,
+    /// each with its key path and the file it came from.
+    pub fn load(path: &Path) -> Result<RunConfig, TrainError> {
+        Self::load_layered(path, &[])
+    }
+
+    /// As [`load`](Self::load), then applies `sets` (`KEY=VALUE`, see
+    /// [`parse_set`](crate::config_source::parse_set)) over the file chain; problems from a
+    /// `--set` name it.
+    pub fn load_layered(path: &Path, sets: &[String]) -> Result<RunConfig, TrainError> {
+        LayeredConfig::load(path, sets)?.into_config()
+    }
+
+    /// Parses config text; `path` names it in errors, and a relative `extends` is read from
+    /// its directory.
+    pub fn parse(text: &str, path: &Path) -> Result<RunConfig, TrainError> {
+        LayeredConfig::from_text(text, path, &[])?.into_config()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

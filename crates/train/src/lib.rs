@@ -1,5 +1,19 @@
-//! `percept-train`: run configs, backend selection, the training loop, evaluation, export and
-//! prediction. The `percept` binary is a thin layer over [`commands`].
+//! `percept-train`: training a percept network.
+//!
+//! - Run configs: [`config`] (the values and their checks), [`config_source`] (files, `extends`
+//!   chains, `--set`).
+//! - Where it runs: [`backend`] (devices, dispatch), [`gpu_runtime`] (kernel cache and counts).
+//! - The run: [`trainer`] (a [`trainer::TrainTask`] run as start, step, log, checkpoint,
+//!   validate, finish), [`step`] (the one optimisation step), [`optim`], [`schedule`], [`ema`],
+//!   [`running_stats`], [`validation`].
+//! - State on disk: [`checkpoint`] (files, commit records, retention), [`checkpointer`]
+//!   (writing them during a run), [`run_log`] and [`tensorboard`] (what a run reports).
+//! - Data: [`data`] (a run's datasets through the residency guard), [`loader`] (prefetched,
+//!   augmented batches).
+//! - Several devices and nodes: [`data_parallel`], [`gradient_hub`].
+//! - [`export`]: a checkpoint as a verified model file.
+//!
+//! Evaluation and model files are `percept-eval`'s; the commands are the `percept` crate's.
 
 pub mod backend;
 pub mod checkpoint;
@@ -27,6 +41,7 @@ use std::path::PathBuf;
 
 pub use backend::{dispatch, dispatch_on, BackendTask, DeviceSpec, Devices};
 pub use config::RunConfig;
+pub use percept_eval::metrics_log::{DatasetMetrics, LossValues, ValidationResult};
 
 /// Errors of percept-train. Each names the file, key or device involved and what would be valid.
 #[derive(Debug, thiserror::Error)]
