@@ -98,7 +98,7 @@ pub fn train_with(
     })?;
     let mut log =
         AuditLog::open(run_dir.join(AUDIT_FILE)).map_err(|e| TrainError::Audit(e.to_string()))?;
-    write_atomic(&run_dir.join(RUN_CONFIG_FILE), config.to_toml().as_bytes())?;
+    write_atomic(run_dir.join(RUN_CONFIG_FILE), config.to_toml().as_bytes())?;
     audit(&mut log, run_start(config))?;
     run_training(config, run_dir, &mut log, &devices, None, faults)
 }

@@ -295,7 +295,7 @@ pub fn remember_warmed() -> Result<(), TrainError> {
     warmed.extend(counts.kernels.into_iter().map(|k| k.id));
     let text: String = warmed.into_iter().map(|id| id + "\n").collect();
     Ok(percept_data::atomic_file::write_atomic(
-        &cache.dir.join(WARMED_FILE),
+        cache.dir.join(WARMED_FILE),
         text.as_bytes(),
     )?)
 }

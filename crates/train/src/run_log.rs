@@ -142,7 +142,7 @@ impl RunLog {
             self.grad_norms.0 += norm as f64;
             self.grad_norms.1 += 1;
         }
-        if r.step % self.log_every == 0 || r.step == self.steps {
+        if r.step.is_multiple_of(self.log_every) || r.step == self.steps {
             // Every step since the last line skipped: log this one's (non-finite) values.
             let mean = self.window.take().unwrap_or(r.losses);
             let (sum, n) = std::mem::take(&mut self.grad_norms);

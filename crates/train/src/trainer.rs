@@ -83,8 +83,6 @@ pub struct TrainSummary {
     pub audit_head: AuditHead,
 }
 
-/// Loss values (unweighted terms), as logged; absent terms belong to tasks switched off.
-
 /// Test-only fault injection: these steps' losses are multiplied by NaN before backward, so
 /// their gradients are non-finite too (the real path a diverging run takes).
 #[derive(Debug, Clone, Default)]
@@ -125,8 +123,6 @@ impl BackendTask for TrainTask<'_> {
         train::<B>(self, &devices)
     }
 }
-
-/// On a GPU: what the first step compiled and tuned (a warm kernel cache makes it none).
 
 /// Trains on `devices` (more than one: data-parallel, see [`crate::data_parallel`]).
 fn train<B>(task: TrainTask<'_>, devices: &[B::Device]) -> Result<TrainSummary, TrainError>
@@ -443,7 +439,8 @@ where
     /// A periodic checkpoint when one is due, or the interrupted run's last one (`stop`).
     fn checkpoint(&mut self, step: usize, stop: bool) -> Result<(), TrainError> {
         let c = &self.config.checkpoint;
-        let periodic = c.every > 0 && step % c.every == 0 && step < self.config.train.steps;
+        let periodic =
+            c.every > 0 && step.is_multiple_of(c.every) && step < self.config.train.steps;
         if periodic || stop {
             self.save(&format!("step-{step:06}"), CheckpointKind::Periodic, None)?;
             self.checkpointer.dir.retain(c.keep_last, c.keep_best)?;
@@ -473,7 +470,7 @@ where
     /// weights when there are any; a score among the best saves a `best` checkpoint.
     fn validate(&mut self, step: usize) -> Result<(), TrainError> {
         let v = self.config.validation.every;
-        if v == 0 || (step % v != 0 && step != self.config.train.steps) {
+        if v == 0 || (!step.is_multiple_of(v) && step != self.config.train.steps) {
             return Ok(());
         }
         let (weights, name) = match &self.ema {

@@ -73,8 +73,6 @@ pub fn validate<B: VisionBackend>(
     Ok((result, examples))
 }
 
-/// Progress: a bar on a terminal, plain log lines every `logging.line_seconds` otherwise.
-
 /// `metric` of `m` (higher is better); `None` when the model has none of it.
 pub fn score(m: &DatasetMetrics, metric: BestMetric) -> Option<f64> {
     match metric {
