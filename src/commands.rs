@@ -167,8 +167,9 @@ fn run_training(
 
 /// `percept train --resume`: continues the run in `run_dir` from its newest intact checkpoint
 /// (passing over torn or modified ones with a warning), with the config the run was started
-/// with (`run_dir/config.toml`). Without any intact checkpoint it starts over from step 0,
-/// which gives the same weights as the interrupted run would have.
+/// with (`run_dir/config.toml`). When finished checkpoints exist but none can be used
+/// (damaged, or the config edited since) it refuses, naming each and why, and changes nothing;
+/// a run killed before it finished a checkpoint starts over from step 0, which loses nothing.
 pub fn resume(run_dir: &Path, devices: impl Into<Devices>) -> Result<TrainSummary, TrainError> {
     resume_with(run_dir, devices, Faults::default())
 }
@@ -191,9 +192,24 @@ pub fn resume_with(
     let config = RunConfig::load(&config_path)?;
     check_precision(&config, &devices, &config_path.display().to_string())?;
     let checkpoints = CheckpointDir::new(run_dir.join("checkpoints"));
-    let (state, warnings) = checkpoints.latest_intact(&config.hash());
-    for w in &warnings {
-        tracing::warn!("{w}");
+    let (state, rejected) = checkpoints.latest_intact(&config.hash());
+    // A checkpoint without its commit record was never finished (the process died writing
+    // it); one with a record holds work.
+    let committed = checkpoints.list().iter().any(|f| f.files.state.exists());
+    if state.is_none() && committed {
+        // Starting over would throw the run's work away, and pruning would then delete the
+        // checkpoints a person could still repair: refuse, and touch nothing.
+        return Err(TrainError::Invalid(format!(
+            "{} cannot be resumed: no checkpoint can be used, and none was changed or deleted:\n  \
+             {}\nRestore the damaged files (or the run's config.toml, if it was edited), or \
+             start a new run under another name (`percept train --config FILE --set \
+             name=NEW`).",
+            run_dir.display(),
+            rejected.join("\n  ")
+        )));
+    }
+    for w in &rejected {
+        tracing::warn!("{w}; resuming from an older checkpoint");
     }
     if let Some(s) = &state {
         if s.kind == CheckpointKind::Final {

@@ -200,6 +200,16 @@ fn killed_runs_resume_bit_identical() {
             std::fs::read_to_string(run.with_extension("stderr")).unwrap_or_default()
         );
         let mut damaged = false;
+        // Finished checkpoints (with a commit record) before any damage.
+        let committed = std::fs::read_dir(run.join("checkpoints"))
+            .map(|d| {
+                d.filter(|e| {
+                    e.as_ref()
+                        .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".state.json"))
+                })
+                .count()
+            })
+            .unwrap_or(0);
         if let Some(step) = at.filter(|_| trial > 0) {
             let files =
                 CheckpointDir::new(run.join("checkpoints")).files(&format!("step-{step:06}"));
@@ -214,6 +224,18 @@ fn killed_runs_resume_bit_identical() {
             damaged = true;
         }
         let out = percept(&["train", "--resume", run.to_str().unwrap()]);
+        if damaged && trial == 1 && committed == 1 {
+            // The only finished checkpoint damaged: resume refuses and names it (starting over
+            // would lose the run's work).
+            assert!(!out.ok, "{context}: {}", out.stderr);
+            assert!(
+                out.stderr.contains("cannot be resumed")
+                    && out.stderr.contains(&format!("step-{:06}", at.unwrap())),
+                "{context}: {}",
+                out.stderr
+            );
+            continue;
+        }
         assert!(out.ok, "{context}: {}", out.stderr);
         if damaged && trial == 1 {
             assert!(out.stderr.contains("unusable"), "{context}: {}", out.stderr);
@@ -279,6 +301,53 @@ fn keep_last_and_resume_refusals() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("config.toml"), "{e}");
+}
+
+/// Checkpoints that exist but cannot be used (the config edited, a flipped byte) make resume
+/// refuse, naming each; it used to start over from step 0 and let pruning delete them.
+#[test]
+fn resume_refuses_when_no_checkpoint_can_be_used_and_deletes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = synth(dir.path(), "DE", 6, 2);
+    let config = resumable_config(dir.path(), &data, "unusable");
+    let path = write_config(dir.path(), &config);
+    // Interrupted (Ctrl-C) after step 3 or so: checkpoints, and no final one.
+    let (code, stdout) = interrupt_at(&path, &config.run_dir(), 3);
+    assert_eq!(code, Some(130), "{stdout}");
+    let run = config.run_dir();
+    let checkpoints = run.join("checkpoints");
+    let listing = || -> BTreeSet<(String, Vec<u8>)> {
+        std::fs::read_dir(&checkpoints)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.file_name().into_string().unwrap(),
+                    std::fs::read(e.path()).unwrap(),
+                )
+            })
+            .collect()
+    };
+    let before = listing();
+    assert!(before.iter().any(|(n, _)| n.ends_with(".state.json")));
+    let metrics = std::fs::read(run.join("metrics.jsonl")).unwrap();
+
+    // The run's config edited: every checkpoint's config hash differs now.
+    let edited = std::fs::read_to_string(run.join("config.toml"))
+        .unwrap()
+        .replace("seed = ", "seed = 1");
+    std::fs::write(run.join("config.toml"), edited).unwrap();
+    let e = commands::resume(&run, DeviceSpec::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("cannot be resumed"), "{e}");
+    for (name, _) in before.iter().filter(|(n, _)| n.ends_with(".state.json")) {
+        let stem = name.trim_end_matches(".state.json");
+        assert!(e.contains(stem), "{stem} not named in: {e}");
+    }
+    assert!(e.contains("--set name="), "{e}");
+    assert_eq!(listing(), before, "no checkpoint file changed or deleted");
+    assert_eq!(std::fs::read(run.join("metrics.jsonl")).unwrap(), metrics);
 }
 
 #[test]

@@ -313,14 +313,14 @@ impl CheckpointDir {
         Ok(state)
     }
 
-    /// The newest intact checkpoint, and a warning for each newer one passed over.
+    /// The newest intact checkpoint, and why each newer one was passed over.
     pub fn latest_intact(&self, config_hash: &str) -> (Option<RunState>, Vec<String>) {
         let mut warnings = Vec::new();
         for found in self.list() {
             match self.verify(&found, config_hash) {
                 Ok(state) => return (Some(state), warnings),
                 Err(why) => warnings.push(format!(
-                    "checkpoint {} in {} is unusable: {why}; using the one before it",
+                    "checkpoint {} in {} is unusable: {why}",
                     found.name,
                     self.dir.display()
                 )),
