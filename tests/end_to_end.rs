@@ -38,6 +38,20 @@ fn train_export_reload_predict() {
 
     // Export: provenance names the dataset by manifest hash and region; no sample ids.
     let export = dir.path().join("model.safetensors");
+    // --out naming the checkpoint itself (however spelled) is refused and leaves it intact.
+    let original = std::fs::read(&summary.checkpoint).unwrap();
+    let checkpoints = summary.checkpoint.parent().unwrap();
+    let respelled = checkpoints.join("../checkpoints/final.safetensors");
+    for out in [&summary.checkpoint, &respelled] {
+        let e = commands::export_model(&summary.checkpoint, out, DeviceSpec::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("--out") && e.contains("is the checkpoint"),
+            "{e}"
+        );
+    }
+    assert_eq!(std::fs::read(&summary.checkpoint).unwrap(), original);
     let s = commands::export_model(&summary.checkpoint, &export, DeviceSpec::Cpu).unwrap();
     let manifest_hash = Manifest::load_dir(&data).unwrap().hash();
     assert_eq!(s.card.provenance.datasets[0].manifest_hash, manifest_hash);

@@ -56,6 +56,14 @@ pub fn export<B: Backend>(
     out: &Path,
     device: &B::Device,
 ) -> Result<ExportSummary, TrainError> {
+    if same_file(checkpoint, out) {
+        return Err(TrainError::Invalid(format!(
+            "--out {} is the checkpoint being exported ({}): give another path; an export never \
+             replaces its input",
+            out.display(),
+            checkpoint.display()
+        )));
+    }
     let (net, card) = load_model::<B>(checkpoint, device)?;
     if card.provenance.datasets.is_empty() {
         return Err(TrainError::ModelFile {
@@ -87,4 +95,19 @@ pub fn export<B: Backend>(
         parameters: net.num_params(),
         card,
     })
+}
+
+/// Whether `a` and `b` name one existing file (however spelled, or through a hard link).
+fn same_file(a: &Path, b: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        if let (Ok(x), Ok(y)) = (std::fs::metadata(a), std::fs::metadata(b)) {
+            return x.dev() == y.dev() && x.ino() == y.ino();
+        }
+    }
+    matches!(
+        (std::fs::canonicalize(a), std::fs::canonicalize(b)),
+        (Ok(x), Ok(y)) if x == y
+    )
 }
