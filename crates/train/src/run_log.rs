@@ -70,9 +70,10 @@ pub struct Pace {
 pub struct StepRecord {
     pub step: usize,
     pub lr: f64,
-    /// Finite steps only: the values and the gradient norm go into the means.
-    pub finite: Option<(LossValues, f32)>,
-    /// This step's own values (logged as they are when every step of a window was skipped).
+    /// The gradient norm of a finite step; `None` for a skipped (non-finite) one. Only finite
+    /// steps' values and norms go into the means.
+    pub grad_norm: Option<f32>,
+    /// This step's values (logged as they are when every step of a window was skipped).
     pub losses: LossValues,
     /// The sampler's epoch after the step.
     pub epoch: u64,
@@ -135,10 +136,10 @@ impl RunLog {
     /// Records a step: its share of the means, and a `step` line every `logging.every` steps
     /// (and at the last), an `epoch` line when the epoch changed, a progress line when due.
     pub fn step(&mut self, r: &StepRecord, pace: &Pace) -> Result<(), TrainError> {
-        if let Some((values, norm)) = r.finite {
-            self.window.add(&values);
-            self.line_window.add(&values);
-            self.epoch_mean.add(&values);
+        if let Some(norm) = r.grad_norm {
+            self.window.add(&r.losses);
+            self.line_window.add(&r.losses);
+            self.epoch_mean.add(&r.losses);
             self.grad_norms.0 += norm as f64;
             self.grad_norms.1 += 1;
         }

@@ -325,13 +325,13 @@ where
             ],
         );
         self.position.step = step;
-        let finite = if check.finite {
+        let grad_norm = if check.finite {
             if let Some(e) = self.ema.as_mut() {
                 e.update(self.replica.as_ref().expect("replica").net.valid());
             }
             self.position.nonfinite.in_a_row = 0;
             self.last_losses = losses;
-            Some((losses, check.norm))
+            Some(check.norm)
         } else {
             self.nonfinite(step, &losses, check.norm)?;
             None
@@ -340,7 +340,7 @@ where
         Ok(StepRecord {
             step,
             lr,
-            finite,
+            grad_norm,
             losses,
             epoch: self.position.sampler.as_ref().map_or(0, |s| s.epoch),
             skipped_samples: self.position.skipped_samples,
