@@ -40,11 +40,24 @@
 //! - an inserted entry, or a line replaced by a valid-looking one from elsewhere, or an entry
 //!   edited *and rehashed*: the next entry's `prev` no longer matches ([`AuditError::BrokenLink`]).
 //!
+//! # Signed logs
+//!
+//! A run whose config names a site key (`site.key`) writes a *signed* log: the first entry (a
+//! `run_start`) records the key's public half in `event.site_key`, and every entry carries
+//! `"sig": {"key": "<fingerprint>", "signature": "<hex>"}`, the key's Ed25519 signature over the
+//! entry's `hash` (`sig` is the one key `hash` does not cover). [`verify`] checks every signature
+//! against the key the first entry names ([`AuditError::BadSignature`] names the first entry that
+//! fails); [`verify_signed_by`] also checks that this key is the site's, held apart from the log
+//! ([`AuditError::WrongKey`]), so a chain rewritten and re-signed with another key is caught.
+//! [`signed_head`] gives the head with the site's signature ([`SignedHead`]) to anchor elsewhere.
+//!
 //! # What it does not prove
 //!
-//! The log is tamper-*evident*, not tamper-proof: the hashes are not keyed or signed. Whoever can
-//! write the file can delete trailing entries, rehash an edited last entry, or rewrite the whole
-//! chain from any point on, and the file alone still verifies. What catches that is the *head*
+//! Without a site key the log is tamper-*evident*, not tamper-proof: the hashes are not keyed.
+//! Whoever can write the file can delete trailing entries, rehash an edited last entry, or
+//! rewrite the whole chain from any point on, and the file alone still verifies. With a site key,
+//! rewriting needs the key, but deleting trailing entries still leaves a log whose every entry is
+//! validly signed. What catches that is the *head*
 //! ([`AuditHead`]: entry count and last hash) pinned elsewhere: a run records the head it saw
 //! into its checkpoints, its run summary and the provenance of exported models, and
 //! [`verify_against`] checks the log still contains that head ([`AuditError::Truncated`],
@@ -65,6 +78,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+use crate::keys::{PublicKey, SecretKey, SignatureDomain};
 
 /// File name of the audit log inside a run directory (`runs/<name>/audit.jsonl`).
 pub const AUDIT_FILE: &str = "audit.jsonl";
@@ -91,6 +106,10 @@ pub enum AuditEvent {
         site_name: String,
         /// Version of percept that ran.
         percept_version: String,
+        /// Public key (64 hex) of the site key that signs every entry of this log; set on the
+        /// log's first entry by a signing [`AuditLog`]. Absent: the log is unsigned.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        site_key: Option<String>,
     },
     /// The residency guard allowed or denied a dataset at this site.
     GuardDecision {
@@ -106,8 +125,11 @@ pub enum AuditEvent {
         site_region: String,
         /// Whether the dataset may be processed here.
         allowed: bool,
-        /// Why (the policy clause that decided).
+        /// Why (the policy clause that decided, and what the signature check found).
         reason: String,
+        /// Fingerprint of the trusted steward key whose signature on the manifest verified.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signed_by: Option<String>,
     },
     /// A shard was opened and its whole-file hash checked.
     ShardOpened {
@@ -175,6 +197,35 @@ pub enum AuditEvent {
         /// How it ended (`"completed"`, `"interrupted"`, or the error text).
         status: String,
     },
+    /// A checkpoint could not be written (disk full, ...): its files were removed, and the
+    /// run went on or stopped as `checkpoint.on_error` says. When the failure came after the
+    /// checkpoint's own `checkpoint` entry (its commit record could not be written), this
+    /// entry withdraws it.
+    CheckpointFailed {
+        /// Path of the checkpoint's model file.
+        path: String,
+        /// Training step it would have held.
+        step: u64,
+        /// The error.
+        error: String,
+        /// `"continue"` or `"stop"`.
+        action: String,
+    },
+    /// A run was resumed with a config key changed that cannot alter its results (see
+    /// `percept_train::checkpoint::RESUME_MUTABLE_KEYS`).
+    ConfigChanged {
+        /// Dotted key path, e.g. `logging.every`.
+        key: String,
+        /// The value the resumed checkpoint was written with (TOML; `(unset)` if absent).
+        old: String,
+        /// The value now in the run's config.
+        new: String,
+    },
+    /// Temporary files of writes that never finished (a killed process) were removed.
+    TemporariesRemoved {
+        /// The files removed.
+        files: Vec<String>,
+    },
 }
 
 impl AuditEvent {
@@ -189,6 +240,9 @@ impl AuditEvent {
             AuditEvent::Export { .. } => "export",
             AuditEvent::RunResumed { .. } => "run_resumed",
             AuditEvent::RunEnd { .. } => "run_end",
+            AuditEvent::CheckpointFailed { .. } => "checkpoint_failed",
+            AuditEvent::ConfigChanged { .. } => "config_changed",
+            AuditEvent::TemporariesRemoved { .. } => "temporaries_removed",
         }
     }
 }
@@ -204,8 +258,20 @@ pub struct AuditEntry {
     pub prev: String,
     /// The payload.
     pub event: AuditEvent,
-    /// blake3 hex of the canonical serialisation of the other fields.
+    /// blake3 hex of the canonical serialisation of the other fields (all but `sig`).
     pub hash: String,
+    /// The site's signature over `hash`; present on every entry of a signed log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sig: Option<EntrySignature>,
+}
+
+/// A site key's signature on one audit entry: the key's fingerprint and the Ed25519 signature
+/// of the entry's `hash` ([`SignatureDomain::AuditEntry`]). Not covered by `hash`: it signs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntrySignature {
+    pub key: String,
+    pub signature: String,
 }
 
 /// The entry without `hash`: what `hash` is computed over.
@@ -247,6 +313,9 @@ pub struct AuditReport {
     pub head: AuditHead,
     /// Entry count per event `kind`.
     pub events_by_kind: BTreeMap<String, u64>,
+    /// Fingerprint of the site key every entry is signed with (each signature verified against
+    /// the public key the first entry names); `None` for an unsigned log.
+    pub signed_by: Option<String>,
 }
 
 /// Why an audit log cannot be read, verified or appended to.
@@ -359,6 +428,51 @@ pub enum AuditError {
         pinned: String,
         found: String,
     },
+
+    /// An entry of a signed log has no valid signature by the log's site key: it was written or
+    /// rewritten by someone without the key.
+    #[error(
+        "audit log {path}, line {line} (seq {seq}): {detail}; the entry was written or rewritten \
+         without the site key {key}"
+    )]
+    BadSignature {
+        path: PathBuf,
+        line: u64,
+        seq: u64,
+        /// Fingerprint of the key the log is signed with.
+        key: String,
+        detail: String,
+    },
+
+    /// The log is not signed by the key the verifier holds (unsigned, or signed by another key
+    /// named in its first entry).
+    #[error(
+        "audit log {path} is {}, not by the site key {expected}: it was rewritten (and re-signed \
+         with another key) or it is not this site's log",
+        found.as_ref().map_or_else(|| "unsigned".to_string(), |k| format!("signed by {k}"))
+    )]
+    WrongKey {
+        path: PathBuf,
+        expected: String,
+        found: Option<String>,
+    },
+
+    /// A signed head was asked of an unsigned log.
+    #[error(
+        "audit log {path} is unsigned, so it has no signed head: runs sign their logs when the \
+         config's `site.key` names the site's key"
+    )]
+    Unsigned { path: PathBuf },
+
+    /// A head file (`percept audit export-head`) that is malformed or whose signature does not
+    /// verify.
+    #[error("head file {path}: {detail}")]
+    BadHead { path: PathBuf, detail: String },
+
+    /// A signing writer and a log that disagree: appending would leave entries the log's
+    /// verification rejects.
+    #[error("audit log {path}: {detail}")]
+    SignerMismatch { path: PathBuf, detail: String },
 
     /// [`AuditLog::open`] found an existing log that does not verify and will not append to it.
     #[error(
@@ -511,12 +625,19 @@ struct ParsedLine {
     prev: String,
     hash: String,
     kind: &'static str,
+    sig: Option<EntrySignature>,
+    /// `event.site_key` of a run start.
+    site_key: Option<String>,
 }
 
 /// A verified chain: the hash of every entry, in seq order, and counts per kind.
 struct Chain {
     hashes: Vec<String>,
     by_kind: BTreeMap<String, u64>,
+    /// The site key the first entry names; every entry's signature verified against it.
+    key: Option<PublicKey>,
+    /// The last entry's signature (it signs the head).
+    last_sig: Option<EntrySignature>,
 }
 
 impl Chain {
@@ -535,6 +656,7 @@ impl Chain {
             entries: self.hashes.len() as u64,
             head: self.head(),
             events_by_kind: self.by_kind.clone(),
+            signed_by: self.key.as_ref().map(PublicKey::fingerprint),
         }
     }
 }
@@ -578,6 +700,13 @@ fn parse_line(path: &Path, line: u64, bytes: &[u8], torn: bool) -> Result<Parsed
         }
         None => return Err(unparsable(seq, "no `hash`".to_string())),
     };
+    let sig = match object.remove("sig") {
+        None => None,
+        Some(v) => Some(
+            serde_json::from_value::<EntrySignature>(v)
+                .map_err(|e| unparsable(seq, format!("`sig` is not a signature ({e})")))?,
+        ),
+    };
     let computed = hash_value(&value);
     let Some(seq) = seq else {
         return Err(unparsable(
@@ -605,12 +734,18 @@ fn parse_line(path: &Path, line: u64, bytes: &[u8], torn: bool) -> Result<Parsed
             "`prev` is not 64 lowercase hex digits".to_string(),
         ));
     }
+    let site_key = match &entry.event {
+        AuditEvent::RunStart { site_key, .. } => site_key.clone(),
+        _ => None,
+    };
     Ok(ParsedLine {
         line,
         seq,
         prev: entry.prev,
         hash: entry.hash,
         kind: entry.event.kind(),
+        sig,
+        site_key,
     })
 }
 
@@ -632,6 +767,8 @@ fn check_bytes(path: &Path, bytes: &[u8]) -> Result<Chain, AuditError> {
     let mut chain = Chain {
         hashes: Vec::with_capacity(lines.len()),
         by_kind: BTreeMap::new(),
+        key: None,
+        last_sig: None,
     };
     // Seqs of the lines that parsed, to tell a reorder from a deletion.
     let seqs: Vec<Option<u64>> = lines
@@ -681,10 +818,65 @@ fn check_bytes(path: &Path, bytes: &[u8]) -> Result<Chain, AuditError> {
                 found: p.prev,
             });
         }
+        if p.seq == 0 {
+            if let Some(hex) = &p.site_key {
+                chain.key = Some(
+                    PublicKey::from_hex(hex).map_err(|e| AuditError::Unparsable {
+                        path: path.to_path_buf(),
+                        line: p.line,
+                        seq: Some(0),
+                        detail: format!("`event.site_key`: {e}"),
+                    })?,
+                );
+            }
+        }
+        check_signature(path, &p, chain.key.as_ref())?;
+        chain.last_sig = p.sig;
         chain.hashes.push(p.hash);
         *chain.by_kind.entry(p.kind.to_string()).or_default() += 1;
     }
     Ok(chain)
+}
+
+/// A log whose first entry names a site key has every entry signed by it; an unsigned log has
+/// no signatures at all.
+fn check_signature(path: &Path, p: &ParsedLine, key: Option<&PublicKey>) -> Result<(), AuditError> {
+    let fail = |key: String, detail: String| AuditError::BadSignature {
+        path: path.to_path_buf(),
+        line: p.line,
+        seq: p.seq,
+        key,
+        detail,
+    };
+    match (key, &p.sig) {
+        (None, None) => Ok(()),
+        (None, Some(sig)) => Err(fail(
+            sig.key.clone(),
+            "the entry is signed, but the log's first entry names no site key (it was removed \
+             or replaced)"
+                .into(),
+        )),
+        (Some(key), None) => Err(fail(key.fingerprint(), "the entry is not signed".into())),
+        (Some(key), Some(sig)) => {
+            if sig.key != key.fingerprint() {
+                Err(fail(
+                    key.fingerprint(),
+                    format!("the entry is signed by another key, {}", sig.key),
+                ))
+            } else if !key.verifies(
+                SignatureDomain::AuditEntry,
+                p.hash.as_bytes(),
+                &sig.signature,
+            ) {
+                Err(fail(
+                    key.fingerprint(),
+                    "its signature does not verify over its hash".into(),
+                ))
+            } else {
+                Ok(())
+            }
+        }
+    }
 }
 
 fn read_log(path: &Path) -> Result<Vec<u8>, AuditError> {
@@ -736,6 +928,109 @@ pub fn verify_against(
     Ok(chain.report())
 }
 
+/// [`verify`], then that every entry is signed by `key`: the site's public key, held apart from
+/// the log (a log rewritten and re-signed with another key names that key in its first entry).
+pub fn verify_signed_by(
+    path: impl AsRef<Path>,
+    key: &PublicKey,
+) -> Result<AuditReport, AuditError> {
+    let path = path.as_ref();
+    let report = verify(path)?;
+    if report.signed_by.as_deref() != Some(key.fingerprint().as_str()) {
+        return Err(AuditError::WrongKey {
+            path: path.to_path_buf(),
+            expected: key.fingerprint(),
+            found: report.signed_by,
+        });
+    }
+    Ok(report)
+}
+
+/// A log's head with the site's signature on it, to anchor outside the site (a ticket, a
+/// transparency log): `percept audit export-head` prints it, `percept audit verify --head`
+/// checks that the log still extends it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignedHead {
+    /// Entries in the log at the time, and the last entry's hash.
+    pub entries: u64,
+    pub hash: String,
+    /// The site key: fingerprint and public key (64 hex).
+    pub key: String,
+    pub public_key: String,
+    /// The last entry's signature: the site key's signature over `hash`.
+    pub signature: String,
+}
+
+impl SignedHead {
+    /// The head as [`verify_against`] takes it.
+    pub fn head(&self) -> AuditHead {
+        AuditHead {
+            entries: self.entries,
+            hash: self.hash.clone(),
+        }
+    }
+
+    /// Reads a head file and checks its own signature (not yet against a log).
+    pub fn load(path: impl AsRef<Path>) -> Result<(SignedHead, PublicKey), AuditError> {
+        let path = path.as_ref();
+        let bad = |detail: String| AuditError::BadHead {
+            path: path.to_path_buf(),
+            detail,
+        };
+        let bytes = std::fs::read(path).map_err(|source| AuditError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let head: SignedHead = serde_json::from_slice(&bytes).map_err(|e| {
+            bad(format!(
+                "not a signed audit head ({e}); `percept audit export-head RUN` writes one"
+            ))
+        })?;
+        let key =
+            PublicKey::from_hex(&head.public_key).map_err(|e| bad(format!("public_key: {e}")))?;
+        if key.fingerprint() != head.key {
+            return Err(bad(format!(
+                "`key` says {} but `public_key` has fingerprint {}: the file was edited",
+                head.key,
+                key.fingerprint()
+            )));
+        }
+        if head.entries == 0
+            || !key.verifies(
+                SignatureDomain::AuditEntry,
+                head.hash.as_bytes(),
+                &head.signature,
+            )
+        {
+            return Err(bad(format!(
+                "its signature does not verify with key {}: the head was edited",
+                head.key
+            )));
+        }
+        Ok((head, key))
+    }
+}
+
+/// The signed head of a signed log (its last entry's hash and signature).
+pub fn signed_head(path: impl AsRef<Path>) -> Result<SignedHead, AuditError> {
+    let path = path.as_ref();
+    let chain = check_bytes(path, &read_log(path)?)?;
+    let (Some(key), Some(sig)) = (&chain.key, &chain.last_sig) else {
+        return Err(AuditError::Unsigned {
+            path: path.to_path_buf(),
+        });
+    };
+    let head = chain.head();
+    Ok(SignedHead {
+        entries: head.entries,
+        hash: head.hash,
+        key: key.fingerprint(),
+        public_key: key.to_hex(),
+        signature: sig.signature.clone(),
+    })
+}
+
 /// An open audit log, appending to the end of a verified chain.
 ///
 /// Holds an exclusive lock on the file while it lives.
@@ -745,6 +1040,11 @@ pub struct AuditLog {
     file: File,
     head: AuditHead,
     poisoned: bool,
+    /// Fingerprint of the key the log is signed with (from its first entry, or the signer's
+    /// for a new log).
+    log_key: Option<String>,
+    /// Signs every appended entry ([`with_signer`](Self::with_signer)).
+    signer: Option<SecretKey>,
 }
 
 impl AuditLog {
@@ -798,10 +1098,35 @@ impl AuditLog {
         })?;
         Ok(AuditLog {
             head: chain.head(),
+            log_key: chain.key.as_ref().map(PublicKey::fingerprint),
             path,
             file,
             poisoned: false,
+            signer: None,
         })
+    }
+
+    /// Signs every entry this writer appends with the site key `key`. A new log records the
+    /// key's public half in its first entry (which must be a `run_start`); an existing log must
+    /// already be signed by the same key. `None` leaves the writer unsigned, which only an
+    /// unsigned log accepts.
+    pub fn with_signer(mut self, key: Option<SecretKey>) -> Result<AuditLog, AuditError> {
+        let wanted = key.as_ref().map(|k| k.public().fingerprint());
+        if self.head.entries > 0 && wanted.is_some() && self.log_key != wanted {
+            return Err(AuditError::SignerMismatch {
+                path: self.path.clone(),
+                detail: format!(
+                    "the log is {}, but this run's site key is {}: a log is signed by one key \
+                     from its first entry on; use the key it was started with",
+                    self.log_key
+                        .as_ref()
+                        .map_or_else(|| "unsigned".to_string(), |k| format!("signed by {k}")),
+                    wanted.unwrap_or_default()
+                ),
+            });
+        }
+        self.signer = key;
+        Ok(self)
     }
 
     /// Appends `event` as the next entry: one write of the whole line, then fsync. Returns the
@@ -817,8 +1142,35 @@ impl AuditLog {
             path: self.path.clone(),
             source,
         };
-        let time = rfc3339_utc(SystemTime::now());
+        let mut event = event;
         let seq = self.head.entries;
+        match (&self.signer, &self.log_key) {
+            (None, Some(key)) => {
+                return Err(AuditError::SignerMismatch {
+                    path: self.path.clone(),
+                    detail: format!(
+                        "the log is signed by the site key {key}, and an unsigned entry would \
+                         break it: give the run's site key (`site.key` in its config)"
+                    ),
+                })
+            }
+            (Some(signer), None) if seq == 0 => match &mut event {
+                AuditEvent::RunStart { site_key, .. } => {
+                    *site_key = Some(signer.public().to_hex());
+                }
+                other => {
+                    return Err(AuditError::SignerMismatch {
+                        path: self.path.clone(),
+                        detail: format!(
+                            "a signed log starts with a run_start entry, not {}",
+                            other.kind()
+                        ),
+                    })
+                }
+            },
+            _ => {}
+        }
+        let time = rfc3339_utc(SystemTime::now());
         let body = serde_json::to_value(EntryBody {
             seq,
             time: &time,
@@ -827,12 +1179,17 @@ impl AuditLog {
         })
         .map_err(|e| io(std::io::Error::other(e)))?;
         let hash = hash_value(&body);
+        let sig = self.signer.as_ref().map(|k| EntrySignature {
+            key: k.public().fingerprint(),
+            signature: k.sign(SignatureDomain::AuditEntry, hash.as_bytes()),
+        });
         let entry = AuditEntry {
             seq,
             time,
             prev: self.head.hash.clone(),
             event,
             hash,
+            sig,
         };
         let mut line = serde_json::to_string(&entry).map_err(|e| io(std::io::Error::other(e)))?;
         line.push('\n');
@@ -850,6 +1207,9 @@ impl AuditLog {
             entries: seq + 1,
             hash: entry.hash,
         };
+        if seq == 0 {
+            self.log_key = self.signer.as_ref().map(|k| k.public().fingerprint());
+        }
         Ok(self.head.clone())
     }
 
@@ -876,6 +1236,7 @@ mod tests {
                 site_region: "DE".into(),
                 site_name: "munich-1".into(),
                 percept_version: "0.1.0".into(),
+                site_key: None,
             },
             AuditEvent::GuardDecision {
                 dataset: "synth-us".into(),
@@ -885,6 +1246,7 @@ mod tests {
                 site_region: "DE".into(),
                 allowed: false,
                 reason: "DE is not in processing_regions [US]".into(),
+                signed_by: None,
             },
             AuditEvent::ShardOpened {
                 dataset: "synth-de".into(),
@@ -1521,5 +1883,220 @@ mod tests {
         );
         let now = rfc3339_utc(SystemTime::now());
         assert_eq!(now.len(), 24, "{now}");
+    }
+
+    /// Writes the six events to a log signed by `key`; returns its path.
+    fn write_signed_log(dir: &Path, key: &SecretKey) -> PathBuf {
+        let path = dir.join("signed").join(AUDIT_FILE);
+        let signer = key.clone();
+        let mut log = AuditLog::open(&path)
+            .unwrap()
+            .with_signer(Some(signer))
+            .unwrap();
+        for event in events() {
+            log.append(event).unwrap();
+        }
+        path
+    }
+
+    /// Rewrites `lines[from..]` as an attacker would: each entry rehashed, relinked to the one
+    /// before, and signed with `key` (or its signature dropped).
+    fn rewrite_from(lines: &mut [String], from: usize, key: Option<&SecretKey>) {
+        let mut prev = if from == 0 {
+            GENESIS_HASH.to_string()
+        } else {
+            serde_json::from_str::<Value>(&lines[from - 1]).unwrap()["hash"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        };
+        for line in lines[from..].iter_mut() {
+            let mut value: Value = serde_json::from_str(line).unwrap();
+            let object = value.as_object_mut().unwrap();
+            object.remove("sig");
+            object.insert("prev".into(), Value::String(prev.clone()));
+            if let Some(site_key) = object["event"].get_mut("site_key") {
+                match key {
+                    Some(k) => *site_key = Value::String(k.public().to_hex()),
+                    None => {
+                        object["event"].as_object_mut().unwrap().remove("site_key");
+                    }
+                }
+            }
+            rehash(&mut value);
+            let hash = value["hash"].as_str().unwrap().to_string();
+            if let Some(k) = key {
+                value.as_object_mut().unwrap().insert(
+                    "sig".into(),
+                    serde_json::to_value(EntrySignature {
+                        key: k.public().fingerprint(),
+                        signature: k.sign(SignatureDomain::AuditEntry, hash.as_bytes()),
+                    })
+                    .unwrap(),
+                );
+            }
+            prev = hash;
+            *line = serde_json::to_string(&value).unwrap();
+        }
+    }
+
+    #[test]
+    fn signed_log_verifies_and_names_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let site = SecretKey::generate("site").unwrap();
+        let path = write_signed_log(dir.path(), &site);
+        let report = verify_signed_by(&path, &site.public()).unwrap();
+        assert_eq!(report.entries, 6);
+        assert_eq!(report.signed_by, Some(site.public().fingerprint()));
+        let first: AuditEntry = serde_json::from_str(&read_lines(&path)[0]).unwrap();
+        assert!(matches!(
+            first.event,
+            AuditEvent::RunStart { site_key: Some(ref k), .. } if *k == site.public().to_hex()
+        ));
+        // Reopened, the same key continues it; no key, or another, is refused before a write.
+        let other = SecretKey::generate("other").unwrap();
+        let err = AuditLog::open(&path)
+            .unwrap()
+            .with_signer(Some(other.clone()))
+            .unwrap_err();
+        assert!(matches!(err, AuditError::SignerMismatch { .. }), "{err}");
+        let mut unsigned = AuditLog::open(&path).unwrap();
+        let err = unsigned.append(events().pop().unwrap()).unwrap_err();
+        assert!(err.to_string().contains("give the run's site key"), "{err}");
+        drop(unsigned);
+        let mut log = AuditLog::open(&path)
+            .unwrap()
+            .with_signer(Some(site.clone()))
+            .unwrap();
+        log.append(events().pop().unwrap()).unwrap();
+        assert_eq!(verify_signed_by(&path, &site.public()).unwrap().entries, 7);
+        // An unsigned log is unsigned for `verify_signed_by`.
+        let (plain, _) = write_log(dir.path());
+        assert_eq!(verify(&plain).unwrap().signed_by, None);
+        assert!(matches!(
+            verify_signed_by(&plain, &site.public()).unwrap_err(),
+            AuditError::WrongKey { found: None, .. }
+        ));
+    }
+
+    #[test]
+    fn signed_log_rewritten_without_the_site_key_fails_at_the_first_rewritten_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let site = SecretKey::generate("site").unwrap();
+        let path = write_signed_log(dir.path(), &site);
+        let original = read_lines(&path);
+
+        // Entry seq 3 edited, it and the rest rehashed and relinked, signatures kept: the hashes
+        // and links hold, the signature of seq 3 does not.
+        let mut lines = original.clone();
+        let mut value: Value = serde_json::from_str(&lines[3]).unwrap();
+        value["event"]["reason"] = Value::from("nothing happened");
+        let sig = value["sig"].clone();
+        lines[3] = serde_json::to_string(&value).unwrap();
+        rewrite_from(&mut lines, 3, None);
+        for line in lines[3..].iter_mut() {
+            let mut v: Value = serde_json::from_str(line).unwrap();
+            v.as_object_mut().unwrap().insert("sig".into(), sig.clone());
+            *line = serde_json::to_string(&v).unwrap();
+        }
+        write_lines(&path, &lines);
+        let err = verify(&path).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                AuditError::BadSignature {
+                    line: 4,
+                    seq: 3,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("does not verify"), "{err}");
+
+        // The signatures dropped from seq 3 on.
+        let mut lines = original.clone();
+        rewrite_from(&mut lines, 3, None);
+        write_lines(&path, &lines);
+        let err = verify(&path).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                AuditError::BadSignature {
+                    line: 4,
+                    seq: 3,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("not signed"), "{err}");
+
+        // The whole chain rewritten unsigned: it holds by itself, but not as the site's.
+        let mut lines = original.clone();
+        rewrite_from(&mut lines, 0, None);
+        write_lines(&path, &lines);
+        assert_eq!(verify(&path).unwrap().signed_by, None);
+        let err = verify_signed_by(&path, &site.public()).unwrap_err();
+        assert!(
+            err.to_string().contains("is unsigned, not by the site key"),
+            "{err}"
+        );
+
+        // ... or re-signed with the attacker's own key.
+        let attacker = SecretKey::generate("attacker").unwrap();
+        let mut lines = original;
+        rewrite_from(&mut lines, 0, Some(&attacker));
+        write_lines(&path, &lines);
+        assert_eq!(
+            verify(&path).unwrap().signed_by,
+            Some(attacker.public().fingerprint())
+        );
+        let err = verify_signed_by(&path, &site.public()).unwrap_err();
+        assert!(
+            matches!(err, AuditError::WrongKey { found: Some(ref k), .. } if *k == attacker.public().fingerprint()),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn signed_head_anchors_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let site = SecretKey::generate("site").unwrap();
+        let path = write_signed_log(dir.path(), &site);
+        let head = signed_head(&path).unwrap();
+        assert_eq!(
+            (head.entries, head.key.clone()),
+            (6, site.public().fingerprint())
+        );
+        let head_file = dir.path().join("head.json");
+        std::fs::write(&head_file, serde_json::to_vec(&head).unwrap()).unwrap();
+        let (loaded, key) = SignedHead::load(&head_file).unwrap();
+        assert_eq!((loaded.clone(), key), (head.clone(), site.public()));
+        verify_against(&path, &loaded.head()).unwrap();
+
+        // A head whose entry count or hash was changed no longer verifies.
+        let mut edited = head.clone();
+        edited.hash = "0".repeat(63) + "1";
+        std::fs::write(&head_file, serde_json::to_vec(&edited).unwrap()).unwrap();
+        let err = SignedHead::load(&head_file).unwrap_err().to_string();
+        assert!(
+            err.contains("head.json") && err.contains("the head was edited"),
+            "{err}"
+        );
+
+        // An unsigned log has no signed head.
+        let (plain, _) = write_log(dir.path());
+        assert!(matches!(
+            signed_head(&plain).unwrap_err(),
+            AuditError::Unsigned { .. }
+        ));
+        // A signed log must start with run_start.
+        let mut log = AuditLog::open(dir.path().join("x").join(AUDIT_FILE))
+            .unwrap()
+            .with_signer(Some(site.clone()))
+            .unwrap();
+        let err = log.append(events().pop().unwrap()).unwrap_err();
+        assert!(err.to_string().contains("starts with a run_start"), "{err}");
     }
 }

@@ -110,6 +110,21 @@ pub enum DataError {
         detail: String,
     },
 
+    /// A manifest's signature does not satisfy the site's trust store: unsigned where the site
+    /// requires signatures, signed by a key the store does not hold, a signature that does not
+    /// match the content, or a steward signing for a region it may not.
+    #[error("dataset `{dataset}` ({manifest}) is refused: {detail}")]
+    SignatureRefused {
+        dataset: String,
+        manifest: PathBuf,
+        detail: String,
+    },
+
+    /// A key or trust-store file is unusable (wrong kind, malformed, or a secret key that
+    /// others may read).
+    #[error("key file {path}: {reason}")]
+    BadKey { path: PathBuf, reason: String },
+
     /// A shard the manifest lists could not be opened; under the `skip` integrity policy its
     /// samples are reported one by one with this reason.
     #[error("shard {path}, sample {index}: the shard is unusable: {why}")]

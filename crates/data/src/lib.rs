@@ -3,6 +3,7 @@
 //! - [`sample`]: one labelled frame ([`Sample`]).
 //! - [`shard`]: the shard file format v2 ([`ShardWriter`], [`ShardReader`]).
 //! - [`manifest`]: dataset manifests with region and residency policy ([`Manifest`]).
+//! - [`keys`]: Ed25519 keys of data stewards and sites, and a site's trust store.
 //! - [`residency`]: the residency guard, the only way to open a dataset ([`ResidencyGuard`]).
 //! - [`dataset`]: one verified split of a dataset directory ([`Dataset`]).
 //! - [`augment`]: training-time augmentation: zoom, shift, flip, HSV jitter, mosaics
@@ -15,6 +16,7 @@ pub mod augment;
 pub mod batch;
 pub mod dataset;
 pub mod error;
+pub mod keys;
 pub mod letterbox;
 pub mod manifest;
 pub mod process_memory;
@@ -37,10 +39,14 @@ pub use batch::{
 };
 pub use dataset::{Dataset, IntegrityPolicy, ShardCheck};
 pub use error::{DataError, Result};
+pub use keys::{PublicKey, SecretKey, SignatureDomain, Steward, TrustStore};
 pub use manifest::{
-    is_region_code, ImportRecord, LabelledTasks, Manifest, Policy, ShardEntry, Split, MANIFEST_FILE,
+    is_region_code, ImportRecord, LabelledTasks, Manifest, ManifestSignature, Policy, ShardEntry,
+    Split, MANIFEST_FILE,
 };
-pub use residency::{ClearedDataset, GuardDecision, GuardRefusal, ResidencyGuard, Site};
+pub use residency::{
+    ClearedDataset, GuardDecision, GuardRefusal, ResidencyGuard, SignaturePolicy, Site,
+};
 pub use sample::{BoxLabel, Conditions, IgnoreRegion, Sample, TrafficSide};
 pub use sampler::{
     RegionSampler, SampleRef, SamplerConfig, SamplerError, SamplerSource, SamplerState,

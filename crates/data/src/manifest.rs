@@ -13,7 +13,8 @@
 //!     { "file": "train-00000.shard", "split": "train", "samples": 2,
 //!       "hash": "<blake3 hex of the file>", "sample_checksums": ["<hex>", "<hex>"] }
 //!   ],
-//!   "seal": "<blake3 hex of the content above>"
+//!   "seal": "<blake3 hex of the content above>",
+//!   "signature": { "key": "ed25519:<fingerprint>", "steward": "de-office", "signature": "<hex>" }
 //! }
 //! ```
 //!
@@ -23,9 +24,12 @@
 //! `seal` is the blake3 of the manifest's content (every field but `seal`, serialised compactly
 //! in field order), written by [`Manifest::save`] and checked by [`Manifest::load`]. A shard
 //! list, hash, class list or policy edited by hand after the manifest was written no longer
-//! matches its seal and is refused. The seal is not a signature: whoever recomputes it can forge
-//! an edit, which is why a run also pins each manifest's [`hash`](Manifest::hash) in its audit
-//! log and checkpoint state and refuses to resume over a changed one.
+//! matches its seal and is refused. The seal alone is not a signature: whoever recomputes it can
+//! forge an edit. `signature` (optional, [`Manifest::sign`]) is a data steward's Ed25519
+//! signature over the seal; the residency guard checks it against the site's trust store
+//! ([`crate::keys`]), so an edit without the steward's key is refused. A run also pins each
+//! manifest's [`hash`](Manifest::hash) in its audit log and checkpoint state and refuses to
+//! resume over a changed one.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -35,6 +39,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::atomic_file::write_atomic;
 use crate::error::{DataError, Result};
+use crate::keys::{SecretKey, SignatureDomain};
 
 /// The manifest format this build reads and writes.
 pub const MANIFEST_FORMAT: u32 = 2;
@@ -192,6 +197,18 @@ pub struct ShardEntry {
     pub sample_checksums: Vec<String>,
 }
 
+/// A data steward's Ed25519 signature over a manifest's `seal` (see [`crate::keys`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestSignature {
+    /// Fingerprint of the signing key (`ed25519:…`), looked up in a site's trust store.
+    pub key: String,
+    /// The key's name when it signed (for people; the trust store's name is authoritative).
+    pub steward: String,
+    /// 128 hex digits: the signature of `seal` in [`SignatureDomain::ManifestSeal`].
+    pub signature: String,
+}
+
 /// A dataset manifest (`manifest.json`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -220,6 +237,10 @@ pub struct Manifest {
     /// blake3 hex of the content (see the module docs); set by [`save`](Self::save).
     #[serde(default)]
     pub seal: String,
+    /// A data steward's signature over `seal` ([`sign`](Self::sign)); absent when unsigned.
+    /// Not part of the seal, so signing does not change it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<ManifestSignature>,
     /// blake3 hex of the bytes last loaded from or saved to disk.
     #[serde(skip)]
     disk_hash: Option<String>,
@@ -261,6 +282,7 @@ impl Manifest {
             imports: Vec::new(),
             shards: Vec::new(),
             seal: String::new(),
+            signature: None,
             disk_hash: None,
         };
         m.validate().map_err(|reason| DataError::BadManifest {
@@ -355,6 +377,7 @@ impl Manifest {
     pub fn content_seal(&self) -> String {
         let unsealed = Manifest {
             seal: String::new(),
+            signature: None,
             disk_hash: None,
             ..self.clone()
         };
@@ -372,6 +395,18 @@ impl Manifest {
             serde_json::to_vec_pretty(&sealed).map_err(|e| format!("cannot serialise: {e}"))?;
         bytes.push(b'\n');
         Ok(bytes)
+    }
+
+    /// Signs the manifest's seal with a data steward's key (replacing any earlier signature);
+    /// [`save`](Self::save) then writes it. Whoever changes the content afterwards without the
+    /// key leaves a signature that no longer verifies.
+    pub fn sign(&mut self, key: &SecretKey) {
+        self.seal = self.content_seal();
+        self.signature = Some(ManifestSignature {
+            key: key.public().fingerprint(),
+            steward: key.name().to_string(),
+            signature: key.sign(SignatureDomain::ManifestSeal, self.seal.as_bytes()),
+        });
     }
 
     /// Shards of one split, in manifest order.

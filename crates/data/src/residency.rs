@@ -7,6 +7,12 @@
 //! else, so no code path opens shards the guard has not cleared. There is no switch that turns
 //! the guard off.
 //!
+//! A site may also hold a [`TrustStore`]: the data stewards whose Ed25519 signatures it accepts,
+//! per region ([`SignaturePolicy`]). Then a manifest must carry a valid signature by a trusted
+//! steward for the manifest's region of collection, or the dataset is refused before any shard
+//! byte is read: unsigned (unless the site allows unsigned data, which every decision records),
+//! signed by a key not in the store, signed for another region, or changed since it was signed.
+//!
 //! Every check yields a [`GuardDecision`] (allowed or not, and why) for the run's audit log.
 //!
 //! [`Dataset::open`]: crate::Dataset::open
@@ -16,6 +22,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::DataError;
+use crate::keys::{SignatureDomain, TrustStore};
 use crate::manifest::{is_region_code, Manifest, MANIFEST_FILE};
 
 /// Where a run processes data: a region (ISO 3166-1 alpha-2) and a site name for the log.
@@ -38,8 +45,12 @@ pub struct GuardDecision {
     pub data_region: String,
     pub site_region: String,
     pub allowed: bool,
-    /// Why, in words: the policy line that allows or forbids it.
+    /// Why, in words: the policy line that allows or forbids it, and what the signature check
+    /// found.
     pub reason: String,
+    /// Fingerprint of the trusted steward key whose signature on the manifest verified; `None`
+    /// when unsigned or not checked (no trust store).
+    pub signed_by: Option<String>,
 }
 
 /// A manifest the guard has allowed at its site; the key to [`crate::Dataset::open`].
@@ -76,15 +87,48 @@ pub struct GuardRefusal {
     pub error: DataError,
 }
 
+/// What a site requires of manifest signatures.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignaturePolicy {
+    /// The stewards whose signatures the site accepts; `None`: signatures are not checked.
+    pub trust_store: Option<TrustStore>,
+    /// Whether an unsigned manifest may be processed (each such decision says so).
+    pub allow_unsigned: bool,
+}
+
+impl SignaturePolicy {
+    /// No trust store: unsigned data allowed, signatures not checked.
+    pub fn unchecked() -> Self {
+        SignaturePolicy {
+            trust_store: None,
+            allow_unsigned: true,
+        }
+    }
+}
+
 /// Checks dataset manifests against a site.
 #[derive(Debug, Clone)]
 pub struct ResidencyGuard {
     site: Site,
+    signatures: SignaturePolicy,
 }
 
 impl ResidencyGuard {
-    /// A guard for `site`; its region must be an ISO 3166-1 alpha-2 code.
+    /// A guard for `site` that does not check signatures ([`SignaturePolicy::unchecked`]).
     pub fn new(site: Site) -> Result<Self, DataError> {
+        Self::with_signatures(site, SignaturePolicy::unchecked())
+    }
+
+    /// A guard for `site` with a signature policy. A policy that refuses unsigned data needs a
+    /// trust store (else it would refuse everything).
+    pub fn with_signatures(site: Site, signatures: SignaturePolicy) -> Result<Self, DataError> {
+        if signatures.trust_store.is_none() && !signatures.allow_unsigned {
+            return Err(DataError::InvalidOptions(
+                "refusing unsigned data needs a trust store (site.trust_store) naming the \
+                 stewards whose signatures the site accepts"
+                    .into(),
+            ));
+        }
         if !is_region_code(&site.region) {
             return Err(DataError::InvalidOptions(format!(
                 "site region `{}` is not an ISO 3166-1 alpha-2 code (two uppercase letters \
@@ -92,7 +136,7 @@ impl ResidencyGuard {
                 site.region
             )));
         }
-        Ok(ResidencyGuard { site })
+        Ok(ResidencyGuard { site, signatures })
     }
 
     pub fn site(&self) -> &Site {
@@ -116,9 +160,15 @@ impl ResidencyGuard {
                     site_region: self.site.region.clone(),
                     allowed: false,
                     reason: format!("the manifest cannot be verified: {error}"),
+                    signed_by: None,
                 };
                 return Err(Box::new(GuardRefusal { decision, error }));
             }
+        };
+        let signature = self.check_signature(&manifest);
+        let (signed_by, signature_note) = match &signature {
+            Ok((key, note)) => (key.clone(), note.clone()),
+            Err(detail) => (None, detail.clone()),
         };
         let regions = &manifest.policy.processing_regions;
         let allowed = regions.contains(&self.site.region);
@@ -142,9 +192,18 @@ impl ResidencyGuard {
             manifest_hash: manifest.hash(),
             data_region: manifest.region.clone(),
             site_region: self.site.region.clone(),
-            allowed,
-            reason,
+            allowed: allowed && signature.is_ok(),
+            reason: format!("{reason}; {signature_note}"),
+            signed_by,
         };
+        if let Err(detail) = signature {
+            let error = DataError::SignatureRefused {
+                dataset: manifest.name.clone(),
+                manifest: path,
+                detail,
+            };
+            return Err(Box::new(GuardRefusal { decision, error }));
+        }
         if !allowed {
             let error = DataError::ResidencyRefused {
                 dataset: manifest.name.clone(),
@@ -162,6 +221,83 @@ impl ResidencyGuard {
             manifest,
             decision,
         })
+    }
+
+    /// The verified signer's fingerprint (if any) and a note for the decision, or why the
+    /// manifest's signature is refused.
+    fn check_signature(&self, manifest: &Manifest) -> Result<(Option<String>, String), String> {
+        let policy = &self.signatures;
+        let Some(sig) = &manifest.signature else {
+            return match (&policy.trust_store, policy.allow_unsigned) {
+                (None, _) => Ok((
+                    None,
+                    "unsigned, not checked: the site has no trust store".into(),
+                )),
+                (Some(store), true) => Ok((
+                    None,
+                    format!(
+                        "unsigned, allowed by the site's policy (`site.allow_unsigned = true`; \
+                         trust store {})",
+                        store.path().display()
+                    ),
+                )),
+                (Some(store), false) => Err(format!(
+                    "its manifest is unsigned, and this site (trust store {}) processes only \
+                     data signed by a trusted steward. Have the data steward sign it \
+                     (`percept sign DATASET --key STEWARD.key`), or allow unsigned data with \
+                     `site.allow_unsigned = true` (recorded in the audit log)",
+                    store.path().display()
+                )),
+            };
+        };
+        let Some(store) = &policy.trust_store else {
+            return Ok((
+                None,
+                format!(
+                    "signed by key {} (`{}`), not checked: the site has no trust store",
+                    sig.key, sig.steward
+                ),
+            ));
+        };
+        let Some(steward) = store.steward(&sig.key) else {
+            return Err(format!(
+                "its manifest is signed by key {} (named `{}`), which is not in the site's trust \
+                 store {}",
+                sig.key,
+                sig.steward,
+                store.path().display()
+            ));
+        };
+        if !steward.key.verifies(
+            SignatureDomain::ManifestSeal,
+            manifest.seal.as_bytes(),
+            &sig.signature,
+        ) {
+            return Err(format!(
+                "the signature of steward `{}` (key {}) does not match the manifest's content: \
+                 the manifest was changed and resealed after it was signed, without the \
+                 steward's key. Restore the signed manifest, or have the steward sign the new one",
+                steward.name, sig.key
+            ));
+        }
+        if !steward.regions.contains(&manifest.region) {
+            return Err(format!(
+                "it is signed by steward `{}` (key {}), who may sign for {:?} in the site's trust \
+                 store {}, but the manifest says its data was collected in {}",
+                steward.name,
+                sig.key,
+                steward.regions,
+                store.path().display(),
+                manifest.region
+            ));
+        }
+        Ok((
+            Some(sig.key.clone()),
+            format!(
+                "signed by steward `{}` (key {}) for {}",
+                steward.name, sig.key, manifest.region
+            ),
+        ))
     }
 }
 
@@ -264,5 +400,150 @@ mod tests {
     fn site_region_must_be_a_region_code() {
         let err = ResidencyGuard::new(site("china")).unwrap_err();
         assert!(err.to_string().contains("`china`"), "{err}");
+    }
+
+    /// A trust store with a DE steward (for DE) and a CN steward (for CN); returns the store
+    /// and both keys.
+    fn stewards(dir: &Path) -> (TrustStore, crate::SecretKey, crate::SecretKey) {
+        let de = crate::SecretKey::generate("de-office").unwrap();
+        let cn = crate::SecretKey::generate("cn-office").unwrap();
+        let path = dir.join("trust.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[[steward]]\nname = \"de-office\"\nregions = [\"DE\"]\npublic_key = \"{}\"\n\n\
+                 [[steward]]\nname = \"cn-office\"\nregions = [\"CN\"]\npublic_key = \"{}\"\n",
+                de.public().to_hex(),
+                cn.public().to_hex()
+            ),
+        )
+        .unwrap();
+        (TrustStore::load(&path).unwrap(), de, cn)
+    }
+
+    fn signed_guard(region: &str, store: &TrustStore, allow_unsigned: bool) -> ResidencyGuard {
+        let policy = SignaturePolicy {
+            trust_store: Some(store.clone()),
+            allow_unsigned,
+        };
+        ResidencyGuard::with_signatures(site(region), policy).unwrap()
+    }
+
+    #[test]
+    fn de_manifest_resealed_as_cn_without_the_stewards_key_is_refused_at_a_cn_site() {
+        let keys = tempfile::tempdir().unwrap();
+        let (store, de, _cn) = stewards(keys.path());
+        let data = tempfile::tempdir().unwrap();
+        let path = data.path().join(MANIFEST_FILE);
+        let mut m = Manifest::new("fleet-de", "DE", vec!["car".into()]).unwrap();
+        m.sign(&de);
+        m.save(&path).unwrap();
+        let cleared = signed_guard("DE", &store, false)
+            .check(data.path())
+            .unwrap();
+        assert_eq!(
+            cleared.decision().signed_by,
+            Some(de.public().fingerprint())
+        );
+        assert!(cleared
+            .decision()
+            .reason
+            .contains("signed by steward `de-office`"));
+
+        // Relabelled as CN data, processed in CN, and resealed: the seal holds, the signature
+        // does not.
+        let mut forged = Manifest::load(&path).unwrap();
+        forged.region = "CN".into();
+        forged.policy.processing_regions = vec!["CN".into()];
+        forged.save(&path).unwrap();
+        assert!(Manifest::load(&path).is_ok(), "the reseal itself verifies");
+        let refusal = signed_guard("CN", &store, false)
+            .check(data.path())
+            .unwrap_err();
+        assert!(!refusal.decision.allowed);
+        assert_eq!(refusal.decision.signed_by, None);
+        let msg = refusal.to_string();
+        for want in [
+            "`fleet-de`",
+            "steward `de-office`",
+            &de.public().fingerprint(),
+            "does not match the manifest's content",
+        ] {
+            assert!(msg.contains(want), "`{want}` missing from: {msg}");
+        }
+        assert!(matches!(refusal.error, DataError::SignatureRefused { .. }));
+
+        // The stale signature dropped: unsigned, refused where the site requires signatures,
+        // allowed (and said so) where its policy allows unsigned data.
+        forged.signature = None;
+        forged.save(&path).unwrap();
+        let msg = signed_guard("CN", &store, false)
+            .check(data.path())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("unsigned") && msg.contains("trust.toml"),
+            "{msg}"
+        );
+        let allowed = signed_guard("CN", &store, true).check(data.path()).unwrap();
+        assert!(allowed
+            .decision()
+            .reason
+            .contains("unsigned, allowed by the site's policy"));
+    }
+
+    #[test]
+    fn signatures_by_unknown_keys_or_for_other_regions_are_refused_naming_the_key() {
+        let keys = tempfile::tempdir().unwrap();
+        let (store, de, _cn) = stewards(keys.path());
+        let data = tempfile::tempdir().unwrap();
+        let path = data.path().join(MANIFEST_FILE);
+
+        let stranger = crate::SecretKey::generate("stranger").unwrap();
+        let mut m = Manifest::new("fleet-cn", "CN", vec!["car".into()]).unwrap();
+        m.sign(&stranger);
+        m.save(&path).unwrap();
+        let msg = signed_guard("CN", &store, true)
+            .check(data.path())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains(&stranger.public().fingerprint())
+                && msg.contains("not in the site's trust store"),
+            "{msg}"
+        );
+
+        // The DE steward's key signing CN data: a valid signature, the wrong steward.
+        m.sign(&de);
+        m.save(&path).unwrap();
+        let msg = signed_guard("CN", &store, true)
+            .check(data.path())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("may sign for [\"DE\"]") && msg.contains("collected in CN"),
+            "{msg}"
+        );
+
+        // Without a trust store a signature is recorded as not checked.
+        let cleared = ResidencyGuard::new(site("CN"))
+            .unwrap()
+            .check(data.path())
+            .unwrap();
+        assert!(
+            cleared.decision().reason.contains("not checked"),
+            "{}",
+            cleared.decision().reason
+        );
+        assert_eq!(cleared.decision().signed_by, None);
+        let err = ResidencyGuard::with_signatures(
+            site("CN"),
+            SignaturePolicy {
+                trust_store: None,
+                allow_unsigned: false,
+            },
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("needs a trust store"), "{err}");
     }
 }
