@@ -160,6 +160,7 @@ impl EncodedRecord {
             id: sample.id.clone(),
             reason,
         };
+        check_jpeg_complete(&jpeg).map_err(invalid)?;
         let decoder = JpegDecoder::new(Cursor::new(&jpeg))
             .map_err(|e| invalid(format!("the JPEG does not decode: {e}")))?;
         let (w, h) = decoder.dimensions();
@@ -638,6 +639,7 @@ impl ShardReader {
     /// Decodes the JPEG of record `i`, after checking from its header alone that it is RGB of
     /// the declared size: a damaged header cannot make the reader allocate more.
     fn decode_image(&self, i: usize, bytes: &[u8], size: (u32, u32)) -> Result<RgbImage> {
+        check_jpeg_complete(bytes).map_err(|e| self.corrupt(i, format!("image: {e}")))?;
         let decoder = JpegDecoder::new(Cursor::new(bytes))
             .map_err(|source| self.decode_error(i, "image", source))?;
         self.check_header(i, "image", &decoder, ColorType::Rgb8, size)?;
@@ -787,6 +789,90 @@ fn validate_sample(s: &Sample) -> Result<()> {
         check_ignore(k, r, w, h).map_err(invalid)?;
     }
     Ok(())
+}
+
+/// Checks that `bytes` is a whole JPEG: its markers, followed from the start, reach the
+/// end-of-image marker (FFD9) after at least one scan.
+///
+/// The `image` crate's JPEG decoder (zune-jpeg, non-strict) pads a file that ends early with
+/// grey and reports nothing, so a truncated download would be imported, trained on and
+/// predicted on silently. Strict decoding would also refuse harmless quirks of real cameras;
+/// following the marker structure catches exactly the premature end. Bytes after the
+/// end-of-image marker (camera trailers, zero padding) are allowed. Every path that decodes a
+/// JPEG from outside (importers, `percept predict`, the shard reader and writer) calls this.
+pub fn check_jpeg_complete(bytes: &[u8]) -> std::result::Result<(), String> {
+    let n = bytes.len();
+    if !bytes.starts_with(&[0xFF, 0xD8]) {
+        return Err("not a JPEG: it does not start with the start-of-image marker (FFD8)".into());
+    }
+    let truncated = |place: &str| {
+        Err(format!(
+            "the JPEG is truncated: its {n} bytes end {place}, before the end-of-image \
+             marker (FFD9)"
+        ))
+    };
+    let mut pos = 2;
+    let mut scans = 0usize;
+    loop {
+        // Like libjpeg, skip stray bytes before a marker, then the 0xFF fill bytes.
+        while pos < n && bytes[pos] != 0xFF {
+            pos += 1;
+        }
+        while pos < n && bytes[pos] == 0xFF {
+            pos += 1;
+        }
+        if pos >= n {
+            return truncated("between segments");
+        }
+        let marker = bytes[pos];
+        pos += 1;
+        match marker {
+            0xD9 if scans > 0 => return Ok(()),
+            0xD9 => return Err("the JPEG ends (FFD9) before any image data".into()),
+            // Markers without a length: restart markers, TEM; 0x00 is a stuffed byte.
+            0x00 | 0x01 | 0xD0..=0xD7 => continue,
+            _ => {}
+        }
+        if pos + 2 > n {
+            return truncated(&format!(
+                "in the header of a segment (marker FF{marker:02X})"
+            ));
+        }
+        let len = usize::from(u16::from_be_bytes([bytes[pos], bytes[pos + 1]]));
+        if len < 2 {
+            return Err(format!(
+                "the JPEG is damaged: segment FF{marker:02X} at byte {} has length {len}",
+                pos - 2
+            ));
+        }
+        pos += len;
+        if pos > n {
+            return truncated(&format!("inside a segment (marker FF{marker:02X})"));
+        }
+        if marker != 0xDA {
+            continue;
+        }
+        scans += 1;
+        // Entropy-coded data: runs until a marker other than a stuffed 0xFF00 or a restart.
+        loop {
+            let Some(ff) = bytes[pos..].iter().position(|&b| b == 0xFF) else {
+                return truncated("in the image data");
+            };
+            let mut next = pos + ff + 1;
+            while next < n && bytes[next] == 0xFF {
+                next += 1;
+            }
+            if next >= n {
+                return truncated("in the image data");
+            }
+            if matches!(bytes[next], 0x00 | 0xD0..=0xD7) {
+                pos = next + 1;
+            } else {
+                pos = next - 1;
+                break;
+            }
+        }
+    }
 }
 
 /// The image size rule of the format (module docs), shared by writer and reader.
@@ -1129,6 +1215,61 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .filter(|n| crate::atomic_file::is_temporary(n))
             .collect()
+    }
+
+    #[test]
+    fn a_truncated_jpeg_is_refused_by_the_check_the_writer_and_the_reader() {
+        let sample = test_sample(2);
+        let jpeg = encode_jpeg(&sample).unwrap();
+        assert_eq!(check_jpeg_complete(&jpeg), Ok(()));
+        let mut padded = jpeg.clone();
+        padded.extend([0u8; 64]);
+        assert_eq!(check_jpeg_complete(&padded), Ok(()));
+        for len in 0..jpeg.len() {
+            assert!(check_jpeg_complete(&jpeg[..len]).is_err(), "{len} bytes");
+        }
+        let cut = jpeg[..jpeg.len() - 40].to_vec();
+        let why = format!(
+            "the JPEG is truncated: its {} bytes end in the image data, before the \
+             end-of-image marker (FFD9)",
+            cut.len()
+        );
+        assert_eq!(check_jpeg_complete(&cut), Err(why.clone()));
+        // The decoder alone pads the missing part and reports nothing: why the check exists.
+        let (w, h) = sample.image.dimensions();
+        let mut pixels = RgbImage::new(w, h);
+        JpegDecoder::new(Cursor::new(&cut))
+            .unwrap()
+            .read_image(&mut pixels)
+            .unwrap();
+
+        let err = EncodedRecord::encode_with_jpeg(&sample, cut.clone()).unwrap_err();
+        assert_eq!(err.to_string(), format!("invalid sample test-2: {why}"));
+
+        // A shard written before the check holds such a record: the reader refuses it.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.shard");
+        let record = EncodedRecord::from_parts(
+            &sample.id,
+            [
+                encode_label(&sample),
+                cut,
+                encode_png(&sample.drivable, &sample.id, "drivable mask").unwrap(),
+                encode_png(&sample.lanes, &sample.id, "lane mask").unwrap(),
+            ],
+        )
+        .unwrap();
+        let mut w = ShardWriter::create(&path).unwrap();
+        w.push_encoded(&record).unwrap();
+        w.finish().unwrap();
+        let err = ShardReader::open(&path).unwrap().read(0).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "shard {}, sample 0: corrupt record: image: {why}",
+                path.display()
+            )
+        );
     }
 
     fn write_three(dir: &Path) -> (PathBuf, ShardInfo, Vec<Sample>) {

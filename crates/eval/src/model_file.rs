@@ -4,12 +4,18 @@
 //! Metadata keys: `percept.model_card` (JSON of [`ModelCard`]), plus burn's own `format`,
 //! `producer` and `version`. Tensor names are the module paths of [`PerceptionNet`]
 //! (e.g. `backbone.stem.conv.weight`), f32, in PyTorch's `[out, in, kh, kw]` layout.
+//!
+//! Every load goes through [`check_weights`] before burn sees a byte: burn trusts a tensor's
+//! dtype, and a file of f16 weights made it panic, one of i32 or u8 weights crash with SIGSEGV.
 
 use std::path::Path;
 
 use burn::prelude::*;
 use burn::store::{ModuleSnapshot, SafetensorsStore};
+use burn::tensor::{bf16, f16};
 use percept_model::{DecodeOptions, PerceptionNet, PerceptionNetConfig};
+use safetensors::tensor::TensorView;
+use safetensors::Dtype;
 use serde::{Deserialize, Serialize};
 
 use crate::metrics::MetricResolution;
@@ -171,6 +177,7 @@ pub fn load_model<B: Backend>(
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
+    let bytes = check_weights(bytes, path)?.bytes;
     let mut net = card.architecture.init::<B>(device);
     let mut store = SafetensorsStore::from_bytes(Some(bytes));
     let result = net
@@ -216,6 +223,9 @@ pub fn load_matching<B: Backend>(
         path: path.to_path_buf(),
         message,
     };
+    // The hash is of the file as given, not of its f32 conversion.
+    let hash = blake3::hash(&bytes).to_hex().to_string();
+    let bytes = check_weights(bytes, path)?.bytes;
     let file = safetensors::SafeTensors::deserialize(&bytes)
         .map_err(|e| bad(format!("not a safetensors file ({e})")))?;
     let shapes: std::collections::HashMap<String, Vec<usize>> = file
@@ -239,7 +249,6 @@ pub fn load_matching<B: Backend>(
             card.architecture.size.name()
         )));
     }
-    let hash = blake3::hash(&bytes).to_hex().to_string();
     let loaded = matched.len();
     let mut store = SafetensorsStore::from_bytes(Some(bytes))
         .with_full_paths(matched)
@@ -263,4 +272,453 @@ pub fn load_matching<B: Backend>(
             kept,
         },
     ))
+}
+
+/// A model file's weights as burn may load them: every tensor f32 and finite.
+#[derive(Debug)]
+pub struct CheckedWeights {
+    /// The file as given when every tensor was already f32; otherwise re-serialised with the
+    /// converted tensors (same names, shapes and metadata).
+    pub bytes: Vec<u8>,
+    /// Tensors converted to f32, by name, with their dtype in the file.
+    pub converted: Vec<(String, Dtype)>,
+}
+
+/// Checks every tensor of the model file `path` (`bytes`) before burn sees it, which trusts a
+/// tensor's dtype (f16 weights made it panic, i32 or u8 ones crash with SIGSEGV):
+///
+/// - the header and each tensor's byte length must agree with its shape (the safetensors
+///   parser's own checks);
+/// - f32 is loaded as is; f16, bf16 and f64 are legitimate exports of the same weights and are
+///   converted to f32, which is logged once per file;
+/// - any other dtype (integers, bool, f8) is refused, naming the tensor: its bytes are not
+///   weights;
+/// - NaN or infinite values (or f64 values beyond f32's range) are refused, naming the tensor
+///   and counting them: such weights turn every output into NaN, and there is no use for them
+///   that a flag to allow them would serve; the remedy is an earlier checkpoint.
+pub fn check_weights(bytes: Vec<u8>, path: &Path) -> Result<CheckedWeights, EvalError> {
+    let bad = |message: String| EvalError::ModelFile {
+        path: path.to_path_buf(),
+        message,
+    };
+    let file = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| bad(format!("not a safetensors file ({e})")))?;
+    let mut tensors = file.tensors();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut converted: Vec<(String, Dtype, Vec<u8>)> = Vec::new();
+    for (name, view) in &tensors {
+        let data = view.data();
+        let as_f32: Option<Vec<u8>> = match view.dtype() {
+            Dtype::F32 => None,
+            Dtype::F16 => Some(to_f32::<2>(data, |b| {
+                f16::from_le_bytes([b[0], b[1]]).to_f32()
+            })),
+            Dtype::BF16 => Some(to_f32::<2>(data, |b| {
+                bf16::from_le_bytes([b[0], b[1]]).to_f32()
+            })),
+            Dtype::F64 => Some(to_f32::<8>(data, |b| {
+                f64::from_le_bytes(b.try_into().expect("8-byte chunks")) as f32
+            })),
+            other => {
+                return Err(bad(format!(
+                    "tensor `{name}` is {other:?}; model weights are F32 (F16, BF16 and F64 \
+                     are converted to F32)"
+                )))
+            }
+        };
+        let values = as_f32.as_deref().unwrap_or(data);
+        let nonfinite = values
+            .chunks_exact(4)
+            .filter(|b| !f32::from_le_bytes([b[0], b[1], b[2], b[3]]).is_finite())
+            .count();
+        if nonfinite > 0 {
+            let what = if view.dtype() == Dtype::F64 {
+                "NaN, infinite or beyond f32's range"
+            } else {
+                "NaN or infinite"
+            };
+            return Err(bad(format!(
+                "tensor `{name}` holds {nonfinite} {what} value(s) of {}: the weights are \
+                 unusable (a diverged run?); use an earlier checkpoint",
+                values.len() / 4
+            )));
+        }
+        if let Some(f32_bytes) = as_f32 {
+            converted.push((name.clone(), view.dtype(), f32_bytes));
+        }
+    }
+    if converted.is_empty() {
+        drop(tensors);
+        drop(file);
+        return Ok(CheckedWeights {
+            bytes,
+            converted: Vec::new(),
+        });
+    }
+    let mut by_dtype = std::collections::BTreeMap::<String, usize>::new();
+    for (_, dtype, _) in &converted {
+        *by_dtype.entry(format!("{dtype:?}")).or_default() += 1;
+    }
+    let by_dtype: Vec<String> = by_dtype.iter().map(|(d, n)| format!("{n} {d}")).collect();
+    tracing::info!(
+        "model file {}: converted {} of {} tensors to F32 ({})",
+        path.display(),
+        converted.len(),
+        tensors.len(),
+        by_dtype.join(", ")
+    );
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| bad(format!("not a safetensors file ({e})")))?;
+    let mut views = Vec::with_capacity(tensors.len());
+    let mut next = converted.iter().peekable();
+    for (name, view) in tensors {
+        match next.peek() {
+            Some((n, _, f32_bytes)) if *n == name => {
+                let shape = view.shape().to_vec();
+                views.push((
+                    name,
+                    TensorView::new(Dtype::F32, shape, f32_bytes)
+                        .map_err(|e| bad(format!("converting to F32: {e}")))?,
+                ));
+                next.next();
+            }
+            _ => views.push((name, view)),
+        }
+    }
+    let out = safetensors::serialize(views, header.metadata().clone())
+        .map_err(|e| bad(format!("converting to F32: {e}")))?;
+    Ok(CheckedWeights {
+        bytes: out,
+        converted: converted.into_iter().map(|(n, d, _)| (n, d)).collect(),
+    })
+}
+
+/// Little-endian values of `N` bytes each, converted to little-endian f32 bytes.
+fn to_f32<const N: usize>(data: &[u8], convert: impl Fn(&[u8]) -> f32) -> Vec<u8> {
+    data.chunks_exact(N)
+        .flat_map(|b| convert(b).to_le_bytes())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::path::PathBuf;
+
+    use burn::backend::Flex;
+    use percept_model::ModelSize;
+
+    use super::*;
+
+    type B = Flex;
+
+    fn card() -> ModelCard {
+        ModelCard {
+            format: MODEL_FORMAT.into(),
+            architecture: PerceptionNetConfig::new(ModelSize::Nano, 2),
+            classes: vec!["car".into(), "person".into()],
+            input: InputSize {
+                width: 64,
+                height: 64,
+            },
+            normalization: Normalization::default(),
+            decode: DecodeOptions::default(),
+            eval_resolution: MetricResolution::default(),
+            provenance: Provenance {
+                site_region: "DE".into(),
+                site_name: "lab".into(),
+                datasets: Vec::new(),
+                regions: vec!["DE".into()],
+                config_hash: "0".repeat(64),
+                base_checkpoint: None,
+                steps: 0,
+                audit_head: None,
+                percept_version: "test".into(),
+            },
+        }
+    }
+
+    /// A nano network (seeded) saved as a model file in `dir`.
+    fn saved(dir: &Path) -> PathBuf {
+        let net = card().architecture.init_seeded::<B>(7, &Default::default());
+        let path = dir.join("model.safetensors");
+        save_model(&net, &card(), &path).unwrap();
+        path
+    }
+
+    /// Every tensor of a safetensors file as f32 values (the file must be all f32).
+    fn read_f32(path: &Path) -> HashMap<String, (Vec<usize>, Vec<f32>)> {
+        let bytes = std::fs::read(path).unwrap();
+        let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        file.tensors()
+            .into_iter()
+            .map(|(name, view)| {
+                assert_eq!(view.dtype(), Dtype::F32, "{name}");
+                let values = view
+                    .data()
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                    .collect();
+                (name, (view.shape().to_vec(), values))
+            })
+            .collect()
+    }
+
+    /// Writes `from`'s tensors to `to`, each as `encode` gives it (dtype and bytes from the
+    /// f32 values) or unchanged (`None`), with the same metadata.
+    fn rewrite(from: &Path, to: &Path, encode: impl Fn(&str, &[f32]) -> Option<(Dtype, Vec<u8>)>) {
+        let tensors = read_f32(from);
+        let bytes = std::fs::read(from).unwrap();
+        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+        let encoded: Vec<(String, Vec<usize>, Dtype, Vec<u8>)> = tensors
+            .iter()
+            .map(|(name, (shape, values))| {
+                let (dtype, data) = encode(name, values).unwrap_or_else(|| {
+                    (
+                        Dtype::F32,
+                        values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                    )
+                });
+                (name.clone(), shape.clone(), dtype, data)
+            })
+            .collect();
+        let views = encoded.iter().map(|(name, shape, dtype, data)| {
+            (
+                name.clone(),
+                TensorView::new(*dtype, shape.clone(), data).unwrap(),
+            )
+        });
+        let out = safetensors::serialize(views, header.metadata().clone()).unwrap();
+        std::fs::write(to, out).unwrap();
+    }
+
+    fn first_param() -> String {
+        let net = card().architecture.init::<B>(&Default::default());
+        percept_model::params::list_params(&net)[0].path.clone()
+    }
+
+    /// Loads `path` with both loaders and saves what each loaded; returns the tensors.
+    fn load_both(path: &Path, dir: &Path) -> [HashMap<String, (Vec<usize>, Vec<f32>)>; 2] {
+        let device = Default::default();
+        let (net, _) = load_model::<B>(path, &device).unwrap();
+        let a = dir.join("a.safetensors");
+        save_model(&net, &card(), &a).unwrap();
+        let fresh = card().architecture.init_seeded::<B>(99, &device);
+        let (net, report) = load_matching(fresh, path).unwrap();
+        assert!(report.kept.is_empty(), "{:?}", report.kept);
+        let b = dir.join("b.safetensors");
+        save_model(&net, &card(), &b).unwrap();
+        [read_f32(&a), read_f32(&b)]
+    }
+
+    fn both_errors(path: &Path) -> [String; 2] {
+        let device = Default::default();
+        let a = load_model::<B>(path, &device).unwrap_err().to_string();
+        let fresh = card().architecture.init::<B>(&device);
+        let b = load_matching(fresh, path).unwrap_err().to_string();
+        [a, b]
+    }
+
+    #[test]
+    fn f16_weights_load_as_f32() {
+        let dir = tempfile::tempdir().unwrap();
+        let original = saved(dir.path());
+        let half = dir.path().join("f16.safetensors");
+        rewrite(&original, &half, |_, values| {
+            let bytes = values
+                .iter()
+                .flat_map(|v| f16::from_f32(*v).to_le_bytes())
+                .collect();
+            Some((Dtype::F16, bytes))
+        });
+        let checked = check_weights(std::fs::read(&half).unwrap(), &half).unwrap();
+        let want = read_f32(&original);
+        assert_eq!(checked.converted.len(), want.len());
+        assert!(checked.converted.iter().all(|(_, d)| *d == Dtype::F16));
+        for loaded in load_both(&half, dir.path()) {
+            assert_eq!(loaded.len(), want.len());
+            for (name, (shape, values)) in &want {
+                let rounded: Vec<f32> = values.iter().map(|v| f16::from_f32(*v).to_f32()).collect();
+                assert_eq!(loaded[name], (shape.clone(), rounded), "{name}");
+            }
+        }
+    }
+
+    #[test]
+    fn bf16_and_f64_tensors_load_as_f32_beside_f32_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let original = saved(dir.path());
+        let first = first_param();
+        let mixed = dir.path().join("mixed.safetensors");
+        // One bf16 tensor, the running means f64 (exact), the rest f32.
+        rewrite(&original, &mixed, |name, values| {
+            if name == first {
+                let b = values.iter().flat_map(|v| bf16::from_f32(*v).to_le_bytes());
+                Some((Dtype::BF16, b.collect()))
+            } else if name.ends_with("running_mean") {
+                let b = values.iter().flat_map(|v| f64::from(*v).to_le_bytes());
+                Some((Dtype::F64, b.collect()))
+            } else {
+                None
+            }
+        });
+        let checked = check_weights(std::fs::read(&mixed).unwrap(), &mixed).unwrap();
+        let want = read_f32(&original);
+        let running_means = want.keys().filter(|n| n.ends_with("running_mean")).count();
+        assert!(running_means > 0);
+        assert_eq!(checked.converted.len(), 1 + running_means);
+        assert!(checked.converted.contains(&(first.clone(), Dtype::BF16)));
+        for loaded in load_both(&mixed, dir.path()) {
+            for (name, (shape, values)) in &want {
+                let expect: Vec<f32> = if *name == first {
+                    values.iter().map(|v| bf16::from_f32(*v).to_f32()).collect()
+                } else {
+                    values.clone()
+                };
+                assert_eq!(loaded[name], (shape.clone(), expect), "{name}");
+            }
+        }
+        // An all-f32 file is passed on as it is.
+        let bytes = std::fs::read(&original).unwrap();
+        let checked = check_weights(bytes.clone(), &original).unwrap();
+        assert_eq!((checked.bytes, checked.converted), (bytes, Vec::new()));
+    }
+
+    #[test]
+    fn integer_and_bool_tensors_are_refused_naming_the_tensor() {
+        let dir = tempfile::tempdir().unwrap();
+        let original = saved(dir.path());
+        let first = first_param();
+        for (dtype, width) in [
+            (Dtype::I32, 4),
+            (Dtype::U8, 1),
+            (Dtype::I64, 8),
+            (Dtype::BOOL, 1),
+        ] {
+            let path = dir.path().join(format!("{dtype:?}.safetensors"));
+            rewrite(&original, &path, |name, values| {
+                (name == first).then(|| (dtype, vec![0u8; values.len() * width]))
+            });
+            let want = format!(
+                "model file {}: tensor `{first}` is {dtype:?}; model weights are F32 (F16, \
+                 BF16 and F64 are converted to F32)",
+                path.display()
+            );
+            assert_eq!(both_errors(&path), [want.clone(), want]);
+        }
+    }
+
+    /// An encoder for [`rewrite`]: tensor `first` with its leading values replaced by `bad`,
+    /// as `dtype` (F32 or F16).
+    fn poisoned(
+        first: String,
+        bad: Vec<f32>,
+        dtype: Dtype,
+    ) -> impl Fn(&str, &[f32]) -> Option<(Dtype, Vec<u8>)> {
+        move |name, values| {
+            (name == first).then(|| {
+                let mut values = values.to_vec();
+                values[..bad.len()].copy_from_slice(&bad);
+                let bytes = match dtype {
+                    Dtype::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                    Dtype::F16 => values
+                        .iter()
+                        .flat_map(|v| f16::from_f32(*v).to_le_bytes())
+                        .collect(),
+                    _ => unreachable!("F32 or F16"),
+                };
+                (dtype, bytes)
+            })
+        }
+    }
+
+    #[test]
+    fn nonfinite_weights_are_refused_with_their_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let original = saved(dir.path());
+        let first = first_param();
+        let n = read_f32(&original)[&first].1.len();
+        let nan_inf = dir.path().join("nan.safetensors");
+        rewrite(
+            &original,
+            &nan_inf,
+            poisoned(
+                first.clone(),
+                vec![f32::NAN, f32::INFINITY, f32::NEG_INFINITY],
+                Dtype::F32,
+            ),
+        );
+        let want = format!(
+            "model file {}: tensor `{}` holds 3 NaN or infinite value(s) of {n}: the weights \
+             are unusable (a diverged run?); use an earlier checkpoint",
+            nan_inf.display(),
+            first_param()
+        );
+        assert_eq!(both_errors(&nan_inf), [want.clone(), want]);
+
+        let half_inf = dir.path().join("f16-inf.safetensors");
+        rewrite(
+            &original,
+            &half_inf,
+            poisoned(first.clone(), vec![f32::INFINITY], Dtype::F16),
+        );
+        let want = format!(
+            "model file {}: tensor `{}` holds 1 NaN or infinite value(s) of {n}: the weights \
+             are unusable (a diverged run?); use an earlier checkpoint",
+            half_inf.display(),
+            first_param()
+        );
+        assert_eq!(both_errors(&half_inf), [want.clone(), want]);
+
+        let first = first_param();
+        let wide = dir.path().join("f64-wide.safetensors");
+        rewrite(&original, &wide, |name, values| {
+            (name == first).then(|| {
+                let mut values: Vec<f64> = values.iter().map(|v| f64::from(*v)).collect();
+                values[0] = 1e300;
+                values[1] = f64::NAN;
+                (
+                    Dtype::F64,
+                    values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                )
+            })
+        });
+        let want = format!(
+            "model file {}: tensor `{first}` holds 2 NaN, infinite or beyond f32's range \
+             value(s) of {n}: the weights are unusable (a diverged run?); use an earlier \
+             checkpoint",
+            wide.display()
+        );
+        assert_eq!(both_errors(&wide), [want.clone(), want]);
+    }
+
+    #[test]
+    fn a_tensor_shorter_than_its_shape_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let original = saved(dir.path());
+        let bytes = std::fs::read(&original).unwrap();
+        let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        // Drop the last 4 data bytes and shorten the tensor ending there by 4 bytes in the
+        // header: its byte length no longer matches its shape.
+        let header = std::str::from_utf8(&bytes[8..8 + header_len]).unwrap();
+        let end = bytes.len() - 8 - header_len;
+        let edited = header.replace(&format!(",{end}]"), &format!(",{}]", end - 4));
+        assert_ne!(edited, header);
+        let edited = format!("{edited:<header_len$}");
+        let mut short = bytes[..8].to_vec();
+        short.extend_from_slice(edited.as_bytes());
+        short.extend_from_slice(&bytes[8 + header_len..bytes.len() - 4]);
+        let path = dir.path().join("short.safetensors");
+        std::fs::write(&path, short).unwrap();
+        let err = both_errors(&path);
+        assert!(
+            err[0].starts_with(&format!(
+                "model file {}: not a safetensors file (",
+                path.display()
+            )),
+            "{}",
+            err[0]
+        );
+        assert_eq!(err[0], err[1]);
+    }
 }

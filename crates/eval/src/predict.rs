@@ -44,23 +44,24 @@ pub struct Prediction {
     pub lanes: Option<GrayImage>,
 }
 
-/// Reads an image file (JPEG, PNG), naming the file on failure.
+/// Reads an image file (JPEG, PNG), naming the file on failure. A truncated JPEG is refused:
+/// the decoder would pad it with grey and predict on that without a word.
 pub fn read_image(path: &Path) -> Result<RgbImage, EvalError> {
-    let img = image::ImageReader::open(path)
-        .map_err(|e| EvalError::Io {
-            path: path.to_path_buf(),
-            source: e,
-        })?
-        .with_guessed_format()
-        .map_err(|e| EvalError::Io {
-            path: path.to_path_buf(),
-            source: e,
-        })?
-        .decode()
-        .map_err(|e| EvalError::Image {
-            path: path.to_path_buf(),
-            message: format!("{e} (percept reads JPEG and PNG)"),
-        })?;
+    let bytes = std::fs::read(path).map_err(|e| EvalError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    let bad = |message: String| EvalError::Image {
+        path: path.to_path_buf(),
+        message,
+    };
+    let format = image::guess_format(&bytes)
+        .map_err(|e| bad(format!("{e} (percept reads JPEG and PNG)")))?;
+    if format == image::ImageFormat::Jpeg {
+        percept_data::shard::check_jpeg_complete(&bytes).map_err(bad)?;
+    }
+    let img = image::load_from_memory_with_format(&bytes, format)
+        .map_err(|e| bad(format!("{e} (percept reads JPEG and PNG)")))?;
     Ok(img.to_rgb8())
 }
 
@@ -132,4 +133,37 @@ pub fn write_prediction(
     save_png_atomic(&overlay, png)?;
     let text = serde_json::to_string_pretty(prediction).expect("serialises");
     Ok(write_atomic(json, text.as_bytes())?)
+}
+
+#[cfg(test)]
+mod tests {
+    use image::codecs::jpeg::JpegEncoder;
+    use image::Rgb;
+
+    use super::*;
+
+    #[test]
+    fn a_truncated_jpeg_is_refused_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = RgbImage::from_fn(48, 32, |x, y| Rgb([(x * 5) as u8, (y * 7) as u8, 90]));
+        let mut jpeg = Vec::new();
+        JpegEncoder::new_with_quality(&mut jpeg, 90)
+            .encode_image(&image)
+            .unwrap();
+        let whole = dir.path().join("whole.jpg");
+        std::fs::write(&whole, &jpeg).unwrap();
+        assert_eq!(read_image(&whole).unwrap().dimensions(), (48, 32));
+
+        let cut = dir.path().join("cut.jpg");
+        std::fs::write(&cut, &jpeg[..jpeg.len() - 20]).unwrap();
+        assert_eq!(
+            read_image(&cut).unwrap_err().to_string(),
+            format!(
+                "image {}: the JPEG is truncated: its {} bytes end in the image data, before \
+                 the end-of-image marker (FFD9)",
+                cut.display(),
+                jpeg.len() - 20
+            )
+        );
+    }
 }

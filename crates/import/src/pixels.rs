@@ -5,7 +5,7 @@ use std::path::Path;
 
 use image::codecs::jpeg::JpegDecoder;
 use image::{ColorType, DynamicImage, GrayImage, ImageDecoder, ImageFormat, ImageReader, RgbImage};
-use percept_data::shard::MAX_IMAGE_PIXELS;
+use percept_data::shard::{check_jpeg_complete, MAX_IMAGE_PIXELS};
 
 /// Reads an image file (JPEG or PNG, any colour type) as RGB.
 ///
@@ -16,6 +16,8 @@ pub fn read_image(path: &Path) -> Result<(RgbImage, Option<Vec<u8>>), String> {
     let format = image::guess_format(&bytes)
         .map_err(|_| "not an image file this importer reads (JPEG or PNG)".to_string())?;
     if format == ImageFormat::Jpeg {
+        // The decoder pads a truncated JPEG without a word; refuse it like any bad image.
+        check_jpeg_complete(&bytes)?;
         let decoder =
             JpegDecoder::new(Cursor::new(&bytes)).map_err(|e| format!("bad JPEG: {e}"))?;
         let (w, h) = decoder.dimensions();
