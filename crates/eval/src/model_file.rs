@@ -160,6 +160,23 @@ fn card_from_bytes(bytes: &[u8], path: &Path) -> Result<ModelCard, EvalError> {
             card.format
         )));
     }
+    // Bounds what a forged card can make a reader allocate: the network grows with the class
+    // count, which a real card lists class by class, and every frame is letterboxed to `input`.
+    if card.classes.len() != card.architecture.num_classes {
+        return Err(bad(format!(
+            "the model card lists {} classes but its architecture has num_classes = {}",
+            card.classes.len(),
+            card.architecture.num_classes
+        )));
+    }
+    let (w, h) = (card.input.width, card.input.height);
+    percept_model::check_input_size(h, w).map_err(|e| bad(format!("in the model card: {e}")))?;
+    if (w as u64).saturating_mul(h as u64) > percept_data::shard::MAX_IMAGE_PIXELS {
+        return Err(bad(format!(
+            "the model card's input size {w}x{h} is over {} pixels",
+            percept_data::shard::MAX_IMAGE_PIXELS
+        )));
+    }
     Ok(card)
 }
 
@@ -412,30 +429,27 @@ mod tests {
 
     type B = Flex;
 
+    /// A nano card (from JSON: fields added later with defaults need no change here).
     fn card() -> ModelCard {
-        ModelCard {
-            format: MODEL_FORMAT.into(),
-            architecture: PerceptionNetConfig::new(ModelSize::Nano, 2),
-            classes: vec!["car".into(), "person".into()],
-            input: InputSize {
-                width: 64,
-                height: 64,
+        serde_json::from_value(serde_json::json!({
+            "format": MODEL_FORMAT,
+            "architecture": PerceptionNetConfig::new(ModelSize::Nano, 2),
+            "classes": ["car", "person"],
+            "input": { "width": 64, "height": 64 },
+            "normalization": Normalization::default(),
+            "decode": DecodeOptions::default(),
+            "provenance": {
+                "site_region": "DE",
+                "site_name": "lab",
+                "datasets": [],
+                "regions": ["DE"],
+                "config_hash": "0".repeat(64),
+                "base_checkpoint": null,
+                "steps": 0,
+                "percept_version": "test",
             },
-            normalization: Normalization::default(),
-            decode: DecodeOptions::default(),
-            eval_resolution: MetricResolution::default(),
-            provenance: Provenance {
-                site_region: "DE".into(),
-                site_name: "lab".into(),
-                datasets: Vec::new(),
-                regions: vec!["DE".into()],
-                config_hash: "0".repeat(64),
-                base_checkpoint: None,
-                steps: 0,
-                audit_head: None,
-                percept_version: "test".into(),
-            },
-        }
+        }))
+        .unwrap()
     }
 
     /// A nano network (seeded) saved as a model file in `dir`.
@@ -720,5 +734,48 @@ mod tests {
             err[0]
         );
         assert_eq!(err[0], err[1]);
+    }
+
+    #[test]
+    fn a_card_whose_class_count_or_input_size_could_not_be_real_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let original = saved(dir.path());
+        let bytes = std::fs::read(&original).unwrap();
+        let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let with_card = |name: &str, edit: &dyn Fn(&mut serde_json::Value)| {
+            let mut card = serde_json::to_value(card()).unwrap();
+            edit(&mut card);
+            let meta = HashMap::from([(MODEL_CARD_KEY.to_string(), card.to_string())]);
+            let path = dir.path().join(name);
+            std::fs::write(
+                &path,
+                safetensors::serialize(file.tensors(), Some(meta)).unwrap(),
+            )
+            .unwrap();
+            path
+        };
+        let classes = with_card("classes.safetensors", &|c| {
+            c["architecture"]["num_classes"] = 1_000_000_000_000u64.into();
+        });
+        let input = with_card("input.safetensors", &|c| {
+            c["input"] = serde_json::json!({ "width": 1 << 20, "height": 1 << 20 });
+        });
+        let device = Default::default();
+        assert_eq!(
+            load_model::<B>(&classes, &device).unwrap_err().to_string(),
+            format!(
+                "model file {}: the model card lists 2 classes but its architecture has \
+                 num_classes = 1000000000000",
+                classes.display()
+            )
+        );
+        assert_eq!(
+            read_model_card(&input).unwrap_err().to_string(),
+            format!(
+                "model file {}: the model card's input size 1048576x1048576 is over 33554432 \
+                 pixels",
+                input.display()
+            )
+        );
     }
 }

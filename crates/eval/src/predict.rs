@@ -4,7 +4,8 @@ use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
 use burn::vision::VisionBackend;
-use image::{GrayImage, RgbImage};
+use image::{GrayImage, ImageDecoder, RgbImage};
+use percept_data::shard::MAX_IMAGE_PIXELS;
 use percept_data::{image_to_chw, letterbox_image};
 use percept_model::{decode_detections, PerceptionNet};
 use serde::Serialize;
@@ -60,8 +61,21 @@ pub fn read_image(path: &Path) -> Result<RgbImage, EvalError> {
     if format == image::ImageFormat::Jpeg {
         percept_data::shard::check_jpeg_complete(&bytes).map_err(bad)?;
     }
-    let img = image::load_from_memory_with_format(&bytes, format)
-        .map_err(|e| bad(format!("{e} (percept reads JPEG and PNG)")))?;
+    let decode_error = |e: image::ImageError| bad(format!("{e} (percept reads JPEG and PNG)"));
+    let mut reader = image::ImageReader::with_format(std::io::Cursor::new(&bytes), format);
+    // A forged header must not make predict allocate more than the largest frame a shard
+    // holds (the importers' bound).
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(MAX_IMAGE_PIXELS * 4 + (64 << 20));
+    reader.limits(limits);
+    let decoder = reader.into_decoder().map_err(decode_error)?;
+    let (w, h) = decoder.dimensions();
+    if w == 0 || h == 0 || u64::from(w) * u64::from(h) > MAX_IMAGE_PIXELS {
+        return Err(bad(format!(
+            "the image is {w}x{h}; percept reads images of 1..={MAX_IMAGE_PIXELS} pixels"
+        )));
+    }
+    let img = image::DynamicImage::from_decoder(decoder).map_err(decode_error)?;
     Ok(img.to_rgb8())
 }
 

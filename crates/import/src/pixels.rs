@@ -13,6 +13,11 @@ use percept_data::shard::{check_jpeg_complete, MAX_IMAGE_PIXELS};
 /// as they are. The size is checked from the header before any pixel buffer is allocated.
 pub fn read_image(path: &Path) -> Result<(RgbImage, Option<Vec<u8>>), String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read the image: {e}"))?;
+    decode_image(bytes)
+}
+
+/// [`read_image`] of a file's bytes (the fuzz target `image_import` calls it directly).
+pub fn decode_image(bytes: Vec<u8>) -> Result<(RgbImage, Option<Vec<u8>>), String> {
     let format = image::guess_format(&bytes)
         .map_err(|_| "not an image file this importer reads (JPEG or PNG)".to_string())?;
     if format == ImageFormat::Jpeg {
