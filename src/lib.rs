@@ -7,6 +7,7 @@
 //! and calls these.
 //!
 //! - [`commands`]: train, eval, export, predict, audit and the other commands' bodies.
+//! - [`seals`]: keys, signing a dataset, a run's signed audit head.
 //! - [`quickstart`]: synthetic data, a short run, evaluation and a report in one command.
 //! - [`bench`], [`bench_train`]: the input pipeline's and the training step's benchmarks.
 //! - [`warmup`]: fills a GPU kernel cache before a run.
@@ -15,6 +16,7 @@ pub mod bench;
 pub mod bench_train;
 pub mod commands;
 pub mod quickstart;
+pub mod seals;
 pub mod warmup;
 
 pub use percept_data as data;

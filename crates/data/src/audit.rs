@@ -1218,6 +1218,11 @@ impl AuditLog {
         self.head.clone()
     }
 
+    /// Fingerprint of the site key the log is signed with; `None` for an unsigned log.
+    pub fn signed_by(&self) -> Option<&str> {
+        self.log_key.as_deref()
+    }
+
     /// Path of the log file.
     pub fn path(&self) -> &Path {
         &self.path

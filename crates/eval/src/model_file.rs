@@ -62,6 +62,10 @@ pub struct DatasetRef {
     pub name: String,
     pub region: String,
     pub manifest_hash: String,
+    /// Fingerprint of the trusted data steward's key whose signature on the manifest the
+    /// site's guard verified; absent when unsigned or not checked (no trust store).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed_by: Option<String>,
 }
 
 /// Where the weights came from.
@@ -82,6 +86,10 @@ pub struct Provenance {
     /// that records which data trained it (`percept audit verify` checks it).
     #[serde(default)]
     pub audit_head: Option<percept_data::AuditHead>,
+    /// Fingerprint of the site key that signs the run's audit log (`site.key`); absent when
+    /// the log is unsigned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site_key: Option<String>,
     pub percept_version: String,
 }
 
@@ -108,6 +116,19 @@ pub fn save_model<B: Backend>(
     card: &ModelCard,
     path: &Path,
 ) -> Result<String, EvalError> {
+    let bytes = model_bytes(net, card, path)?;
+    write_atomic(path, &bytes)?;
+    Ok(blake3::hash(&bytes).to_hex().to_string())
+}
+
+/// The bytes of the model file of `net` and `card` ([`save_model`] writes them; an export
+/// writes them itself, to check them before they replace anything); `path` names the file in
+/// errors.
+pub fn model_bytes<B: Backend>(
+    net: &PerceptionNet<B>,
+    card: &ModelCard,
+    path: &Path,
+) -> Result<Vec<u8>, EvalError> {
     let card_json = serde_json::to_string(card).expect("a model card serialises");
     let mut store = SafetensorsStore::from_bytes(None).metadata(MODEL_CARD_KEY, card_json);
     net.save_into(&mut store)
@@ -115,12 +136,10 @@ pub fn save_model<B: Backend>(
             path: path.to_path_buf(),
             message: format!("could not serialise the weights: {e}"),
         })?;
-    let bytes = store.get_bytes().map_err(|e| EvalError::ModelFile {
+    store.get_bytes().map_err(|e| EvalError::ModelFile {
         path: path.to_path_buf(),
         message: e.to_string(),
-    })?;
-    write_atomic(path, &bytes)?;
-    Ok(blake3::hash(&bytes).to_hex().to_string())
+    })
 }
 
 /// Reads the model card of a model file without loading the weights.
@@ -415,6 +434,95 @@ fn to_f32<const N: usize>(data: &[u8], convert: impl Fn(&[u8]) -> f32) -> Vec<u8
     data.chunks_exact(N)
         .flat_map(|b| convert(b).to_le_bytes())
         .collect()
+}
+
+/// The card as `percept inspect` prints it: what the network is and where its weights came
+/// from, including the keys that vouch for its data and its run.
+pub fn describe_card(card: &ModelCard) -> String {
+    let arch = &card.architecture;
+    let p = &card.provenance;
+    let tasks: Vec<&str> = [
+        (arch.tasks.detection, "detection"),
+        (arch.tasks.drivable, "drivable"),
+        (arch.tasks.lanes, "lanes"),
+    ]
+    .into_iter()
+    .filter_map(|(on, name)| on.then_some(name))
+    .collect();
+    let mut out = String::new();
+    let mut line = |label: &str, text: String| out.push_str(&format!("{label:<12}{text}\n"));
+    line("format", card.format.clone());
+    line(
+        "network",
+        format!("{}, tasks: {}", arch.size.name(), tasks.join(", ")),
+    );
+    line(
+        "classes",
+        format!("{}: {}", card.classes.len(), card.classes.join(", ")),
+    );
+    line(
+        "input",
+        format!(
+            "{}x{}, RGB mean {:?}, std {:?}, letterbox pad {}",
+            card.input.width,
+            card.input.height,
+            card.normalization.mean,
+            card.normalization.std,
+            card.normalization.pad_value
+        ),
+    );
+    line(
+        "decode",
+        format!(
+            "score >= {}, NMS IoU {}, top {} before NMS, at most {} detections",
+            card.decode.score_threshold,
+            card.decode.iou_threshold,
+            card.decode.pre_nms_top_k,
+            card.decode.max_detections
+        ),
+    );
+    line(
+        "trained at",
+        format!(
+            "site `{}` in {}, {} steps, percept {}",
+            p.site_name, p.site_region, p.steps, p.percept_version
+        ),
+    );
+    line("regions", p.regions.join(", "));
+    line("config", format!("blake3 {}", p.config_hash));
+    if let Some(base) = &p.base_checkpoint {
+        line("base", format!("blake3 {base}"));
+    }
+    line(
+        "audit log",
+        match &p.audit_head {
+            Some(h) => format!("head at entry {}, hash {}", h.entries, h.hash),
+            None => "no head recorded".into(),
+        },
+    );
+    line(
+        "site key",
+        match &p.site_key {
+            Some(k) => format!("{k} (signs the run's audit log)"),
+            None => "none: the run's audit log is unsigned".into(),
+        },
+    );
+    for d in &p.datasets {
+        line(
+            "dataset",
+            format!(
+                "`{}` ({}), manifest blake3 {}, {}",
+                d.name,
+                d.region,
+                d.manifest_hash,
+                match &d.signed_by {
+                    Some(k) => format!("signed by trusted steward key {k}"),
+                    None => "no verified steward signature".into(),
+                }
+            ),
+        );
+    }
+    out
 }
 
 #[cfg(test)]

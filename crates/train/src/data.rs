@@ -15,6 +15,8 @@ use percept_eval::model_file::{DatasetRef, Provenance};
 /// One split of every dataset of a run, ready for the sampler.
 pub struct TrainingData {
     datasets: Vec<(PathBuf, Dataset)>,
+    /// Per dataset, the trusted steward key whose signature the guard verified.
+    signed_by: Vec<Option<String>>,
     /// Each dataset's `val` split, when the run validates.
     validation: Vec<Dataset>,
     classes: Vec<String>,
@@ -36,6 +38,7 @@ fn guard_event(d: &percept_data::GuardDecision) -> AuditEvent {
         site_region: d.site_region.clone(),
         allowed: d.allowed,
         reason: d.reason.clone(),
+        signed_by: d.signed_by.clone(),
     }
 }
 
@@ -43,10 +46,9 @@ fn guard_event(d: &percept_data::GuardDecision) -> AuditEvent {
 /// audit log (when given), and any refusal stops here, naming every refused dataset.
 pub fn clear_all(
     dirs: &[PathBuf],
-    site: &Site,
+    guard: &ResidencyGuard,
     mut log: Option<&mut AuditLog>,
 ) -> Result<Vec<ClearedDataset>, TrainError> {
-    let guard = ResidencyGuard::new(site.clone())?;
     let mut cleared = Vec::new();
     let mut refusals = Vec::new();
     for dir in dirs {
@@ -101,7 +103,7 @@ pub fn open_for_site(dir: &Path, split: Split, site_region: &str) -> Result<Data
         region: site_region.to_string(),
         name: format!("eval at {site_region}"),
     };
-    let cleared = clear_all(&[dir.to_path_buf()], &site, None)?;
+    let cleared = clear_all(&[dir.to_path_buf()], &ResidencyGuard::new(site)?, None)?;
     open_cleared(&cleared[0], split, IntegrityPolicy::Fail, None)
 }
 
@@ -109,30 +111,40 @@ impl TrainingData {
     /// Clears every dataset of the config with the guard, then opens their training splits;
     /// each decision and shard check is written to `log`.
     pub fn open(config: &RunConfig, log: &mut AuditLog) -> Result<TrainingData, TrainError> {
-        let site = Site {
-            region: config.site.region.clone(),
-            name: config.site.name.clone(),
-        };
-        Self::open_dirs(
+        Self::open_guarded(
             &config.data.datasets,
-            &site,
+            &crate::site::residency_guard(&config.site)?,
             config.data.integrity,
             config.validation.every > 0,
             Some(log),
         )
     }
 
-    /// [`open`](Self::open) without a run config: the training splits of `dirs` at `site`.
+    /// [`open`](Self::open) without a run config: the training splits of `dirs` at `site`,
+    /// signatures not checked.
     pub fn open_dirs(
         dirs: &[PathBuf],
         site: &Site,
         integrity: IntegrityPolicy,
         validation: bool,
+        log: Option<&mut AuditLog>,
+    ) -> Result<TrainingData, TrainError> {
+        let guard = ResidencyGuard::new(site.clone())?;
+        Self::open_guarded(dirs, &guard, integrity, validation, log)
+    }
+
+    /// The training (and with `validation`, validation) splits of `dirs`, cleared by `guard`.
+    pub fn open_guarded(
+        dirs: &[PathBuf],
+        guard: &ResidencyGuard,
+        integrity: IntegrityPolicy,
+        validation: bool,
         mut log: Option<&mut AuditLog>,
     ) -> Result<TrainingData, TrainError> {
-        let cleared = clear_all(dirs, site, log.as_deref_mut())?;
+        let cleared = clear_all(dirs, guard, log.as_deref_mut())?;
         let mut datasets = Vec::new();
         let mut validation_sets = Vec::new();
+        let mut signed_by = Vec::new();
         let mut classes: Option<(PathBuf, Vec<String>)> = None;
         for c in &cleared {
             let dir = c.dir().to_path_buf();
@@ -163,9 +175,11 @@ impl TrainingData {
                 validation_sets.push(val);
             }
             datasets.push((dir, ds));
+            signed_by.push(c.decision().signed_by.clone());
         }
         Ok(TrainingData {
             datasets,
+            signed_by,
             validation: validation_sets,
             classes: classes.map(|(_, c)| c).unwrap_or_default(),
             integrity,
@@ -261,10 +275,12 @@ impl TrainingData {
         let datasets: Vec<DatasetRef> = self
             .datasets
             .iter()
-            .map(|(_, ds)| DatasetRef {
+            .zip(&self.signed_by)
+            .map(|((_, ds), signed_by)| DatasetRef {
                 name: ds.manifest().name.clone(),
                 region: ds.manifest().region.clone(),
                 manifest_hash: ds.manifest().hash(),
+                signed_by: signed_by.clone(),
             })
             .collect();
         let mut regions: Vec<String> = datasets.iter().map(|d| d.region.clone()).collect();
@@ -279,6 +295,7 @@ impl TrainingData {
             base_checkpoint: None,
             steps: 0,
             audit_head: None,
+            site_key: None,
             percept_version: env!("CARGO_PKG_VERSION").into(),
         }
     }
