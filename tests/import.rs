@@ -963,6 +963,52 @@ fn malformed_records_are_reported_with_file_and_reason() {
     );
 }
 
+#[test]
+fn a_truncated_jpeg_is_skipped_and_reported_like_any_bad_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let kitti = KittiSet::new(dir.path());
+    let car = [kitti_line("Car", [12.5, 10.25, 30.75, 28.0])];
+    kitti.write_frame("000000", 0, &car);
+    // Frame 000001's JPEG lost its last 40 bytes: the decoder alone pads it with grey.
+    let mut jpeg = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 90)
+        .encode_image(&picture(W, H, 1))
+        .unwrap();
+    let cut = kitti.images.join("000001.jpg");
+    fs::write(&cut, &jpeg[..jpeg.len() - 40]).unwrap();
+    fs::write(kitti.labels.join("000001.txt"), car.join("\n") + "\n").unwrap();
+
+    let out = dir.path().join("dataset");
+    let run = percept_ok(&[kitti.args(&out), vec!["--region", "DE"]].concat());
+
+    let report = read_report(&out, "train");
+    assert_eq!(report.imported, BTreeMap::from([(Split::Train, 1)]));
+    let skipped: Vec<(PathBuf, Option<String>, String)> = report
+        .skipped
+        .iter()
+        .map(|k| (k.file.clone(), k.record.clone(), k.reason.clone()))
+        .collect();
+    let reason = format!(
+        "the JPEG is truncated: its {} bytes end in the image data, before the end-of-image \
+         marker (FFD9)",
+        jpeg.len() - 40
+    );
+    assert_eq!(
+        skipped,
+        [(cut.clone(), Some("000001".to_string()), reason.clone())]
+    );
+    assert_contains(
+        &run.stdout,
+        &[
+            "skipped records: 1",
+            &format!("    {} (000001): {reason}", cut.display()),
+        ],
+    );
+    let (_, stored) = read_back(&out);
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].sample.id, "000000");
+}
+
 /// Progress that asks the import to stop once `records` records are done.
 struct StopAfter {
     records: usize,

@@ -1,0 +1,11 @@
+//! Fuzzes the `image_import` reader (see `readers.rs` for the contract it checks).
+//!
+//! Run from `fuzz/`: `cargo +nightly fuzz run image_import -- -max_total_time=300 -jobs=1 -workers=1`.
+//! Seeds: `corpus/image_import/`, written by
+//! `cargo run --manifest-path fuzz/Cargo.toml --example seed_corpus`.
+#![no_main]
+
+#[path = "../readers.rs"]
+mod readers;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| readers::image_import(data));
