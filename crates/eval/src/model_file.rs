@@ -537,6 +537,9 @@ mod tests {
 
     type B = Flex;
 
+    /// Every tensor of a file by name: shape and f32 values.
+    type Tensors = HashMap<String, (Vec<usize>, Vec<f32>)>;
+
     /// A nano card (from JSON: fields added later with defaults need no change here).
     fn card() -> ModelCard {
         serde_json::from_value(serde_json::json!({
@@ -569,7 +572,7 @@ mod tests {
     }
 
     /// Every tensor of a safetensors file as f32 values (the file must be all f32).
-    fn read_f32(path: &Path) -> HashMap<String, (Vec<usize>, Vec<f32>)> {
+    fn read_f32(path: &Path) -> Tensors {
         let bytes = std::fs::read(path).unwrap();
         let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
         file.tensors()
@@ -620,7 +623,7 @@ mod tests {
     }
 
     /// Loads `path` with both loaders and saves what each loaded; returns the tensors.
-    fn load_both(path: &Path, dir: &Path) -> [HashMap<String, (Vec<usize>, Vec<f32>)>; 2] {
+    fn load_both(path: &Path, dir: &Path) -> [Tensors; 2] {
         let device = Default::default();
         let (net, _) = load_model::<B>(path, &device).unwrap();
         let a = dir.join("a.safetensors");
