@@ -27,6 +27,24 @@ use percept_train::gpu_runtime::KernelCache;
 use percept_train::trainer::{Faults, RunState, TrainSummary, TrainTask};
 use percept_train::TrainError;
 
+/// An error and its causes as one line, joined by ": " as anyhow's `{:#}` joins them, but a
+/// cause whose text is already in the line is left out: percept's errors put their source's
+/// text in their own message and also return it as `source()` (which `{:#}` then printed a
+/// second time: "No space left on device (os error 28): No space left on device (os error 28)").
+pub fn error_text(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(c) = cause {
+        let part = c.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        cause = c.source();
+    }
+    text
+}
+
 /// A progress bar on a terminal, hidden elsewhere (batch logs stay clean).
 pub fn progress(len: u64, prefix: &'static str) -> ProgressBar {
     if !std::io::stderr().is_terminal() {
@@ -96,11 +114,40 @@ pub fn train_with(
         path: run_dir.clone(),
         source: e,
     })?;
+    let removed = remove_temporaries(&run_dir)?;
     let mut log =
         AuditLog::open(run_dir.join(AUDIT_FILE)).map_err(|e| TrainError::Audit(e.to_string()))?;
     write_atomic(run_dir.join(RUN_CONFIG_FILE), config.to_toml().as_bytes())?;
     audit(&mut log, run_start(config))?;
+    record_removed(&mut log, removed)?;
     run_training(config, run_dir, &mut log, &devices, None, faults)
+}
+
+/// Removes the temporary files that killed writes left in a run's directory (they are never
+/// data: an atomic write that did not finish left the file it was replacing as it was) and
+/// logs each.
+fn remove_temporaries(run_dir: &Path) -> Result<Vec<PathBuf>, TrainError> {
+    let removed = percept_data::atomic_file::remove_temporaries(run_dir)?;
+    for path in &removed {
+        tracing::info!(
+            "removed {}, the temporary file of a write that never finished",
+            path.display()
+        );
+    }
+    Ok(removed)
+}
+
+/// Records the temporary files [`remove_temporaries`] removed, if any.
+fn record_removed(log: &mut AuditLog, removed: Vec<PathBuf>) -> Result<(), TrainError> {
+    if !removed.is_empty() {
+        audit(
+            log,
+            AuditEvent::TemporariesRemoved {
+                files: removed.iter().map(|p| p.display().to_string()).collect(),
+            },
+        )?;
+    }
+    Ok(())
 }
 
 /// Refuses `train.precision = "bf16"` on wgpu, which has no bfloat16 (WGSL does not have the
@@ -170,6 +217,11 @@ fn run_training(
 /// with (`run_dir/config.toml`). When finished checkpoints exist but none can be used
 /// (damaged, or the config edited since) it refuses, naming each and why, and changes nothing;
 /// a run killed before it finished a checkpoint starts over from step 0, which loses nothing.
+///
+/// A config edited only in [`percept_train::checkpoint::RESUME_MUTABLE_KEYS`] resumes, each
+/// change recorded in the audit log. Checkpoints newer than the one resumed from (unusable, or
+/// it would have been chosen) are moved to `checkpoints/unusable/`, so the resumed run neither
+/// overwrites nor prunes them. Temporary files of killed writes are removed first.
 pub fn resume(run_dir: &Path, devices: impl Into<Devices>) -> Result<TrainSummary, TrainError> {
     resume_with(run_dir, devices, Faults::default())
 }
@@ -192,7 +244,11 @@ pub fn resume_with(
     let config = RunConfig::load(&config_path)?;
     check_precision(&config, &devices, &config_path.display().to_string())?;
     let checkpoints = CheckpointDir::new(run_dir.join("checkpoints"));
-    let (state, rejected) = checkpoints.latest_intact(&config.hash());
+    let (usable, rejected) = checkpoints.latest_usable(&config);
+    let (state, changes) = match usable {
+        Some((state, changes)) => (Some(state), changes),
+        None => (None, Vec::new()),
+    };
     // A checkpoint without its commit record was never finished (the process died writing
     // it); one with a record holds work.
     let committed = checkpoints.list().iter().any(|f| f.files.state.exists());
@@ -222,10 +278,29 @@ pub fn resume_with(
             )));
         }
     }
+    // Refusals are behind: from here on the run goes on.
+    let removed = remove_temporaries(run_dir)?;
     let mut log =
         AuditLog::open(run_dir.join(AUDIT_FILE)).map_err(|e| TrainError::Audit(e.to_string()))?;
+    record_removed(&mut log, removed)?;
     match &state {
         Some(s) => {
+            // Every checkpoint ranked above the one resumed from was passed over: keep it
+            // out of the resumed run's way.
+            let newer: Vec<String> = checkpoints
+                .list()
+                .into_iter()
+                .map(|f| f.name)
+                .take_while(|n| format!("{n}.safetensors") != s.checkpoint)
+                .collect();
+            if !newer.is_empty() {
+                let aside = checkpoints.set_aside(&newer)?;
+                tracing::warn!(
+                    "moved the unusable checkpoints {} to {}: the resumed run would overwrite them",
+                    newer.join(", "),
+                    aside.display()
+                );
+            }
             tracing::info!(
                 "resuming {} at step {} from {}",
                 run_dir.display(),
@@ -240,6 +315,22 @@ pub fn resume_with(
                     step: s.step as u64,
                 },
             )?;
+            for c in changes {
+                tracing::info!(
+                    "{} changed since the checkpoint: {} (was {}); it cannot alter the results",
+                    c.key,
+                    c.new,
+                    c.old
+                );
+                audit(
+                    &mut log,
+                    AuditEvent::ConfigChanged {
+                        key: c.key,
+                        old: c.old,
+                        new: c.new,
+                    },
+                )?;
+            }
         }
         None => {
             tracing::warn!(

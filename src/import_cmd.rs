@@ -266,6 +266,9 @@ fn print_summary(s: &ImportSummary) {
             plural(r.resumed_blocks, "block")
         );
     }
+    for file in &r.removed_temporaries {
+        println!("  removed {file}, left by a write that never finished");
+    }
     let objects: Vec<String> = r.objects.iter().map(|(c, n)| format!("{c} {n}")).collect();
     println!(
         "  boxes: {}",

@@ -914,7 +914,7 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", percept::commands::error_text(e.as_ref()));
             ExitCode::FAILURE
         }
     }

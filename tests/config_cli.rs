@@ -175,3 +175,76 @@ fn warmup_refuses_the_cpu_missing_manifests_and_unknown_conv_kernels() {
         "nothing may be written to the kernel cache"
     );
 }
+
+/// A problem only a `--set` caused is reported against the `--set`, not the config file.
+#[test]
+fn set_problems_name_the_set_not_the_file() {
+    let smoke = configs().join("smoke.toml");
+    let out = percept(&[
+        "config",
+        "check",
+        "--config",
+        arg(&smoke),
+        "--set",
+        "train.lr=5",
+    ]);
+    assert!(!out.ok);
+    assert_eq!(
+        out.stderr,
+        format!(
+            "error: --set (not {}): 1 problem:\n  --set train.lr=5: train.lr = 5: give a value \
+             in (0, 1]\n",
+            smoke.display()
+        )
+    );
+    let out = percept(&["train", "--config", arg(&smoke), "--set", "train.lr"]);
+    assert!(!out.ok);
+    assert_eq!(
+        out.stderr,
+        "error: --set \"train.lr\": no '='; give KEY=VALUE, e.g. --set train.lr=0.002\n"
+    );
+}
+
+/// `config check` refuses an `lr_multipliers` prefix that matches no parameter, with the
+/// message `train` gives (it used to pass the check and fail only in `train`).
+#[test]
+fn config_check_refuses_the_lr_multiplier_prefix_train_refuses() {
+    let smoke = configs().join("smoke.toml");
+    let set = "optimizer.lr_multipliers.head=0.3";
+    let problem = format!(
+        "--set {set}: optimizer.lr_multipliers.head: no parameter's path starts with \"head\"; \
+         paths are dotted module names such as \"backbone.stem.conv.weight\", and the top-level \
+         modules are backbone, neck, detection_head, drivable_head, lane_head"
+    );
+    for command in ["config check", "train"] {
+        let mut args: Vec<&str> = command.split(' ').collect();
+        args.extend(["--config", arg(&smoke), "--set", set]);
+        let out = percept(&args);
+        assert!(!out.ok, "{command}: {}", out.stdout);
+        assert!(out.stderr.contains(&problem), "{command}: {}", out.stderr);
+    }
+    let out = percept(&[
+        "config",
+        "check",
+        "--config",
+        arg(&smoke),
+        "--set",
+        "optimizer.lr_multipliers.detection_head=0.3",
+    ]);
+    assert!(out.ok, "{}", out.stderr);
+}
+
+/// An OS error is printed once, not once by the error and again as its source.
+#[test]
+fn os_error_text_appears_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = percept(&["config", "check", "--config", arg(dir.path())]);
+    assert!(!out.ok);
+    assert_eq!(
+        out.stderr,
+        format!(
+            "error: {}: Is a directory (os error 21)\n",
+            dir.path().display()
+        )
+    );
+}

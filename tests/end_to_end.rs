@@ -438,3 +438,65 @@ impl<B: burn::prelude::Backend> burn::module::ModuleVisitor<B> for First<'_> {
         }
     }
 }
+
+/// A copy of model file `from` at `to` with every f32 value set to `value` (header metadata,
+/// such as the model card, kept).
+fn with_every_weight(from: &Path, to: &Path, value: f32) {
+    use safetensors::tensor::TensorView;
+    let bytes = std::fs::read(from).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let tensors: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = file
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            let data = if view.dtype() == safetensors::Dtype::F32 {
+                value.to_le_bytes().repeat(view.data().len() / 4)
+            } else {
+                view.data().to_vec()
+            };
+            (name, view.dtype(), view.shape().to_vec(), data)
+        })
+        .collect();
+    let views: Vec<(String, TensorView)> = tensors
+        .iter()
+        .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
+        .collect();
+    let out = safetensors::serialize(views, meta.metadata().clone()).unwrap();
+    std::fs::write(to, out).unwrap();
+}
+
+/// An export whose verification fails (here: finite weights so large that the outputs
+/// overflow) leaves nothing at an absent `--out` and an existing `--out` untouched; the check
+/// runs on the written file before it is renamed into place.
+#[test]
+fn a_failed_export_leaves_out_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = synth(dir.path(), "DE", 6, 3);
+    let summary = commands::train(&config(dir.path(), &data, 1), DeviceSpec::Cpu).unwrap();
+    let huge = dir.path().join("huge.safetensors");
+    with_every_weight(&summary.checkpoint, &huge, 1e38);
+    let exports = dir.path().join("exports");
+    std::fs::create_dir(&exports).unwrap();
+    let out = exports.join("model.safetensors");
+    let refused = |out: &Path| {
+        let e = commands::export_model(&huge, out, DeviceSpec::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(&format!("model file {}: ", out.display()))
+                && e.contains("outputs on a probe input are not finite")
+                && e.ends_with(&format!("nothing was written to {}", out.display())),
+            "{e}"
+        );
+    };
+    refused(&out);
+    assert_eq!(std::fs::read_dir(&exports).unwrap().count(), 0);
+    std::fs::write(&out, b"the deployed model").unwrap();
+    refused(&out);
+    assert_eq!(std::fs::read(&out).unwrap(), b"the deployed model");
+    assert_eq!(std::fs::read_dir(&exports).unwrap().count(), 1);
+    // The same checkpoint with sane weights exports over it.
+    commands::export_model(&summary.checkpoint, &out, DeviceSpec::Cpu).unwrap();
+    assert_ne!(std::fs::read(&out).unwrap(), b"the deployed model");
+}

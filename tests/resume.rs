@@ -411,3 +411,276 @@ fn nonfinite_steps_are_skipped_then_stop_the_run() {
             == tensor_bytes(&config.run_dir().join("checkpoints/step-000003.safetensors"))
     );
 }
+
+/// The events of a run's audit log, in order.
+fn audit_events(run: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join(percept::data::AUDIT_FILE))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["event"].clone())
+        .collect()
+}
+
+/// Every file under `dir` (relative path and bytes).
+fn files_under(dir: &Path) -> BTreeSet<(String, Vec<u8>)> {
+    let mut out = BTreeSet::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                pending.push(p);
+            } else {
+                let rel = p.strip_prefix(dir).unwrap().display().to_string();
+                out.insert((rel, std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out
+}
+
+/// A run of `steps` steps with a checkpoint every step, its final checkpoint deleted: what a
+/// run killed just before its end leaves, resumable from step `steps - 1`.
+fn unfinished_run(
+    dir: &Path,
+    data: &Path,
+    name: &str,
+    steps: usize,
+    keep_last: usize,
+) -> RunConfig {
+    let mut config = common::run_config(dir, &[data], "DE", steps, "");
+    config.name = name.into();
+    config.checkpoint.keep_last = keep_last;
+    commands::train(&config, DeviceSpec::Cpu).unwrap();
+    let checkpoints = CheckpointDir::new(config.run_dir().join("checkpoints"));
+    checkpoints.remove("final").unwrap();
+    config
+}
+
+/// A checkpoint that cannot be written (here a directory stands where its training state must
+/// go; a full disk fails the same way) is removed, recorded as a failure, not as a checkpoint,
+/// and under `checkpoint.on_error = "continue"` the run trains on.
+#[test]
+fn a_failed_checkpoint_write_is_a_recorded_failure_and_continue_trains_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = synth(dir.path(), "DE", 6, 2);
+    let mut config = common::run_config(dir.path(), &[&data], "DE", 4, "");
+    config.checkpoint.on_error = percept::train::config::CheckpointOnError::Continue;
+    let run = config.run_dir();
+    let checkpoints = run.join("checkpoints");
+    std::fs::create_dir_all(checkpoints.join("step-000002.train.safetensors/x")).unwrap();
+    let summary = commands::train(&config, DeviceSpec::Cpu).unwrap();
+    assert_eq!(summary.steps, 4);
+    assert!(!checkpoints.join("step-000002.safetensors").exists());
+    assert!(!checkpoints.join("step-000002.state.json").exists());
+    let listed: Vec<String> = CheckpointDir::new(checkpoints.clone())
+        .list()
+        .into_iter()
+        .map(|f| f.name)
+        .collect();
+    assert_eq!(listed, ["final", "step-000003", "step-000001"]);
+    let events = audit_events(&run);
+    let step2 = |kind: &str| {
+        events
+            .iter()
+            .filter(|e| e["kind"] == kind && e["step"] == 2)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    assert!(step2("checkpoint").is_empty(), "{events:?}");
+    let failed = step2("checkpoint_failed");
+    assert_eq!(failed.len(), 1, "{events:?}");
+    assert_eq!(
+        failed[0]["path"],
+        checkpoints
+            .join("step-000002.safetensors")
+            .display()
+            .to_string()
+    );
+    assert_eq!(failed[0]["action"], "continue");
+    let error = failed[0]["error"].as_str().unwrap();
+    assert!(
+        error.contains("step-000002.train.safetensors") && error.contains("Is a directory"),
+        "{error}"
+    );
+    // The other checkpoints are whole, and so is the audit chain.
+    let (latest, warnings) = CheckpointDir::new(checkpoints.clone()).latest_intact(&config.hash());
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(latest.unwrap().step, 4);
+    percept::data::audit::verify(run.join(percept::data::AUDIT_FILE)).unwrap();
+}
+
+/// Under `checkpoint.on_error = "stop"` (the default) the same failure ends `percept train`
+/// with a non-zero status, naming the file and the reason, and the run resumes from the last
+/// checkpoint.
+#[test]
+fn a_failed_checkpoint_write_stops_the_run_by_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = synth(dir.path(), "DE", 6, 2);
+    let config = common::run_config(dir.path(), &[&data], "DE", 4, "");
+    let path = write_config(dir.path(), &config);
+    let checkpoints = config.run_dir().join("checkpoints");
+    std::fs::create_dir_all(checkpoints.join("step-000002.train.safetensors/x")).unwrap();
+    let out = percept(&["train", "--config", path.to_str().unwrap()]);
+    assert!(!out.ok, "{}", out.stdout);
+    let training = checkpoints.join("step-000002.train.safetensors");
+    assert!(
+        out.stderr.contains(&format!(
+            "error: checkpoint {} (step 2) could not be written: I/O error on {}: Is a \
+             directory (os error 21). checkpoint.on_error = \"stop\" stopped the run",
+            checkpoints.join("step-000002.safetensors").display(),
+            training.display()
+        )),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains(&format!(
+            "The last checkpoint, {}, is intact.",
+            checkpoints.join("step-000001.safetensors").display()
+        )),
+        "{}",
+        out.stderr
+    );
+    assert!(!checkpoints.join("step-000002.safetensors").exists());
+    let events = audit_events(&config.run_dir());
+    assert!(events
+        .iter()
+        .any(|e| e["kind"] == "checkpoint_failed" && e["step"] == 2 && e["action"] == "stop"));
+    assert!(!events
+        .iter()
+        .any(|e| e["kind"] == "checkpoint" && e["step"] == 2));
+}
+
+/// Temporary files a killed write left (in the run directory and in `checkpoints/`) are never
+/// taken for checkpoints, and the next start of the run removes them and records it.
+#[test]
+fn leftover_temporary_files_are_removed_when_the_run_starts_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = synth(dir.path(), "DE", 6, 2);
+    let config = unfinished_run(dir.path(), &data, "temps", 3, 0);
+    let run = config.run_dir();
+    let leftovers = [
+        run.join("checkpoints/.step-000009.safetensors.4242.0.tmp"),
+        run.join("checkpoints/.step-000009.state.json.4242.1.tmp"),
+        run.join(".summary.json.4242.2.tmp"),
+    ];
+    for p in &leftovers {
+        std::fs::write(p, b"torn").unwrap();
+    }
+    let listed: Vec<String> = CheckpointDir::new(run.join("checkpoints"))
+        .list()
+        .into_iter()
+        .map(|f| f.name)
+        .collect();
+    assert_eq!(listed, ["step-000002", "step-000001"]);
+    let s = commands::resume(&run, DeviceSpec::Cpu).unwrap();
+    assert_eq!((s.start_step, s.steps), (2, 3));
+    for p in &leftovers {
+        assert!(!p.exists(), "{} is still there", p.display());
+    }
+    let removed: Vec<serde_json::Value> = audit_events(&run)
+        .into_iter()
+        .filter(|e| e["kind"] == "temporaries_removed")
+        .collect();
+    let mut want: Vec<String> = leftovers.iter().map(|p| p.display().to_string()).collect();
+    want.sort();
+    assert_eq!(removed.len(), 1);
+    assert_eq!(removed[0]["files"], serde_json::json!(want));
+}
+
+/// Resuming from an older checkpoint because the newer one is damaged: the newer one is moved
+/// aside whole, neither overwritten by the resumed run's checkpoint of the same step nor
+/// pruned; the checkpoint resumed from survives pruning until a newer one is written.
+#[test]
+fn resuming_from_an_older_checkpoint_keeps_the_newer_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = synth(dir.path(), "DE", 6, 2);
+    let config = unfinished_run(dir.path(), &data, "older", 5, 2);
+    let run = config.run_dir();
+    let checkpoints = run.join("checkpoints");
+    let model4 = checkpoints.join("step-000004.safetensors");
+    let mut bytes = std::fs::read(&model4).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x40;
+    std::fs::write(&model4, &bytes).unwrap();
+    let damaged: BTreeSet<(String, Vec<u8>)> = files_under(&checkpoints)
+        .into_iter()
+        .filter(|(n, _)| n.starts_with("step-000004"))
+        .collect();
+    assert_eq!(damaged.len(), 3);
+    let s = commands::resume(&run, DeviceSpec::Cpu).unwrap();
+    assert_eq!((s.start_step, s.steps), (3, 5));
+    let after = files_under(&checkpoints);
+    for (name, bytes) in &damaged {
+        assert!(
+            after.contains(&(format!("unusable/{name}"), bytes.clone())),
+            "{name} was not kept as it was"
+        );
+    }
+    // keep_last = 2 over the whole checkpoints this run knows: 3 and the new 4.
+    let listed: Vec<String> = CheckpointDir::new(checkpoints.clone())
+        .list()
+        .into_iter()
+        .map(|f| f.name)
+        .collect();
+    assert_eq!(listed, ["final", "step-000004", "step-000003"]);
+}
+
+/// A config edited in a key that cannot alter the results (`logging.every`) resumes, the
+/// change recorded in the audit log; one edited in a key that can (`train.lr`) is refused,
+/// naming the key and both values, and nothing is changed.
+#[test]
+fn resume_allows_and_records_a_logging_change_and_refuses_a_learning_rate_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = synth(dir.path(), "DE", 6, 2);
+    let config = unfinished_run(dir.path(), &data, "edited", 3, 0);
+    let run = config.run_dir();
+    let config_path = run.join("config.toml");
+    let original = std::fs::read_to_string(&config_path).unwrap();
+    assert!(original.contains("lr = 0.002\n"), "{original}");
+    std::fs::write(
+        &config_path,
+        original.replace("lr = 0.002\n", "lr = 0.003\n"),
+    )
+    .unwrap();
+    let before = files_under(&run);
+    let e = commands::resume(&run, DeviceSpec::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("cannot be resumed"), "{e}");
+    assert!(
+        e.contains(
+            "it was written with another config: train.lr = 0.003 (the checkpoint's: 0.002) \
+             changed since; only logging.every, logging.line_seconds, logging.progress, \
+             data.workers, data.prefetch_batches, checkpoint.on_error may change on resume"
+        ),
+        "{e}"
+    );
+    assert_eq!(
+        files_under(&run),
+        before,
+        "a refused resume changes nothing"
+    );
+
+    let logging = "[logging]\nevery = 1\n";
+    assert!(original.contains(logging), "{original}");
+    std::fs::write(
+        &config_path,
+        original.replace(logging, "[logging]\nevery = 2\n"),
+    )
+    .unwrap();
+    let s = commands::resume(&run, DeviceSpec::Cpu).unwrap();
+    assert_eq!((s.start_step, s.steps), (2, 3));
+    let changed: Vec<serde_json::Value> = audit_events(&run)
+        .into_iter()
+        .filter(|e| e["kind"] == "config_changed")
+        .collect();
+    assert_eq!(
+        changed,
+        [
+            serde_json::json!({"kind": "config_changed", "key": "logging.every", "old": "1", "new": "2"})
+        ]
+    );
+    percept::data::audit::verify(run.join(percept::data::AUDIT_FILE)).unwrap();
+}

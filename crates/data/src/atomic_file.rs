@@ -72,22 +72,52 @@ impl AtomicFile {
 
     /// Flushes and fsyncs the file, renames it to its destination (replacing what was there)
     /// and fsyncs the directory.
-    pub fn commit(mut self) -> Result<()> {
+    pub fn commit(self) -> Result<()> {
+        self.commit_verified(|_| Ok::<(), DataError>(()))
+            .map_err(|e| match e {
+                VerifiedCommitError::Write(e) | VerifiedCommitError::Verify(e) => e,
+            })
+    }
+
+    /// As [`commit`](Self::commit), but first calls `verify` with the temporary file, flushed
+    /// and fsynced, so a reader can check what was really written (an export reads it back)
+    /// before it replaces anything; when `verify` fails the temporary file is removed and the
+    /// destination is left as it was.
+    pub fn commit_verified<E>(
+        mut self,
+        verify: impl FnOnce(&Path) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), VerifiedCommitError<E>> {
         let tmp = self.tmp.clone();
-        let writer = self
-            .file
-            .take()
-            .ok_or_else(|| DataError::io(&tmp, std::io::Error::other("already committed")))?;
+        let writer = self.file.take().ok_or_else(|| {
+            VerifiedCommitError::Write(DataError::io(
+                &tmp,
+                std::io::Error::other("already committed"),
+            ))
+        })?;
         let file = writer
             .into_inner()
-            .map_err(|e| DataError::io(&tmp, e.into_error()))?;
-        file.sync_all().map_err(|e| DataError::io(&tmp, e))?;
+            .map_err(|e| VerifiedCommitError::Write(DataError::io(&tmp, e.into_error())))?;
+        file.sync_all()
+            .map_err(|e| VerifiedCommitError::Write(DataError::io(&tmp, e)))?;
         drop(file);
-        std::fs::rename(&tmp, &self.path).map_err(|e| DataError::io(&self.path, e))?;
+        // On an error, Drop removes the temporary file.
+        verify(&tmp).map_err(VerifiedCommitError::Verify)?;
+        std::fs::rename(&tmp, &self.path)
+            .map_err(|e| VerifiedCommitError::Write(DataError::io(&self.path, e)))?;
         // Renamed: nothing left for Drop to remove.
         self.tmp = PathBuf::new();
-        sync_dir(parent_dir(&self.path))
+        sync_dir(parent_dir(&self.path)).map_err(VerifiedCommitError::Write)
     }
+}
+
+/// Why [`AtomicFile::commit_verified`] did not replace the destination (or, for a `Write`
+/// error of the final directory fsync, may not have made the change durable).
+#[derive(Debug)]
+pub enum VerifiedCommitError<E> {
+    /// Writing, syncing or renaming failed.
+    Write(DataError),
+    /// The check of the written file failed.
+    Verify(E),
 }
 
 impl Drop for AtomicFile {
@@ -120,6 +150,46 @@ pub fn save_png_atomic(image: &image::RgbImage, path: impl AsRef<Path>) -> Resul
 /// Whether `file_name` is a temporary file of [`AtomicFile`] (committed files never are).
 pub fn is_temporary(file_name: &str) -> bool {
     file_name.starts_with('.') && file_name.ends_with(".tmp")
+}
+
+/// Removes the temporary files of [`AtomicFile`]s that were never committed (left by a killed
+/// process) in `dir` and the directories below it, except this process's own (they may still
+/// be in flight); returns the paths removed. Run where a command starts over on a directory it
+/// owns (a run's directory, an import's output), so leftovers do not pile up.
+pub fn remove_temporaries(dir: &Path) -> Result<Vec<PathBuf>> {
+    let own = format!(".{}.", std::process::id());
+    let mut removed = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(DataError::io(&dir, e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(|e| DataError::io(&dir, e))?;
+            let kind = entry
+                .file_type()
+                .map_err(|e| DataError::io(entry.path(), e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if kind.is_dir() {
+                pending.push(entry.path());
+            } else if kind.is_file() && is_temporary(&name) && !is_own_temporary(&name, &own) {
+                std::fs::remove_file(entry.path()).map_err(|e| DataError::io(entry.path(), e))?;
+                removed.push(entry.path());
+            }
+        }
+    }
+    removed.sort();
+    Ok(removed)
+}
+
+/// Whether the temporary `name` (`.<name>.<pid>.<n>.tmp`) is this process's: `own` is
+/// `.<pid>.`, and it must come right before the counter.
+fn is_own_temporary(name: &str, own: &str) -> bool {
+    name.strip_suffix(".tmp")
+        .and_then(|rest| rest.rsplit_once('.'))
+        .is_some_and(|(before_counter, _)| format!("{before_counter}.").ends_with(own))
 }
 
 fn parent_dir(path: &Path) -> &Path {
@@ -200,6 +270,57 @@ mod tests {
         assert!(err.to_string().contains("taken"), "{err}");
         assert_eq!(std::fs::read(p.join("inside")).unwrap(), b"keep");
         assert_eq!(names(dir.path()), ["taken"]);
+    }
+
+    #[test]
+    fn a_failed_verification_leaves_the_destination_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("model.bin");
+        std::fs::write(&p, b"old").unwrap();
+        let mut f = AtomicFile::create(&p).unwrap();
+        f.write_all(b"new").unwrap();
+        let err = f
+            .commit_verified(|tmp| {
+                // The verifier sees the written bytes under the temporary name.
+                assert_eq!(std::fs::read(tmp).unwrap(), b"new");
+                Err("mismatch")
+            })
+            .unwrap_err();
+        assert!(matches!(err, VerifiedCommitError::Verify("mismatch")));
+        assert_eq!(std::fs::read(&p).unwrap(), b"old");
+        assert_eq!(names(dir.path()), ["model.bin"]);
+        let mut f = AtomicFile::create(&p).unwrap();
+        f.write_all(b"new").unwrap();
+        f.commit_verified(|_| Ok::<(), ()>(())).unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"new");
+    }
+
+    #[test]
+    fn leftover_temporaries_are_removed_but_not_data_or_our_own() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        for name in [
+            ".a.json.4242.0.tmp",
+            "sub/.b.bin.17.3.tmp",
+            "data.tmp",
+            "sub/keep.json",
+        ] {
+            std::fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        let mut own = AtomicFile::create(dir.path().join("c.json")).unwrap();
+        own.write_all(b"in flight").unwrap();
+        let removed = remove_temporaries(dir.path()).unwrap();
+        assert_eq!(
+            removed,
+            [
+                dir.path().join(".a.json.4242.0.tmp"),
+                dir.path().join("sub/.b.bin.17.3.tmp")
+            ]
+        );
+        assert!(own.temporary_path().exists());
+        own.commit().unwrap();
+        assert_eq!(names(dir.path()), ["c.json", "data.tmp", "sub"]);
+        assert_eq!(names(&dir.path().join("sub")), ["keep.json"]);
     }
 
     #[test]

@@ -28,7 +28,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use image::GrayImage;
-use percept_data::atomic_file::is_temporary;
+use percept_data::atomic_file::{is_temporary, remove_temporaries};
 use percept_data::{
     is_region_code, BoxLabel, DataError, EncodedRecord, IgnoreRegion, ImportRecord, LabelledTasks,
     Manifest, Sample, ShardEntry, ShardReader, ShardWriter, Split, TrafficSide, MANIFEST_FILE,
@@ -179,6 +179,10 @@ pub struct ImportReport {
     pub shards: Vec<String>,
     /// Blocks found finished from an earlier, interrupted run.
     pub resumed_blocks: usize,
+    /// Temporary files of writes a killed import never finished, removed at the start (they
+    /// were never data: the files they were to replace are as they were).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed_temporaries: Vec<String>,
 }
 
 /// The result of [`import`].
@@ -265,6 +269,12 @@ pub fn import(
     validate_options(opts)?;
     // Refusals that need no scan come first: a scan of BDD100K takes a while.
     let existing = prepare_output(source, opts)?;
+    // The directory is this import's (new, or a percept dataset): leftovers of a killed
+    // import go before anything is read from it.
+    let removed_temporaries: Vec<String> = remove_temporaries(&opts.out)?
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
     let state_path = opts.out.join(STATE_FILE);
     let prior = load_state(&state_path)?;
     // Ids already in the dataset, except those of shards this import wrote before it was
@@ -371,6 +381,7 @@ pub fn import(
         skipped: counts.skipped,
         shards: state.shards.iter().map(|s| s.file.clone()).collect(),
         resumed_blocks,
+        removed_temporaries,
     };
     save_json(&report_path, &report)?;
     std::fs::remove_file(&state_path).map_err(|e| DataError::io(&state_path, e))?;
@@ -1069,13 +1080,18 @@ mod tests {
         };
         let summary = import(&source, &opts, &Quiet).unwrap();
         assert_eq!(summary.manifest.imports[0].imported, 1);
-        // Every file of the import was committed: the only temporary file is the leftover.
+        // The leftover was removed at the start, and reported; every file of the import was
+        // committed: no temporary file is left.
+        assert_eq!(
+            summary.report.removed_temporaries,
+            [out.join(&leftover).display().to_string()]
+        );
         let temporary: Vec<String> = std::fs::read_dir(&out)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .filter(|n| is_temporary(n))
             .collect();
-        assert_eq!(temporary, [leftover]);
+        assert!(temporary.is_empty(), "{temporary:?}");
 
         // Anything else still makes the directory non-empty.
         let other = dir.path().join("other");

@@ -12,9 +12,16 @@
 //!   or corrupt, and resuming passes over it to the previous one with a warning.
 //!
 //! Retention: periodic checkpoints are `step-NNNNNN`, the `keep_last` newest kept; the best by
-//! validation are `best-NNNNNN`, the `keep_best` best kept; `final` is never removed. Removing
-//! deletes the state file first, so an interrupted removal leaves no half checkpoint that looks
-//! whole.
+//! validation are `best-NNNNNN`, the `keep_best` best kept; `final` is never removed, nor is a
+//! checkpoint the caller names (the last one known to be whole). Removing deletes the state
+//! file first, so an interrupted removal leaves no half checkpoint that looks whole.
+//!
+//! Only regular files count: a temporary file of a killed write
+//! ([`percept_data::atomic_file::is_temporary`]) or a directory is never taken for a checkpoint.
+//!
+//! Resuming: a checkpoint is usable when both hashes match and it was written with the run's
+//! config, or with one that differs only in [`RESUME_MUTABLE_KEYS`] (settings that cannot alter
+//! the weights); each such change is reported so it can be recorded.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -22,9 +29,86 @@ use std::path::{Path, PathBuf};
 use percept_data::{AuditHead, SamplerState};
 use serde::{Deserialize, Serialize};
 
+use crate::config::RunConfig;
 use crate::schedule::ScheduleState;
 use crate::TrainError;
-use percept_data::atomic_file::write_atomic;
+use percept_data::atomic_file::{is_temporary, write_atomic};
+
+/// Config keys whose change does not stop a run from resuming: they decide what is logged,
+/// shown or how fast data is read, never a weight (every data RNG is seeded per sample, so the
+/// number of loader threads does not change a batch). A change to any other key makes the
+/// checkpoints unusable. Each allowed change is recorded in the audit log on resume.
+pub const RESUME_MUTABLE_KEYS: &[&str] = &[
+    "logging.every",
+    "logging.line_seconds",
+    "logging.progress",
+    "data.workers",
+    "data.prefetch_batches",
+    "checkpoint.on_error",
+];
+
+/// A config key whose value differs between a checkpoint's config and the run's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigChange {
+    /// Dotted key path, e.g. `logging.every`.
+    pub key: String,
+    /// The value in the checkpoint's config (TOML), `(unset)` when absent.
+    pub old: String,
+    /// The value in the run's config now.
+    pub new: String,
+}
+
+/// The text a config is hashed by (and that a checkpoint records): the resolved TOML without
+/// machine settings.
+pub fn config_text(config: &RunConfig) -> String {
+    RunConfig {
+        kernel_cache: None,
+        ..config.clone()
+    }
+    .to_toml()
+}
+
+/// Every leaf key whose value differs between `old` and `new` (as resolved TOML), sorted.
+pub fn config_changes(old: &RunConfig, new: &RunConfig) -> Vec<ConfigChange> {
+    fn leaves(prefix: &str, v: &toml::Value, out: &mut BTreeMap<String, String>) {
+        match v {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    leaves(&key, v, out);
+                }
+            }
+            other => {
+                out.insert(prefix.to_string(), other.to_string());
+            }
+        }
+    }
+    let flat = |c: &RunConfig| {
+        let mut out = BTreeMap::new();
+        let value = toml::Value::try_from(RunConfig {
+            kernel_cache: None,
+            ..c.clone()
+        })
+        .expect("a run config serialises");
+        leaves("", &value, &mut out);
+        out
+    };
+    let (old, new) = (flat(old), flat(new));
+    let unset = || "(unset)".to_string();
+    let keys: std::collections::BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+    keys.into_iter()
+        .filter(|k| old.get(*k) != new.get(*k))
+        .map(|k| ConfigChange {
+            key: k.clone(),
+            old: old.get(k).cloned().unwrap_or_else(unset),
+            new: new.get(k).cloned().unwrap_or_else(unset),
+        })
+        .collect()
+}
 
 /// Why a checkpoint was written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,6 +160,10 @@ pub struct RunState {
     pub score: Option<f64>,
     /// The audit log's head right after this checkpoint's entry.
     pub audit_head: AuditHead,
+    /// The config it was written with ([`config_text`], which `config_hash` is the hash of),
+    /// so that a resume can tell which keys changed since (absent in older checkpoints).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<String>,
 }
 
 impl RunState {
@@ -229,10 +317,19 @@ impl CheckpointDir {
     /// Writes the training state, then the commit record (`state` names the training state's
     /// file and hash); the model file must already be written.
     pub fn commit(&self, name: &str, training: &[u8], state: &RunState) -> Result<(), TrainError> {
-        let files = self.files(name);
-        write_atomic(&files.training, training)?;
+        self.write_training(name, training)?;
+        self.write_state(name, state)
+    }
+
+    /// Writes checkpoint `name`'s training state.
+    pub fn write_training(&self, name: &str, training: &[u8]) -> Result<(), TrainError> {
+        Ok(write_atomic(&self.files(name).training, training)?)
+    }
+
+    /// Writes checkpoint `name`'s commit record, which must come last.
+    pub fn write_state(&self, name: &str, state: &RunState) -> Result<(), TrainError> {
         let json = serde_json::to_string_pretty(state).expect("a run state serialises");
-        Ok(write_atomic(&files.state, json.as_bytes())?)
+        Ok(write_atomic(&self.files(name).state, json.as_bytes())?)
     }
 
     /// Every checkpoint that has a state file or a model file, newest (highest step) first;
@@ -243,8 +340,10 @@ impl CheckpointDir {
         };
         let mut names: Vec<String> = entries
             .filter_map(|e| e.ok())
+            // A directory (or anything else) in the way of a file name is not a checkpoint.
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
             .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|n| !n.starts_with('.'))
+            .filter(|n| !is_temporary(n) && !n.starts_with('.'))
             .filter_map(|n| {
                 n.strip_suffix(".state.json")
                     .or_else(|| n.strip_suffix(".train.safetensors"))
@@ -319,20 +418,121 @@ impl CheckpointDir {
         for found in self.list() {
             match self.verify(&found, config_hash) {
                 Ok(state) => return (Some(state), warnings),
-                Err(why) => warnings.push(format!(
-                    "checkpoint {} in {} is unusable: {why}",
-                    found.name,
-                    self.dir.display()
-                )),
+                Err(why) => warnings.push(self.unusable(&found, &why)),
             }
         }
         (None, warnings)
+    }
+
+    fn unusable(&self, found: &FoundCheckpoint, why: &str) -> String {
+        format!(
+            "checkpoint {} in {} is unusable: {why}",
+            found.name,
+            self.dir.display()
+        )
+    }
+
+    /// Checks that a checkpoint's files are whole and that it was written with `config` or
+    /// with one that differs only in [`RESUME_MUTABLE_KEYS`]; returns its state and those
+    /// changes. A refusal names every other key that changed.
+    pub fn verify_for(
+        &self,
+        found: &FoundCheckpoint,
+        config: &RunConfig,
+    ) -> Result<(RunState, Vec<ConfigChange>), String> {
+        let state = found.state.clone()?;
+        let hash = config.hash();
+        if state.config_hash == hash {
+            return Ok((self.verify(found, &hash)?, Vec::new()));
+        }
+        let Some(text) = &state.config else {
+            return self.verify(found, &hash).map(|s| (s, Vec::new()));
+        };
+        if blake3::hash(text.as_bytes()).to_hex().as_str() != state.config_hash {
+            return Err(format!(
+                "{} records a config whose hash is not its config_hash {} (modified)",
+                found.files.state.display(),
+                state.config_hash
+            ));
+        }
+        let old = RunConfig::parse(text, &found.files.state)
+            .map_err(|e| format!("its recorded config cannot be read: {e}"))?;
+        let changes = config_changes(&old, config);
+        let refused: Vec<String> = changes
+            .iter()
+            .filter(|c| !RESUME_MUTABLE_KEYS.contains(&c.key.as_str()))
+            .map(|c| format!("{} = {} (the checkpoint's: {})", c.key, c.new, c.old))
+            .collect();
+        if !refused.is_empty() {
+            return Err(format!(
+                "it was written with another config: {} changed since; only {} may change \
+                 on resume",
+                refused.join(", "),
+                RESUME_MUTABLE_KEYS.join(", ")
+            ));
+        }
+        // The files are checked against the hashes the state records; the config hash it
+        // records is its own.
+        let state = self.verify(found, &state.config_hash)?;
+        Ok((state, changes))
+    }
+
+    /// The newest checkpoint usable by a run with `config` ([`verify_for`](Self::verify_for))
+    /// with the config changes it would accept, and why each newer one was passed over.
+    pub fn latest_usable(
+        &self,
+        config: &RunConfig,
+    ) -> (Option<(RunState, Vec<ConfigChange>)>, Vec<String>) {
+        let mut warnings = Vec::new();
+        for found in self.list() {
+            match self.verify_for(&found, config) {
+                Ok(usable) => return (Some(usable), warnings),
+                Err(why) => warnings.push(self.unusable(&found, &why)),
+            }
+        }
+        (None, warnings)
+    }
+
+    /// Moves the files of the checkpoints named into `unusable/` (a directory [`list`]
+    /// does not look into), so that a run resumed from an older checkpoint neither overwrites
+    /// nor prunes them; returns the directory. A file already there is not replaced: the
+    /// moved one gets a `.N` suffix.
+    ///
+    /// [`list`]: Self::list
+    pub fn set_aside(&self, names: &[String]) -> Result<PathBuf, TrainError> {
+        let aside = self.dir.join("unusable");
+        let io = |path: &Path, source| TrainError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        for name in names {
+            let files = self.files(name);
+            for path in [&files.model, &files.training, &files.state] {
+                if !path.is_file() {
+                    continue;
+                }
+                std::fs::create_dir_all(&aside).map_err(|e| io(&aside, e))?;
+                let file_name = path.file_name().expect("a checkpoint file has a name");
+                let mut target = aside.join(file_name);
+                let mut n = 1;
+                while target.exists() {
+                    target = aside.join(format!("{}.{n}", file_name.to_string_lossy()));
+                    n += 1;
+                }
+                std::fs::rename(path, &target).map_err(|e| io(path, e))?;
+            }
+        }
+        Ok(aside)
     }
 
     /// Deletes checkpoint `name`: the state file first.
     pub fn remove(&self, name: &str) -> Result<(), TrainError> {
         let files = self.files(name);
         for path in [&files.state, &files.training, &files.model] {
+            // Something else in the way of a file name (a directory) is not the checkpoint's.
+            if path.symlink_metadata().is_ok_and(|m| m.is_dir()) {
+                continue;
+            }
             match std::fs::remove_file(path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -348,8 +548,14 @@ impl CheckpointDir {
     }
 
     /// Applies the retention policy; returns the names removed. Checkpoints that are not
-    /// intact are left for a person to look at.
-    pub fn retain(&self, keep_last: usize, keep_best: usize) -> Result<Vec<String>, TrainError> {
+    /// intact are left for a person to look at, and so are those in `keep` (the last
+    /// checkpoint known to be whole, which must survive whatever else is found).
+    pub fn retain(
+        &self,
+        keep_last: usize,
+        keep_best: usize,
+        keep: &[String],
+    ) -> Result<Vec<String>, TrainError> {
         let mut periodic = Vec::new();
         let mut best = Vec::new();
         for f in self.list() {
@@ -368,6 +574,9 @@ impl CheckpointDir {
         if keep_last > 0 {
             periodic.sort_by_key(|p| std::cmp::Reverse(p.0));
             for (_, name) in periodic.into_iter().skip(keep_last) {
+                if keep.contains(&name) {
+                    continue;
+                }
                 self.remove(&name)?;
                 removed.push(name);
             }
@@ -375,6 +584,9 @@ impl CheckpointDir {
         // Best first; among equal scores the earlier checkpoint stays.
         best.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
         for (_, _, name) in best.into_iter().skip(keep_best) {
+            if keep.contains(&name) {
+                continue;
+            }
             self.remove(&name)?;
             removed.push(name);
         }

@@ -1,9 +1,15 @@
 //! Checkpoints as a run writes them: the model file (EMA weights when there are any), the
 //! training state (raw weights, optimiser, EMA) and the commit record, each recorded in the
 //! audit log; see [`crate::checkpoint`] for the files.
+//!
+//! A checkpoint that cannot be written (disk full, a directory in the way) never stays half
+//! written: its files are removed, the audit log gets a `checkpoint_failed` entry (not a
+//! `checkpoint` one, unless only the commit record failed, which the failure entry then
+//! withdraws), and `checkpoint.on_error` decides whether the run stops or trains on. The final
+//! checkpoint is the run's result, so its failure always stops the run.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use burn::module::AutodiffModule;
 use burn::prelude::*;
@@ -13,7 +19,10 @@ use percept_data::{AuditEvent, AuditLog, SamplerState};
 use percept_eval::model_file::{save_model, ModelCard};
 use percept_model::PerceptionNet;
 
-use crate::checkpoint::{CheckpointDir, CheckpointKind, NonfiniteSteps, RunState, TrainingState};
+use crate::checkpoint::{
+    CheckpointDir, CheckpointFiles, CheckpointKind, NonfiniteSteps, RunState, TrainingState,
+};
+use crate::config::CheckpointOnError;
 use crate::data::audit;
 use crate::ema::WeightEma;
 use crate::optim::RunOptimizer;
@@ -36,13 +45,22 @@ pub struct Checkpointer<'a> {
     pub card: ModelCard,
     pub config_hash: String,
     pub audit: &'a mut AuditLog,
-    /// The newest checkpoint written or resumed from.
+    /// The config's text ([`crate::checkpoint::config_text`]), recorded in each state.
+    pub config_text: String,
+    pub on_error: CheckpointOnError,
+    /// The newest checkpoint written or resumed from: the last one known to be whole.
     pub last: Option<(PathBuf, String)>,
+    /// The step the run resumed from, if it did.
+    pub resumed_step: Option<usize>,
+    /// Checkpoints this process wrote.
+    pub written: BTreeSet<String>,
 }
 
 impl Checkpointer<'_> {
     /// Saves checkpoint `name`: the model file (`eval_net`: the EMA weights when there are
-    /// any), the training state, then the commit record.
+    /// any), the training state, then the commit record. A failure removes what was written
+    /// and is recorded; then, under `checkpoint.on_error = "continue"` (not for the final
+    /// checkpoint), `Ok(None)`, otherwise an error naming the file and the reason.
     #[allow(clippy::too_many_arguments)]
     pub fn save<B: AutodiffBackend>(
         &mut self,
@@ -53,8 +71,104 @@ impl Checkpointer<'_> {
         optimizer: &RunOptimizer<B>,
         position: &Position,
         score: Option<f64>,
-    ) -> Result<(PathBuf, String), TrainError> {
+    ) -> Result<Option<(PathBuf, String)>, TrainError> {
         let files = self.dir.files(name);
+        match self.write(&files, name, kind, net, ema, optimizer, position, score) {
+            Ok(saved) => {
+                self.written.insert(name.to_string());
+                self.last = Some(saved.clone());
+                Ok(Some(saved))
+            }
+            Err(error) => self.failed(name, &files, position.step, kind, error),
+        }
+    }
+
+    /// Removes what a failed checkpoint left, records the failure, and stops or goes on.
+    fn failed(
+        &mut self,
+        name: &str,
+        files: &CheckpointFiles,
+        step: usize,
+        kind: CheckpointKind,
+        error: TrainError,
+    ) -> Result<Option<(PathBuf, String)>, TrainError> {
+        let mut message = error.to_string();
+        if let Err(e) = self.dir.remove(name) {
+            message.push_str(&format!("; removing its files failed too: {e}"));
+        }
+        let action = match kind {
+            CheckpointKind::Final => CheckpointOnError::Stop,
+            _ => self.on_error,
+        };
+        tracing::error!(
+            "checkpoint {} (step {step}) could not be written: {message}; checkpoint.on_error \
+             = \"{}\"",
+            files.model.display(),
+            action.name()
+        );
+        let recorded = audit(
+            self.audit,
+            AuditEvent::CheckpointFailed {
+                path: files.model.display().to_string(),
+                step: step as u64,
+                error: message.clone(),
+                action: action.name().into(),
+            },
+        );
+        if let Err(e) = recorded {
+            message.push_str(&format!("; recording the failure failed too: {e}"));
+        } else if action == CheckpointOnError::Continue {
+            return Ok(None);
+        }
+        Err(TrainError::Checkpoint {
+            path: files.model.clone(),
+            step,
+            message,
+            last_checkpoint: self.last_description(),
+            run_dir: self
+                .dir
+                .path()
+                .parent()
+                .unwrap_or(Path::new("."))
+                .to_path_buf(),
+            is_final: kind == CheckpointKind::Final,
+        })
+    }
+
+    /// Prunes by `keep_last` and `keep_best`, never the last checkpoint known to be whole,
+    /// nor one newer than the checkpoint the run resumed from that this process did not
+    /// write (a person may still repair it).
+    pub fn prune(&self, keep_last: usize, keep_best: usize) -> Result<Vec<String>, TrainError> {
+        let mut keep: Vec<String> = self
+            .last
+            .iter()
+            .filter_map(|(path, _)| path.file_name()?.to_str()?.strip_suffix(".safetensors"))
+            .map(str::to_string)
+            .collect();
+        if let Some(from) = self.resumed_step {
+            for found in self.dir.list() {
+                let newer = !matches!(&found.state, Ok(s) if s.step <= from);
+                if newer && !self.written.contains(&found.name) {
+                    keep.push(found.name);
+                }
+            }
+        }
+        self.dir.retain(keep_last, keep_best, &keep)
+    }
+
+    /// The writes of [`save`](Self::save).
+    #[allow(clippy::too_many_arguments)]
+    fn write<B: AutodiffBackend>(
+        &mut self,
+        files: &CheckpointFiles,
+        name: &str,
+        kind: CheckpointKind,
+        net: &PerceptionNet<B>,
+        ema: Option<&WeightEma<B::InnerBackend>>,
+        optimizer: &RunOptimizer<B>,
+        position: &Position,
+        score: Option<f64>,
+    ) -> Result<(PathBuf, String), TrainError> {
         let mut card = self.card.clone();
         card.provenance.steps = position.step;
         card.provenance.audit_head = Some(self.audit.head());
@@ -84,6 +198,8 @@ impl Checkpointer<'_> {
         }
         .to_bytes();
         let training_hash = blake3::hash(&training).to_hex().to_string();
+        // Both files are on disk before the audit log says there is a checkpoint.
+        self.dir.write_training(name, &training)?;
         let audit_head = audit(
             self.audit,
             AuditEvent::Checkpoint {
@@ -112,10 +228,10 @@ impl Checkpointer<'_> {
             known_bad: position.known_bad.iter().copied().collect(),
             score,
             audit_head,
+            config: Some(self.config_text.clone()),
         };
-        self.dir.commit(name, &training, &state)?;
-        self.last = Some((files.model.clone(), hash.clone()));
-        Ok((files.model, hash))
+        self.dir.write_state(name, &state)?;
+        Ok((files.model.clone(), hash))
     }
 
     pub fn last_description(&self) -> String {

@@ -321,6 +321,10 @@ pub struct CheckpointConfig {
     /// Checkpoints kept for the best validation `best_metric` (needs `[validation] every`).
     pub keep_best: usize,
     pub best_metric: BestMetric,
+    /// What a checkpoint that cannot be written (disk full, ...) does to the run; either way
+    /// its files are removed and the failure is in the audit log.
+    #[serde(skip_serializing_if = "CheckpointOnError::is_default")]
+    pub on_error: CheckpointOnError,
 }
 
 impl Default for CheckpointConfig {
@@ -330,6 +334,33 @@ impl Default for CheckpointConfig {
             keep_last: 3,
             keep_best: 0,
             best_metric: BestMetric::default(),
+            on_error: CheckpointOnError::default(),
+        }
+    }
+}
+
+/// `checkpoint.on_error`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckpointOnError {
+    /// End the run with the error; the last checkpoint written stays intact to resume from.
+    #[default]
+    Stop,
+    /// Train on and try again at the next checkpoint (the final one must succeed).
+    Continue,
+}
+
+impl CheckpointOnError {
+    /// Left out of the resolved TOML at its default, so that configs written before the key
+    /// existed keep their hash (and their runs can be resumed).
+    fn is_default(&self) -> bool {
+        *self == CheckpointOnError::Stop
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            CheckpointOnError::Stop => "stop",
+            CheckpointOnError::Continue => "continue",
         }
     }
 }
@@ -530,6 +561,9 @@ impl RunConfig {
                 ));
             }
         }
+        // The prefixes against the network's parameters: the check training makes.
+        #[cfg(feature = "flex")]
+        problems.extend(crate::optim::lr_multiplier_problems(self));
     }
 
     /// The schedule, checkpoints, logging, tasks and evaluation thresholds.
@@ -642,6 +676,9 @@ min_lr_ratio = 0.1
         assert_eq!(c.logging.every, 10);
         assert_eq!(c.optimizer.kind, OptimizerKind::AdamW);
         assert_eq!(c.checkpoint.keep_last, 3);
+        assert_eq!(c.checkpoint.on_error, CheckpointOnError::Stop);
+        // At its default the key is left out, so older runs' config hashes stay the same.
+        assert!(!c.to_toml().contains("on_error"), "{}", c.to_toml());
         assert_eq!(c.loss, LossWeights::default());
         assert_eq!(c.run_dir(), PathBuf::from("runs/t"));
         // The resolved TOML round-trips.
@@ -660,6 +697,19 @@ min_lr_ratio = 0.1
         let e = err(&GOOD.replace("batch_size = 2", "batch_size = \"two\""));
         assert!(e.contains("batch_size"), "{e}");
         assert!(e.contains("x.toml"), "{e}");
+    }
+
+    #[test]
+    fn checkpoint_on_error_takes_stop_or_continue() {
+        let text = format!("{GOOD}[checkpoint]\non_error = \"continue\"\n");
+        let c = RunConfig::parse(&text, Path::new("x.toml")).unwrap();
+        assert_eq!(c.checkpoint.on_error, CheckpointOnError::Continue);
+        assert!(c.to_toml().contains("on_error = \"continue\""));
+        let e = err(&text.replace("\"continue\"", "\"retry\""));
+        assert!(
+            e.contains("checkpoint.on_error = \"retry\": expected one of \"stop\", \"continue\""),
+            "{e}"
+        );
     }
 
     #[test]

@@ -136,10 +136,8 @@ impl LayeredConfig {
             }
         }
         if !bad.is_empty() {
-            return Err(TrainError::Config {
-                path: path.to_path_buf(),
-                message: bad.join("\n"),
-            });
+            // Each names its `--set`; the file is not to blame.
+            return Err(TrainError::Set(bad.join("\n")));
         }
         for (arg, layer) in parsed {
             layered.apply(Source::Set(arg.clone()), layer);
@@ -279,11 +277,22 @@ impl LayeredConfig {
     }
 
     /// [`resolve`](Self::resolve), its problems as one [`TrainError::Config`] against the
-    /// named file.
+    /// named file, or, when every problem came from a `--set`, as a [`TrainError::Set`] that
+    /// does not blame the file.
     pub fn into_config(self) -> Result<RunConfig, TrainError> {
-        self.resolve().map_err(|problems| TrainError::Config {
-            path: self.path.clone(),
-            message: problems_message(&problems),
+        self.resolve().map_err(|problems| {
+            if problems.iter().all(|p| matches!(p.source, Source::Set(_))) {
+                TrainError::Set(format!(
+                    "--set (not {}): {}",
+                    self.path.display(),
+                    problems_message(&problems)
+                ))
+            } else {
+                TrainError::Config {
+                    path: self.path.clone(),
+                    message: problems_message(&problems),
+                }
+            }
         })
     }
 
@@ -603,6 +612,9 @@ fn placeholder() -> RunConfig {
         site: SiteConfig {
             region: "DE".into(),
             name: "placeholder".into(),
+            trust_store: None,
+            allow_unsigned: None,
+            key: None,
         },
         model: ModelConfig {
             size: ModelSize::Nano,
@@ -1042,7 +1054,7 @@ lr_multipliers = { backbone = 0.1 }
                 "optimizer.kind=sgd",
                 "optimizer.betas=[0.8, 0.95]",
                 "train.ema={ decay = 0.999 }",
-                "optimizer.lr_multipliers.head=0.3",
+                "optimizer.lr_multipliers.detection_head=0.3",
                 "schedule.kind = step",
                 "data.augment.flip=mirror-traffic-side",
                 "data.region_weights.DE=1",
@@ -1057,7 +1069,7 @@ lr_multipliers = { backbone = 0.1 }
         assert_eq!((ema.decay, ema.warmup_steps), (0.999, 2000));
         // Merged into the file's map, not replacing it.
         assert_eq!(c.optimizer.lr_multipliers.len(), 3);
-        assert_eq!(c.optimizer.lr_multipliers["head"], 0.3);
+        assert_eq!(c.optimizer.lr_multipliers["detection_head"], 0.3);
         assert_eq!(c.schedule.kind, ScheduleKind::Step);
         assert_eq!(
             c.data.augment.flip,
@@ -1102,6 +1114,85 @@ lr_multipliers = { backbone = 0.1 }
         assert!(e.contains("--set \"a..b=1\""), "{e}");
         let e = load(&base, &["extends=x.toml"]).unwrap_err();
         assert!(e.contains("only be given in a config file"), "{e}");
+    }
+
+    /// `config check` used to accept a prefix that `train` then refused: reading a config now
+    /// runs training's check on the network the config describes.
+    #[test]
+    fn lr_multiplier_prefixes_are_checked_against_the_network() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = write(dir.path(), "base.toml", BASE);
+        let e = load(&base, &["optimizer.lr_multipliers.head=0.3"]).unwrap_err();
+        assert!(
+            e.contains(
+                "--set optimizer.lr_multipliers.head=0.3: optimizer.lr_multipliers.head: no \
+                 parameter's path starts with \"head\"; paths are dotted module names such as \
+                 \"backbone.stem.conv.weight\", and the top-level modules are backbone, neck, \
+                 detection_head, drivable_head, lane_head"
+            ),
+            "{e}"
+        );
+        // The same prefix is what building the optimiser refuses.
+        let c = load(&base, &[]).unwrap();
+        let mut optimizer = c.optimizer.clone();
+        optimizer.lr_multipliers.insert("head".into(), 0.3);
+        let paths = [
+            "backbone.stem.conv.weight",
+            "neck.up.weight",
+            "detection_head.cls.weight",
+        ];
+        assert_eq!(
+            crate::optim::unmatched_lr_prefixes(&paths, &optimizer),
+            [
+                "optimizer.lr_multipliers.head: no parameter's path starts with \"head\"; paths \
+              are dotted module names such as \"backbone.stem.conv.weight\", and the top-level \
+              modules are backbone, neck, detection_head"
+            ]
+        );
+        // Switching a task off removes its head's parameters from what a prefix may match.
+        let e = load(
+            &base,
+            &[
+                "model.tasks={ detection = true, drivable = true, lanes = false }",
+                "optimizer.lr_multipliers.lane_head=2",
+            ],
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("optimizer.lr_multipliers.lane_head: no parameter"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn set_problems_are_not_blamed_on_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = write(dir.path(), "base.toml", BASE);
+        let e = load(&base, &["train.lr=5"]).unwrap_err();
+        assert_eq!(
+            e,
+            format!(
+                "--set (not {}): 1 problem:\n  --set train.lr=5: train.lr = 5: give a value in \
+                 (0, 1]",
+                base.display()
+            )
+        );
+        let e = load(&base, &["train.lr"]).unwrap_err();
+        assert_eq!(
+            e,
+            "--set \"train.lr\": no '='; give KEY=VALUE, e.g. --set train.lr=0.002"
+        );
+        // A problem of the file's own among them: the file is named, each line its source.
+        let bad = write(
+            dir.path(),
+            "bad.toml",
+            &BASE.replace("seed = 1", "seed = -1"),
+        );
+        let e = load(&bad, &["train.lr=5"]).unwrap_err();
+        assert!(
+            e.starts_with(&format!("config {}: 2 problems:", bad.display())),
+            "{e}"
+        );
     }
 
     #[test]

@@ -1,4 +1,7 @@
-//! Export: a checkpoint becomes a deployable model file, verified before it replaces anything.
+//! Export: a checkpoint becomes a deployable model file, verified before it replaces anything:
+//! it is written under a temporary name, read back and run, and renamed to `--out` only if it
+//! reproduces the checkpoint's outputs bit for bit and they are finite. A failed export leaves
+//! `--out` as it was (absent, or the file that was there).
 
 use std::path::{Path, PathBuf};
 
@@ -7,7 +10,8 @@ use percept_model::PerceptionNet;
 use serde::Serialize;
 
 use crate::TrainError;
-use percept_eval::model_file::{load_model, save_model, ModelCard};
+use percept_data::atomic_file::{AtomicFile, VerifiedCommitError};
+use percept_eval::model_file::{load_model, model_bytes, ModelCard};
 
 /// What an export wrote.
 #[derive(Debug, Clone, Serialize)]
@@ -48,9 +52,9 @@ pub fn output_values<B: Backend>(net: &PerceptionNet<B>, input: Tensor<B, 4>) ->
         .expect("f32 data")
 }
 
-/// Exports `checkpoint` to `out`: loads it, writes the model file atomically, loads the written
-/// file back and checks that it gives bit-identical outputs; on a mismatch the export is
-/// removed and an error returned.
+/// Exports `checkpoint` to `out`: loads it, writes the model file to a temporary name, loads
+/// that back and checks that it gives the checkpoint's outputs bit for bit, all finite; only
+/// then is it renamed to `out`. Otherwise `out` is left as it was and the error says why.
 pub fn export<B: Backend>(
     checkpoint: &Path,
     out: &Path,
@@ -73,21 +77,50 @@ pub fn export<B: Backend>(
                 .into(),
         });
     }
-    let hash = save_model(&net, &card, out)?;
-    let (reloaded, reloaded_card) = load_model::<B>(out, device)?;
-    let input = || probe_input::<B>(card.input.height, card.input.width, device);
-    let same = reloaded_card == card
-        && output_values(&net, input())
-            .iter()
-            .zip(output_values(&reloaded, input()))
-            .all(|(a, b)| a.to_bits() == b.to_bits());
-    if !same {
-        let _ = std::fs::remove_file(out);
-        return Err(TrainError::ModelFile {
+    let bytes = model_bytes(&net, &card, out)?;
+    let hash = blake3::hash(&bytes).to_hex().to_string();
+    let mut file = AtomicFile::create(out)?;
+    file.write_all(&bytes)?;
+    let verified = file.commit_verified(|written| -> Result<(), TrainError> {
+        let refused = |message: String| TrainError::ModelFile {
             path: out.to_path_buf(),
-            message: "the written export does not reproduce the checkpoint's outputs; removed"
-                .into(),
-        });
+            message: format!("{message}; nothing was written to {}", out.display()),
+        };
+        let (reloaded, reloaded_card) = load_model::<B>(written, device)
+            .map_err(|e| refused(format!("the written export cannot be read back: {e}")))?;
+        if reloaded_card != card {
+            return Err(refused(
+                "the written export's model card differs from the checkpoint's".into(),
+            ));
+        }
+        let input = || probe_input::<B>(card.input.height, card.input.width, device);
+        let want = output_values(&net, input());
+        let got = output_values(&reloaded, input());
+        let nonfinite = got.iter().filter(|v| !v.is_finite()).count();
+        if nonfinite > 0 {
+            // Weights can be finite and still overflow: such a model is no use deployed.
+            return Err(refused(format!(
+                "{nonfinite} of the {} outputs on a probe input are not finite (NaN or \
+                 infinite): the checkpoint's weights overflow; export an earlier checkpoint",
+                got.len()
+            )));
+        }
+        if want.len() != got.len()
+            || want
+                .iter()
+                .zip(&got)
+                .any(|(a, b)| a.to_bits() != b.to_bits())
+        {
+            return Err(refused(
+                "the written export does not reproduce the checkpoint's outputs".into(),
+            ));
+        }
+        Ok(())
+    });
+    match verified {
+        Ok(()) => {}
+        Err(VerifiedCommitError::Verify(e)) => return Err(e),
+        Err(VerifiedCommitError::Write(e)) => return Err(e.into()),
     }
     Ok(ExportSummary {
         path: out.to_path_buf(),

@@ -54,6 +54,10 @@ pub enum TrainError {
     },
     #[error("config {}: {message}", path.display())]
     Config { path: PathBuf, message: String },
+    /// Problems only `--set KEY=VALUE` arguments caused (each line names its argument): the
+    /// config file is not to blame.
+    #[error("{0}")]
+    Set(String),
     #[error("invalid setting: {0}")]
     Invalid(String),
     #[error("{0}")]
@@ -72,6 +76,28 @@ pub enum TrainError {
     ModelFile { path: PathBuf, message: String },
     #[error("image {}: {message}", path.display())]
     Image { path: PathBuf, message: String },
+    #[error(
+        "checkpoint {} (step {step}) could not be written: {message}. {}{last_checkpoint} \
+         Free space (or clear the path), then continue with `percept train --resume {}`.",
+        path.display(),
+        if *is_final {
+            "The final checkpoint cannot be skipped. "
+        } else {
+            "checkpoint.on_error = \"stop\" stopped the run (\"continue\" trains on past a \
+             failed checkpoint). "
+        },
+        run_dir.display()
+    )]
+    Checkpoint {
+        /// The checkpoint's model file.
+        path: PathBuf,
+        step: usize,
+        message: String,
+        /// Names the last checkpoint, which is intact.
+        last_checkpoint: String,
+        run_dir: PathBuf,
+        is_final: bool,
+    },
     #[error(
         "training stopped at step {step}: {in_a_row} steps in a row had a non-finite loss or \
          gradient (each was skipped; train.max_nonfinite_steps = {in_a_row}). {last_checkpoint} \

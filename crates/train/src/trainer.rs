@@ -213,6 +213,7 @@ where
         arch.validate()
             .map_err(|e| TrainError::Invalid(e.to_string()))?;
         let mut provenance = data.provenance(config);
+        provenance.site_key = audit_log.signed_by().map(str::to_string);
         let net = initial_network::<B>(
             &arch,
             config,
@@ -268,7 +269,11 @@ where
             },
             config_hash: config.hash(),
             audit: audit_log,
+            config_text: crate::checkpoint::config_text(config),
+            on_error: config.checkpoint.on_error,
             last: start.last_checkpoint,
+            resumed_step: resume.as_ref().map(|s| s.step),
+            written: BTreeSet::new(),
         };
         Ok(Run {
             config,
@@ -442,8 +447,13 @@ where
         let periodic =
             c.every > 0 && step.is_multiple_of(c.every) && step < self.config.train.steps;
         if periodic || stop {
-            self.save(&format!("step-{step:06}"), CheckpointKind::Periodic, None)?;
-            self.checkpointer.dir.retain(c.keep_last, c.keep_best)?;
+            // After a failed write (`on_error = "continue"`) nothing is pruned.
+            if self
+                .save(&format!("step-{step:06}"), CheckpointKind::Periodic, None)?
+                .is_some()
+            {
+                self.checkpointer.prune(c.keep_last, c.keep_best)?;
+            }
         }
         Ok(())
     }
@@ -453,7 +463,7 @@ where
         name: &str,
         kind: CheckpointKind,
         score: Option<f64>,
-    ) -> Result<(PathBuf, String), TrainError> {
+    ) -> Result<Option<(PathBuf, String)>, TrainError> {
         let replica = self.replica.as_ref().expect("a replica outside a step");
         self.checkpointer.save(
             name,
@@ -496,13 +506,16 @@ where
             self.config.checkpoint.keep_best,
         );
         if let Some(score) = result.score {
-            if self.checkpointer.dir.is_among_best(score, keep) {
-                self.save(
-                    &format!("best-{step:06}"),
-                    CheckpointKind::Best,
-                    Some(score),
-                )?;
-                self.checkpointer.dir.retain(keep_last, keep)?;
+            if self.checkpointer.dir.is_among_best(score, keep)
+                && self
+                    .save(
+                        &format!("best-{step:06}"),
+                        CheckpointKind::Best,
+                        Some(score),
+                    )?
+                    .is_some()
+            {
+                self.checkpointer.prune(keep_last, keep)?;
             }
         }
         Ok(())
@@ -518,11 +531,24 @@ where
         let seconds = self.started.elapsed().as_secs_f64();
         let steps_done = self.position.step;
         let (checkpoint, checkpoint_hash) = if interrupted {
-            self.checkpointer.last.clone().expect("saved on interrupt")
+            // The checkpoint of the interruption, or (when it failed under `on_error =
+            // "continue"`) the last one before it.
+            self.checkpointer.last.clone().ok_or_else(|| {
+                TrainError::Invalid(format!(
+                    "interrupted at step {steps_done} before any checkpoint could be written: \
+                     nothing to resume from in {}",
+                    self.run_dir.display()
+                ))
+            })?
         } else {
-            let saved = self.save("final", CheckpointKind::Final, None)?;
+            // A failed final checkpoint is an error whatever `on_error` says.
+            let saved = self
+                .save("final", CheckpointKind::Final, None)?
+                .ok_or_else(|| {
+                    TrainError::Invalid("the final checkpoint was not written".into())
+                })?;
             let c = &self.config.checkpoint;
-            self.checkpointer.dir.retain(c.keep_last, c.keep_best)?;
+            self.checkpointer.prune(c.keep_last, c.keep_best)?;
             saved
         };
         let audit_head = audit(
