@@ -110,13 +110,15 @@ pub fn train_with(
             run_dir.display()
         )));
     }
+    // The site's trust store and key are checked before anything of the run is written.
+    percept_train::site::residency_guard(&config.site)?;
+    percept_train::site::site_key(&config.site)?;
     std::fs::create_dir_all(&run_dir).map_err(|e| TrainError::Io {
         path: run_dir.clone(),
         source: e,
     })?;
     let removed = remove_temporaries(&run_dir)?;
-    let mut log =
-        AuditLog::open(run_dir.join(AUDIT_FILE)).map_err(|e| TrainError::Audit(e.to_string()))?;
+    let mut log = percept_train::site::open_audit_log(&run_dir, &config.site)?;
     write_atomic(run_dir.join(RUN_CONFIG_FILE), config.to_toml().as_bytes())?;
     audit(&mut log, run_start(config))?;
     record_removed(&mut log, removed)?;
@@ -169,6 +171,8 @@ fn run_start(config: &RunConfig) -> AuditEvent {
         config_hash: config.hash(),
         site_region: config.site.region.clone(),
         site_name: config.site.name.clone(),
+        // Filled in by a signing log.
+        site_key: None,
         percept_version: env!("CARGO_PKG_VERSION").into(),
     }
 }
@@ -280,8 +284,7 @@ pub fn resume_with(
     }
     // Refusals are behind: from here on the run goes on.
     let removed = remove_temporaries(run_dir)?;
-    let mut log =
-        AuditLog::open(run_dir.join(AUDIT_FILE)).map_err(|e| TrainError::Audit(e.to_string()))?;
+    let mut log = percept_train::site::open_audit_log(&run_dir, &config.site)?;
     record_removed(&mut log, removed)?;
     match &state {
         Some(s) => {
@@ -547,23 +550,34 @@ impl BackendTask for ExportTask<'_> {
 }
 
 /// `percept export`. When the checkpoint is in a run's `checkpoints/`, the export is recorded
-/// in that run's audit log.
+/// in that run's audit log, which is opened (and, for a signed log, its site key loaded) before
+/// anything is written.
 pub fn export_model(
     checkpoint: &Path,
     out: &Path,
     device: DeviceSpec,
 ) -> Result<ExportSummary, TrainError> {
-    let summary = dispatch(device, ExportTask { checkpoint, out })??;
-    let run_log = checkpoint
+    let run_dir = checkpoint
         .parent()
         .filter(|dir| dir.file_name().is_some_and(|n| n == "checkpoints"))
         .and_then(Path::parent)
-        .map(|run| run.join(AUDIT_FILE))
-        .filter(|log| log.exists());
-    if let Some(path) = run_log {
-        let mut log = AuditLog::open(&path).map_err(|e| TrainError::Audit(e.to_string()))?;
+        .filter(|run| run.join(AUDIT_FILE).exists());
+    let mut log = match run_dir {
+        // The run's own config names its site key; a signed log takes only signed entries.
+        Some(run_dir) if run_dir.join(RUN_CONFIG_FILE).exists() => {
+            let config = RunConfig::load(&run_dir.join(RUN_CONFIG_FILE))?;
+            Some(percept_train::site::open_audit_log(run_dir, &config.site)?)
+        }
+        Some(run_dir) => Some(
+            AuditLog::open(run_dir.join(AUDIT_FILE))
+                .map_err(|e| TrainError::Audit(e.to_string()))?,
+        ),
+        None => None,
+    };
+    let summary = dispatch(device, ExportTask { checkpoint, out })??;
+    if let Some(log) = &mut log {
         audit(
-            &mut log,
+            log,
             AuditEvent::Export {
                 path: out.display().to_string(),
                 hash: summary.hash.clone(),
@@ -581,19 +595,26 @@ pub struct AuditVerification {
     pub report: AuditReport,
     /// Files whose pinned audit head the log matches (checkpoint states, the run summary).
     pub pins: Vec<PathBuf>,
+    /// Whether the signatures were checked against a site key given apart from the log
+    /// (`--key` or a `--head` file), not only the key the log names.
+    pub key_checked: bool,
 }
 
-/// `percept audit verify`: checks the hash chain of a run's audit log (`run` is the run
-/// directory or the log itself), then that the log still holds every head pinned by the run's
-/// checkpoint states and summary (so deleted trailing entries are caught too).
-pub fn audit_verify(run: &Path) -> Result<AuditVerification, TrainError> {
-    let (run_dir, log) = if run.is_dir() {
-        (run.to_path_buf(), run.join(AUDIT_FILE))
+/// Where a signed log must come from: the site's public key (`--key`) and an anchored head
+/// (`--head`, written by `percept audit export-head`), both optional.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AuditAnchors<'a> {
+    pub key: Option<&'a Path>,
+    pub head: Option<&'a Path>,
+}
+
+/// The audit log of `run`: the run directory's `audit.jsonl`, or `run` itself when it is a
+/// file; an error naming it when it does not exist.
+pub fn audit_log_path(run: &Path) -> Result<PathBuf, TrainError> {
+    let log = if run.is_dir() {
+        run.join(AUDIT_FILE)
     } else {
-        (
-            run.parent().unwrap_or(Path::new(".")).to_path_buf(),
-            run.to_path_buf(),
-        )
+        run.to_path_buf()
     };
     if !log.exists() {
         return Err(TrainError::Audit(format!(
@@ -601,8 +622,38 @@ pub fn audit_verify(run: &Path) -> Result<AuditVerification, TrainError> {
             log.display()
         )));
     }
-    let report = percept_data::audit::verify(&log).map_err(|e| TrainError::Audit(e.to_string()))?;
+    Ok(log)
+}
+
+/// `percept audit verify`: checks the hash chain of a run's audit log (`run` is the run
+/// directory or the log itself), then that the log still holds every head pinned by the run's
+/// checkpoint states and summary (so deleted trailing entries are caught too).
+///
+/// A signed log's every entry is checked against the key its first entry names; with `--key`
+/// (the site's `.pub` file) that key must be the site's, and with `--head` the log must still
+/// extend the anchored head and be signed by the head's key.
+pub fn audit_verify(run: &Path, anchors: AuditAnchors) -> Result<AuditVerification, TrainError> {
+    let log = audit_log_path(run)?;
+    let run_dir = if run.is_dir() {
+        run.to_path_buf()
+    } else {
+        run.parent().unwrap_or(Path::new(".")).to_path_buf()
+    };
+    let audit_err = |e: percept_data::AuditError| TrainError::Audit(e.to_string());
+    let mut report = percept_data::audit::verify(&log).map_err(audit_err)?;
+    let mut key_checked = false;
+    if let Some(key) = anchors.key {
+        let (key, _) = percept_data::PublicKey::load(key)?;
+        report = percept_data::audit::verify_signed_by(&log, &key).map_err(audit_err)?;
+        key_checked = true;
+    }
     let mut pinned: Vec<(PathBuf, AuditHead)> = Vec::new();
+    if let Some(head_file) = anchors.head {
+        let (head, key) = percept_data::audit::SignedHead::load(head_file).map_err(audit_err)?;
+        percept_data::audit::verify_signed_by(&log, &key).map_err(audit_err)?;
+        key_checked = true;
+        pinned.push((head_file.to_path_buf(), head.head()));
+    }
     let states = run_dir.join("checkpoints");
     if let Ok(entries) = std::fs::read_dir(&states) {
         let mut files: Vec<PathBuf> = entries
@@ -640,6 +691,7 @@ pub fn audit_verify(run: &Path) -> Result<AuditVerification, TrainError> {
         log,
         report,
         pins: pinned.into_iter().map(|(f, _)| f).collect(),
+        key_checked,
     })
 }
 

@@ -196,10 +196,30 @@ enum Command {
         #[arg(long, default_value = "cpu")]
         device: String,
     },
-    /// Check a run's audit log: the hash chain and the heads its checkpoints pinned
+    /// Check a run's audit log: the hash chain, its signatures and the heads pinned to it
     Audit {
         #[command(subcommand)]
         action: AuditAction,
+    },
+    /// Make Ed25519 keys: a data steward's (signs manifests) or a site's (signs audit logs)
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+    },
+    /// Sign a dataset's manifest with a data steward's secret key (a site's trust store then
+    /// accepts it for the steward's regions)
+    Sign {
+        /// Dataset directory (with manifest.json) or the manifest itself
+        dataset: PathBuf,
+        /// The steward's secret key file (from `percept keys new`)
+        #[arg(long)]
+        key: PathBuf,
+    },
+    /// Show a model file's card: classes, input, decoding and provenance (datasets, regions,
+    /// the keys that signed its data and its run's audit log)
+    Inspect {
+        /// Model file (export or checkpoint)
+        model: PathBuf,
     },
     /// Draw a run's training curves from its metrics.jsonl as PNG and SVG charts
     Plot {
@@ -288,6 +308,34 @@ enum AuditAction {
     Verify {
         /// Run directory (runs/<name>) or an audit.jsonl
         run: PathBuf,
+        /// The site's public key (.pub): every entry must be signed by it
+        #[arg(long, value_name = "FILE")]
+        key: Option<PathBuf>,
+        /// A head written by `percept audit export-head`: the log must still extend it
+        #[arg(long, value_name = "FILE")]
+        head: Option<PathBuf>,
+    },
+    /// Print the signed head of a signed log (entries, last hash, the site's signature), to
+    /// anchor outside the site; `audit verify --head FILE` checks the log still extends it
+    ExportHead {
+        /// Run directory (runs/<name>) or an audit.jsonl
+        run: PathBuf,
+        /// Also write it to this file
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysAction {
+    /// Write a new secret key (owner-only) to FILE and its public key to FILE.pub
+    New {
+        /// Secret key file to create (never overwritten)
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Who holds it, e.g. cn-data-office or shanghai-site
+        #[arg(long)]
+        name: String,
     },
 }
 
@@ -672,15 +720,27 @@ fn run(cli: Cli) -> Result<()> {
             );
         }
         Command::Audit {
-            action: AuditAction::Verify { run },
+            action: AuditAction::Verify { run, key, head },
         } => {
-            let v = commands::audit_verify(&run)?;
+            let anchors = commands::AuditAnchors {
+                key: key.as_deref(),
+                head: head.as_deref(),
+            };
+            let v = commands::audit_verify(&run, anchors)?;
             println!(
                 "audit log {}: the chain holds ({} entries, head {})",
                 v.log.display(),
                 v.report.entries,
                 v.report.head.hash
             );
+            match (&v.report.signed_by, v.key_checked) {
+                (Some(k), true) => println!("  every entry is signed by the site key {k}"),
+                (Some(k), false) => println!(
+                    "  every entry is signed by {k}, the key the log names; pass --key SITE.pub \
+                     to check it is the site's"
+                ),
+                (None, _) => println!("  unsigned (the run's config named no site.key)"),
+            }
             for pin in &v.pins {
                 println!("  head pinned by {} is in the log", pin.display());
             }
@@ -691,6 +751,48 @@ fn run(cli: Cli) -> Result<()> {
                 .map(|(k, n)| format!("{k} {n}"))
                 .collect();
             println!("  events: {}", kinds.join(", "));
+        }
+        Command::Audit {
+            action: AuditAction::ExportHead { run, out },
+        } => {
+            let head = percept::seals::export_head(&run, out.as_deref())?;
+            println!("{}", serde_json::to_string_pretty(&head)?);
+        }
+        Command::Keys {
+            action: KeysAction::New { out, name },
+        } => {
+            let k = percept::seals::new_key(&out, &name)?;
+            println!(
+                "secret key {} (owner-only; keep it off run directories and never share it)\n\
+                 public key {} (fingerprint {})\n\n\
+                 For a steward, a site's trust store accepts it with:\n\
+                 [[steward]]\nname = {:?}\nregions = [\"XX\"]  # the regions it signs for\n\
+                 public_key = \"{}\"\n\n\
+                 For a site, name it in the run config: [site] key = {:?}",
+                k.secret.display(),
+                k.public.display(),
+                k.fingerprint,
+                name,
+                k.public_hex,
+                k.secret.display().to_string()
+            );
+        }
+        Command::Sign { dataset, key } => {
+            let s = percept::seals::sign_dataset(&dataset, &key)?;
+            println!(
+                "signed {} (dataset `{}`, region {}) with {}{}",
+                s.manifest.display(),
+                s.name,
+                s.region,
+                s.fingerprint,
+                s.replaced
+                    .map(|k| format!("; replaced the signature of {k}"))
+                    .unwrap_or_default()
+            );
+        }
+        Command::Inspect { model } => {
+            let card = percept::eval::model_file::read_model_card(&model)?;
+            print!("{}", percept::eval::model_file::describe_card(&card));
         }
         Command::Plot {
             run,

@@ -105,6 +105,18 @@ pub struct SiteConfig {
     pub region: String,
     /// Human-readable site name (recorded in provenance).
     pub name: String,
+    /// Trust store (TOML, see `percept_data::keys`): the data stewards whose manifest
+    /// signatures the site accepts, per region. Unset: signatures are not checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust_store: Option<PathBuf>,
+    /// Whether datasets with unsigned manifests may be processed (each such decision is in the
+    /// audit log). Default: `true` without a trust store, `false` with one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_unsigned: Option<bool>,
+    /// The site's secret key (`percept keys new`): signs every entry of the run's audit log.
+    /// Only the path is recorded; the key never enters the run directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -461,6 +473,13 @@ impl RunConfig {
                  with '.'",
                 self.name
             ));
+        }
+        if self.site.allow_unsigned == Some(false) && self.site.trust_store.is_none() {
+            problems.push(
+                "site.allow_unsigned = false needs site.trust_store: name the trust store of the \
+                 stewards whose signatures the site accepts"
+                    .into(),
+            );
         }
         let region = &self.site.region;
         if region.len() != 2 || !region.bytes().all(|b| b.is_ascii_uppercase()) {

@@ -8,8 +8,8 @@
 //!   [`running_stats`], [`validation`].
 //! - State on disk: [`checkpoint`] (files, commit records, retention), [`checkpointer`]
 //!   (writing them during a run), [`run_log`] and [`tensorboard`] (what a run reports).
-//! - Data: [`data`] (a run's datasets through the residency guard), [`loader`] (prefetched,
-//!   augmented batches).
+//! - Data: [`site`] (the residency guard and site key a config declares), [`data`] (a run's
+//!   datasets through the guard), [`loader`] (prefetched, augmented batches).
 //! - Several devices and nodes: [`data_parallel`], [`gradient_hub`].
 //! - [`export`]: a checkpoint as a verified model file.
 //!
@@ -32,6 +32,7 @@ pub mod optim;
 pub mod run_log;
 pub mod running_stats;
 pub mod schedule;
+pub mod site;
 pub mod step;
 pub mod tensorboard;
 pub mod trainer;
