@@ -625,6 +625,14 @@ fn resuming_from_an_older_checkpoint_keeps_the_newer_ones() {
         .map(|f| f.name)
         .collect();
     assert_eq!(listed, ["final", "step-000004", "step-000003"]);
+    // A checkpoint the caller names as the last one known to be whole is never pruned.
+    let dir = CheckpointDir::new(checkpoints.clone());
+    assert!(dir
+        .retain(1, 0, &["step-000003".into()])
+        .unwrap()
+        .is_empty());
+    assert!(checkpoints.join("step-000003.state.json").exists());
+    assert_eq!(dir.retain(1, 0, &[]).unwrap(), ["step-000003"]);
 }
 
 /// A config edited in a key that cannot alter the results (`logging.every`) resumes, the
