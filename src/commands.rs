@@ -284,7 +284,7 @@ pub fn resume_with(
     }
     // Refusals are behind: from here on the run goes on.
     let removed = remove_temporaries(run_dir)?;
-    let mut log = percept_train::site::open_audit_log(&run_dir, &config.site)?;
+    let mut log = percept_train::site::open_audit_log(run_dir, &config.site)?;
     record_removed(&mut log, removed)?;
     match &state {
         Some(s) => {
