@@ -264,6 +264,7 @@ fn main() -> Result<()> {
                     base_checkpoint: None,
                     steps: 0,
                     audit_head: None,
+                    site_key: None,
                     percept_version: env!("CARGO_PKG_VERSION").into(),
                 },
             };

@@ -230,7 +230,7 @@ fn audit_verify_holds_and_catches_deleted_edited_and_truncated_entries() {
         Manifest::load_dir(&data).unwrap().hash()
     );
 
-    let v = commands::audit_verify(&run).unwrap();
+    let v = commands::audit_verify(&run, Default::default()).unwrap();
     assert_eq!(v.report.entries, 7);
     assert_eq!(v.pins.len(), 3, "two checkpoint states and the summary");
     let common::Output { ok, stdout, .. } = percept(&["audit", "verify", run.to_str().unwrap()]);
@@ -268,24 +268,24 @@ fn audit_verify_holds_and_catches_deleted_edited_and_truncated_entries() {
     let mut edited = lines.clone();
     edited[1] = &edited_line;
     rewrite(&edited);
-    let err = commands::audit_verify(&run).unwrap_err().to_string();
+    let err = commands::audit_verify(&run, Default::default()).unwrap_err().to_string();
     assert!(err.contains("line 2") && err.contains("edited"), "{err}");
 
     // Reordered entries.
     let mut swapped = lines.clone();
     swapped.swap(3, 4);
     rewrite(&swapped);
-    let err = commands::audit_verify(&run).unwrap_err().to_string();
+    let err = commands::audit_verify(&run, Default::default()).unwrap_err().to_string();
     assert!(err.contains("line 4"), "{err}");
 
     // The last entries removed: the chain alone holds, the pinned heads do not.
     rewrite(&lines[..4]);
     audit::verify(&log).unwrap();
-    let err = commands::audit_verify(&run).unwrap_err().to_string();
+    let err = commands::audit_verify(&run, Default::default()).unwrap_err().to_string();
     assert!(err.contains("pinned by"), "{err}");
 
     rewrite(&lines);
-    commands::audit_verify(&run).unwrap();
+    commands::audit_verify(&run, Default::default()).unwrap();
 }
 
 fn loader_options() -> LoaderOptions {

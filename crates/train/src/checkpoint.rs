@@ -26,6 +26,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use burn::record::{BurnRecord, FullPrecisionSettings, Record};
+use burn::tensor::backend::Backend;
 use percept_data::{AuditHead, SamplerState};
 use serde::{Deserialize, Serialize};
 
@@ -279,6 +281,27 @@ impl TrainingState {
             ema,
         })
     }
+}
+
+/// Decodes a burn record written by burn's `BinBytesRecorder` at full precision (raw weights,
+/// EMA weights, optimiser state), or says why the bytes are not one. burn 0.21's recorder
+/// unwraps its decoding error (`record/memory.rs`), so a malformed training-state file would
+/// panic the run instead of being reported; this decodes the same format (bincode's standard
+/// configuration over serde, the record's metadata then its item) and returns the error.
+pub fn decode_record<B: Backend, R: Record<B>>(
+    bytes: &[u8],
+    device: &B::Device,
+) -> Result<R, String> {
+    let (record, read): (BurnRecord<R::Item<FullPrecisionSettings>, B>, usize) =
+        bincode::serde::decode_from_slice(bytes, bincode::config::standard())
+            .map_err(|e| format!("not a burn record of this network ({e})"))?;
+    if read != bytes.len() {
+        return Err(format!(
+            "not a burn record of this network ({read} of its {} bytes decode as one)",
+            bytes.len()
+        ));
+    }
+    Ok(R::from_item(record.item, device))
 }
 
 fn hash_file(path: &Path) -> Result<String, String> {
@@ -607,5 +630,40 @@ impl CheckpointDir {
             .collect();
         scores.sort_by(|a, b| b.total_cmp(a));
         scores.len() < keep_best || scores.get(keep_best - 1).is_some_and(|s| score > *s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+    use burn::module::Module;
+    use burn::record::{BinBytesRecorder, Recorder};
+    use percept_model::{ModelSize, PerceptionNet, PerceptionNetConfig};
+
+    type B = Flex;
+    type NetRecord = <PerceptionNet<B> as Module<B>>::Record;
+
+    #[test]
+    fn records_decode_as_burns_recorder_wrote_them_and_malformed_bytes_are_errors() {
+        let device = Default::default();
+        let config = PerceptionNetConfig::new(ModelSize::Nano, 3);
+        let recorder = BinBytesRecorder::<FullPrecisionSettings>::default();
+        let record = |net: PerceptionNet<B>| recorder.record(net.into_record(), ()).unwrap();
+        let bytes = record(config.init_seeded::<B>(7, &device));
+        let decoded: NetRecord = decode_record::<B, _>(&bytes, &device).unwrap();
+        let reloaded = config.init_seeded::<B>(8, &device).load_record(decoded);
+        assert_eq!(record(reloaded), bytes);
+
+        // Where burn's recorder panics (it unwraps the decoding error): an error instead.
+        for cut in [0, 1, 9, 1000, bytes.len() / 2] {
+            let Err(err) = decode_record::<B, NetRecord>(&bytes[..cut], &device) else {
+                panic!("{cut} bytes decoded");
+            };
+            assert!(err.contains("not a burn record"), "{err}");
+        }
+        let mut garbage = bytes.clone();
+        garbage[..64].fill(0xff);
+        assert!(decode_record::<B, NetRecord>(&garbage, &device).is_err());
     }
 }

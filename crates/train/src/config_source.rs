@@ -96,12 +96,41 @@ pub struct LayeredConfig {
     origin: BTreeMap<String, usize>,
 }
 
+/// The most a config file may hold; a run config is a few KB.
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// Reads a config file: a regular file (not a device or pipe such as `/dev/zero` or
+/// `/dev/stdin`, which would never end) of at most [`MAX_CONFIG_BYTES`], in UTF-8.
+fn read_config_file(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file; a config is a TOML file",
+        ));
+    }
+    let mut text = String::new();
+    let read = file.take(MAX_CONFIG_BYTES + 1).read_to_string(&mut text)?;
+    if read as u64 > MAX_CONFIG_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "larger than {} MiB; a run config is a few KB of TOML",
+                MAX_CONFIG_BYTES >> 20
+            ),
+        ));
+    }
+    Ok(text)
+}
+
 impl LayeredConfig {
     /// Reads `path` and the chain of files it extends, then applies `sets` (`KEY=VALUE`, see
     /// [`parse_set`]). Errors: a file that cannot be read (naming the file that extends it) or
     /// parsed, an `extends` cycle (naming every file in it), malformed `--set` arguments.
     pub fn load(path: &Path, sets: &[String]) -> Result<LayeredConfig, TrainError> {
-        let text = std::fs::read_to_string(path).map_err(|e| TrainError::Io {
+        let text = read_config_file(path).map_err(|e| TrainError::Io {
             path: path.to_path_buf(),
             source: e,
         })?;
@@ -489,7 +518,7 @@ fn read_chain(
         return Ok(());
     };
     let parent_path = path.parent().unwrap_or(Path::new("")).join(&parent);
-    let parent_text = std::fs::read_to_string(&parent_path).map_err(|e| {
+    let parent_text = read_config_file(&parent_path).map_err(|e| {
         config_error(format!(
             "{EXTENDS_KEY} = {parent:?}: cannot read {}: {e}",
             parent_path.display()
@@ -982,6 +1011,32 @@ lr_multipliers = { backbone = 0.1 }
         );
         assert_eq!(l.source_of("logging.every"), &Source::Default);
         assert!(!l.table().contains_key(EXTENDS_KEY));
+    }
+
+    #[test]
+    fn extends_refuses_devices_directories_and_huge_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let huge = dir.path().join("huge.toml");
+        std::fs::write(&huge, vec![b'#'; (MAX_CONFIG_BYTES + 1) as usize]).unwrap();
+        for (parent, want) in [
+            ("/dev/zero", "not a regular file"),
+            (".", "not a regular file"),
+            ("huge.toml", "larger than 1 MiB"),
+        ] {
+            let top = write(dir.path(), "top.toml", &format!("extends = {parent:?}\n"));
+            let err = LayeredConfig::load(&top, &[]).unwrap_err().to_string();
+            assert!(
+                err.contains(want) && err.contains("extends"),
+                "{parent}: {err}"
+            );
+        }
+        let err = LayeredConfig::load(Path::new("/dev/zero"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("/dev/zero") && err.contains("not a regular file"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -24,6 +24,7 @@ use burn::tensor::backend::AutodiffBackend;
 pub use percept_model::params::{list_params, ParamInfo};
 use percept_model::PerceptionNet;
 
+use crate::checkpoint::decode_record;
 use crate::config::{OptimizerConfig, OptimizerKind};
 use crate::TrainError;
 
@@ -222,14 +223,9 @@ impl<B: AutodiffBackend> Rule<B> {
     }
 
     fn load_bytes(self, bytes: Vec<u8>, device: &B::Device) -> Result<Self, String> {
-        let recorder = BinBytesRecorder::<FullPrecisionSettings>::default();
         Ok(match self {
-            Rule::AdamW(o) => {
-                Rule::AdamW(o.load_record(recorder.load(bytes, device).map_err(|e| e.to_string())?))
-            }
-            Rule::Sgd(o) => {
-                Rule::Sgd(o.load_record(recorder.load(bytes, device).map_err(|e| e.to_string())?))
-            }
+            Rule::AdamW(o) => Rule::AdamW(o.load_record(decode_record::<B, _>(&bytes, device)?)),
+            Rule::Sgd(o) => Rule::Sgd(o.load_record(decode_record::<B, _>(&bytes, device)?)),
         })
     }
 }

@@ -27,7 +27,6 @@ use std::time::{Duration, Instant};
 
 use burn::module::AutodiffModule;
 use burn::prelude::*;
-use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
 use burn::tensor::backend::AutodiffBackend;
 use burn::vision::VisionBackend;
 use percept_data::{AuditEvent, AuditHead, AuditLog, Batch};
@@ -39,8 +38,10 @@ use percept_model::{PerceptionNet, PerceptionNetConfig};
 use serde::Serialize;
 
 use crate::backend::BackendTask;
+use crate::checkpoint::{
+    decode_record, CheckpointDir, CheckpointKind, NonfiniteSteps, TrainingState,
+};
 pub use crate::checkpoint::{state_path, RunState};
-use crate::checkpoint::{CheckpointDir, CheckpointKind, NonfiniteSteps, TrainingState};
 use crate::checkpointer::{Checkpointer, Position};
 use crate::config::RunConfig;
 use crate::data::{audit, TrainingData};
@@ -673,10 +674,8 @@ fn resume_start<B: AutodiffBackend>(
         source: e,
     })?;
     let saved = TrainingState::from_bytes(&bytes).map_err(bad)?;
-    let recorder = BinBytesRecorder::<FullPrecisionSettings>::default();
     let net = net.load_record(
-        recorder
-            .load(saved.model, device)
+        decode_record::<B, _>(&saved.model, device)
             .map_err(|e| bad(format!("raw weights: {e}")))?,
     );
     let optimizer = RunOptimizer::new(&net, &config.optimizer)?
@@ -688,8 +687,7 @@ fn resume_start<B: AutodiffBackend>(
     let ema = match (config.train.ema, saved.ema, state.ema_updates) {
         (Some(c), Some(weights), Some(updates)) => {
             let weights = net.valid().load_record(
-                recorder
-                    .load(weights, device)
+                decode_record::<B::InnerBackend, _>(&weights, device)
                     .map_err(|e| bad(format!("EMA weights: {e}")))?,
             );
             Some(WeightEma::new(c, weights, updates))
