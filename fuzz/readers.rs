@@ -14,10 +14,12 @@ use std::fmt::Display;
 use std::path::{Path, PathBuf};
 
 use burn::backend::Flex;
+use burn::module::Module;
 use percept_data::shard::{check_jpeg_complete, MAX_IMAGE_PIXELS};
 use percept_data::{DataError, EncodedRecord, Manifest, ShardReader};
 use percept_eval::model_file::{check_weights, load_model, read_model_card};
-use percept_train::checkpoint::TrainingState;
+use percept_model::PerceptionNet;
+use percept_train::checkpoint::{decode_record, TrainingState};
 use percept_train::RunConfig;
 
 /// The fuzz targets, each the name of a directory of seeds in `fuzz/corpus/`.
@@ -193,12 +195,10 @@ pub fn model_file(data: &[u8]) {
 }
 
 /// A checkpoint's training state (`*.train.safetensors`: raw weights and optimiser state as
-/// burn records in u8 tensors), as `train --resume` reads the container: it refuses with a
-/// reason (the trainer prefixes the file), and what it accepts writes back the same.
-///
-/// The records inside are not decoded here: burn's `BinBytesRecorder` unwraps its decoder's
-/// error, so any malformed record panics (`fuzz/artifacts-found/training_state-*`); resume
-/// reaches it only for a file whose blake3 its state file records.
+/// burn records in u8 tensors), as `train --resume` reads it: the container refuses with a
+/// reason (the trainer prefixes the file), and what it accepts writes back the same; the raw
+/// and EMA weights decode as the network's record or are refused with a reason
+/// (`checkpoint::decode_record`, not burn's recorder, which panics on malformed bytes).
 pub fn training_state(data: &[u8]) {
     match TrainingState::from_bytes(data) {
         Err(why) => assert!(!why.is_empty()),
@@ -207,6 +207,13 @@ pub fn training_state(data: &[u8]) {
                 TrainingState::from_bytes(&state.to_bytes()).as_ref(),
                 Ok(&state)
             );
+            type Record = <PerceptionNet<Flex> as Module<Flex>>::Record;
+            let device = Default::default();
+            for bytes in std::iter::once(&state.model).chain(&state.ema) {
+                if let Err(why) = decode_record::<Flex, Record>(bytes, &device) {
+                    assert!(!why.is_empty());
+                }
+            }
         }
     }
 }

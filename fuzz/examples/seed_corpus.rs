@@ -11,7 +11,7 @@
 //! - `training_state`: training-state containers (raw weights, EMA, optimiser groups).
 //! - `manifest`: the manifests of two small synthetic datasets.
 //! - `audit_log`: an unsigned log of a run's events.
-//! - `run_config`: the repository's configs and a minimal one.
+//! - `run_config`: the repository's configs, a minimal one, one that extends `/dev/zero`.
 //! - `image_import`: RGB and grey JPEG and PNG, a JPEG with zero padding, a truncated JPEG.
 //!
 //! `cargo run --manifest-path fuzz/Cargo.toml --example seed_corpus`
@@ -285,6 +285,8 @@ fn run_configs(dir: &Path) {
                    [model]\nsize = \"nano\"\ninput = { width = 64, height = 64 }\n\
                    [data]\ndatasets = [\"data/a\"]\n";
     seed(dir, "seed-minimal.toml", minimal.as_bytes());
+    // Found by fuzzing's review: an `extends` that names a device used to be read without bound.
+    seed(dir, "seed-extends-dev-zero.toml", b"extends = \"/dev/zero\"\n");
 }
 
 fn images(dir: &Path) {
