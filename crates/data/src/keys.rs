@@ -87,6 +87,31 @@ fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
     Some(out)
 }
 
+/// The most a key or trust-store file may hold: a key file is a few hundred bytes, a trust
+/// store a few hundred bytes per steward.
+const MAX_KEY_FILE_BYTES: u64 = 1 << 20;
+
+/// Reads a key or trust-store file: a regular file of at most [`MAX_KEY_FILE_BYTES`].
+fn read_small(path: &Path) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
+    let meta = file.metadata().map_err(|e| DataError::io(path, e))?;
+    if !meta.is_file() {
+        return Err(bad_key(path, "not a regular file"));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_KEY_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| DataError::io(path, e))?;
+    if bytes.len() as u64 > MAX_KEY_FILE_BYTES {
+        return Err(bad_key(
+            path,
+            "larger than 1 MiB: not a key or trust store file",
+        ));
+    }
+    Ok(bytes)
+}
+
 /// Refuses a key file of the other kind (a secret key given where a public one is wanted, or
 /// the other way round) with a message that says which file to give.
 fn check_kind(path: &Path, bytes: &[u8], wanted: &str) -> Result<()> {
@@ -152,7 +177,7 @@ impl PublicKey {
     /// Loads a `.pub` file written by [`SecretKey::create`]; returns the key and its name.
     pub fn load(path: impl AsRef<Path>) -> Result<(PublicKey, String)> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+        let bytes = read_small(path)?;
         check_kind(path, &bytes, PUBLIC_KIND)?;
         let file: PublicKeyFile = serde_json::from_slice(&bytes).map_err(|e| {
             bad_key(
@@ -324,7 +349,7 @@ impl SecretKey {
             }
         }
         let _ = meta;
-        let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+        let bytes = read_small(path)?;
         check_kind(path, &bytes, SECRET_KIND)?;
         let file: SecretKeyFile = serde_json::from_slice(&bytes).map_err(|e| {
             bad_key(
@@ -385,7 +410,8 @@ impl TrustStore {
     /// Loads and checks a trust store file; errors name the file and the steward at fault.
     pub fn load(path: impl AsRef<Path>) -> Result<TrustStore> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| DataError::io(path, e))?;
+        let text = String::from_utf8(read_small(path)?)
+            .map_err(|_| bad_key(path, "not UTF-8 text; a trust store is TOML"))?;
         let file: TrustStoreFile = toml::from_str(&text)
             .map_err(|e| bad_key(path, format!("not a trust store: {}", e.message())))?;
         let mut stewards = BTreeMap::new();
@@ -534,6 +560,39 @@ mod tests {
             err.contains("is a secret key; give the public key"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn truncated_flipped_and_oversized_key_files_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.key");
+        let key = SecretKey::generate("k").unwrap();
+        let public_path = key.create(&path).unwrap();
+        let bytes = std::fs::read(&public_path).unwrap();
+        let damaged = dir.path().join("damaged.pub");
+        let mut flipped = bytes.clone();
+        // A digit of the public key changed: the fingerprint no longer matches.
+        let at = String::from_utf8_lossy(&bytes).find("public_key").unwrap() + 20;
+        flipped[at] = if flipped[at] == b'0' { b'1' } else { b'0' };
+        for (content, want) in [
+            (bytes[..bytes.len() / 2].to_vec(), "not a percept key file"),
+            (flipped, "the file was edited"),
+            (
+                vec![b' '; (MAX_KEY_FILE_BYTES + 1) as usize],
+                "larger than 1 MiB",
+            ),
+        ] {
+            std::fs::write(&damaged, &content).unwrap();
+            let err = PublicKey::load(&damaged).unwrap_err().to_string();
+            // A changed digit may also leave no valid curve point (the key is random).
+            let found = err.contains(want) || err.contains("not a valid Ed25519 public key");
+            assert!(
+                found && err.contains("damaged.pub"),
+                "`{want}` not in: {err}"
+            );
+        }
+        let err = TrustStore::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("not a regular file"), "{err}");
     }
 
     #[test]
