@@ -47,14 +47,22 @@ pub fn run(target: &str, data: &[u8]) {
     }
 }
 
+/// The scratch directory of this process and thread.
+fn scratch_dir() -> PathBuf {
+    let thread = format!("{:?}", std::thread::current().id());
+    let thread: String = thread.chars().filter(char::is_ascii_digit).collect();
+    std::env::temp_dir().join(format!("percept-readers-{}-{thread}", std::process::id()))
+}
+
+/// Removes this thread's scratch files (the replay test calls it when done).
+pub fn remove_scratch() {
+    let _ = std::fs::remove_dir_all(scratch_dir());
+}
+
 /// Writes `data` to a scratch file `name` of this process and thread (file readers take a
 /// path), in a directory of its own per target so that a config's `extends` finds nothing else.
 fn scratch(target: &str, name: &str, data: &[u8]) -> PathBuf {
-    let thread = format!("{:?}", std::thread::current().id());
-    let thread: String = thread.chars().filter(char::is_ascii_digit).collect();
-    let dir = std::env::temp_dir()
-        .join(format!("percept-readers-{}-{thread}", std::process::id()))
-        .join(target);
+    let dir = scratch_dir().join(target);
     std::fs::create_dir_all(&dir).expect("create a scratch directory");
     let path = dir.join(name);
     std::fs::write(&path, data).expect("write a scratch file");

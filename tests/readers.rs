@@ -114,6 +114,7 @@ fn replay(target: &str) {
             }
         }
     }
+    readers::remove_scratch();
     assert!(
         failures.is_empty(),
         "{target}: {} inputs broke the reader's contract (see the panics above):\n{}",
