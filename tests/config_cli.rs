@@ -238,13 +238,14 @@ fn config_check_refuses_the_lr_multiplier_prefix_train_refuses() {
 #[test]
 fn os_error_text_appears_once() {
     let dir = tempfile::tempdir().unwrap();
-    let out = percept(&["config", "check", "--config", arg(dir.path())]);
+    let missing = dir.path().join("missing.toml");
+    let out = percept(&["config", "check", "--config", arg(&missing)]);
     assert!(!out.ok);
     assert_eq!(
         out.stderr,
         format!(
-            "error: {}: Is a directory (os error 21)\n",
-            dir.path().display()
+            "error: {}: No such file or directory (os error 2)\n",
+            missing.display()
         )
     );
 }

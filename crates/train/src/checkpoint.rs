@@ -292,9 +292,23 @@ pub fn decode_record<B: Backend, R: Record<B>>(
     bytes: &[u8],
     device: &B::Device,
 ) -> Result<R, String> {
-    let (record, read): (BurnRecord<R::Item<FullPrecisionSettings>, B>, usize) =
-        bincode::serde::decode_from_slice(bytes, bincode::config::standard())
-            .map_err(|e| format!("not a burn record of this network ({e})"))?;
+    // A limit, so a length prefix claiming exabytes is an error rather than an allocation
+    // that aborts the process: the smallest of these at least the input's size (bincode's
+    // limit is a type parameter).
+    fn decode<I: serde::de::DeserializeOwned, const N: usize>(
+        bytes: &[u8],
+    ) -> Result<(I, usize), bincode::error::DecodeError> {
+        let config = bincode::config::standard().with_limit::<N>();
+        bincode::serde::decode_from_slice(bytes, config)
+    }
+    type Item<B, R> = BurnRecord<<R as Record<B>>::Item<FullPrecisionSettings>, B>;
+    let decoded = match bytes.len() {
+        n if n <= 1 << 24 => decode::<Item<B, R>, { 1 << 24 }>(bytes),
+        n if n <= 1 << 28 => decode::<Item<B, R>, { 1 << 28 }>(bytes),
+        n if n <= 1 << 32 => decode::<Item<B, R>, { 1 << 32 }>(bytes),
+        _ => decode::<Item<B, R>, { 1 << 36 }>(bytes),
+    };
+    let (record, read) = decoded.map_err(|e| format!("not a burn record of this network ({e})"))?;
     if read != bytes.len() {
         return Err(format!(
             "not a burn record of this network ({read} of its {} bytes decode as one)",
@@ -662,6 +676,15 @@ mod tests {
             };
             assert!(err.contains("not a burn record"), "{err}");
         }
+        // A length prefix claiming exabytes (bincode's varint: 0xfd, then a u64) is refused
+        // before anything is allocated.
+        let mut claim = vec![0xfd];
+        claim.extend_from_slice(&(5u64 << 60).to_le_bytes());
+        claim.extend_from_slice(&[0u8; 32]);
+        let Err(err) = decode_record::<B, NetRecord>(&claim, &device) else {
+            panic!("an exabyte claim decoded");
+        };
+        assert!(err.contains("not a burn record"), "{err}");
         let mut garbage = bytes.clone();
         garbage[..64].fill(0xff);
         assert!(decode_record::<B, NetRecord>(&garbage, &device).is_err());
