@@ -268,20 +268,26 @@ fn audit_verify_holds_and_catches_deleted_edited_and_truncated_entries() {
     let mut edited = lines.clone();
     edited[1] = &edited_line;
     rewrite(&edited);
-    let err = commands::audit_verify(&run, Default::default()).unwrap_err().to_string();
+    let err = commands::audit_verify(&run, Default::default())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("line 2") && err.contains("edited"), "{err}");
 
     // Reordered entries.
     let mut swapped = lines.clone();
     swapped.swap(3, 4);
     rewrite(&swapped);
-    let err = commands::audit_verify(&run, Default::default()).unwrap_err().to_string();
+    let err = commands::audit_verify(&run, Default::default())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("line 4"), "{err}");
 
     // The last entries removed: the chain alone holds, the pinned heads do not.
     rewrite(&lines[..4]);
     audit::verify(&log).unwrap();
-    let err = commands::audit_verify(&run, Default::default()).unwrap_err().to_string();
+    let err = commands::audit_verify(&run, Default::default())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("pinned by"), "{err}");
 
     rewrite(&lines);
