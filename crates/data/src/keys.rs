@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::atomic_file::AtomicFile;
 use crate::error::{DataError, Result};
-use crate::manifest::is_region_code;
+use crate::manifest::{is_region_code, Manifest, ManifestSignature};
 
 const KEY_FORMAT: u32 = 1;
 const SECRET_KIND: &str = "percept-ed25519-secret";
@@ -372,6 +372,21 @@ impl SecretKey {
             name: file.name,
             key: SigningKey::from_bytes(&seed),
         })
+    }
+}
+
+// Signing lives beside the keys, so the manifest module needs nothing of them.
+impl Manifest {
+    /// Signs the manifest's seal with a data steward's key (replacing any earlier signature);
+    /// [`save`](Manifest::save) then writes it. Whoever changes the content afterwards without the
+    /// key leaves a signature that no longer verifies.
+    pub fn sign(&mut self, key: &SecretKey) {
+        self.seal = self.content_seal();
+        self.signature = Some(ManifestSignature {
+            key: key.public().fingerprint(),
+            steward: key.name().to_string(),
+            signature: key.sign(SignatureDomain::ManifestSeal, self.seal.as_bytes()),
+        });
     }
 }
 

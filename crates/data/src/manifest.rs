@@ -39,7 +39,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::atomic_file::write_atomic;
 use crate::error::{DataError, Result};
-use crate::keys::{SecretKey, SignatureDomain};
 
 /// The manifest format this build reads and writes.
 pub const MANIFEST_FORMAT: u32 = 2;
@@ -395,18 +394,6 @@ impl Manifest {
             serde_json::to_vec_pretty(&sealed).map_err(|e| format!("cannot serialise: {e}"))?;
         bytes.push(b'\n');
         Ok(bytes)
-    }
-
-    /// Signs the manifest's seal with a data steward's key (replacing any earlier signature);
-    /// [`save`](Self::save) then writes it. Whoever changes the content afterwards without the
-    /// key leaves a signature that no longer verifies.
-    pub fn sign(&mut self, key: &SecretKey) {
-        self.seal = self.content_seal();
-        self.signature = Some(ManifestSignature {
-            key: key.public().fingerprint(),
-            steward: key.name().to_string(),
-            signature: key.sign(SignatureDomain::ManifestSeal, self.seal.as_bytes()),
-        });
     }
 
     /// Shards of one split, in manifest order.

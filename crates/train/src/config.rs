@@ -582,7 +582,11 @@ impl RunConfig {
         }
         // The prefixes against the network's parameters: the check training makes.
         #[cfg(feature = "flex")]
-        problems.extend(crate::optim::lr_multiplier_problems(self));
+        problems.extend(crate::lr_multipliers::lr_multiplier_problems(
+            self.model.size,
+            self.model.tasks,
+            &self.optimizer.lr_multipliers,
+        ));
     }
 
     /// The schedule, checkpoints, logging, tasks and evaluation thresholds.

@@ -1197,7 +1197,7 @@ lr_multipliers = { backbone = 0.1 }
             "detection_head.cls.weight",
         ];
         assert_eq!(
-            crate::optim::unmatched_lr_prefixes(&paths, &optimizer),
+            crate::lr_multipliers::unmatched_lr_prefixes(&paths, &optimizer.lr_multipliers),
             [
                 "optimizer.lr_multipliers.head: no parameter's path starts with \"head\"; paths \
               are dotted module names such as \"backbone.stem.conv.weight\", and the top-level \

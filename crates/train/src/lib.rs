@@ -4,7 +4,8 @@
 //!   chains, `--set`).
 //! - Where it runs: [`backend`] (devices, dispatch), [`gpu_runtime`] (kernel cache and counts).
 //! - The run: [`trainer`] (a [`trainer::TrainTask`] run as start, step, log, checkpoint,
-//!   validate, finish), [`step`] (the one optimisation step), [`optim`], [`schedule`], [`ema`],
+//!   validate, finish), [`step`] (the one optimisation step), [`optim`] (with
+//!   [`lr_multipliers`]), [`schedule`], [`ema`],
 //!   [`running_stats`], [`validation`].
 //! - State on disk: [`checkpoint`] (files, commit records, retention), [`checkpointer`]
 //!   (writing them during a run), [`run_log`] and [`tensorboard`] (what a run reports).
@@ -28,6 +29,7 @@ pub mod gpu_runtime;
 pub mod gradient_hub;
 pub mod interrupt;
 pub mod loader;
+pub mod lr_multipliers;
 pub mod optim;
 pub mod run_log;
 pub mod running_stats;

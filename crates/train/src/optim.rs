@@ -26,6 +26,7 @@ use percept_model::PerceptionNet;
 
 use crate::checkpoint::decode_record;
 use crate::config::{OptimizerConfig, OptimizerKind};
+use crate::lr_multipliers::{matches_prefix, unmatched_lr_prefixes};
 use crate::TrainError;
 
 /// Parameters that share an optimiser instance.
@@ -48,7 +49,10 @@ pub fn param_groups(
     config: &OptimizerConfig,
 ) -> Result<Vec<ParamGroup>, TrainError> {
     let paths: Vec<&str> = params.iter().map(|p| p.path.as_str()).collect();
-    if let Some(problem) = unmatched_lr_prefixes(&paths, config).into_iter().next() {
+    if let Some(problem) = unmatched_lr_prefixes(&paths, &config.lr_multipliers)
+        .into_iter()
+        .next()
+    {
         return Err(TrainError::Invalid(problem));
     }
     let mut groups: BTreeMap<(String, bool), ParamGroup> = BTreeMap::new();
@@ -80,99 +84,6 @@ pub fn param_groups(
         group.elements += p.dims.iter().product::<usize>();
     }
     Ok(groups.into_values().collect())
-}
-
-/// The check of `optimizer.lr_multipliers`: one problem per prefix that matches none of the
-/// parameter `paths`, naming the key and the top-level modules. Training runs it on the
-/// network it builds, and reading a config runs it on the network the config describes
-/// ([`lr_multiplier_problems`]), so `percept config check` refuses what `train` would.
-pub fn unmatched_lr_prefixes(paths: &[&str], config: &OptimizerConfig) -> Vec<String> {
-    let mut top: Vec<&str> = paths
-        .iter()
-        .map(|p| p.split('.').next().unwrap_or_default())
-        .collect();
-    top.dedup();
-    config
-        .lr_multipliers
-        .keys()
-        .filter(|prefix| !paths.iter().any(|p| matches_prefix(p, prefix)))
-        .map(|prefix| {
-            format!(
-                "optimizer.lr_multipliers.{prefix}: no parameter's path starts with {prefix:?}; \
-                 paths are dotted module names such as {:?}, and the top-level modules are {}",
-                paths.first().copied().unwrap_or(""),
-                top.join(", ")
-            )
-        })
-        .collect()
-}
-
-/// [`unmatched_lr_prefixes`] for the network `config` describes (its size and tasks; the
-/// class count does not change a path), built on the CPU backend once per size and tasks.
-#[cfg(feature = "flex")]
-pub fn lr_multiplier_problems(config: &crate::config::RunConfig) -> Vec<String> {
-    use std::sync::{Arc, Mutex};
-
-    use burn::backend::{flex::FlexDevice, Flex};
-    use burn::module::Module;
-    use percept_model::{ModelSize, PerceptionNetConfig, Tasks};
-
-    /// Collects parameter paths.
-    struct Paths {
-        path: Vec<String>,
-        all: Vec<String>,
-    }
-    impl<B: Backend> ModuleVisitor<B> for Paths {
-        fn enter_module(&mut self, name: &str, _container_type: &str) {
-            self.path.push(name.to_string());
-        }
-        fn exit_module(&mut self, _name: &str, _container_type: &str) {
-            self.path.pop();
-        }
-        fn visit_float<const D: usize>(&mut self, _param: &Param<Tensor<B, D>>) {
-            self.all.push(self.path.join("."));
-        }
-    }
-    type Cache = Mutex<Vec<((ModelSize, Tasks), Arc<Vec<String>>)>>;
-    static CACHE: Cache = Mutex::new(Vec::new());
-
-    if config.optimizer.lr_multipliers.is_empty() {
-        return Vec::new();
-    }
-    let key = (config.model.size, config.model.tasks);
-    let cached = CACHE
-        .lock()
-        .ok()
-        .and_then(|c| c.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone()));
-    let paths = cached.unwrap_or_else(|| {
-        let arch = PerceptionNetConfig {
-            size: key.0,
-            num_classes: 1,
-            tasks: key.1,
-        };
-        // Seeded, under the model's lock on the backend's RNG: no other network's draws move.
-        let net = arch.init_seeded::<Flex>(0, &FlexDevice);
-        let mut visitor = Paths {
-            path: Vec::new(),
-            all: Vec::new(),
-        };
-        net.visit(&mut visitor);
-        let paths = Arc::new(visitor.all);
-        if let Ok(mut c) = CACHE.lock() {
-            c.push((key, paths.clone()));
-        }
-        paths
-    });
-    let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
-    unmatched_lr_prefixes(&paths, &config.optimizer)
-}
-
-/// `backbone` matches `backbone.x` and `backbone` but not `backbone2.x`.
-fn matches_prefix(path: &str, prefix: &str) -> bool {
-    path == prefix
-        || path
-            .strip_prefix(prefix)
-            .is_some_and(|rest| rest.starts_with('.'))
 }
 
 enum Rule<B: AutodiffBackend> {
