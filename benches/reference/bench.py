@@ -4,11 +4,12 @@ percept's (its part (a), data loading excluded):
     python benches/reference/bench.py --model nano --batch 8 --threads 2
 
 One fixed synthetic batch; each step does what percept's trainer step does: upload the images
-and masks, assign detection targets on the host (NumPy), forward, multi-task loss, backward,
-the gradients' global norm read to the host with the loss values, a clip to 10 when over it,
-and AdamW (lr 0.002, betas 0.9/0.999, eps 1e-8, weight decay 5e-4 on >1-D parameters only).
-The first step is timed alone, then `--warmup` untimed steps, then `--steps` timed steps, the
-device synced at the end of each. Prints one JSON line.
+and masks, forward, task-aligned assignment of the detection targets on the host (NumPy, on the
+forward's detached predictions read back from the device), upload of the targets, multi-task
+loss, backward, the gradients' global norm read to the host with the loss values, a clip to 10
+when over it, and AdamW (lr 0.002, betas 0.9/0.999, eps 1e-8, weight decay 5e-4 on >1-D
+parameters only). The first step is timed alone, then `--warmup` untimed steps, then `--steps`
+timed steps, the device synced at the end of each. Prints one JSON line.
 
 Memory: on CPU the peak resident set during the timed steps (the high-water mark reset just
 before, as percept does, via /proc/self/clear_refs) and the process's lifetime maximum
@@ -81,10 +82,12 @@ if ARGS.threads is not None:
 
 import model as model_mod  # noqa: E402
 from loss import TargetTensors, anchor_points, assign_targets, multitask_loss  # noqa: E402
+from loss import predictions_for_assignment  # noqa: E402
 
 NORM_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 NORM_STD = np.array([0.229, 0.224, 0.225], np.float32)
 LR, BETAS, EPS, WEIGHT_DECAY, GRAD_CLIP = 0.002, (0.9, 0.999), 1e-8, 5e-4, 10.0
+LOSS_NAMES = ("total", "classification", "box_iou", "dfl", "drivable", "lanes")
 
 
 def synthetic_batch(rng, batch, h, w, classes):
@@ -158,7 +161,7 @@ class Stepper:
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
         self.scaler = torch.amp.GradScaler(device.type) if args.amp == "fp16" else None
         h, w = args.height, args.width
-        self.centres = torch.from_numpy(anchor_points(h, w)[:, :2]).to(device)
+        self.anchors = torch.from_numpy(anchor_points(h, w)).to(device)
 
     def sync(self):
         if self.device.type == "cuda":
@@ -176,17 +179,20 @@ class Stepper:
             "drivable_labelled": labelled,
             "lanes_labelled": labelled,
         }
-        t = assign_targets(
-            a.height, a.width, b["boxes"], b["ignore"], b["labelled"] > 0, a.classes
-        )
-        targets = TargetTensors(t, dev)
         if self.amp_dtype is not None:
             with torch.autocast(dev.type, dtype=self.amp_dtype):
                 out = self.net(images)
             out = {k: v.float() for k, v in out.items()}
         else:
             out = self.net(images)
-        parts = multitask_loss(out, targets, seg, self.centres)
+        # Task-aligned assignment ranks the anchors by this forward's detached predictions.
+        scores, pred_boxes = predictions_for_assignment(out, self.anchors[:, :2])
+        t = assign_targets(
+            a.height, a.width, b["boxes"], b["ignore"], b["labelled"] > 0, a.classes,
+            scores, pred_boxes,
+        )
+        targets = TargetTensors(t, dev)
+        parts = multitask_loss(out, targets, seg, self.anchors)
         phase_done()
         self.opt.zero_grad(set_to_none=True)
         if self.scaler is not None:
@@ -197,7 +203,7 @@ class Stepper:
         phase_done()
         grads = [p.grad for p in self.params if p.grad is not None]
         norm = total_norm(grads)
-        terms = [parts[k] for k in ("total", "classification", "box_iou", "drivable", "lanes")]
+        terms = [parts[k] for k in LOSS_NAMES]
         values = torch.stack([v.detach().float().reshape(()) for v in terms] + [norm]).tolist()
         finite = all(math.isfinite(v) for v in values)
         if finite and values[-1] > GRAD_CLIP:
@@ -345,8 +351,7 @@ def main():
         "maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
         "cuda_max_allocated_mib": cuda_alloc,
         "cuda_max_reserved_mib": cuda_reserved,
-        "last_losses": dict(zip(["total", "classification", "box_iou", "drivable", "lanes",
-                                 "grad_norm"], losses)),
+        "last_losses": dict(zip([*LOSS_NAMES, "grad_norm"], losses)),
     }
     print(json.dumps(report))
 

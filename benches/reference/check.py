@@ -3,16 +3,34 @@
 
     python benches/reference/check.py DIR [--double]
 
-Compares, tensor by tensor: the assigned detection targets (exactly), the outputs in eval mode
-(running statistics), the outputs in train mode (batch statistics), every loss term, every
-parameter's gradient, and the batch-norm running statistics after that training forward.
+Compares, tensor by tensor: the assigned detection targets, the outputs in eval mode (running
+statistics), the outputs in train mode (batch statistics), the predictions percept's assigner
+ranked, every loss term, every parameter's gradient, and the batch-norm running statistics after
+that training forward.
+
+The assignment is task-aligned: it ranks anchor points by the network's own detached
+predictions of the training forward. percept dumps the predictions its assigner saw
+(`assign.scores`, `assign.boxes`); the PyTorch assigner (NumPy, float32, as percept's) runs on
+those same values, so the targets can be compared on their own, and PyTorch's training forward is
+then checked to predict the same within the output tolerance. The loss is computed from the
+PyTorch assigner's targets (after they compared equal).
+
+Targets: `positive`, `weight` and `boxes` must be identical (both sides do the same float32
+operations in the same order; a box or a positive set is either right or wrong). `classes` and
+`quality` (the soft class targets) may differ by 1e-6 absolute: the alignment `score^0.5 *
+IoU^6` uses libm's `powf` in percept and NumPy's float64 power rounded to float32 here; each is
+correctly rounded nearly always, and one ulp of the alignment becomes at most a few ulps of a
+quality in [0, 1] (~2e-7). A wrong rule (top-k, ties, conflict, normalisation) is off by 1e-2
+or more. A one-ulp difference could in principle flip two candidates whose alignments tie to
+within an ulp; the report then lists the anchors that differ.
 
 Per tensor it prints the max absolute difference, the max relative difference (elementwise,
 |a - b| / |b|, over elements with |b| > 1e-6 * max|b|), the normalised difference
 max|a - b| / max|b| and the relative L2 difference ||a - b|| / ||b||. Exits 1 if any exceeds
 its tolerance:
 
-- outputs and running statistics, normalised difference <= 1e-4. Both sides compute in float32
+- outputs, the assigner's predictions (sigmoid scores, decoded boxes) and running statistics,
+  normalised difference <= 1e-4. Both sides compute in float32
   with different summation orders (im2col/GEMM blocking vs oneDNN); one 3x3 conv over 256
   channels rounds at ~sqrt(2304) * 6e-8 = 3e-6 of its output scale, and ~40 layers in a row,
   batch norm re-scaling each, add up to ~1e-5 (measured: 7e-7 in eval mode, 4e-5 in train
@@ -28,7 +46,8 @@ its tolerance:
   routing) is off by 0.3 or more.
 
 `--double` runs PyTorch in float64 instead: then the differences are percept's own float32
-rounding, for judging the tolerances.
+rounding, for judging the tolerances (the assigner stays float32, on percept's predictions, as
+percept's does).
 """
 
 from __future__ import annotations
@@ -46,9 +65,10 @@ import torch  # noqa: E402
 from safetensors import safe_open  # noqa: E402
 
 from loss import DEFAULT_WEIGHTS, TargetTensors, anchor_points, assign_targets  # noqa: E402
-from loss import multitask_loss  # noqa: E402
+from loss import distances_to_boxes, multitask_loss  # noqa: E402
 from model import load_percept, percept_to_torch_name  # noqa: E402
 
+TARGET_TOL = 1e-6  # absolute, soft class targets and qualities
 OUTPUT_TOL = 1e-4
 LOSS_TOL = 1e-4
 GRAD_TOL = 0.1  # relative L2, per tensor
@@ -91,6 +111,37 @@ class Report:
             self.failures.append(f"{group}/{name}: {metric} {value:.2e} > {tol:.0e}")
 
 
+def compare_targets(r: Report, name: str, ours: np.ndarray, theirs: np.ndarray):
+    """`positive`, `weight`, `boxes`: identical; `classes`, `quality`: within TARGET_TOL."""
+    exact = name in ("positive", "weight", "boxes")
+    label = f"targets.{name}"
+    if ours.shape != theirs.shape:
+        print(f"  {label:<58} SHAPE {ours.shape} vs percept {theirs.shape}")
+        r.failures.append(f"{label}: shape")
+        return
+    diff = np.abs(ours.astype(np.float64) - theirs.astype(np.float64))
+    max_abs = float(diff.max()) if diff.size else 0.0
+    differing = int((ours != theirs).sum())
+    bad = differing > 0 if exact else not (max_abs <= TARGET_TOL)
+    rule = "identical" if exact else f"abs <= {TARGET_TOL:.0e}"
+    print(
+        f"  {label:<58} abs {max_abs:8.2e}  {differing} of {ours.size} differ  "
+        f"({rule})  {'FAIL' if bad else 'ok'}"
+    )
+    worst = r.worst.get("targets (abs)", (0.0, 0.0, 0.0, 0.0))
+    r.worst["targets (abs)"] = (max(worst[0], max_abs), 0.0, 0.0, 0.0)
+    if bad:
+        r.failures.append(f"{label}: {differing} differ, max abs {max_abs:.2e} ({rule})")
+        where = np.argwhere(ours != theirs if exact else diff > TARGET_TOL)
+        for idx in where[:8]:
+            i = tuple(int(v) for v in idx)
+            print(
+                f"    at {list(i)}: PyTorch {float(ours[i]):.9g}, percept {float(theirs[i]):.9g}"
+            )
+        if len(where) > 8:
+            print(f"    ... {len(where) - 8} more")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("dir", help="directory with model.safetensors and io.safetensors")
@@ -105,31 +156,37 @@ def main() -> int:
         meta = json.loads(f.metadata()["percept.reference_io"])
         io = {k: f.get_tensor(k) for k in f.keys()}
     h, w, b, classes = meta["height"], meta["width"], meta["batch"], meta["num_classes"]
-    weights = meta.get("loss_weights", DEFAULT_WEIGHTS)
+    weights = {**DEFAULT_WEIGHTS, **meta.get("loss_weights", {})}
     print(
         f"{card['architecture']['size']} network, {classes} classes, batch {b} at {w}x{h}, "
         f"PyTorch {torch.__version__} in {dtype}; percept dump {args.dir}"
     )
     r = Report()
 
-    print("assigned targets (exact):")
+    missing = [k for k in ("assign.scores", "assign.boxes", "targets.quality") if k not in io]
+    if missing:
+        print(f"{args.dir}: no {', '.join(missing)}: a dump of the old detection recipe?")
+        return 1
+    print("assigned targets (on percept's assign.scores and assign.boxes):")
     boxes_flat = io["boxes"].numpy()
     ignore_flat = io["ignore"].numpy()
     boxes = [boxes_flat[boxes_flat[:, 0] == i][:, 1:] for i in range(b)]
     ignore = [ignore_flat[ignore_flat[:, 0] == i][:, 1:] for i in range(b)]
     labelled = io["detection_labelled"].numpy() > 0.5
-    t = assign_targets(h, w, boxes, ignore, labelled, classes)
-    for name in ("classes", "boxes", "positive", "weight"):
-        ours, theirs = getattr(t, name), io[f"targets.{name}"].numpy()
-        same = ours.shape == theirs.shape and np.array_equal(ours, theirs)
-        print(f"  targets.{name:<50} {'identical' if same else 'DIFFERENT'}")
-        if not same:
-            r.failures.append(f"targets.{name}")
-    if t.num_positive != meta["num_positive"]:
+    scores = io["assign.scores"].numpy()
+    pred_boxes = io["assign.boxes"].numpy()
+    t = assign_targets(h, w, boxes, ignore, labelled, classes, scores, pred_boxes)
+    for name in ("positive", "weight", "boxes", "classes", "quality"):
+        compare_targets(r, name, getattr(t, name), io[f"targets.{name}"].numpy())
+    if "num_positive" in meta and t.num_positive != meta["num_positive"]:
         r.failures.append(f"num_positive {t.num_positive} vs {meta['num_positive']}")
+    print(
+        f"  {t.num_positive} positives (percept {meta.get('num_positive', '?')}), "
+        f"normaliser (sum of qualities) {t.normaliser():.6g}"
+    )
 
     images = io["images"].to(dtype)
-    outputs = ("class_logits", "distances", "drivable", "lanes")
+    outputs = ("class_logits", "box_logits", "distances", "drivable", "lanes")
 
     print("eval mode (running statistics):")
     net.eval()
@@ -145,17 +202,29 @@ def main() -> int:
     for k in outputs:
         if f"train.{k}" in io:
             r.compare("train outputs", f"train.{k}", out[k], io[f"train.{k}"], OUTPUT_TOL)
-    centres = torch.from_numpy(anchor_points(h, w)[:, :2]).to(dtype)
+    anchors = torch.from_numpy(anchor_points(h, w)).to(dtype)
+    print("the predictions the assigner ranked (PyTorch's training forward vs percept's):")
+    with torch.no_grad():
+        scores = torch.sigmoid(out["class_logits"])
+        pred = distances_to_boxes(out["distances"], anchors[:, :2])
+    r.compare("assigner inputs", "assign.scores", scores, io["assign.scores"], OUTPUT_TOL)
+    r.compare("assigner inputs", "assign.boxes", pred, io["assign.boxes"], OUTPUT_TOL)
     seg = {
         k: io[k].to(dtype) for k in ("drivable", "lanes", "drivable_labelled", "lanes_labelled")
     }
-    targets = TargetTensors(t, "cpu")
-    for k in ("classes", "boxes", "positive", "weight"):
-        setattr(targets, k, getattr(targets, k).to(dtype))
-    parts = multitask_loss(out, targets, seg, centres, weights)
+    targets = TargetTensors(t, "cpu").to(dtype)
+    parts = multitask_loss(out, targets, seg, anchors, weights)
     print("loss terms:")
     for k, v in parts.items():
+        if f"loss.{k}" not in io:
+            print(f"  loss.{k}: not in percept's dump")
+            r.failures.append(f"loss.{k} missing in the dump")
+            continue
         r.compare("loss", f"loss.{k}", v.reshape(1), io[f"loss.{k}"], LOSS_TOL)
+    for k in sorted(io):
+        if k.startswith("loss.") and k[len("loss."):] not in parts:
+            print(f"  {k}: percept has a term PyTorch does not")
+            r.failures.append(f"{k}: no PyTorch term")
 
     print("gradients:")
     net.zero_grad()
@@ -204,7 +273,8 @@ def main() -> int:
             print(f"  {f_}")
         return 1
     print(
-        f"\nall within tolerance: targets identical; outputs and running statistics "
+        f"\nall within tolerance: targets identical (soft class targets and qualities within "
+        f"{TARGET_TOL:.0e}); outputs, assigner inputs and running statistics "
         f"{OUTPUT_TOL:.0e} normalised, loss terms {LOSS_TOL:.0e} relative, gradients "
         f"{GRAD_TOL:g} relative L2 per tensor and {GRAD_GLOBAL_TOL:g} over all parameters"
     )

@@ -11,15 +11,18 @@ PyTorch name is its percept model-file name except for batch norm's leaves (see
   running statistics, not a pass over the activations.
 - Up-sampling: nearest 2x in the neck and segmentation heads; the segmentation logits are
   up-sampled bilinearly (align_corners=False) from stride 2.
-- Detection outputs: `[b, anchors, classes]` logits and `[b, anchors, 4]` distances
-  `softplus(raw) * stride`, levels concatenated stride 8, 16, 32, row-major within a level.
+- Detection outputs, levels concatenated stride 8, 16, 32, row-major within a level:
+  `[b, anchors, classes]` class logits; `[b, anchors, 4 * REG_BINS]` box logits (`reg_out`'s
+  channels, channel = side * REG_BINS + bin, sides left, top, right, bottom); and
+  `[b, anchors, 4]` distances, per side the expectation `sum_k softmax(logits_side)[k] * k` over
+  the bins times the level's stride (YOLOv8's DFL head, reg_max 16).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +32,7 @@ BN_EPSILON = 1e-3
 BN_MOMENTUM = 0.03  # weight of the current batch, percept's and PyTorch's meaning alike
 STRIDES = (8, 16, 32)
 PRIOR_PROBABILITY = 0.01
+REG_BINS = 16  # distance bins per box side (YOLOv8's reg_max)
 MODEL_CARD_KEY = "percept.model_card"
 
 # (width, depth) multipliers of percept's ModelSize.
@@ -212,7 +216,7 @@ class LevelHead(nn.Module):
         self.cls = nn.ModuleList([ConvBlock(cin, hidden), ConvBlock(hidden, hidden)])
         self.cls_out = nn.Conv2d(hidden, num_classes, 1)
         self.reg = nn.ModuleList([ConvBlock(cin, hidden), ConvBlock(hidden, hidden)])
-        self.reg_out = nn.Conv2d(hidden, 4, 1)
+        self.reg_out = nn.Conv2d(hidden, 4 * REG_BINS, 1)
         bias = -math.log((1.0 - PRIOR_PROBABILITY) / PRIOR_PROBABILITY)
         nn.init.constant_(self.cls_out.bias, bias)
 
@@ -222,13 +226,23 @@ def _flatten(x):
     return x.flatten(2).transpose(1, 2)
 
 
+def expected_distances(box_logits: torch.Tensor) -> torch.Tensor:
+    """`[b, n, 4 * REG_BINS]` box logits -> `[b, n, 4]` expected bin per side (in strides)."""
+    b, n, _ = box_logits.shape
+    probs = box_logits.reshape(b, n, 4, REG_BINS).softmax(-1)
+    bins = torch.arange(REG_BINS, dtype=probs.dtype, device=probs.device)
+    return (probs * bins).sum(-1)
+
+
 class DetectionHead(nn.Module):
     def __init__(self, in_channels, hidden, num_classes):
         super().__init__()
         self.levels = nn.ModuleList(LevelHead(c, hidden, num_classes) for c in in_channels)
 
     def forward(self, features):
-        logits, distances = [], []
+        """-> `(class_logits [b, n, classes], box_logits [b, n, 4 * REG_BINS], distances
+        [b, n, 4])`."""
+        logits, box_logits, distances = [], [], []
         for head, x, stride in zip(self.levels, features, STRIDES):
             cls = x
             for c in head.cls:
@@ -237,8 +251,10 @@ class DetectionHead(nn.Module):
             for c in head.reg:
                 reg = c(reg)
             logits.append(_flatten(head.cls_out(cls)))
-            distances.append(_flatten(F.softplus(head.reg_out(reg)) * stride))
-        return torch.cat(logits, 1), torch.cat(distances, 1)
+            box = _flatten(head.reg_out(reg))
+            box_logits.append(box)
+            distances.append(expected_distances(box) * stride)
+        return torch.cat(logits, 1), torch.cat(box_logits, 1), torch.cat(distances, 1)
 
 
 class SegmentationHead(nn.Module):
@@ -259,8 +275,9 @@ class SegmentationHead(nn.Module):
 
 class PerceptionNet(nn.Module):
     """Input `[b, 3, h, w]` (normalised, sides multiples of 32) -> dict of outputs:
-    `class_logits [b, anchors, classes]`, `distances [b, anchors, 4]`, `drivable`, `lanes`
-    `[b, 1, h, w]` (absent for tasks switched off)."""
+    `class_logits [b, anchors, classes]`, `box_logits [b, anchors, 4 * REG_BINS]`,
+    `distances [b, anchors, 4]`, `drivable`, `lanes` `[b, 1, h, w]` (absent for tasks switched
+    off)."""
 
     def __init__(self, arch: Architecture):
         super().__init__()
@@ -281,7 +298,8 @@ class PerceptionNet(nn.Module):
         p3, p4, p5 = self.neck(s8, s16, s32)
         out = {}
         if self.detection_head is not None:
-            out["class_logits"], out["distances"] = self.detection_head((p3, p4, p5))
+            det = self.detection_head((p3, p4, p5))
+            out["class_logits"], out["box_logits"], out["distances"] = det
         if self.drivable_head is not None:
             out["drivable"] = self.drivable_head(p3, s4)
         if self.lane_head is not None:
