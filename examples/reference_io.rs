@@ -12,7 +12,9 @@
 //!
 //! - `images [b, 3, h, w]`; `drivable`, `lanes [b, h, w]`; `{detection,drivable,lanes}_labelled
 //!   [b]`; `boxes [n, 6]` (image, class, x1, y1, x2, y2); `ignore [m, 5]` (image, x1, y1, x2, y2);
-//! - the assigned detection targets `targets.{classes,boxes,positive,weight}`;
+//! - `assign.scores [b, anchors, classes]`, `assign.boxes [b, anchors, 4]`: the detached
+//!   predictions of the training forward that the task-aligned assigner ranked, and the
+//!   assigned detection targets `targets.{classes,boxes,positive,quality,weight}`;
 //! - `eval.*`: the outputs of `net.valid()` (batch norm on running statistics);
 //! - `train.*`: the outputs of the training-mode forward (batch statistics), the loss terms
 //!   `loss.*` of `batch_loss`, every parameter's gradient `grad.<name>` and the batch-norm
@@ -29,20 +31,22 @@ use burn::module::{AutodiffModule, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::store::{ModuleSnapshot, SafetensorsStore};
+use burn::tensor::activation::sigmoid;
 use burn::tensor::backend::AutodiffBackend;
 use percept::data::{collate, IgnoreRegion, LabelledTasks, TrafficSide};
 use percept::eval::eval::MetricResolution;
-use percept::eval::inputs::{batch_tensors, detection_targets};
+use percept::eval::inputs::batch_tensors;
 use percept::eval::model_file::{
     load_model, save_model, ModelCard, Normalization, Provenance, MODEL_FORMAT,
 };
+use percept::model::loss::distances_to_boxes;
 use percept::model::{
-    assign_targets, multitask_loss, DecodeOptions, LossParts, ModelSize, PerceptionNet,
-    PerceptionNetConfig, PerceptionOutput,
+    multitask_loss, DecodeOptions, LossParts, ModelSize, PerceptionNet, PerceptionNetConfig,
+    PerceptionOutput,
 };
 use percept::synth::SceneGenerator;
 use percept::train::config::InputSize;
-use percept::train::step::batch_loss;
+use percept::train::step::{assign_batch, batch_loss};
 use percept::train::RunConfig;
 use safetensors::tensor::{Dtype, TensorView};
 
@@ -126,6 +130,7 @@ impl Dump {
     fn outputs<B: Backend>(&mut self, prefix: &str, out: PerceptionOutput<B>) {
         if let Some(d) = out.detection {
             self.tensor(format!("{prefix}.class_logits"), d.class_logits);
+            self.tensor(format!("{prefix}.box_logits"), d.box_logits);
             self.tensor(format!("{prefix}.distances"), d.distances);
         }
         if let Some(t) = out.drivable {
@@ -209,6 +214,7 @@ fn loss_values<B: Backend>(parts: &LossParts<B>) -> Vec<(&'static str, f32)> {
         ("total", Some(&parts.total)),
         ("classification", parts.classification.as_ref()),
         ("box_iou", parts.box_iou.as_ref()),
+        ("dfl", parts.dfl.as_ref()),
         ("drivable", parts.drivable.as_ref()),
         ("lanes", parts.lanes.as_ref()),
     ];
@@ -322,17 +328,6 @@ fn main() -> Result<()> {
         .collect();
     dump.push("ignore", vec![ignore.len() / 5, 5], ignore);
 
-    let targets = assign_targets(HEIGHT, WIDTH, &detection_targets(&batch), arch.num_classes);
-    let [n, c] = [targets.anchors, targets.num_classes];
-    dump.push(
-        "targets.classes",
-        vec![BATCH, n, c],
-        targets.classes.clone(),
-    );
-    dump.push("targets.boxes", vec![BATCH, n, 4], targets.boxes.clone());
-    dump.push("targets.positive", vec![BATCH, n], targets.positive.clone());
-    dump.push("targets.weight", vec![BATCH, n], targets.weight.clone());
-
     // Inference mode first: the training forward below moves the running statistics.
     let (images, _) = batch_tensors::<Flex>(&batch, &device);
     dump.outputs("eval", net.valid().forward(images));
@@ -356,6 +351,30 @@ fn main() -> Result<()> {
     let (fresh, _) = load_model::<A>(&model_path, &device)?;
     let (images, seg) = batch_tensors::<A>(&batch, &device);
     let output = fresh.forward(images);
+    let detection = output
+        .detection
+        .as_ref()
+        .context("the network has no detection head")?;
+    let targets = assign_batch(detection, &batch, arch.num_classes);
+    // What the assigner saw: the same predictions, detached.
+    dump.tensor(
+        "assign.scores",
+        sigmoid(detection.class_logits.clone().detach()),
+    );
+    dump.tensor(
+        "assign.boxes",
+        distances_to_boxes(detection.distances.clone().detach(), HEIGHT, WIDTH),
+    );
+    let [n, c] = [targets.anchors, targets.num_classes];
+    dump.push(
+        "targets.classes",
+        vec![BATCH, n, c],
+        targets.classes.clone(),
+    );
+    dump.push("targets.boxes", vec![BATCH, n, 4], targets.boxes.clone());
+    dump.push("targets.positive", vec![BATCH, n], targets.positive.clone());
+    dump.push("targets.quality", vec![BATCH, n], targets.quality.clone());
+    dump.push("targets.weight", vec![BATCH, n], targets.weight.clone());
     let again = multitask_loss(&output, Some(&targets), &seg, &config.loss);
     if loss_values(&again) != losses {
         bail!(

@@ -65,6 +65,9 @@ pub struct LossValues {
     pub classification: Option<f32>,
     #[serde(default)]
     pub box_iou: Option<f32>,
+    /// The box-distribution term (DFL); absent from logs of runs before it existed.
+    #[serde(default)]
+    pub dfl: Option<f32>,
     #[serde(default)]
     pub drivable: Option<f32>,
     #[serde(default)]
@@ -77,6 +80,7 @@ impl Default for LossValues {
             total: f32::NAN,
             classification: None,
             box_iou: None,
+            dfl: None,
             drivable: None,
             lanes: None,
         }
@@ -84,13 +88,14 @@ impl Default for LossValues {
 }
 
 impl LossValues {
-    /// The terms by name, in legend order: `total`, `classification`, `box_iou`, `drivable`,
-    /// `lanes`; `None` where a term is absent or not finite-valued `total` is NaN.
-    pub fn terms(&self) -> [(&'static str, Option<f32>); 5] {
+    /// The terms by name, in legend order: `total`, `classification`, `box_iou`, `dfl`,
+    /// `drivable`, `lanes`; `None` where a term is absent or not finite-valued `total` is NaN.
+    pub fn terms(&self) -> [(&'static str, Option<f32>); 6] {
         [
             ("total", (!self.total.is_nan()).then_some(self.total)),
             ("classification", self.classification),
             ("box_iou", self.box_iou),
+            ("dfl", self.dfl),
             ("drivable", self.drivable),
             ("lanes", self.lanes),
         ]
@@ -101,10 +106,11 @@ impl LossValues {
         let f =
             |name: &str, v: Option<f32>| v.map(|v| format!(" {name} {v:.3}")).unwrap_or_default();
         format!(
-            "loss {:.3}{}{}{}{}",
+            "loss {:.3}{}{}{}{}{}",
             self.total,
             f("cls", self.classification),
             f("box", self.box_iou),
+            f("dfl", self.dfl),
             f("da", self.drivable),
             f("ll", self.lanes)
         )

@@ -81,10 +81,11 @@ pub const VALIDATION_PNG: &str = "validation.png";
 
 /// The loss terms, in legend order: key in a line's `loss` object, the name used in the
 /// epoch series' legend entries, colour.
-pub const LOSS_TERMS: [(&str, &str, Rgb<u8>); 5] = [
+pub const LOSS_TERMS: [(&str, &str, Rgb<u8>); 6] = [
     ("total", "total", Rgb([31, 119, 180])),
     ("classification", "classif.", Rgb([255, 127, 14])),
     ("box_iou", "box_iou", Rgb([44, 160, 44])),
+    ("dfl", "dfl", Rgb([140, 86, 75])),
     ("drivable", "drivable", Rgb([214, 39, 40])),
     ("lanes", "lanes", Rgb([148, 103, 189])),
 ];

@@ -139,6 +139,8 @@ mod tests {
         dist[8..12].copy_from_slice(&[19.0, 4.0, -7.0, 4.0]);
         let out = DetectionOutput::<Flex> {
             class_logits: Tensor::<Flex, 1>::from_floats(logits.as_slice(), &d).reshape([1, 21, 2]),
+            // Decoding reads the distances only.
+            box_logits: Tensor::zeros([1, 21, 4 * crate::REG_BINS], &d),
             distances: Tensor::<Flex, 1>::from_floats(dist.as_slice(), &d).reshape([1, 21, 4]),
         };
         let dets = decode_detections(&out, 32, 32, &DecodeOptions::default());

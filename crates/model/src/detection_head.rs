@@ -2,12 +2,15 @@
 //! over the three neck levels, each level with its own weights.
 //!
 //! Every cell of every level is an *anchor point* at the cell centre. For each, the head predicts
-//! per-class logits and four distances (left, top, right, bottom) from the point to the box
-//! edges, in pixels: `softplus(raw) * stride`, so distances are positive and scale with the level.
+//! per-class logits and, for each of the four box edges (left, top, right, bottom), a
+//! distribution over [`REG_BINS`] distances `0, 1, ..., REG_BINS - 1` strides from the point
+//! (Generalized Focal Loss, Li et al., NeurIPS 2020, as in YOLOv8). The distance to an edge is
+//! the distribution's mean times the stride, so it is positive, scales with the level and reaches
+//! `(REG_BINS - 1) * stride`: 120 px at stride 8, 480 px at stride 32.
 
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::prelude::*;
-use burn::tensor::activation::softplus;
+use burn::tensor::activation::softmax;
 
 use crate::conv2d;
 use crate::conv_block::{ConvBlock, ConvBlockConfig};
@@ -16,9 +19,14 @@ use crate::neck::NeckFeatures;
 /// Strides of the three detection levels.
 pub const STRIDES: [usize; 3] = [8, 16, 32];
 
-/// Prior probability of an object at initialisation; sets the classification bias so the
-/// focal loss starts near its steady state instead of swamping the first steps.
-const PRIOR_PROBABILITY: f64 = 0.01;
+/// Bins of each edge's distance distribution (YOLOv8's `reg_max`).
+pub const REG_BINS: usize = 16;
+
+/// Objects expected in a 640x640 image at initialisation (YOLOv8's bias prior): each level's
+/// classification bias starts at `ln p` with `p = PRIOR_OBJECTS / classes / cells at 640x640`,
+/// so the summed BCE over thousands of anchors starts near its steady state instead of swamping
+/// the first steps.
+const PRIOR_OBJECTS: f64 = 5.0;
 
 /// Configuration of a [`DetectionHead`].
 #[derive(Config, Debug)]
@@ -44,7 +52,11 @@ pub struct LevelHead<B: Backend> {
 pub struct DetectionOutput<B: Backend> {
     /// `[batch, anchors, classes]` logits.
     pub class_logits: Tensor<B, 3>,
-    /// `[batch, anchors, 4]` distances (left, top, right, bottom) in input pixels.
+    /// `[batch, anchors, 4 * REG_BINS]` logits of the edge distributions: edge `e`'s bin `k`
+    /// (in strides) at `e * REG_BINS + k`, edges left, top, right, bottom.
+    pub box_logits: Tensor<B, 3>,
+    /// `[batch, anchors, 4]` distances (left, top, right, bottom) in input pixels: the mean of
+    /// each edge's distribution times the stride.
     pub distances: Tensor<B, 3>,
 }
 
@@ -91,11 +103,13 @@ impl DetectionHeadConfig {
     }
 
     pub fn init<B: Backend>(&self, device: &B::Device) -> DetectionHead<B> {
-        let bias = -((1.0 - PRIOR_PROBABILITY) / PRIOR_PROBABILITY).ln();
         let levels = self
             .in_channels
             .iter()
-            .map(|&cin| {
+            .zip(STRIDES)
+            .map(|(&cin, stride)| {
+                let cells = (640.0 / stride as f64).powi(2);
+                let bias = (PRIOR_OBJECTS / self.num_classes as f64 / cells).ln();
                 let mut cls_out =
                     Conv2dConfig::new([self.hidden, self.num_classes], [1, 1]).init(device);
                 cls_out.bias = Some(burn::module::Param::from_tensor(Tensor::full(
@@ -107,7 +121,7 @@ impl DetectionHeadConfig {
                     cls: self.branch(cin).iter().map(|c| c.init(device)).collect(),
                     cls_out,
                     reg: self.branch(cin).iter().map(|c| c.init(device)).collect(),
-                    reg_out: Conv2dConfig::new([self.hidden, 4], [1, 1]).init(device),
+                    reg_out: Conv2dConfig::new([self.hidden, 4 * REG_BINS], [1, 1]).init(device),
                 }
             })
             .collect();
@@ -123,7 +137,7 @@ impl DetectionHeadConfig {
             for c in self.branch(cin) {
                 total += 2 * c.macs(at).0;
             }
-            total += pixels * (self.hidden * (self.num_classes + 4)) as u64;
+            total += pixels * (self.hidden * (self.num_classes + 4 * REG_BINS)) as u64;
         }
         total
     }
@@ -135,22 +149,60 @@ fn flatten<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 3> {
     x.reshape([b, c, h * w]).swap_dims(1, 2)
 }
 
+/// The mean of each edge's distribution, in pixels: `[b, n, 4 * REG_BINS]` -> `[b, n, 4]`.
+pub fn expected_distances<B: Backend>(box_logits: Tensor<B, 3>, stride: f32) -> Tensor<B, 3> {
+    let [b, n, _] = box_logits.dims();
+    let device = box_logits.device();
+    let probabilities = softmax(box_logits.reshape([b, n, 4, REG_BINS]), 3);
+    let bins: Vec<f32> = (0..REG_BINS).map(|k| k as f32 * stride).collect();
+    let bins = Tensor::<B, 1>::from_floats(bins.as_slice(), &device).reshape([1, 1, 1, REG_BINS]);
+    (probabilities * bins).sum_dim(3).reshape([b, n, 4])
+}
+
 impl<B: Backend> DetectionHead<B> {
     pub fn forward(&self, features: &NeckFeatures<B>) -> DetectionOutput<B> {
         let inputs = [&features.p3, &features.p4, &features.p5];
         let mut logits = Vec::with_capacity(3);
+        let mut box_logits = Vec::with_capacity(3);
         let mut distances = Vec::with_capacity(3);
         for ((head, x), stride) in self.levels.iter().zip(inputs).zip(STRIDES) {
             let cls = head.cls.iter().fold(x.clone(), |t, c| c.forward(t));
             let reg = head.reg.iter().fold(x.clone(), |t, c| c.forward(t));
             logits.push(flatten(conv2d::apply(&head.cls_out, cls)));
-            distances.push(flatten(
-                softplus(conv2d::apply(&head.reg_out, reg), 1.0) * stride as f64,
-            ));
+            let edges = flatten(conv2d::apply(&head.reg_out, reg));
+            distances.push(expected_distances(edges.clone(), stride as f32));
+            box_logits.push(edges);
         }
         DetectionOutput {
             class_logits: Tensor::cat(logits, 1),
+            box_logits: Tensor::cat(box_logits, 1),
             distances: Tensor::cat(distances, 1),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+
+    #[test]
+    fn distances_are_the_mean_of_each_edge_distribution_in_pixels() {
+        let d = Default::default();
+        // Anchor 0: uniform logits on every edge (mean 7.5 bins). Anchor 1: edge 0 all but
+        // certain of bin 3, edge 1 split evenly between bins 2 and 4, edges 2-3 uniform.
+        let mut logits = vec![0.0f32; 2 * 4 * REG_BINS];
+        let row = 4 * REG_BINS;
+        logits[row..row + REG_BINS].fill(-30.0);
+        logits[row + 3] = 30.0;
+        logits[row + REG_BINS..row + 2 * REG_BINS].fill(-30.0);
+        logits[row + REG_BINS + 2] = 5.0;
+        logits[row + REG_BINS + 4] = 5.0;
+        let t = Tensor::<Flex, 1>::from_floats(logits.as_slice(), &d).reshape([1, 2, row]);
+        let v: Vec<f32> = expected_distances(t, 8.0).into_data().to_vec().unwrap();
+        let want = [60.0, 60.0, 60.0, 60.0, 24.0, 24.0, 60.0, 60.0];
+        for (a, b) in v.iter().zip(want) {
+            assert!((a - b).abs() < 1e-3, "{v:?}");
         }
     }
 }

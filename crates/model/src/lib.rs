@@ -7,7 +7,7 @@
 //! image [b, 3, h, w]
 //!   -> Backbone (stem + 4 CSP stages + SPPF)       strides 4, 8, 16, 32
 //!   -> Neck (FPN top-down + PAN bottom-up)          strides 8, 16, 32
-//!   -> DetectionHead (anchor-free, decoupled)       [b, anchors, classes] + [b, anchors, 4]
+//!   -> DetectionHead (anchor-free, decoupled)       [b, anchors, classes] + [b, anchors, 4 x 16]
 //!   -> SegmentationHead x2 (stride 8 -> 1, with a stride-4 skip)
 //!                                                  drivable [b, 1, h, w], lanes [b, 1, h, w]
 //! ```
@@ -23,9 +23,9 @@
 //!
 //! | size   | width x depth | parameters | GFLOPs @ 640x384 | GFLOPs @ 320x192 |
 //! |--------|---------------|-----------:|-----------------:|-----------------:|
-//! | nano   | 0.25 x 0.34   |     3.07 M |             6.23 |             1.56 |
-//! | small  | 0.375 x 0.34  |     6.89 M |            13.98 |             3.49 |
-//! | medium | 0.4375 x 0.67 |    12.60 M |            23.90 |             5.97 |
+//! | nano   | 0.25 x 0.34   |     3.08 M |             6.27 |             1.57 |
+//! | small  | 0.375 x 0.34  |     6.91 M |            14.04 |             3.51 |
+//! | medium | 0.4375 x 0.67 |    12.62 M |            23.97 |             5.99 |
 //!
 //! For scale: YOLOP has 7.9 M parameters, HybridNets 12.8 M: `nano` is well under YOLOP,
 //! `small` a little under it, `medium` about HybridNets.
@@ -33,9 +33,12 @@
 //! ## Detection
 //!
 //! Anchor points are the cell centres of the three levels ([`anchor_points`]). The head predicts
-//! per-class logits (sigmoid, multi-label) and distances to the four box edges. Targets are
-//! assigned by [`assign_targets`] (centre sampling with one scale per level; see [`assign`]).
-//! Losses are in [`loss`]; decoding and class-aware NMS (burn-vision) in [`decode`].
+//! per-class logits (sigmoid, multi-label) and, per box edge, a distribution over
+//! [`REG_BINS`] distances whose mean is the edge's distance. Targets are assigned by
+//! [`assign_targets`] (task-aligned assignment ranked by the network's own predictions; see
+//! [`assign`]); losses (quality-aware BCE, CIoU, distribution focal loss) are in [`loss`];
+//! decoding and class-aware NMS (burn-vision) in [`decode`]. This is YOLOv8's detection
+//! recipe; `benches/ultralytics/` compares the two side by side.
 
 pub mod assign;
 pub mod backbone;
@@ -58,10 +61,10 @@ pub mod precision;
 pub mod segmentation_head;
 pub mod sppf;
 
-pub use assign::{assign_targets, DetectionTargets, ImageTargets, TargetBox};
+pub use assign::{assign_targets, DetectionTargets, ImageTargets, Predictions, TargetBox};
 pub use conv_kernels::{use_conv_kernels, ConvKernels};
 pub use decode::{decode_detections, DecodeOptions, ScoredBox};
-pub use detection_head::{anchor_points, AnchorPoint, DetectionOutput, STRIDES};
+pub use detection_head::{anchor_points, AnchorPoint, DetectionOutput, REG_BINS, STRIDES};
 pub use loss::{multitask_loss, LossParts, LossWeights, SegmentationTargets};
 pub use network::{
     check_input_size, ModelSize, PerceptionNet, PerceptionNetConfig, PerceptionOutput, Tasks,

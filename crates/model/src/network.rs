@@ -229,7 +229,7 @@ impl<B: Backend> PerceptionNet<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::detection_head::anchor_points;
+    use crate::detection_head::{anchor_points, REG_BINS};
     use burn::backend::Flex;
     use burn::tensor::Distribution;
 
@@ -246,6 +246,7 @@ mod tests {
                 (h / 8) * (w / 8) + (h / 16) * (w / 16) + (h / 32) * (w / 32)
             );
             assert_eq!(det.class_logits.dims(), [2, anchors, 5]);
+            assert_eq!(det.box_logits.dims(), [2, anchors, 4 * REG_BINS]);
             assert_eq!(det.distances.dims(), [2, anchors, 4]);
             assert_eq!(out.drivable.unwrap().dims(), [2, 1, h, w]);
             assert_eq!(out.lanes.unwrap().dims(), [2, 1, h, w]);
@@ -291,9 +292,9 @@ mod tests {
         // The table in the crate docs (lib.rs): parameters (7 classes) and GFLOPs @ 640x384.
         let device = Default::default();
         let expected = [
-            (ModelSize::Nano, 3.07, 6.23),
-            (ModelSize::Small, 6.89, 13.98),
-            (ModelSize::Medium, 12.60, 23.90),
+            (ModelSize::Nano, 3.08, 6.27),
+            (ModelSize::Small, 6.91, 14.04),
+            (ModelSize::Medium, 12.62, 23.97),
         ];
         for (size, params_m, gflops) in expected {
             let config = PerceptionNetConfig::new(size, 7);

@@ -21,14 +21,14 @@ use crate::TrainError;
 /// Sums of loss values over steps, for window and epoch means.
 #[derive(Debug, Clone, Default)]
 struct LossMean {
-    sum: [f64; 5],
+    sum: [f64; 6],
     steps: usize,
-    present: [bool; 4],
+    present: [bool; 5],
 }
 
 impl LossMean {
     fn add(&mut self, v: &LossValues) {
-        let terms = [v.classification, v.box_iou, v.drivable, v.lanes];
+        let terms = [v.classification, v.box_iou, v.dfl, v.drivable, v.lanes];
         self.sum[0] += v.total as f64;
         for (k, t) in terms.iter().enumerate() {
             self.present[k] = t.is_some();
@@ -49,8 +49,9 @@ impl LossMean {
             total: m(0),
             classification: p[0].then(|| m(1)),
             box_iou: p[1].then(|| m(2)),
-            drivable: p[2].then(|| m(3)),
-            lanes: p[3].then(|| m(4)),
+            dfl: p[2].then(|| m(3)),
+            drivable: p[3].then(|| m(4)),
+            lanes: p[4].then(|| m(5)),
         };
         *self = LossMean::default();
         Some(mean)

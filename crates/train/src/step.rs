@@ -10,12 +10,15 @@
 
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
+use burn::tensor::activation::sigmoid;
 use burn::tensor::backend::AutodiffBackend;
 use percept_data::Batch;
 use percept_eval::inputs::{batch_tensors, detection_targets};
 use percept_eval::metrics_log::LossValues;
+use percept_model::loss::distances_to_boxes;
 use percept_model::{
-    assign_targets, autocast, multitask_loss, use_conv_kernels, LossParts, PerceptionNet,
+    assign_targets, autocast, multitask_loss, use_conv_kernels, DetectionOutput, DetectionTargets,
+    LossParts, PerceptionNet, Predictions,
 };
 
 use crate::config::RunConfig;
@@ -171,15 +174,37 @@ pub fn batch_loss<B: Backend>(
         let _kernels = use_conv_kernels(config.train.conv);
         net.forward(images)
     };
-    let det_targets = output.detection.as_ref().map(|_| {
-        assign_targets(
-            batch.height,
-            batch.width,
-            &detection_targets(batch),
-            num_classes,
-        )
-    });
+    let det_targets = output
+        .detection
+        .as_ref()
+        .map(|out| assign_batch(out, batch, num_classes));
     multitask_loss(&output, det_targets.as_ref(), &seg, &config.loss)
+}
+
+/// Task-aligned assignment of a batch's boxes, ranked by the forward pass's own (detached)
+/// predictions; read to the host in one transfer.
+pub fn assign_batch<B: Backend>(
+    output: &DetectionOutput<B>,
+    batch: &Batch,
+    num_classes: usize,
+) -> DetectionTargets {
+    let scores = sigmoid(output.class_logits.clone().detach()).flatten::<1>(0, 2);
+    let boxes = distances_to_boxes(output.distances.clone().detach(), batch.height, batch.width)
+        .flatten::<1>(0, 2);
+    let split = scores.dims()[0];
+    let values: Vec<f32> = Tensor::cat(vec![scores, boxes], 0)
+        .into_data()
+        .convert::<f32>()
+        .to_vec()
+        .expect("f32 data");
+    let (scores, boxes) = values.split_at(split);
+    assign_targets(
+        batch.height,
+        batch.width,
+        &detection_targets(batch),
+        num_classes,
+        &Predictions { scores, boxes },
+    )
 }
 
 /// The loss terms as one detached `[n]` tensor: total first, then the present terms in
@@ -189,6 +214,7 @@ pub fn loss_terms<B: AutodiffBackend>(parts: &LossParts<B>) -> Tensor<B::InnerBa
         Some(&parts.total),
         parts.classification.as_ref(),
         parts.box_iou.as_ref(),
+        parts.dfl.as_ref(),
         parts.drivable.as_ref(),
         parts.lanes.as_ref(),
     ];
@@ -203,8 +229,8 @@ pub fn loss_terms<B: AutodiffBackend>(parts: &LossParts<B>) -> Tensor<B::InnerBa
 }
 
 /// [`loss_terms`]' values back as [`LossValues`], given which terms are present
-/// (classification, box, drivable, lanes).
-pub fn loss_values(values: &[f32], present: [bool; 4]) -> LossValues {
+/// (classification, box IoU, box distribution, drivable, lanes).
+pub fn loss_values(values: &[f32], present: [bool; 5]) -> LossValues {
     let mut it = values.iter().copied();
     let total = it.next().unwrap_or(f32::NAN);
     let mut next = |p: bool| if p { it.next() } else { None };
@@ -212,7 +238,8 @@ pub fn loss_values(values: &[f32], present: [bool; 4]) -> LossValues {
         total,
         classification: next(present[0]),
         box_iou: next(present[1]),
-        drivable: next(present[2]),
-        lanes: next(present[3]),
+        dfl: next(present[2]),
+        drivable: next(present[3]),
+        lanes: next(present[4]),
     }
 }

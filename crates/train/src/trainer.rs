@@ -326,6 +326,7 @@ where
             [
                 tasks.detection,
                 tasks.detection,
+                tasks.detection,
                 tasks.drivable,
                 tasks.lanes,
             ],
