@@ -112,7 +112,8 @@ def tool(args, name: str) -> Path:
     return path
 
 
-def make_dataset(args, out: Path) -> tuple[Path, Path]:
+def make_dataset(args, out: Path, export: bool) -> tuple[Path, Path]:
+    """The percept dataset in OUT/data and, with `export`, its YOLO export in OUT/yolo."""
     data, yolo = out / "data", out / "yolo"
     spec = dataset_spec(args)
     marker = out / "dataset.json"
@@ -138,7 +139,7 @@ def make_dataset(args, out: Path) -> tuple[Path, Path]:
         )
         manifest = json.loads((data / "manifest.json").read_text())
         write_json(marker, {"spec": spec, "manifest_seal": manifest.get("seal")})
-    if not (yolo / "data.yaml").exists():
+    if export and not (yolo / "data.yaml").exists():
         shutil.rmtree(yolo, ignore_errors=True)
         run([tool(args, "yolo_export"), data, yolo])
     return data, yolo
@@ -558,8 +559,8 @@ def main() -> None:
     budgets = [int(b) for b in args.budgets.split(",") if b]
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    data, yolo = make_dataset(args, out)
     methods = [args.only] if args.only else list(METHODS)
+    data, yolo = make_dataset(args, out, export="ultralytics" in methods)
     for budget in budgets:
         for method in methods:
             if method == "percept":
