@@ -33,9 +33,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use percept::data::{
-    BoxLabel, IgnoreRegion, Letterbox, Manifest, Sample, Split, DEFAULT_MIN_BOX_SIDE,
-};
+use percept::data::{Letterbox, Manifest, Split, DEFAULT_MIN_BOX_SIDE};
+use percept::eval::eval::original_targets;
 use percept::eval::metrics::{Detection, DetectionEvaluator};
 use percept::train::data::open_for_site;
 use serde_json::{json, Value};
@@ -228,41 +227,4 @@ fn score(data: &Path, predictions: &Path, input: Option<(u32, u32)>) -> Result<V
         "per_class_ap50": per_class_ap50,
         "per_class": per_class,
     }))
-}
-
-/// Ground truth and ignore regions of `sample` in its own pixels, as `percept eval` prepares
-/// them at "original" resolution: everything clipped to the image, and a box under
-/// `min_box_side` network pixels once letterboxed made an ignore region.
-///
-/// A copy of the private `original_targets` in `crates/eval/src/eval.rs`; keep them the same
-/// (making that one public would remove this copy).
-fn original_targets(
-    sample: &Sample,
-    lb: &Letterbox,
-    min_box_side: f32,
-) -> (Vec<BoxLabel>, Vec<IgnoreRegion>) {
-    let (w, h) = sample.image.dimensions();
-    let clip = |x1: f32, y1: f32, x2: f32, y2: f32| {
-        let (x1, x2) = (x1.clamp(0.0, w as f32), x2.clamp(0.0, w as f32));
-        let (y1, y2) = (y1.clamp(0.0, h as f32), y2.clamp(0.0, h as f32));
-        (x2 > x1 && y2 > y1).then_some([x1, y1, x2, y2])
-    };
-    let mut boxes = Vec::new();
-    let mut ignore = Vec::new();
-    for b in &sample.boxes {
-        let Some([x1, y1, x2, y2]) = clip(b.x1, b.y1, b.x2, b.y2) else {
-            continue;
-        };
-        if (x2 - x1) * lb.scale >= min_box_side && (y2 - y1) * lb.scale >= min_box_side {
-            boxes.push(BoxLabel::new(b.class, [x1, y1, x2, y2]));
-        } else {
-            ignore.push(IgnoreRegion { x1, y1, x2, y2 });
-        }
-    }
-    for r in &sample.ignore {
-        if let Some([x1, y1, x2, y2]) = clip(r.x1, r.y1, r.x2, r.y2) {
-            ignore.push(IgnoreRegion { x1, y1, x2, y2 });
-        }
-    }
-    (boxes, ignore)
 }

@@ -98,8 +98,8 @@ fn a_short_run_is_read_back_from_its_metrics_charts_and_tensorboard_events() {
     assert_eq!(plotted.epoch_lines, 1);
     assert_eq!(
         loss.points(),
-        (4 + 1) * 5,
-        "(4 steps + 1 epoch) x (total + 4 terms)"
+        (4 + 1) * 6,
+        "(4 steps + 1 epoch) x (total + 5 terms)"
     );
     for chart in &plotted.charts {
         assert!(chart.path.exists(), "{}", chart.path.display());

@@ -231,8 +231,9 @@ impl Slices {
 
 /// Ground truth and ignore regions of `sample` in its own pixels, split as evaluation at
 /// network resolution splits them: a box under `min_box_side` network pixels once
-/// letterboxed is an ignore region. Everything is clipped to the image.
-fn original_targets(
+/// letterboxed is an ignore region. Everything is clipped to the image. `examples/
+/// score_detections.rs` prepares another detector's ground truth with it.
+pub fn original_targets(
     sample: &Sample,
     lb: &Letterbox,
     min_box_side: f32,

@@ -185,6 +185,7 @@ mod tests {
             total: 8.135771,
             classification: Some(1.1384234),
             box_iou: None,
+            dfl: None,
             drivable: Some(1.326602),
             lanes: Some(1.5553923),
         };
