@@ -5,11 +5,17 @@ use std::path::Path;
 use burn::backend::{Autodiff, Flex};
 use burn::module::{AutodiffModule, Module};
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::prelude::ElementConversion;
 use percept::commands;
 use percept::data::{collate, Batch, Manifest, Split};
 use percept::eval::eval::{EvalReport, MetricResolution};
+use percept::eval::inputs::batch_tensors;
 use percept::eval::model_file::load_model;
-use percept::model::{ModelSize, PerceptionNet, PerceptionNetConfig, Precision};
+use percept::model::assign::box_iou;
+use percept::model::{
+    decode_detections, DecodeOptions, LossParts, ModelSize, PerceptionNet, PerceptionNetConfig,
+    Precision,
+};
 use percept::train::config::RunConfig;
 use percept::train::data::open_for_site;
 use percept::train::export::{output_values, probe_input};
@@ -234,15 +240,66 @@ fn a_fixed_batch_overfits() {
     let mut last = 0.0;
     for _ in 0..150 {
         let loss = batch_loss(&net, &batch, 7, &config, &device);
-        last = loss.total.clone().into_scalar();
+        // The segmentation terms: their targets are fixed. The detection terms are not (a
+        // positive's classification target is its current quality), and soft targets keep
+        // their cross-entropy above zero, so detection is judged by what it finds below.
+        last = segmentation_loss(&loss);
         first.get_or_insert(last);
         let grads = GradientsParams::from_grads(loss.total.backward(), &net);
         net = optim.step(config.train.lr, net, grads);
     }
     let first = first.unwrap();
-    assert!(last < first / 10.0, "loss went from {first} to {last}");
-    // The trained weights decode to a non-trivial network in inference mode.
-    let _ = net.valid();
+    eprintln!("segmentation loss {first} -> {last}");
+    assert!(
+        last < first / 5.0,
+        "segmentation loss went from {first} to {last}"
+    );
+    // The trained network finds most boxes of its two frames: matched (class, and IoU at
+    // least 0.5) by a detection scoring at least 0.1. (Seeded: 6 of 9; the misses are boxes a
+    // few pixels wide at this 96x64 input. An untrained network finds none.)
+    let (images, _) = batch_tensors::<Flex>(&batch, &device);
+    let out = net.valid().forward(images);
+    let options = DecodeOptions {
+        score_threshold: 0.1,
+        ..DecodeOptions::default()
+    };
+    let found = decode_detections(
+        out.detection.as_ref().unwrap(),
+        H as usize,
+        W as usize,
+        &options,
+    );
+    let (mut matched, mut total) = (0, 0);
+    for (image, dets) in batch.boxes.iter().zip(&found) {
+        for b in image {
+            total += 1;
+            let gt = [b.x1, b.y1, b.x2, b.y2];
+            if dets
+                .iter()
+                .any(|d| d.class == b.class as usize && box_iou(&d.bbox, &gt) >= 0.5)
+            {
+                matched += 1;
+            }
+        }
+    }
+    eprintln!(
+        "found {matched} of {total} boxes; detections {:?}",
+        found.iter().map(Vec::len).collect::<Vec<_>>()
+    );
+    assert!(total > 0);
+    assert!(
+        2 * matched > total,
+        "found {matched} of {total} boxes: {found:?}"
+    );
+}
+
+/// The drivable-area and lane terms of a loss.
+fn segmentation_loss<B: burn::tensor::backend::Backend>(loss: &LossParts<B>) -> f32 {
+    [&loss.drivable, &loss.lanes]
+        .into_iter()
+        .flatten()
+        .map(|t| t.clone().into_scalar().elem::<f32>())
+        .sum()
 }
 
 #[test]
@@ -260,7 +317,8 @@ fn bf16_convolutions_train_like_f32() {
         let mut losses = Vec::new();
         for _ in 0..25 {
             let loss = batch_loss(&net, &batch, 7, &config, &device);
-            losses.push(loss.total.clone().into_scalar());
+            // Segmentation terms: fixed targets (see a_fixed_batch_overfits).
+            losses.push(segmentation_loss(&loss));
             let grads = GradientsParams::from_grads(loss.total.backward(), &net);
             net = optim.step(config.train.lr, net, grads);
         }
@@ -439,9 +497,9 @@ impl<B: burn::prelude::Backend> burn::module::ModuleVisitor<B> for First<'_> {
     }
 }
 
-/// A copy of model file `from` at `to` with every f32 value set to `value` (header metadata,
-/// such as the model card, kept).
-fn with_every_weight(from: &Path, to: &Path, value: f32) {
+/// A copy of model file `from` at `to` with every f32 value of each tensor whose name contains
+/// `part` set to `value` (header metadata, such as the model card, kept).
+fn with_tensors_set(from: &Path, to: &Path, part: &str, value: f32) {
     use safetensors::tensor::TensorView;
     let bytes = std::fs::read(from).unwrap();
     let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
@@ -450,7 +508,7 @@ fn with_every_weight(from: &Path, to: &Path, value: f32) {
         .tensors()
         .into_iter()
         .map(|(name, view)| {
-            let data = if view.dtype() == safetensors::Dtype::F32 {
+            let data = if view.dtype() == safetensors::Dtype::F32 && name.contains(part) {
                 value.to_le_bytes().repeat(view.data().len() / 4)
             } else {
                 view.data().to_vec()
@@ -466,8 +524,8 @@ fn with_every_weight(from: &Path, to: &Path, value: f32) {
     std::fs::write(to, out).unwrap();
 }
 
-/// An export whose verification fails (here: finite weights so large that the outputs
-/// overflow) leaves nothing at an absent `--out` and an existing `--out` untouched; the check
+/// An export whose verification fails (here: finite weights whose outputs overflow) leaves
+/// nothing at an absent `--out` and an existing `--out` untouched; the check
 /// runs on the written file before it is renamed into place.
 #[test]
 fn a_failed_export_leaves_out_as_it_was() {
@@ -475,7 +533,9 @@ fn a_failed_export_leaves_out_as_it_was() {
     let data = synth(dir.path(), "DE", 6, 3);
     let summary = commands::train(&config(dir.path(), &data, 1), DeviceSpec::Cpu).unwrap();
     let huge = dir.path().join("huge.safetensors");
-    with_every_weight(&summary.checkpoint, &huge, 1e38);
+    // Finite, but with the class outputs' weights and biases at f32::MAX, any anchor whose
+    // features sum positive overflows to infinity.
+    with_tensors_set(&summary.checkpoint, &huge, "cls_out.", f32::MAX);
     let exports = dir.path().join("exports");
     std::fs::create_dir(&exports).unwrap();
     let out = exports.join("model.safetensors");

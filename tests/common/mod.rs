@@ -99,6 +99,18 @@ pub fn percept(args: &[&str]) -> Output {
 }
 
 /// The `loss.total` of each `step` line of a run's `metrics.jsonl`.
+/// The drivable-area plus lane terms of each step line: the part of the loss whose targets do
+/// not move as the network learns (detection's quality targets do).
+pub fn step_segmentation_losses(run: &Path) -> Vec<f64> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] == "step")
+        .map(|v| v["loss"]["drivable"].as_f64().unwrap() + v["loss"]["lanes"].as_f64().unwrap())
+        .collect()
+}
+
 pub fn step_losses(run: &Path) -> Vec<f64> {
     std::fs::read_to_string(run.join("metrics.jsonl"))
         .unwrap()

@@ -204,8 +204,11 @@ mod tests {
         let text = step.to_json();
         assert_eq!(
             text,
-            r#"{"kind":"step","step":2,"epoch":0,"lr":0.0001367502526807355,"loss":{"total":8.135771,"classification":1.1384234,"box_iou":null,"drivable":1.326602,"lanes":1.5553923},"grad_norm":315.0987,"images_per_second":13.5,"elapsed_seconds":0.581062538,"data_wait_fraction":0.04747767098349748,"skipped_samples":0,"nonfinite_steps":0}"#
+            r#"{"kind":"step","step":2,"epoch":0,"lr":0.0001367502526807355,"loss":{"total":8.135771,"classification":1.1384234,"box_iou":null,"dfl":null,"drivable":1.326602,"lanes":1.5553923},"grad_norm":315.0987,"images_per_second":13.5,"elapsed_seconds":0.581062538,"data_wait_fraction":0.04747767098349748,"skipped_samples":0,"nonfinite_steps":0}"#
         );
+        // Lines written before the DFL term existed read back with it absent.
+        let old = text.replace(r#""dfl":null,"#, "");
+        assert_eq!(serde_json::from_str::<MetricsLine>(&old).unwrap(), step);
         assert_eq!(serde_json::from_str::<MetricsLine>(&text).unwrap(), step);
         let validation = MetricsLine::Validation(ValidationResult {
             step: 6,

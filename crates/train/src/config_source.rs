@@ -1388,7 +1388,7 @@ weight_decay = -1.0
     fn shipped_configs_load_and_validate() {
         let configs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
         let smoke = RunConfig::load(&configs.join("smoke.toml")).unwrap();
-        assert_eq!((smoke.name.as_str(), smoke.train.steps), ("smoke", 260));
+        assert_eq!((smoke.name.as_str(), smoke.train.steps), ("smoke", 800));
         let base = RunConfig::load(&configs.join("base.toml")).unwrap();
         assert_eq!(base.model.size, ModelSize::Small);
         assert_eq!(

@@ -41,6 +41,7 @@ pub fn output_values<B: Backend>(net: &PerceptionNet<B>, input: Tensor<B, 4>) ->
     let mut parts: Vec<Tensor<B, 1>> = Vec::new();
     if let Some(d) = out.detection {
         parts.push(d.class_logits.flatten(0, 2));
+        parts.push(d.box_logits.flatten(0, 2));
         parts.push(d.distances.flatten(0, 2));
     }
     parts.extend(out.drivable.map(|t| t.flatten(0, 3)));
