@@ -98,25 +98,30 @@ pub fn percept(args: &[&str]) -> Output {
     }
 }
 
-/// The `loss.total` of each `step` line of a run's `metrics.jsonl`.
-/// The drivable-area plus lane terms of each step line: the part of the loss whose targets do
-/// not move as the network learns (detection's quality targets do).
-pub fn step_segmentation_losses(run: &Path) -> Vec<f64> {
+/// The `loss` object of each `step` line of a run's `metrics.jsonl`.
+fn step_loss_objects(run: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(run.join("metrics.jsonl"))
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
         .filter(|v| v["kind"] == "step")
-        .map(|v| v["loss"]["drivable"].as_f64().unwrap() + v["loss"]["lanes"].as_f64().unwrap())
+        .map(|v| v["loss"].clone())
         .collect()
 }
 
+/// The drivable-area plus lane terms of each step line: the part of the loss whose targets do
+/// not move as the network learns (detection's quality targets do).
+pub fn step_segmentation_losses(run: &Path) -> Vec<f64> {
+    step_loss_objects(run)
+        .iter()
+        .map(|l| l["drivable"].as_f64().unwrap() + l["lanes"].as_f64().unwrap())
+        .collect()
+}
+
+/// The `loss.total` of each `step` line of a run's `metrics.jsonl`.
 pub fn step_losses(run: &Path) -> Vec<f64> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v["kind"] == "step")
-        .map(|v| v["loss"]["total"].as_f64().unwrap())
+    step_loss_objects(run)
+        .iter()
+        .map(|l| l["total"].as_f64().unwrap())
         .collect()
 }
