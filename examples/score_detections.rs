@@ -33,49 +33,41 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use clap::Parser;
 use percept::data::{Letterbox, Manifest, Split, DEFAULT_MIN_BOX_SIDE};
 use percept::eval::eval::original_targets;
 use percept::eval::metrics::{Detection, DetectionEvaluator};
 use percept::train::data::open_for_site;
 use serde_json::{json, Value};
 
-fn usage() -> String {
-    "usage: score_detections <percept dataset dir> <predictions.json> [--input WIDTHxHEIGHT] \
-     [--out FILE]"
-        .to_string()
+/// Scores another detector's predictions with percept's COCO detection metrics.
+#[derive(Parser)]
+struct Args {
+    /// The percept dataset (its val split is scored).
+    data: PathBuf,
+    /// The predictions JSON (see the module docs).
+    predictions: PathBuf,
+    /// percept's network input, WIDTHxHEIGHT (default: each image's own size).
+    #[arg(long, value_parser = parse_size)]
+    input: Option<(u32, u32)>,
+    /// Also write the scores here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+fn parse_size(v: &str) -> Result<(u32, u32), String> {
+    v.split_once('x')
+        .and_then(|(w, h)| Some((w.parse::<u32>().ok()?, h.parse::<u32>().ok()?)))
+        .filter(|&(w, h)| w > 0 && h > 0)
+        .ok_or_else(|| format!("{v:?} is not WIDTHxHEIGHT (e.g. 256x160)"))
 }
 
 fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut positional = Vec::new();
-    let (mut input, mut out) = (None, None);
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--input" => {
-                let v = it.next().context("--input takes WIDTHxHEIGHT")?;
-                let parsed = v
-                    .split_once('x')
-                    .and_then(|(w, h)| Some((w.parse::<u32>().ok()?, h.parse::<u32>().ok()?)))
-                    .filter(|&(w, h)| w > 0 && h > 0);
-                input = Some(parsed.with_context(|| format!("--input {v:?}: not WIDTHxHEIGHT"))?);
-            }
-            "--out" => out = Some(PathBuf::from(it.next().context("--out takes a file")?)),
-            "-h" | "--help" => {
-                println!("{}", usage());
-                return Ok(());
-            }
-            s if s.starts_with("--") => bail!("unknown flag {s}\n{}", usage()),
-            _ => positional.push(PathBuf::from(a)),
-        }
-    }
-    let [data, predictions] = positional.as_slice() else {
-        bail!("{}", usage());
-    };
-    let report = score(data, predictions, input)?;
+    let args = Args::parse();
+    let report = score(&args.data, &args.predictions, args.input)?;
     let text = serde_json::to_string_pretty(&report)?;
     println!("{text}");
-    if let Some(out) = out {
+    if let Some(out) = args.out {
         fs::write(&out, text + "\n").with_context(|| format!("writing {}", out.display()))?;
     }
     Ok(())

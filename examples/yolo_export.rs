@@ -33,6 +33,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use clap::Parser;
 use image::Rgb;
 use percept::data::{Manifest, Sample, Split};
 use percept::train::data::open_for_site;
@@ -40,42 +41,29 @@ use percept::train::data::open_for_site;
 /// The grey percept's letterbox pads with (and ultralytics' letterbox too).
 const FILL: u8 = 114;
 
-#[derive(Clone, Copy, PartialEq)]
+/// What becomes of a train frame's ignore regions (YOLO's labels have none).
+#[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
 enum IgnoreHandling {
+    /// Filled with the letterbox grey, so no unlabelled object is learnt as background.
     Fill,
+    /// Left as they are, the regions left out.
     Drop,
 }
 
-fn usage() -> String {
-    "usage: yolo_export <percept dataset dir> <out dir> [--ignore fill|drop]".to_string()
+/// Writes a percept dataset in ultralytics' YOLO layout.
+#[derive(Parser)]
+struct Args {
+    /// The percept dataset (train and val splits).
+    data: PathBuf,
+    /// A new or empty directory.
+    out: PathBuf,
+    #[arg(long, value_enum, default_value = "fill")]
+    ignore: IgnoreHandling,
 }
 
 fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut positional = Vec::new();
-    let mut ignore = IgnoreHandling::Fill;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--ignore" => {
-                ignore = match it.next().map(String::as_str) {
-                    Some("fill") => IgnoreHandling::Fill,
-                    Some("drop") => IgnoreHandling::Drop,
-                    other => bail!("--ignore takes fill or drop, not {other:?}\n{}", usage()),
-                }
-            }
-            "-h" | "--help" => {
-                println!("{}", usage());
-                return Ok(());
-            }
-            s if s.starts_with("--") => bail!("unknown flag {s}\n{}", usage()),
-            _ => positional.push(PathBuf::from(a)),
-        }
-    }
-    let [data, out] = positional.as_slice() else {
-        bail!("{}", usage());
-    };
-    export(data, out, ignore)
+    let args = Args::parse();
+    export(&args.data, &args.out, args.ignore)
 }
 
 /// Name of sample `index` in the export (image and label file stem, predictions key).
