@@ -272,6 +272,8 @@ fn main() -> Result<()> {
                     audit_head: None,
                     site_key: None,
                     percept_version: env!("CARGO_PKG_VERSION").into(),
+                    base: None,
+                    finetune: None,
                 },
             };
             (net, card)

@@ -150,6 +150,10 @@ pub enum DataError {
     /// Invalid options for a generator or writer (the message names the option).
     #[error("invalid options: {0}")]
     InvalidOptions(String),
+
+    /// A country profile does not parse or is inconsistent (the message names the key).
+    #[error("country profile {origin}: {message}")]
+    BadProfile { origin: String, message: String },
 }
 
 impl DataError {

@@ -14,6 +14,7 @@ pub mod atomic_file;
 pub mod audit;
 pub mod augment;
 pub mod batch;
+pub mod country;
 pub mod dataset;
 pub mod error;
 pub mod keys;
@@ -36,6 +37,10 @@ pub use augment::{
 pub use batch::{
     collate, collate_augmented, image_to_chw, letterbox_image, letterbox_mask, Batch, Letterbox,
     NORM_MEAN, NORM_STD,
+};
+pub use country::{
+    ClassMapping, ClassOrigin, CountryProfile, EdgeLines, LineColour, NewObjectShape, StopSign,
+    WarningSign,
 };
 pub use dataset::{Dataset, IntegrityPolicy, ShardCheck};
 pub use error::{DataError, Result};

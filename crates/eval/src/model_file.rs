@@ -91,6 +91,73 @@ pub struct Provenance {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub site_key: Option<String>,
     pub percept_version: String,
+    /// The model this run started from (`train.init` or `percept finetune --base`), nested
+    /// whole: a fine-tune's provenance reaches back to the first global run. The base file's
+    /// blake3 is `base_checkpoint`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<Box<BaseLink>>,
+    /// What made this run a country fine-tune.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finetune: Option<FinetuneRecord>,
+}
+
+impl Provenance {
+    /// blake3 of the provenance as serialised (JSON, fields in declaration order).
+    pub fn digest(&self) -> String {
+        let json = serde_json::to_vec(self).expect("provenance serialises");
+        blake3::hash(&json).to_hex().to_string()
+    }
+}
+
+/// One link of a provenance chain: the base model's card, as far as it says where the weights
+/// came from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BaseLink {
+    /// [`Provenance::digest`] of `provenance` when the link was made: an edited link no
+    /// longer matches it.
+    pub provenance_hash: String,
+    pub architecture: PerceptionNetConfig,
+    pub classes: Vec<String>,
+    pub provenance: Provenance,
+}
+
+impl BaseLink {
+    /// The link to the model whose card is `card`.
+    pub fn of(card: &ModelCard) -> Self {
+        BaseLink {
+            provenance_hash: card.provenance.digest(),
+            architecture: card.architecture.clone(),
+            classes: card.classes.clone(),
+            provenance: card.provenance.clone(),
+        }
+    }
+
+    /// The nested provenance still has the digest recorded when the link was made.
+    pub fn verifies(&self) -> bool {
+        self.provenance.digest() == self.provenance_hash
+    }
+}
+
+/// A country fine-tune's settings, as far as they shape the weights.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FinetuneRecord {
+    /// The country profile's code (`JP`) and the blake3 of its text.
+    pub profile: String,
+    pub profile_hash: String,
+    /// The base model's classes mapped to the country's.
+    pub class_mapping: percept_data::ClassMapping,
+    /// `none`, `backbone` or `backbone+neck`.
+    pub freeze: String,
+    /// Batch-norm statistics of the frozen parts kept at the base's.
+    pub freeze_norm_statistics: bool,
+    /// Weight of distillation from the frozen base, when on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distillation: Option<f32>,
+    /// Weight of the L2-SP pull towards the base weights, when on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub l2sp: Option<f32>,
 }
 
 /// Everything an inference stack needs besides the weights.

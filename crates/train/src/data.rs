@@ -297,6 +297,8 @@ impl TrainingData {
             audit_head: None,
             site_key: None,
             percept_version: env!("CARGO_PKG_VERSION").into(),
+            base: None,
+            finetune: None,
         }
     }
 }
