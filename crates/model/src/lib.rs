@@ -50,6 +50,7 @@ pub mod csp_block;
 pub mod decode;
 pub mod dense;
 pub mod detection_head;
+pub mod distill;
 #[cfg(feature = "flex")]
 mod flex_backend;
 pub mod im2col;
@@ -62,9 +63,11 @@ pub mod segmentation_head;
 pub mod sppf;
 
 pub use assign::{assign_targets, DetectionTargets, ImageTargets, Predictions, TargetBox};
+pub use batch_norm::{freeze_norm_statistics, FrozenNorms};
 pub use conv_kernels::{use_conv_kernels, ConvKernels};
 pub use decode::{decode_detections, DecodeOptions, ScoredBox};
 pub use detection_head::{anchor_points, AnchorPoint, DetectionOutput, REG_BINS, STRIDES};
+pub use distill::{distillation_loss, DistillationParts};
 pub use loss::{multitask_loss, LossParts, LossWeights, SegmentationTargets};
 pub use network::{
     check_input_size, ModelSize, PerceptionNet, PerceptionNetConfig, PerceptionOutput, Tasks,

@@ -7,6 +7,7 @@ use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::backbone::{Backbone, BackboneConfig};
+use crate::batch_norm::{enter_part, NetPart};
 use crate::detection_head::{DetectionHead, DetectionHeadConfig, DetectionOutput};
 use crate::neck::{Neck, NeckConfig};
 use crate::segmentation_head::{SegmentationHead, SegmentationHeadConfig};
@@ -212,10 +213,30 @@ pub fn check_input_size(height: usize, width: usize) -> Result<(), ModelError> {
 }
 
 impl<B: Backend> PerceptionNet<B> {
+    /// Stops the gradients of the backbone's (and the neck's) parameters (burn's `no_grad`):
+    /// autodiff tracks nothing in front of the first trainable layer, so a frozen backbone
+    /// also saves its backward pass. Their batch-norm statistics are frozen separately, per
+    /// forward pass ([`crate::batch_norm::freeze_norm_statistics`]).
+    pub fn freeze(mut self, backbone: bool, neck: bool) -> Self {
+        if backbone {
+            self.backbone = self.backbone.no_grad();
+        }
+        if neck {
+            self.neck = self.neck.no_grad();
+        }
+        self
+    }
+
     /// `images: [batch, 3, height, width]` -> [`PerceptionOutput`].
     pub fn forward(&self, images: Tensor<B, 4>) -> PerceptionOutput<B> {
-        let features = self.backbone.forward(images);
-        let neck = self.neck.forward(&features);
+        let features = {
+            let _part = enter_part(NetPart::Backbone);
+            self.backbone.forward(images)
+        };
+        let neck = {
+            let _part = enter_part(NetPart::Neck);
+            self.neck.forward(&features)
+        };
         let segment =
             |head: &SegmentationHead<B>| head.forward(neck.p3.clone(), features.s4.clone());
         PerceptionOutput {

@@ -48,6 +48,80 @@ pub struct RunConfig {
     pub loss: LossWeights,
     #[serde(default)]
     pub eval: EvalConfig,
+    /// `[finetune]`: this run adapts a base model to one country (`percept finetune`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finetune: Option<FinetuneConfig>,
+}
+
+/// `[finetune]`: a country fine-tune of a base model (see `percept_train::finetune`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FinetuneConfig {
+    /// The base model (a checkpoint or an export); `percept finetune --base` sets it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<PathBuf>,
+    /// The country profile: a built-in code (`JP`) or a profile file (TOML, see
+    /// `configs/countries/`). Its class list must be the datasets' class list.
+    pub profile: String,
+    /// Parts whose weights stay at the base's: "none", "backbone" or "backbone+neck".
+    #[serde(default)]
+    pub freeze: FreezePolicy,
+    /// Batch norm in the frozen parts normalises with the base's running statistics (and
+    /// keeps them) instead of each batch's. Ignored when nothing is frozen.
+    #[serde(default = "yes")]
+    pub freeze_norm_statistics: bool,
+    /// Distillation from the frozen base on the same batches; left out: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distillation: Option<DistillationConfig>,
+    /// Weight `alpha` of the L2-SP pull towards the base weights, `alpha / 2 * |w - w0|^2`
+    /// summed over every parameter the base shares (Li et al., ICML 2018); left out: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub l2sp: Option<f32>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Which parts of the network a fine-tune freezes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum FreezePolicy {
+    #[default]
+    #[serde(rename = "none")]
+    Nothing,
+    #[serde(rename = "backbone")]
+    Backbone,
+    #[serde(rename = "backbone+neck")]
+    BackboneAndNeck,
+}
+
+impl FreezePolicy {
+    /// The module prefixes it freezes.
+    pub fn prefixes(self) -> &'static [&'static str] {
+        match self {
+            FreezePolicy::Nothing => &[],
+            FreezePolicy::Backbone => &["backbone"],
+            FreezePolicy::BackboneAndNeck => &["backbone", "neck"],
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            FreezePolicy::Nothing => "none",
+            FreezePolicy::Backbone => "backbone",
+            FreezePolicy::BackboneAndNeck => "backbone+neck",
+        }
+    }
+}
+
+/// `[finetune.distillation]`: the base model's outputs on each batch as soft targets for the
+/// classes and tasks both share.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DistillationConfig {
+    /// Weight of the distillation term in the total loss. 0 computes and logs it without
+    /// letting it act (a forgetting monitor); training is then bit for bit a plain fine-tune.
+    pub weight: f32,
 }
 
 /// `[eval]`: the exported model's operating point (post-processing) and how evaluation
@@ -458,10 +532,45 @@ impl RunConfig {
         self.check_training(&mut problems);
         self.check_optimizer(&mut problems);
         self.check_schedule_and_outputs(&mut problems);
+        self.check_finetune(&mut problems);
         if problems.is_empty() {
             Ok(())
         } else {
             Err(problems.join("\n"))
+        }
+    }
+
+    /// `[finetune]`'s weights, and that it does not also start from `train.init`.
+    fn check_finetune(&self, problems: &mut Vec<String>) {
+        let Some(f) = &self.finetune else {
+            return;
+        };
+        if self.train.init.is_some() {
+            problems.push(
+                "train.init and [finetune] both set the starting weights: a fine-tune starts \
+                 from finetune.base (percept finetune --base); remove train.init"
+                    .into(),
+            );
+        }
+        if f.profile.trim().is_empty() {
+            problems.push(
+                "finetune.profile is empty: give a built-in code such as \"JP\" or a profile \
+                 file"
+                    .into(),
+            );
+        }
+        if let Some(d) = &f.distillation {
+            if !d.weight.is_finite() || d.weight < 0.0 {
+                problems.push(format!(
+                    "finetune.distillation.weight = {}: give a finite weight >= 0",
+                    d.weight
+                ));
+            }
+        }
+        if let Some(a) = f.l2sp {
+            if !a.is_finite() || a < 0.0 {
+                problems.push(format!("finetune.l2sp = {a}: give a finite weight >= 0"));
+            }
         }
     }
 

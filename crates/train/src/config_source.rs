@@ -21,8 +21,9 @@ use percept_model::{ConvKernels, LossWeights, ModelSize, Precision, Tasks};
 use toml::{Table, Value};
 
 use crate::config::{
-    CheckpointConfig, DataConfig, EmaConfig, EvalConfig, InputSize, LoggingConfig, ModelConfig,
-    OptimizerConfig, RunConfig, ScheduleConfig, SiteConfig, TrainConfig, ValidationConfig,
+    CheckpointConfig, DataConfig, DistillationConfig, EmaConfig, EvalConfig, FinetuneConfig,
+    FreezePolicy, InputSize, LoggingConfig, ModelConfig, OptimizerConfig, RunConfig,
+    ScheduleConfig, SiteConfig, TrainConfig, ValidationConfig,
 };
 use crate::TrainError;
 
@@ -686,6 +687,14 @@ fn placeholder() -> RunConfig {
         logging: LoggingConfig::default(),
         loss: LossWeights::default(),
         eval: EvalConfig::default(),
+        finetune: Some(FinetuneConfig {
+            base: Some("placeholder.safetensors".into()),
+            profile: "DE".into(),
+            freeze: FreezePolicy::Nothing,
+            freeze_norm_statistics: true,
+            distillation: Some(DistillationConfig { weight: 1.0 }),
+            l2sp: Some(0.0),
+        }),
     }
 }
 
