@@ -72,6 +72,12 @@ pub struct LossValues {
     pub drivable: Option<f32>,
     #[serde(default)]
     pub lanes: Option<f32>,
+    /// A fine-tune's distillation term (unweighted), when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distillation: Option<f32>,
+    /// A fine-tune's L2-SP penalty `alpha / 2 * |w - w0|^2` (weighted), when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub l2sp: Option<f32>,
 }
 
 impl Default for LossValues {
@@ -83,14 +89,17 @@ impl Default for LossValues {
             dfl: None,
             drivable: None,
             lanes: None,
+            distillation: None,
+            l2sp: None,
         }
     }
 }
 
 impl LossValues {
     /// The terms by name, in legend order: `total`, `classification`, `box_iou`, `dfl`,
-    /// `drivable`, `lanes`; `None` where a term is absent or not finite-valued `total` is NaN.
-    pub fn terms(&self) -> [(&'static str, Option<f32>); 6] {
+    /// `drivable`, `lanes`, `distillation`, `l2sp`; `None` where a term is absent or not
+    /// finite-valued `total` is NaN.
+    pub fn terms(&self) -> [(&'static str, Option<f32>); 8] {
         [
             ("total", (!self.total.is_nan()).then_some(self.total)),
             ("classification", self.classification),
@@ -98,6 +107,8 @@ impl LossValues {
             ("dfl", self.dfl),
             ("drivable", self.drivable),
             ("lanes", self.lanes),
+            ("distillation", self.distillation),
+            ("l2sp", self.l2sp),
         ]
     }
 
@@ -106,13 +117,15 @@ impl LossValues {
         let f =
             |name: &str, v: Option<f32>| v.map(|v| format!(" {name} {v:.3}")).unwrap_or_default();
         format!(
-            "loss {:.3}{}{}{}{}{}",
+            "loss {:.3}{}{}{}{}{}{}{}",
             self.total,
             f("cls", self.classification),
             f("box", self.box_iou),
             f("dfl", self.dfl),
             f("da", self.drivable),
-            f("ll", self.lanes)
+            f("ll", self.lanes),
+            f("kd", self.distillation),
+            f("l2sp", self.l2sp)
         )
     }
 }
@@ -188,6 +201,8 @@ mod tests {
             dfl: None,
             drivable: Some(1.326602),
             lanes: Some(1.5553923),
+            distillation: None,
+            l2sp: None,
         };
         let step = MetricsLine::Step(StepLine {
             step: 2,

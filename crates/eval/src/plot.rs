@@ -81,13 +81,15 @@ pub const VALIDATION_PNG: &str = "validation.png";
 
 /// The loss terms, in legend order: key in a line's `loss` object, the name used in the
 /// epoch series' legend entries, colour.
-pub const LOSS_TERMS: [(&str, &str, Rgb<u8>); 6] = [
+pub const LOSS_TERMS: [(&str, &str, Rgb<u8>); 8] = [
     ("total", "total", Rgb([31, 119, 180])),
     ("classification", "classif.", Rgb([255, 127, 14])),
     ("box_iou", "box_iou", Rgb([44, 160, 44])),
     ("dfl", "dfl", Rgb([140, 86, 75])),
     ("drivable", "drivable", Rgb([214, 39, 40])),
     ("lanes", "lanes", Rgb([148, 103, 189])),
+    ("distillation", "distill.", Rgb([227, 119, 194])),
+    ("l2sp", "l2sp", Rgb([127, 127, 127])),
 ];
 
 /// The validation metrics, in legend order: key in a line's `mean` object (`score` is the
@@ -663,6 +665,8 @@ mod tests {
                     dfl: None,
                     drivable: Some(0.2),
                     lanes: Some(0.2),
+                    distillation: None,
+                    l2sp: None,
                 },
                 grad_norm: Some(3.4),
                 images_per_second: Some(12.3),
@@ -692,6 +696,8 @@ mod tests {
                     dfl: None,
                     drivable: Some(0.2),
                     lanes: Some(0.2),
+                    distillation: None,
+                    l2sp: None,
                 },
             }]
         );

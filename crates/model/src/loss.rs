@@ -80,6 +80,8 @@ pub struct LossParts<B: Backend> {
     pub dfl: Option<Tensor<B, 1>>,
     pub drivable: Option<Tensor<B, 1>>,
     pub lanes: Option<Tensor<B, 1>>,
+    /// A fine-tune's distillation term (unweighted; the caller adds it to `total`).
+    pub distillation: Option<Tensor<B, 1>>,
 }
 
 /// Numerically stable binary cross-entropy with logits, element-wise.
@@ -296,6 +298,7 @@ pub fn multitask_loss<B: Backend>(
         dfl,
         drivable,
         lanes,
+        distillation: None,
     }
 }
 

@@ -96,6 +96,8 @@ pub struct Replica<B: AutodiffBackend> {
     peer: Option<PeerId>,
     /// This replica's connection to the gradient hub (a run over several nodes).
     hub: Option<HubClient>,
+    /// A fine-tune's distillation and L2-SP terms (single-device fine-tunes only).
+    pub finetune: Option<crate::finetune::FinetuneTerms<B>>,
 }
 
 fn collective_error(what: &str, e: collective::CollectiveError) -> TrainError {
@@ -116,6 +118,7 @@ where
             device,
             peer: None,
             hub: None,
+            finetune: None,
         }
     }
 
@@ -152,6 +155,7 @@ where
             device,
             peer: None,
             hub: None,
+            finetune: None,
         })
     }
 
@@ -217,6 +221,7 @@ where
             optimizer: &mut self.optimizer,
             device: &self.device,
             running_ids: &self.running_ids,
+            finetune: self.finetune.as_ref(),
         };
         let (net, outcome) =
             optimisation_step(state, micro, lr, config, num_classes, poison, reduce, hook)?;

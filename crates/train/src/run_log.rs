@@ -21,14 +21,22 @@ use crate::TrainError;
 /// Sums of loss values over steps, for window and epoch means.
 #[derive(Debug, Clone, Default)]
 struct LossMean {
-    sum: [f64; 6],
+    sum: [f64; 8],
     steps: usize,
-    present: [bool; 5],
+    present: [bool; 7],
 }
 
 impl LossMean {
     fn add(&mut self, v: &LossValues) {
-        let terms = [v.classification, v.box_iou, v.dfl, v.drivable, v.lanes];
+        let terms = [
+            v.classification,
+            v.box_iou,
+            v.dfl,
+            v.drivable,
+            v.lanes,
+            v.distillation,
+            v.l2sp,
+        ];
         self.sum[0] += v.total as f64;
         for (k, t) in terms.iter().enumerate() {
             self.present[k] = t.is_some();
@@ -52,6 +60,8 @@ impl LossMean {
             dfl: p[2].then(|| m(3)),
             drivable: p[3].then(|| m(4)),
             lanes: p[4].then(|| m(5)),
+            distillation: p[5].then(|| m(6)),
+            l2sp: p[6].then(|| m(7)),
         };
         *self = LossMean::default();
         Some(mean)

@@ -17,11 +17,13 @@ use percept_eval::inputs::{batch_tensors, detection_targets};
 use percept_eval::metrics_log::LossValues;
 use percept_model::loss::distances_to_boxes;
 use percept_model::{
-    assign_targets, autocast, multitask_loss, use_conv_kernels, DetectionOutput, DetectionTargets,
-    LossParts, PerceptionNet, Predictions,
+    assign_targets, autocast, distillation_loss, freeze_norm_statistics, multitask_loss,
+    use_conv_kernels, DetectionOutput, DetectionTargets, LossParts, PerceptionNet,
+    PerceptionOutput, Predictions,
 };
 
 use crate::config::RunConfig;
+use crate::finetune::{frozen_norms, FinetuneTerms};
 use crate::optim::{GradCheck, RunOptimizer};
 use crate::running_stats::RunningStats;
 use crate::TrainError;
@@ -95,6 +97,8 @@ pub struct StepState<'a, B: AutodiffBackend> {
     pub device: &'a B::Device,
     /// The ids of the batch-norm running statistics (restored after a non-finite step).
     pub running_ids: &'a [burn::module::ParamId],
+    /// A fine-tune's distillation and L2-SP terms.
+    pub finetune: Option<&'a FinetuneTerms<B>>,
 }
 
 /// One optimisation step on `micro` (see the module docs); `poison` multiplies the loss by
@@ -115,13 +119,21 @@ pub fn optimisation_step<B: AutodiffBackend>(
         optimizer,
         device,
         running_ids,
+        finetune,
     } = state;
     let running = RunningStats::snapshot(&net, running_ids);
     let mut accumulator = GradientsAccumulator::<PerceptionNet<B>>::new();
     let mut losses: Option<Tensor<B::InnerBackend, 1>> = None;
     let count = micro.len();
     for batch in micro {
-        let mut parts = batch_loss(&net, batch, num_classes, config, device);
+        let (output, mut parts) = forward_and_loss(&net, batch, num_classes, config, device);
+        if let Some((teacher, weight)) = finetune.and_then(|f| f.teacher.as_ref()) {
+            let sources = &finetune.expect("terms").sources;
+            let distilled = distill(&output, teacher, sources, batch, config, device);
+            parts.total = parts.total + distilled.clone().mul_scalar(*weight);
+            parts.distillation = Some(distilled);
+        }
+        drop(output);
         if poison {
             parts.total = parts.total.mul_scalar(f32::NAN);
         }
@@ -145,6 +157,12 @@ pub fn optimisation_step<B: AutodiffBackend>(
     if count > 1 {
         losses = losses.div_scalar(count as f32);
     }
+    if let Some(penalty) = finetune.and_then(|f| f.apply_l2sp(&net, &mut grads)) {
+        // The penalty joins the total and is logged as the last term.
+        let n = losses.dims()[0];
+        let total = losses.clone().slice(0..1) + penalty.clone();
+        losses = Tensor::cat(vec![total, losses.slice(1..n), penalty], 0);
+    }
     if let Some(reduce) = reduce {
         (grads, losses) = reduce(&net, grads, losses)?;
     }
@@ -167,18 +185,61 @@ pub fn batch_loss<B: Backend>(
     config: &RunConfig,
     device: &B::Device,
 ) -> LossParts<B> {
+    forward_and_loss(net, batch, num_classes, config, device).1
+}
+
+/// One micro-batch's forward pass (the frozen parts' batch norms on their running statistics)
+/// and its loss.
+fn forward_and_loss<B: Backend>(
+    net: &PerceptionNet<B>,
+    batch: &Batch,
+    num_classes: usize,
+    config: &RunConfig,
+    device: &B::Device,
+) -> (PerceptionOutput<B>, LossParts<B>) {
     let (images, seg) = batch_tensors::<B>(batch, device);
     let output = {
         // The casts are autodiff ops: backward needs no guard.
         let _autocast = autocast(config.train.precision);
         let _kernels = use_conv_kernels(config.train.conv);
+        let _norms = freeze_norm_statistics(frozen_norms(config));
         net.forward(images)
     };
     let det_targets = output
         .detection
         .as_ref()
         .map(|out| assign_batch(out, batch, num_classes));
-    multitask_loss(&output, det_targets.as_ref(), &seg, &config.loss)
+    let loss = multitask_loss(&output, det_targets.as_ref(), &seg, &config.loss);
+    (output, loss)
+}
+
+/// The distillation term of `student` (this batch's outputs) towards the frozen `teacher` run
+/// on the same images, without autodiff.
+fn distill<B: AutodiffBackend>(
+    student: &PerceptionOutput<B>,
+    teacher: &PerceptionNet<B::InnerBackend>,
+    sources: &[Vec<usize>],
+    batch: &Batch,
+    config: &RunConfig,
+    device: &B::Device,
+) -> Tensor<B, 1> {
+    let (images, _) = batch_tensors::<B::InnerBackend>(batch, device);
+    let taught = {
+        let _autocast = autocast(config.train.precision);
+        let _kernels = use_conv_kernels(config.train.conv);
+        teacher.forward(images)
+    };
+    let lift = |t: Option<Tensor<B::InnerBackend, 4>>| t.map(Tensor::<B, 4>::from_inner);
+    let teacher_output = PerceptionOutput {
+        detection: taught.detection.map(|d| DetectionOutput {
+            class_logits: Tensor::from_inner(d.class_logits),
+            box_logits: Tensor::from_inner(d.box_logits),
+            distances: Tensor::from_inner(d.distances),
+        }),
+        drivable: lift(taught.drivable),
+        lanes: lift(taught.lanes),
+    };
+    distillation_loss(student, &teacher_output, sources).total
 }
 
 /// Task-aligned assignment of a batch's boxes, ranked by the forward pass's own (detached)
@@ -217,6 +278,7 @@ pub fn loss_terms<B: AutodiffBackend>(parts: &LossParts<B>) -> Tensor<B::InnerBa
         parts.dfl.as_ref(),
         parts.drivable.as_ref(),
         parts.lanes.as_ref(),
+        parts.distillation.as_ref(),
     ];
     Tensor::cat(
         terms
@@ -229,8 +291,8 @@ pub fn loss_terms<B: AutodiffBackend>(parts: &LossParts<B>) -> Tensor<B::InnerBa
 }
 
 /// [`loss_terms`]' values back as [`LossValues`], given which terms are present
-/// (classification, box IoU, box distribution, drivable, lanes).
-pub fn loss_values(values: &[f32], present: [bool; 5]) -> LossValues {
+/// (classification, box IoU, box distribution, drivable, lanes, distillation, L2-SP).
+pub fn loss_values(values: &[f32], present: [bool; 7]) -> LossValues {
     let mut it = values.iter().copied();
     let total = it.next().unwrap_or(f32::NAN);
     let mut next = |p: bool| if p { it.next() } else { None };
@@ -241,5 +303,7 @@ pub fn loss_values(values: &[f32], present: [bool; 5]) -> LossValues {
         dfl: next(present[2]),
         drivable: next(present[3]),
         lanes: next(present[4]),
+        distillation: next(present[5]),
+        l2sp: next(present[6]),
     }
 }

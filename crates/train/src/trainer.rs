@@ -32,7 +32,7 @@ use burn::vision::VisionBackend;
 use percept_data::{AuditEvent, AuditHead, AuditLog, Batch};
 use percept_eval::metrics_log::LossValues;
 use percept_eval::model_file::{
-    load_matching, read_model_card, ModelCard, Normalization, Provenance, MODEL_FORMAT,
+    load_matching, read_model_card, BaseLink, ModelCard, Normalization, Provenance, MODEL_FORMAT,
 };
 use percept_model::{PerceptionNet, PerceptionNetConfig};
 use serde::Serialize;
@@ -47,6 +47,7 @@ use crate::config::RunConfig;
 use crate::data::{audit, TrainingData};
 use crate::data_parallel::{self, Cluster, Replica, ReplicaWorkers, StepOutcome};
 use crate::ema::WeightEma;
+use crate::finetune::{FinetuneBase, FinetuneTerms};
 use crate::loader::{BatchBuilder, BatchLoader, LoaderOptions};
 use crate::optim::RunOptimizer;
 use crate::run_log::{Pace, RunLog, StepRecord};
@@ -103,6 +104,8 @@ pub struct TrainTask<'a> {
     pub faults: Faults,
     /// This process's place in a run over several nodes.
     pub cluster: Option<Cluster>,
+    /// The base model of a fine-tune (the config's `[finetune]`), opened and checked.
+    pub finetune: Option<FinetuneBase>,
 }
 
 impl BackendTask for TrainTask<'_> {
@@ -204,8 +207,22 @@ where
             resume,
             faults,
             cluster,
+            finetune,
         } = task;
         let device = devices[0].clone();
+        if let Some(base) = &finetune {
+            base.check_classes(data.classes())?;
+            let f = config.finetune.as_ref().expect("a fine-tune's config");
+            if (devices.len() > 1 || cluster.is_some())
+                && (f.distillation.is_some() || f.l2sp.is_some())
+            {
+                return Err(TrainError::Invalid(
+                    "finetune.distillation and finetune.l2sp run on one device for now: train \
+                     on a single --device, or leave both out"
+                        .into(),
+                ));
+            }
+        }
         let arch = PerceptionNetConfig {
             size: config.model.size,
             num_classes: data.classes().len(),
@@ -220,6 +237,7 @@ where
             config,
             &run_dir,
             resume.as_ref(),
+            finetune.as_ref(),
             &mut provenance,
             &device,
         )?;
@@ -236,7 +254,13 @@ where
         };
         log_groups(&start.optimizer);
         let start_step = start.position.step;
-        let mut replica = Replica::single(start.net, start.optimizer, device.clone());
+        let net = crate::finetune::freeze(start.net, config);
+        let terms = match &finetune {
+            Some(base) => FinetuneTerms::new(base, config, &net, &device)?,
+            None => None,
+        };
+        let mut replica = Replica::single(net, start.optimizer, device.clone());
+        replica.finetune = terms;
         let workers = ReplicaWorkers::start(
             &mut replica,
             devices,
@@ -321,6 +345,7 @@ where
         }
         let StepOutcome { values, check } = outcome;
         let tasks = config.model.tasks;
+        let terms = self.replica().finetune.as_ref();
         let losses = loss_values(
             &values,
             [
@@ -329,6 +354,8 @@ where
                 tasks.detection,
                 tasks.drivable,
                 tasks.lanes,
+                terms.is_some_and(|t| t.teacher.is_some()),
+                terms.is_some_and(|t| t.l2sp.is_some()),
             ],
         );
         self.position.step = step;
@@ -599,10 +626,56 @@ fn initial_network<B: AutodiffBackend>(
     config: &RunConfig,
     run_dir: &std::path::Path,
     resume: Option<&RunState>,
+    finetune: Option<&FinetuneBase>,
     provenance: &mut Provenance,
     device: &B::Device,
 ) -> Result<PerceptionNet<B>, TrainError> {
     let net: PerceptionNet<B> = arch.init_seeded(config.train.seed, device);
+    if let Some(base) = finetune {
+        if let Some(state) = resume {
+            // The distillation teacher and L2-SP anchor must be the weights the run started
+            // from.
+            let model = run_dir.join("checkpoints").join(&state.checkpoint);
+            let saved = read_model_card(&model)?.provenance;
+            if saved.base_checkpoint.as_deref() != Some(base.hash.as_str()) {
+                return Err(TrainError::Invalid(format!(
+                    "base model {} (blake3 {}) is not the one this run started from ({}): \
+                     resume with the same file",
+                    base.path.display(),
+                    &base.hash[..12],
+                    saved
+                        .base_checkpoint
+                        .as_deref()
+                        .unwrap_or("none")
+                        .get(..12)
+                        .unwrap_or("none")
+                )));
+            }
+        }
+        merge_provenance(provenance, &base.card.provenance);
+        provenance.base_checkpoint = Some(base.hash.clone());
+        provenance.base = Some(Box::new(base.link()));
+        let f = config.finetune.as_ref().expect("a fine-tune's config");
+        provenance.finetune = Some(base.record(f));
+        if resume.is_some() {
+            return Ok(net);
+        }
+        for line in base.mapping.describe() {
+            tracing::info!("class mapping: {line}");
+        }
+        tracing::info!(
+            "fine-tuning {} (blake3 {}) for {} ({}): freeze {}, distillation {}, L2-SP {}",
+            base.path.display(),
+            &base.hash[..12],
+            base.profile.name,
+            base.profile.code,
+            f.freeze.name(),
+            f.distillation
+                .map_or("off".to_string(), |d| format!("weight {}", d.weight)),
+            f.l2sp.map_or("off".to_string(), |a| format!("alpha {a}"))
+        );
+        return base.student(net);
+    }
     match (resume, &config.train.init) {
         // The checkpoint's provenance already includes the starting weights'.
         (Some(state), _) => {
@@ -610,6 +683,7 @@ fn initial_network<B: AutodiffBackend>(
             let saved = read_model_card(&model)?.provenance;
             merge_provenance(provenance, &saved);
             provenance.base_checkpoint = saved.base_checkpoint;
+            provenance.base = saved.base;
             Ok(net)
         }
         (None, Some(init)) => {
@@ -624,6 +698,7 @@ fn initial_network<B: AutodiffBackend>(
             );
             merge_provenance(provenance, &report.card.provenance);
             provenance.base_checkpoint = Some(report.hash);
+            provenance.base = Some(Box::new(BaseLink::of(&report.card)));
             Ok(loaded)
         }
         (None, None) => Ok(net),
