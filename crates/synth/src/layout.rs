@@ -13,8 +13,12 @@
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
+use percept_data::{EdgeLines, StopSign, WarningSign};
+
 use super::canvas::{mix, scale, Col};
-use super::{CentreLine, BUS, CAR, CYCLIST, PEDESTRIAN, SIGN, TRAFFIC_LIGHT, TRUCK};
+use super::{
+    CentreLine, AUTO_RICKSHAW, BUS, CAR, CYCLIST, PEDESTRIAN, SIGN, TRAFFIC_LIGHT, TRICYCLE, TRUCK,
+};
 
 /// Long side of a traffic-light housing, metres.
 pub(crate) const LIGHT_LONG: f32 = 1.0;
@@ -349,6 +353,44 @@ pub(crate) enum SignShape {
     Diamond,
     /// Rectangle with text-like stripes; width/height ratio.
     Info { aspect: f32, bg: Col, fg: Col },
+    /// Yellow triangle, black border, point up (China's warning signs).
+    YellowTriangle,
+    /// Red triangle, point down, white rim and legend (Japan's stop sign, 止まれ).
+    StopTriangle,
+}
+
+/// What a country profile changes in a scene: the edge lines, the sign families and the
+/// vehicles new to the country. The traffic side is applied by mirroring the rendered frame
+/// and the centre-line colour is passed to [`Scene::random`] as for a region.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Style {
+    pub edge_lines: EdgeLines,
+    pub warning: WarningSign,
+    pub stop: StopSign,
+    /// Internal classes of the vehicles new to the country (`AUTO_RICKSHAW`, `TRICYCLE`).
+    pub new_vehicles: Vec<u16>,
+}
+
+impl Style {
+    /// The country's version of a generic sign shape: warning signs (triangles and diamonds)
+    /// in the country's warning family, stop signs in its stop shape. Where the stop sign is a
+    /// red inverted triangle (Japan) the white give-way triangle becomes one as well (Japan's
+    /// 徐行 sign has the same shape).
+    fn sign(&self, shape: SignShape) -> SignShape {
+        match shape {
+            SignShape::Warning | SignShape::Diamond => match self.warning {
+                WarningSign::RedTriangle => SignShape::Warning,
+                WarningSign::YellowTriangle => SignShape::YellowTriangle,
+                WarningSign::YellowDiamond => SignShape::Diamond,
+            },
+            SignShape::Stop => match self.stop {
+                StopSign::Octagon => SignShape::Stop,
+                StopSign::InvertedTriangle => SignShape::StopTriangle,
+            },
+            SignShape::Yield if self.stop == StopSign::InvertedTriangle => SignShape::StopTriangle,
+            s => s,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -462,6 +504,8 @@ pub(crate) struct Scene {
     pub rain: Option<(usize, f32, f32)>,
     pub tex_seed: u32,
     pub noise_seed: u64,
+    /// The country's conventions, when the scene is drawn for a country profile.
+    pub style: Option<Style>,
 }
 
 const WHITE_PAINT: Col = [0.93, 0.93, 0.9];
@@ -506,7 +550,15 @@ fn any<T: Copy>(r: &mut R, items: &[T]) -> T {
 
 impl Scene {
     /// Draws a random scene for a `w x h` frame.
-    pub fn random(r: &mut R, w: usize, h: usize, centre: Option<CentreLine>) -> Scene {
+    /// `style` (a country's conventions) only changes what it names; without it the scene is
+    /// the generic one, drawn from the same random numbers.
+    pub fn random(
+        r: &mut R,
+        w: usize,
+        h: usize,
+        centre: Option<CentreLine>,
+        style: Option<&Style>,
+    ) -> Scene {
         let (wf, hf) = (w as f32, h as f32);
         let kind = pick(
             r,
@@ -550,7 +602,7 @@ impl Scene {
             },
         };
         let env = make_env(r, time, weather, kind);
-        let road = make_road(r, kind, yellow_centre, &cam);
+        let road = make_road(r, kind, yellow_centre, &cam, style.map(|s| s.edge_lines));
         let mut scene = Scene {
             w,
             h,
@@ -565,6 +617,7 @@ impl Scene {
             rain: None,
             tex_seed: r.random(),
             noise_seed: r.random(),
+            style: style.cloned(),
         };
         scene.add_roadside(r);
         scene.add_traffic(r);
@@ -892,6 +945,7 @@ impl Scene {
                 Kind::City => pick(r, &[(CAR, 0.76), (TRUCK, 0.1), (BUS, 0.14)]),
                 Kind::Residential => pick(r, &[(CAR, 0.92), (TRUCK, 0.08), (BUS, 0.0)]),
             };
+            let class = self.country_vehicle(r, class);
             let mut v = self.random_vehicle(r, class, oncoming);
             let z_min = (z_bottom * 1.2).max(if ego { 7.0 } else { 4.0 });
             v.z = z_min + (z_max - z_min) * r.random::<f32>().powf(1.3);
@@ -914,16 +968,28 @@ impl Scene {
             let mut z = uni(r, 3.0, 15.0);
             while z < 70.0 {
                 if chance(r, 0.6) {
-                    let mut v = self.random_vehicle(r, CAR, zone.x1 <= road.road_l);
+                    let class = self.country_vehicle(r, CAR);
+                    let mut v = self.random_vehicle(r, class, zone.x1 <= road.road_l);
                     v.lights_on = false;
                     v.brake = false;
                     v.x = (zone.x0 + zone.x1) * 0.5 + uni(r, -0.1, 0.1);
                     v.z = z;
                     z += v.len;
-                    self.push(v.z, Some(CAR), ObjKind::Vehicle(v));
+                    self.push(v.z, Some(class), ObjKind::Vehicle(v));
                 }
                 z += uni(r, 1.0, 8.0);
             }
+        }
+    }
+
+    /// A car becomes one of the country's new vehicles (auto-rickshaw, tricycle) three times
+    /// in ten; other classes and scenes without new vehicles draw nothing.
+    fn country_vehicle(&self, r: &mut R, class: u16) -> u16 {
+        match &self.style {
+            Some(s) if class == CAR && !s.new_vehicles.is_empty() && chance(r, 0.3) => {
+                any(r, &s.new_vehicles)
+            }
+            _ => class,
         }
     }
 
@@ -1002,6 +1068,40 @@ impl Scene {
                     ),
                     r,
                     0.03,
+                );
+            }
+            AUTO_RICKSHAW => {
+                // Bajaj RE-like: about 2.6-2.9 m long, 1.3-1.4 m wide, 1.7-1.8 m high. The
+                // lower body is yellow or green, the canopy (in `cargo`) black.
+                v.w = uni(r, 1.28, 1.42);
+                v.h = uni(r, 1.7, 1.82);
+                v.len = uni(r, 2.55, 2.9);
+                v.body = jitter(
+                    any(
+                        r,
+                        &[[0.95, 0.76, 0.08], [0.13, 0.52, 0.2], [0.2, 0.6, 0.25]],
+                    ),
+                    r,
+                    0.03,
+                );
+                v.cargo = jitter([0.06, 0.06, 0.065], r, 0.02);
+            }
+            TRICYCLE => {
+                // Motor cargo tricycle: rider in front, open bed behind (loaded in `style` 1,
+                // with goods of colour `cargo`).
+                v.w = uni(r, 1.1, 1.35);
+                v.h = uni(r, 1.55, 1.75);
+                v.len = uni(r, 2.7, 3.3);
+                v.body = jitter(
+                    any(r, &[[0.12, 0.3, 0.68], [0.2, 0.42, 0.75], [0.7, 0.1, 0.08]]),
+                    r,
+                    0.03,
+                );
+                v.style = u8::from(chance(r, 0.5));
+                v.cargo = jitter(
+                    any(r, &[[0.75, 0.6, 0.4], [0.85, 0.85, 0.82], [0.3, 0.5, 0.3]]),
+                    r,
+                    0.04,
                 );
             }
             _ => {
@@ -1303,6 +1403,7 @@ impl Scene {
                 },
                 s => s,
             };
+            let shape = self.style.as_ref().map_or(shape, |s| s.sign(shape));
             let x = self.post_x(side);
             let sign = Sign {
                 x,
@@ -1474,7 +1575,14 @@ fn push_zone(zones: &mut Vec<Zone>, x: &mut f32, side: f32, width: f32, mat: Mat
     *x = x2;
 }
 
-fn make_road(r: &mut R, kind: Kind, yellow_centre: bool, cam: &Cam) -> Road {
+/// `edge_lines`: a country's edge-line convention (`None`: the generic solid edge lines).
+fn make_road(
+    r: &mut R,
+    kind: Kind,
+    yellow_centre: bool,
+    cam: &Cam,
+    edge_lines: Option<EdgeLines>,
+) -> Road {
     let lane_w = match kind {
         Kind::Highway => uni(r, 3.4, 3.8),
         Kind::City => uni(r, 3.0, 3.6),
@@ -1609,18 +1717,32 @@ fn make_road(r: &mut R, kind: Kind, yellow_centre: bool, cam: &Cam) -> Road {
         Kind::Residential => !centre_line || chance(r, 0.2),
     };
     if edges {
+        // Drawn whatever the country's convention, so the rest of the scene does not depend
+        // on it; a country without edge lines paints (and masks) none.
         let hw = line_hw * uni(r, 1.0, 1.6);
-        for x in [road_l + 0.2 + hw, road_r - 0.2 - hw] {
-            markings.push(Marking {
-                x,
-                hw,
-                col: white,
-                dash: None,
-            });
+        if edge_lines != Some(EdgeLines::None) {
+            for x in [road_l + 0.2 + hw, road_r - 0.2 - hw] {
+                markings.push(Marking {
+                    x,
+                    hw,
+                    col: white,
+                    dash: None,
+                });
+            }
         }
     }
     // Lane separators within one direction: dashed white.
     let sep_dash = dash(r);
+    if edge_lines == Some(EdgeLines::Dashed) {
+        // Dashed edge lines: the separators' dash length with equal gaps (no random draw).
+        for m in &mut markings {
+            m.dash = sep_dash.map(|d| Dash {
+                len: d.len,
+                period: d.len * 2.0,
+                phase: d.phase,
+            });
+        }
+    }
     for i in 1..n {
         if i == n_opp {
             continue;

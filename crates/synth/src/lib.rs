@@ -31,6 +31,18 @@
 //!   `highway`, `city street` or `residential` (lane counts, buildings, object mix);
 //! - an ego bonnet at the bottom in some frames, vignetting and sensor noise.
 //!
+//! Country profiles (`percept_data::CountryProfile`, `configs/countries/*.toml`): a generator
+//! made [`for_country`](SceneGenerator::for_country) draws the country's traffic side (the
+//! mirror image, as for a region), centre-line colour, edge lines (solid, dashed or none),
+//! warning signs (red-bordered triangles, yellow triangles or yellow diamonds) and stop signs
+//! (octagons or red inverted triangles), and its new classes as vehicles of their own
+//! (auto-rickshaws, cargo tricycles: three cars in ten become one). Its boxes are labelled in
+//! the country's class list: a global class's boxes are relabelled by the profile's mapping
+//! (a dropped class's objects stay in the image without a box), a new class has its own index.
+//! Without a profile nothing changes: the same seed gives the same bytes as before. A country
+//! scene is drawn from the same random numbers as the generic one with the same seed, except
+//! where the country adds draws (its new vehicles).
+//!
 //! Labels: boxes are tight around the pixels each object drew (clipped to the image); objects
 //! under 4 px a side or more than 70% occluded are not labelled (they stay in the image, as
 //! in real data). The **drivable mask** is the visible surface of the carriageway: every lane of
@@ -39,6 +51,8 @@
 //! at least 2 px wide, up to the distance where a lane is 6 px wide.
 
 mod canvas;
+#[cfg(test)]
+mod country_tests;
 mod frame;
 mod layout;
 mod objects;
@@ -53,8 +67,8 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
 use percept_data::{
-    is_region_code, Conditions, DataError, EncodedRecord, Manifest, Result, Sample, ShardEntry,
-    ShardWriter, Split, TrafficSide, MANIFEST_FILE,
+    is_region_code, Conditions, CountryProfile, DataError, EncodedRecord, LineColour, Manifest,
+    NewObjectShape, Result, Sample, ShardEntry, ShardWriter, Split, TrafficSide, MANIFEST_FILE,
 };
 
 /// Class names of synthetic datasets; box classes index this list.
@@ -75,6 +89,12 @@ pub(crate) const PEDESTRIAN: u16 = 3;
 pub(crate) const CYCLIST: u16 = 4;
 pub(crate) const TRAFFIC_LIGHT: u16 = 5;
 pub(crate) const SIGN: u16 = 6;
+/// Internal classes of the vehicles country profiles add (after the global classes); their
+/// boxes are labelled with the country's index of the class.
+pub(crate) const AUTO_RICKSHAW: u16 = 7;
+pub(crate) const TRICYCLE: u16 = 8;
+/// Global classes and the countries' new vehicles.
+const INTERNAL_CLASSES: usize = 9;
 
 /// Validation samples use indices from here on, disjoint from training indices.
 pub const VAL_INDEX_OFFSET: u64 = 1 << 32;
@@ -103,6 +123,59 @@ impl CentreLine {
     }
 }
 
+impl From<LineColour> for CentreLine {
+    fn from(c: LineColour) -> Self {
+        match c {
+            LineColour::White => CentreLine::White,
+            LineColour::Yellow => CentreLine::Yellow,
+        }
+    }
+}
+
+/// What a generator needs of a country profile.
+#[derive(Debug, Clone, PartialEq)]
+struct Country {
+    code: String,
+    /// The profile's class names: the labels' class list.
+    classes: Vec<String>,
+    style: layout::Style,
+    /// Per internal class, its index in `classes` (`None`: drawn but not labelled).
+    relabel: [Option<u16>; INTERNAL_CLASSES],
+}
+
+impl Country {
+    fn new(profile: &CountryProfile) -> Result<Self> {
+        let global: Vec<String> = SYNTH_CLASSES.iter().map(|c| c.to_string()).collect();
+        let mapping = profile.mapping(&global)?;
+        let mut relabel = [None; INTERNAL_CLASSES];
+        relabel[..SYNTH_CLASSES.len()].copy_from_slice(&mapping.relabel());
+        let mut new_vehicles = Vec::new();
+        for (i, c) in profile.classes.iter().enumerate() {
+            let internal = match (c.from.is_empty(), c.shape) {
+                (true, Some(NewObjectShape::AutoRickshaw)) => AUTO_RICKSHAW,
+                (true, Some(NewObjectShape::Tricycle)) => TRICYCLE,
+                _ => continue,
+            };
+            // Two new classes of one shape: the first one labels the drawn objects.
+            if relabel[internal as usize].is_none() {
+                relabel[internal as usize] = Some(i as u16);
+                new_vehicles.push(internal);
+            }
+        }
+        Ok(Country {
+            code: profile.code.clone(),
+            classes: profile.class_names(),
+            style: layout::Style {
+                edge_lines: profile.markings.edge_lines,
+                warning: profile.signs.warning,
+                stop: profile.signs.stop,
+                new_vehicles,
+            },
+            relabel,
+        })
+    }
+}
+
 /// Deterministic generator of synthetic driving scenes.
 #[derive(Debug, Clone)]
 pub struct SceneGenerator {
@@ -111,6 +184,7 @@ pub struct SceneGenerator {
     traffic_side: TrafficSide,
     seed: u64,
     centre_line: Option<CentreLine>,
+    country: Option<Box<Country>>,
 }
 
 impl SceneGenerator {
@@ -124,7 +198,44 @@ impl SceneGenerator {
             traffic_side,
             seed,
             centre_line: None,
+            country: None,
         }
+    }
+
+    /// A generator of scenes of the country `profile` describes: its traffic side, centre-line
+    /// colour, edge lines, sign families and new vehicle classes, with boxes labelled in its
+    /// class list ([`class_names`](Self::class_names)). Fails when the profile's classes do not
+    /// map onto [`SYNTH_CLASSES`] (a `from` name that is not a synthetic class).
+    pub fn for_country(
+        width: u32,
+        height: u32,
+        profile: &CountryProfile,
+        seed: u64,
+    ) -> Result<Self> {
+        let country = Country::new(profile)?;
+        Ok(
+            SceneGenerator::new(width, height, profile.traffic.side, seed)
+                .with_centre_line(Some(profile.markings.centre_line.into()))
+                .with_country(Some(country)),
+        )
+    }
+
+    fn with_country(mut self, country: Option<Country>) -> Self {
+        self.country = country.map(Box::new);
+        self
+    }
+
+    /// The class list the boxes index: [`SYNTH_CLASSES`], or the country profile's classes.
+    pub fn class_names(&self) -> Vec<String> {
+        match &self.country {
+            Some(c) => c.classes.clone(),
+            None => SYNTH_CLASSES.iter().map(|c| c.to_string()).collect(),
+        }
+    }
+
+    /// The code of the country profile the generator draws (`None`: generic scenes).
+    pub fn country_code(&self) -> Option<&str> {
+        self.country.as_deref().map(|c| c.code.as_str())
     }
 
     /// A generator with the traffic side and centre-line colour of `region`.
@@ -161,19 +272,32 @@ impl SceneGenerator {
         self.generate_with_meta(index).0
     }
 
-    /// The scene and, per box, `(oncoming vehicle, world X in metres)` (for tests).
-    pub(crate) fn generate_with_meta(&self, index: u64) -> (Sample, Vec<(bool, f32)>) {
+    /// The layout of scene number `index` (laid out for right-hand traffic).
+    pub(crate) fn scene(&self, index: u64) -> layout::Scene {
         let mut key = [0u8; 32];
         key[..8].copy_from_slice(&self.seed.to_le_bytes());
         key[8..16].copy_from_slice(&index.to_le_bytes());
         key[16..].copy_from_slice(b"percept-synth-v1");
         let mut rng = ChaCha8Rng::from_seed(key);
-        let scene = layout::Scene::random(
+        layout::Scene::random(
             &mut rng,
             self.width as usize,
             self.height as usize,
             self.centre_line,
-        );
+            self.country.as_ref().map(|c| &c.style),
+        )
+    }
+
+    /// The scene and, per box, `(oncoming vehicle, world X in metres)` (for tests).
+    pub(crate) fn generate_with_meta(&self, index: u64) -> (Sample, Vec<(bool, f32)>) {
+        let (sample, meta, _) = self.generate_full(index);
+        (sample, meta)
+    }
+
+    /// The scene, per box `(oncoming vehicle, world X in metres)` and per box the internal
+    /// class of the object (a global class index, or `AUTO_RICKSHAW` / `TRICYCLE`).
+    pub(crate) fn generate_full(&self, index: u64) -> (Sample, Vec<(bool, f32)>, Vec<u16>) {
+        let scene = self.scene(index);
         let out = render::render(&scene);
         let mut sample = Sample {
             id: format!("synth-{:016x}-{index}", self.seed),
@@ -203,11 +327,27 @@ impl SceneGenerator {
                 m.1 = -m.1;
             }
         }
-        (sample, meta)
+        let internal: Vec<u16> = sample.boxes.iter().map(|b| b.class).collect();
+        if let Some(country) = &self.country {
+            // Labels in the country's class list; a class the country drops keeps its pixels
+            // but loses its box.
+            let mut kept = (Vec::new(), Vec::new(), Vec::new());
+            for ((mut b, m), class) in sample.boxes.drain(..).zip(meta).zip(&internal) {
+                if let Some(c) = country.relabel.get(*class as usize).copied().flatten() {
+                    b.class = c;
+                    kept.0.push(b);
+                    kept.1.push(m);
+                    kept.2.push(*class);
+                }
+            }
+            sample.boxes = kept.0;
+            return (sample, kept.1, kept.2);
+        }
+        (sample, meta, internal)
     }
 }
 
-/// Options of [`write_synthetic_dataset`].
+/// Options of [`write_synthetic_dataset`] and [`write_synthetic_dataset_for`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SynthOptions {
     /// Dataset name in the manifest.
@@ -244,7 +384,33 @@ pub fn write_synthetic_dataset(
     opts: &SynthOptions,
     progress: &(dyn Fn(usize) + Sync),
 ) -> Result<Manifest, DataError> {
+    write_synthetic_dataset_for(out, opts, None, progress)
+}
+
+/// [`write_synthetic_dataset`], with the scenes of a `country` profile when one is given:
+/// drawn by [`SceneGenerator::for_country`], labelled in the profile's class list, and the
+/// manifest's `classes` are the profile's. `opts.region` must be the profile's code (the
+/// dataset belongs to the country). Without a country it is `write_synthetic_dataset`.
+pub fn write_synthetic_dataset_for(
+    out: &Path,
+    opts: &SynthOptions,
+    country: Option<&CountryProfile>,
+    progress: &(dyn Fn(usize) + Sync),
+) -> Result<Manifest, DataError> {
     validate_options(opts)?;
+    let generator = match country {
+        Some(profile) => {
+            if profile.code != opts.region {
+                return Err(DataError::InvalidOptions(format!(
+                    "region `{}` is not the country profile's code `{}`; a country's synthetic \
+                     data belongs to the country (use region `{}`)",
+                    opts.region, profile.code, profile.code
+                )));
+            }
+            SceneGenerator::for_country(opts.width, opts.height, profile, opts.seed)?
+        }
+        None => SceneGenerator::for_region(opts.width, opts.height, &opts.region, opts.seed),
+    };
     let manifest_path = out.join(MANIFEST_FILE);
     if manifest_path.exists() {
         return Err(DataError::InvalidOptions(format!(
@@ -253,9 +419,7 @@ pub fn write_synthetic_dataset(
         )));
     }
     std::fs::create_dir_all(out).map_err(|e| DataError::io(out, e))?;
-    let classes = SYNTH_CLASSES.iter().map(|c| c.to_string()).collect();
-    let mut manifest = Manifest::new(&opts.name, &opts.region, classes)?;
-    let generator = SceneGenerator::for_region(opts.width, opts.height, &opts.region, opts.seed);
+    let mut manifest = Manifest::new(&opts.name, &opts.region, generator.class_names())?;
     let done = AtomicUsize::new(0);
 
     for (split, count, offset) in [

@@ -9,7 +9,7 @@ use super::layout::{
     Beam, Cam, Cyclist, Facing, Lamp, Light, ObjKind, Person, Sign, SignShape, Time, Tree, Vehicle,
     LIGHT_LONG, LIGHT_SHORT,
 };
-use super::{BUS, TRUCK};
+use super::{AUTO_RICKSHAW, BUS, TRICYCLE, TRUCK};
 
 const GLASS: Col = [0.07, 0.09, 0.12];
 const TYRE: Col = [0.03, 0.03, 0.035];
@@ -290,6 +290,8 @@ fn draw_vehicle(ctx: &mut Ctx, v: &Vehicle) {
     match v.class {
         TRUCK => draw_truck(ctx, v),
         BUS => draw_bus(ctx, v),
+        AUTO_RICKSHAW => draw_auto_rickshaw(ctx, v),
+        TRICYCLE => draw_tricycle(ctx, v),
         _ => draw_car(ctx, v),
     }
 }
@@ -738,6 +740,281 @@ fn draw_bus(ctx: &mut Ctx, v: &Vehicle) {
     }
 }
 
+/// Auto-rickshaw: a three-wheeler narrower than a car, its lower body yellow or green, a black
+/// canopy with open sides over the driver and the rear bench; one wheel in front, two behind.
+fn draw_auto_rickshaw(ctx: &mut Ctx, v: &Vehicle) {
+    let (w, h, len, z) = (v.w, v.h, v.len, v.z);
+    let zf = z + len;
+    let hw = w * 0.5;
+    let belt = 0.85;
+    let canopy = v.cargo;
+    let body = v.body;
+    // The rear axle is at the near end seen from behind, at the far end when oncoming.
+    let rear_axle = if v.oncoming { zf - 0.45 } else { z + 0.45 };
+    ctx.cv.at_depth(z + len * 0.5);
+    if let Some(xs) = visible_side(v) {
+        ctx.side_quad(xs, z, zf, 0.25, belt, (0.0, 0.0), scale(body, 0.8));
+        let (lean_near, lean_far) = if v.oncoming { (0.35, 0.1) } else { (0.1, 0.35) };
+        ctx.side_quad(
+            xs,
+            z + 0.05,
+            zf - 0.05,
+            belt,
+            h,
+            (lean_near, lean_far),
+            scale(canopy, 0.9),
+        );
+        // Open sides: the dark interior through the doorways.
+        ctx.side_quad(
+            xs,
+            z + 0.45,
+            zf - 0.45,
+            belt + 0.05,
+            h - 0.2,
+            (0.0, 0.0),
+            [0.025, 0.025, 0.03],
+        );
+        ctx.side_wheel(xs, rear_axle, 0.22);
+    }
+    if h < ctx.cam.cam_h {
+        ctx.top_quad(
+            v.x - hw + 0.08,
+            v.x + hw - 0.08,
+            z + 0.15,
+            zf - 0.15,
+            h,
+            scale(canopy, 1.2),
+        );
+    }
+    let f = Face::new(&ctx.cam, v.x, z);
+    let halo = ctx.halo_strength();
+    let roof = [
+        (-hw, belt),
+        (hw, belt),
+        (hw - 0.03, h - 0.16),
+        (hw - 0.2, h),
+        (-hw + 0.2, h),
+        (-hw + 0.03, h - 0.16),
+    ];
+    if v.oncoming {
+        // The rear wheels show at the far end, outside the narrow nose.
+        let fr = Face::new(&ctx.cam, v.x, rear_axle);
+        ctx.cv.at_depth(rear_axle);
+        fr.rect(&mut ctx.cv, -hw + 0.02, 0.0, -hw + 0.2, 0.44, TYRE);
+        fr.rect(&mut ctx.cv, hw - 0.2, 0.0, hw - 0.02, 0.44, TYRE);
+        ctx.cv.at_depth(z);
+        let cv = &mut ctx.cv;
+        f.poly(cv, &roof, canopy);
+        let glass = mix(GLASS, ctx.scene.env.sky_horizon, 0.25);
+        f.rect(cv, -hw + 0.12, belt + 0.08, hw - 0.12, h - 0.26, glass);
+        // Front apron, narrowing down to the single front wheel.
+        f.rect(cv, -0.09, 0.0, 0.09, 0.4, TYRE);
+        f.poly(
+            cv,
+            &[
+                (-0.2, 0.3),
+                (0.2, 0.3),
+                (hw - 0.06, belt + 0.02),
+                (-hw + 0.06, belt + 0.02),
+            ],
+            body,
+        );
+        f.rect(cv, -0.13, 0.3, 0.13, 0.38, TRIM);
+        ctx.lamp(
+            &f,
+            -0.09,
+            belt - 0.28,
+            0.09,
+            belt - 0.12,
+            HEAD_ON,
+            HEAD_OFF,
+            v.lights_on,
+            halo * 1.3,
+        );
+    } else {
+        ctx.cv.at_depth(z);
+        let cv = &mut ctx.cv;
+        f.rect(cv, -hw + 0.04, 0.0, -hw + 0.24, 0.44, TYRE);
+        f.rect(cv, hw - 0.24, 0.0, hw - 0.04, 0.44, TYRE);
+        f.rect(cv, -hw + 0.02, 0.24, hw - 0.02, belt, body);
+        f.rect(cv, -hw + 0.02, 0.24, hw - 0.02, 0.34, TRIM);
+        f.poly(cv, &roof, canopy);
+        // Small rear window in the canopy.
+        f.rect(cv, -hw * 0.45, belt + 0.35, hw * 0.45, h - 0.25, GLASS);
+        f.rect(cv, -0.17, 0.42, 0.17, 0.55, PLATE);
+        let lit = v.lights_on || v.brake;
+        let h2 = if v.brake { halo.max(0.15) } else { halo * 0.6 };
+        ctx.lamp(
+            &f,
+            -hw + 0.06,
+            0.6,
+            -hw + 0.2,
+            0.74,
+            RED_LAMP_ON,
+            RED_LAMP_OFF,
+            lit,
+            h2,
+        );
+        ctx.lamp(
+            &f,
+            hw - 0.2,
+            0.6,
+            hw - 0.06,
+            0.74,
+            RED_LAMP_ON,
+            RED_LAMP_OFF,
+            lit,
+            h2,
+        );
+    }
+}
+
+/// Cargo tricycle: a rider on a motorcycle-like front over one wheel, an open bed (empty or
+/// loaded) over two wheels behind, painted blue or red.
+fn draw_tricycle(ctx: &mut Ctx, v: &Vehicle) {
+    let (w, len, z) = (v.w, v.len, v.z);
+    let zf = z + len;
+    let hw = w * 0.5;
+    let (bed_lo, bed_hi) = (0.5, 0.88);
+    let bed_len = len * 0.55;
+    let body = v.body;
+    let halo = ctx.halo_strength();
+    // The bed spans the rear: near end seen from behind, far end when oncoming.
+    let (bed_a, bed_b) = if v.oncoming {
+        (zf - bed_len, zf)
+    } else {
+        (z, z + bed_len)
+    };
+    let rider_z = if v.oncoming { z + 0.75 } else { zf - 0.75 };
+    let front_z = if v.oncoming { z } else { zf - 0.3 };
+    let rear_axle = if v.oncoming { zf - 0.5 } else { z + 0.5 };
+    let rider = Face::new(&ctx.cam, v.x, rider_z);
+    let front = Face::new(&ctx.cam, v.x, front_z);
+
+    let draw_bed = |ctx: &mut Ctx| {
+        ctx.cv.at_depth(bed_a);
+        let fr = Face::new(&ctx.cam, v.x, rear_axle);
+        fr.rect(&mut ctx.cv, -hw + 0.08, 0.0, -hw + 0.26, 0.5, TYRE);
+        fr.rect(&mut ctx.cv, hw - 0.26, 0.0, hw - 0.08, 0.5, TYRE);
+        if let Some(xs) = visible_side(v) {
+            ctx.side_quad(
+                xs,
+                bed_a,
+                bed_b,
+                bed_lo,
+                bed_hi,
+                (0.0, 0.0),
+                scale(body, 0.8),
+            );
+            ctx.side_wheel(xs, rear_axle, 0.25);
+        }
+        // The open bed seen from above: its floor in shadow, then the load.
+        let (xa, xb) = (v.x - hw, v.x + hw);
+        ctx.top_quad(xa, xb, bed_a, bed_b, bed_hi, scale(body, 0.45));
+        if v.style == 1 {
+            let load = bed_hi + 0.45;
+            let (la, lb) = (bed_a + 0.15, bed_b - 0.15);
+            if let Some(xs) = visible_side(v) {
+                let xs = xs + if xs > v.x { -0.1 } else { 0.1 };
+                ctx.side_quad(xs, la, lb, bed_hi, load, (0.0, 0.0), scale(v.cargo, 0.8));
+            }
+            ctx.top_quad(xa + 0.1, xb - 0.1, la, lb, load, scale(v.cargo, 1.1));
+            let near = if v.oncoming { lb } else { la };
+            let fl = Face::new(&ctx.cam, v.x, near);
+            fl.rect(&mut ctx.cv, -hw + 0.1, bed_hi, hw - 0.1, load, v.cargo);
+        }
+        // The bed's end wall facing the camera (the tailgate seen from behind).
+        let fb = Face::new(&ctx.cam, v.x, bed_a);
+        ctx.cv.at_depth(bed_a);
+        let cv = &mut ctx.cv;
+        fb.rect(cv, -hw, bed_lo, hw, bed_hi, body);
+        fb.rect(cv, -hw, 0.66, hw, 0.69, scale(body, 0.7));
+        fb.rect(cv, -hw + 0.2, 0.3, hw - 0.2, bed_lo, TRIM);
+        if !v.oncoming {
+            fb.rect(cv, -0.15, 0.53, 0.15, 0.63, PLATE);
+            let lit = v.lights_on || v.brake;
+            ctx.lamp(
+                &fb,
+                -hw + 0.02,
+                0.74,
+                -hw + 0.13,
+                0.84,
+                RED_LAMP_ON,
+                RED_LAMP_OFF,
+                lit,
+                halo * 0.6,
+            );
+            ctx.lamp(
+                &fb,
+                hw - 0.13,
+                0.74,
+                hw - 0.02,
+                0.84,
+                RED_LAMP_ON,
+                RED_LAMP_OFF,
+                lit,
+                halo * 0.6,
+            );
+        }
+    };
+    let draw_rider = |ctx: &mut Ctx| {
+        // Legs hidden by the front and the bed; torso, arms to the handlebar, head.
+        ctx.cv.at_depth(rider_z);
+        let shirt = [0.2, 0.22, 0.26];
+        let cv = &mut ctx.cv;
+        rider.poly(
+            cv,
+            &[(-0.2, 0.85), (0.2, 0.85), (0.22, 1.38), (-0.22, 1.38)],
+            shirt,
+        );
+        rider.line(cv, (-0.2, 1.32), (-0.33, 1.02), 0.08, scale(shirt, 0.9));
+        rider.line(cv, (0.2, 1.32), (0.33, 1.02), 0.08, scale(shirt, 0.9));
+        let head = v.h - 0.12;
+        let face = if v.oncoming {
+            [0.8, 0.6, 0.45]
+        } else {
+            [0.06, 0.05, 0.04]
+        };
+        rider.ellipse(cv, 0.0, head, 0.1, 0.12, face);
+    };
+    let draw_fork = |ctx: &mut Ctx| {
+        // Front wheel, fork, handlebar and leg shield; the headlamp when oncoming.
+        ctx.cv.at_depth(front_z);
+        let cv = &mut ctx.cv;
+        front.rect(cv, -0.06, 0.0, 0.06, 0.48, TYRE);
+        front.rect(cv, -0.12, 0.42, 0.12, 0.52, body);
+        front.line(cv, (-0.36, 1.02), (0.36, 1.02), 0.035, TRIM);
+        if v.oncoming {
+            front.poly(
+                cv,
+                &[(-0.14, 0.5), (0.14, 0.5), (0.2, 0.95), (-0.2, 0.95)],
+                body,
+            );
+            ctx.lamp(
+                &front,
+                -0.07,
+                0.76,
+                0.07,
+                0.88,
+                HEAD_ON,
+                HEAD_OFF,
+                v.lights_on,
+                halo * 1.3,
+            );
+        }
+    };
+    // Far to near.
+    if v.oncoming {
+        draw_bed(ctx);
+        draw_rider(ctx);
+        draw_fork(ctx);
+    } else {
+        draw_fork(ctx);
+        draw_rider(ctx);
+        draw_bed(ctx);
+    }
+}
+
 fn draw_person(ctx: &mut Ctx, f: &Face, p: &Person) {
     let cv = &mut ctx.cv;
     let hgt = p.height;
@@ -1178,6 +1455,73 @@ fn draw_sign(ctx: &mut Ctx, f: &Face, s: &Sign) {
                     (0.0, cy + r * 0.5),
                 ],
                 black,
+            );
+        }
+        SignShape::YellowTriangle => {
+            let side = s.size * 1.15;
+            let ht = side * 0.866;
+            let tri = |k: f32| {
+                [
+                    (0.0, cy + ht * 2.0 / 3.0 * k),
+                    (-side * 0.5 * k, cy - ht / 3.0 * k),
+                    (side * 0.5 * k, cy - ht / 3.0 * k),
+                ]
+            };
+            f.poly(cv, &tri(1.0), black);
+            f.poly(cv, &tri(0.86), [0.97, 0.78, 0.08]);
+            f.rect(
+                cv,
+                -side * 0.035,
+                cy - ht * 0.08,
+                side * 0.035,
+                cy + ht * 0.3,
+                black,
+            );
+            f.rect(
+                cv,
+                -side * 0.035,
+                cy - ht * 0.2,
+                side * 0.035,
+                cy - ht * 0.13,
+                black,
+            );
+        }
+        SignShape::StopTriangle => {
+            // Point down; the legend (止まれ) as white strokes in the wide upper half.
+            let side = s.size * 1.15;
+            let ht = side * 0.866;
+            let tri = |k: f32| {
+                [
+                    (0.0, cy - ht * 2.0 / 3.0 * k),
+                    (-side * 0.5 * k, cy + ht / 3.0 * k),
+                    (side * 0.5 * k, cy + ht / 3.0 * k),
+                ]
+            };
+            f.poly(cv, &tri(1.0), white);
+            f.poly(cv, &tri(0.88), red);
+            f.rect(
+                cv,
+                -side * 0.24,
+                cy + ht * 0.12,
+                side * 0.24,
+                cy + ht * 0.17,
+                white,
+            );
+            f.rect(
+                cv,
+                -side * 0.17,
+                cy + ht * 0.01,
+                side * 0.17,
+                cy + ht * 0.06,
+                white,
+            );
+            f.rect(
+                cv,
+                -side * 0.025,
+                cy - ht * 0.02,
+                side * 0.025,
+                cy + ht * 0.2,
+                white,
             );
         }
         SignShape::Info { aspect, bg, fg } => {
