@@ -14,7 +14,9 @@ use percept_model::{PerceptionNetConfig, Precision};
 use percept_synth::{write_synthetic_dataset, SynthOptions};
 
 use percept_data::atomic_file::write_atomic;
-use percept_eval::eval::{evaluate, EvalOptions, EvalReport, Evaluation, MetricResolution};
+use percept_eval::eval::{
+    evaluate, evaluate_matched, ClassMatch, EvalOptions, EvalReport, Evaluation, MetricResolution,
+};
 use percept_eval::model_file::{load_model, read_model_card, ModelCard};
 use percept_eval::predict::{predict_image, read_image, write_prediction, Prediction};
 use percept_eval::report::{write_report, ReportFiles};
@@ -367,25 +369,45 @@ impl BackendTask for EvalTask<'_> {
         B::InnerBackend: VisionBackend,
     {
         let (net, card) = load_model::<B::InnerBackend>(self.model, &device)?;
-        check_classes(&card, self.dataset, self.model)?;
+        let class_match = check_classes(&card, self.dataset, self.model)?;
+        if let Some(m) = &class_match {
+            for line in m.describe() {
+                tracing::info!("{line}");
+            }
+        }
         let bar = progress(self.dataset.len() as u64, "eval");
-        let evaluation = evaluate(&net, &card, self.dataset, &self.options, &device, &bar);
+        let evaluation = evaluate_matched(
+            &net,
+            &card,
+            self.dataset,
+            class_match.as_ref(),
+            &self.options,
+            &device,
+            &bar,
+        );
         bar.finish_and_clear();
         Ok(evaluation?)
     }
 }
 
-fn check_classes(card: &ModelCard, dataset: &Dataset, model: &Path) -> Result<(), TrainError> {
-    if card.classes.as_slice() != dataset.classes() {
-        return Err(TrainError::Data(format!(
-            "model {} detects {:?} but the dataset's classes are {:?}: evaluate on a dataset \
-             with the model's class list",
+/// How the model's classes are scored on the dataset's: `None` when the lists are the same;
+/// through the model's fine-tune class mapping or by name when they differ
+/// ([`ClassMatch::between`]); an error naming both lists when they share no class.
+fn check_classes(
+    card: &ModelCard,
+    dataset: &Dataset,
+    model: &Path,
+) -> Result<Option<ClassMatch>, TrainError> {
+    ClassMatch::between(card, dataset.classes()).map_err(|e| {
+        TrainError::Data(format!(
+            "model {}: {}",
             model.display(),
-            card.classes,
-            dataset.classes()
-        )));
-    }
-    Ok(())
+            match e {
+                percept_eval::EvalError::Data(message) => message,
+                other => other.to_string(),
+            }
+        ))
+    })
 }
 
 /// What `percept eval` evaluates and where it writes.

@@ -217,9 +217,33 @@ enum Command {
     },
     /// Show a model file's card: classes, input, decoding and provenance (datasets, regions,
     /// the keys that signed its data and its run's audit log)
+    ///
+    /// The provenance is a chain, newest first: this file, the model it was fine-tuned from,
+    /// and so on back to the first global run. A link whose nested provenance was edited
+    /// after it was recorded is reported and the command fails (status 1).
     Inspect {
         /// Model file (export or checkpoint)
         model: PathBuf,
+        /// The base model file: check its blake3 is the one recorded and its card's
+        /// provenance is the one nested in the chain
+        #[arg(long, value_name = "BASE_FILE")]
+        base: Option<PathBuf>,
+    },
+    /// Evaluations side by side: eval.json reports joined into one table (task metrics and
+    /// AP@0.5 per class, each report's difference from the first), printed as Markdown
+    ///
+    /// With --out, also writes compare.md, compare.html, compare.json and a per-class AP
+    /// chart (PNG and SVG). Classes are matched by name; a class a report lacks shows "–".
+    Compare {
+        /// eval.json files (`percept eval --out` or `--report`); the first is the reference
+        #[arg(required = true, num_args = 2.., value_name = "EVAL_JSON")]
+        reports: Vec<PathBuf>,
+        /// A name for each report, in order (repeat once per report; default: its path)
+        #[arg(long = "label", value_name = "NAME")]
+        labels: Vec<String>,
+        /// Write the comparison files into this directory
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
     },
     /// Draw a run's training curves from its metrics.jsonl as PNG and SVG charts
     Plot {
@@ -790,9 +814,53 @@ fn run(cli: Cli) -> Result<()> {
                     .unwrap_or_default()
             );
         }
-        Command::Inspect { model } => {
+        Command::Inspect { model, base } => {
+            use percept::eval::model_file::{chain_breaks, check_base_file, describe_card};
             let card = percept::eval::model_file::read_model_card(&model)?;
-            print!("{}", percept::eval::model_file::describe_card(&card));
+            print!("{}", describe_card(&card));
+            let mut problems = chain_breaks(&card);
+            if let Some(base) = base {
+                match check_base_file(&card, &base) {
+                    Ok(checked) => println!("{checked}"),
+                    Err(e) => problems.push(e.to_string()),
+                }
+            }
+            if !problems.is_empty() {
+                anyhow::bail!(
+                    "model file {}: the provenance does not verify:\n  {}",
+                    model.display(),
+                    problems.join("\n  ")
+                );
+            }
+        }
+        Command::Compare {
+            reports,
+            labels,
+            out,
+        } => {
+            use percept::eval::compare::{compare_reports, read_eval_report, write_comparison};
+            if !labels.is_empty() && labels.len() != reports.len() {
+                anyhow::bail!(
+                    "--label: {} labels for {} reports; give one per report, in order, or none",
+                    labels.len(),
+                    reports.len()
+                );
+            }
+            let mut labelled = Vec::with_capacity(reports.len());
+            for (i, path) in reports.iter().enumerate() {
+                let label = labels
+                    .get(i)
+                    .cloned()
+                    .unwrap_or_else(|| path.display().to_string());
+                labelled.push((label, read_eval_report(path)?));
+            }
+            let comparison = compare_reports(&labelled);
+            print!("{}", comparison.markdown());
+            if let Some(out) = out {
+                let files = write_comparison(&comparison, &out)?;
+                let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+                println!("wrote {}", names.join(", "));
+            }
         }
         Command::Plot {
             run,

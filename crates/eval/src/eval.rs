@@ -22,7 +22,7 @@ use percept_data::{
     collate, AugmentParams, Batch, BoxLabel, Conditions, Dataset, IgnoreRegion, Letterbox, Sample,
 };
 use percept_model::{decode_detections, DecodeOptions, PerceptionNet, ScoredBox};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::image_space::{box_to_image, mask_to_image, masks, network_mask};
 use crate::inputs::batch_tensors;
@@ -37,7 +37,7 @@ use crate::EvalError;
 const AP_SCORE_THRESHOLD: f32 = 0.001;
 
 /// Metrics of one binary segmentation task.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SegmentationReport {
     /// IoU of the positive class.
     pub iou: f64,
@@ -64,7 +64,7 @@ impl SegmentationReport {
 }
 
 /// Detection metrics with class names and the vehicle group.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DetectionReport {
     pub classes: Vec<String>,
     pub metrics: DetectionMetrics,
@@ -76,7 +76,7 @@ pub struct DetectionReport {
 }
 
 /// Metrics of the images that share one condition value.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SliceReport {
     /// `region`, `weather`, `time_of_day` or `scene`.
     pub key: String,
@@ -114,7 +114,7 @@ pub struct Evaluation {
 }
 
 /// A whole evaluation.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EvalReport {
     pub images: usize,
     /// Where metrics were computed.
@@ -126,6 +126,178 @@ pub struct EvalReport {
     /// The same metrics by region, weather, time of day and scene (the frames' conditions),
     /// in key then value order.
     pub slices: Vec<SliceReport>,
+    /// How the dataset's classes were scored against the model's, when the two lists differ
+    /// (absent when they are the same list).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_match: Option<ClassMatch>,
+}
+
+/// How [`ClassMatch`] paired a dataset's classes with a model's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClassMatchKind {
+    /// Through the model's fine-tune class mapping: the dataset has the global class list the
+    /// model was fine-tuned from, and its boxes are relabelled as the fine-tune relabelled its
+    /// training data (merged classes become their country class; dropped ones vanish).
+    FinetuneMapping,
+    /// By class name.
+    Name,
+}
+
+/// A model class scored against a dataset's boxes, and the dataset classes those boxes are.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScoredClass {
+    /// The model's class.
+    pub class: String,
+    /// The dataset's classes whose boxes count as it.
+    pub from: Vec<String>,
+}
+
+/// A dataset's class list matched to a model's different one: which dataset boxes are scored
+/// as which model class. Made by [`ClassMatch::between`]; [`evaluate_matched`] applies it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassMatch {
+    pub how: ClassMatchKind,
+    pub model_classes: Vec<String>,
+    pub dataset_classes: Vec<String>,
+    /// For each dataset class (by index), the model class (index) its boxes are scored as;
+    /// `None`: its boxes are dropped.
+    pub relabel: Vec<Option<u16>>,
+    /// Model classes scored, in the model's order, with the dataset classes behind each.
+    pub scored: Vec<ScoredClass>,
+    /// Dataset classes whose boxes are dropped (the model has no class for them).
+    pub dropped: Vec<String>,
+    /// Model classes the dataset has no boxes for: reported with no AP.
+    pub unscored: Vec<String>,
+}
+
+impl ClassMatch {
+    /// How a model of `card`'s classes is scored on a dataset of `dataset_classes`: `None`
+    /// when the lists are the same (boxes scored as they are). When the model is a fine-tune
+    /// whose class mapping starts from exactly `dataset_classes`, boxes are relabelled with
+    /// the mapping ([`percept_data::ClassMapping::relabel`]); otherwise classes are matched by
+    /// name. An error naming both lists when no class is shared.
+    pub fn between(
+        card: &ModelCard,
+        dataset_classes: &[String],
+    ) -> Result<Option<ClassMatch>, EvalError> {
+        let model = &card.classes;
+        if model.as_slice() == dataset_classes {
+            return Ok(None);
+        }
+        let mapping = card
+            .provenance
+            .finetune
+            .as_ref()
+            .map(|f| &f.class_mapping)
+            .filter(|m| m.global.as_slice() == dataset_classes && m.class_names() == *model);
+        let (how, relabel) = match mapping {
+            Some(m) => (ClassMatchKind::FinetuneMapping, m.relabel()),
+            None => (
+                ClassMatchKind::Name,
+                dataset_classes
+                    .iter()
+                    .map(|d| {
+                        model
+                            .iter()
+                            .position(|m| m == d)
+                            .and_then(|i| u16::try_from(i).ok())
+                    })
+                    .collect(),
+            ),
+        };
+        let scored: Vec<ScoredClass> = model
+            .iter()
+            .enumerate()
+            .map(|(i, class)| ScoredClass {
+                class: class.clone(),
+                from: dataset_classes
+                    .iter()
+                    .zip(&relabel)
+                    .filter(|(_, r)| r.map(usize::from) == Some(i))
+                    .map(|(d, _)| d.clone())
+                    .collect(),
+            })
+            .collect();
+        let (scored, unscored): (Vec<ScoredClass>, Vec<ScoredClass>) =
+            scored.into_iter().partition(|c| !c.from.is_empty());
+        if scored.is_empty() {
+            return Err(EvalError::Data(format!(
+                "the model detects [{}] and the dataset's classes are [{}]: no class is \
+                 shared (by name{}), so there is nothing to score; evaluate on a dataset with \
+                 some of the model's classes",
+                model.join(", "),
+                dataset_classes.join(", "),
+                if card.provenance.finetune.is_some() {
+                    ", or through the model's fine-tune class mapping"
+                } else {
+                    ""
+                }
+            )));
+        }
+        let dropped = dataset_classes
+            .iter()
+            .zip(&relabel)
+            .filter(|(_, r)| r.is_none())
+            .map(|(d, _)| d.clone())
+            .collect();
+        Ok(Some(ClassMatch {
+            how,
+            model_classes: model.clone(),
+            dataset_classes: dataset_classes.to_vec(),
+            relabel,
+            scored,
+            dropped,
+            unscored: unscored.into_iter().map(|c| c.class).collect(),
+        }))
+    }
+
+    /// `boxes` (of the dataset's classes) as the model's classes: relabelled, those of a
+    /// dropped class removed.
+    pub fn apply(&self, boxes: &mut Vec<BoxLabel>) {
+        boxes.retain_mut(
+            |b| match self.relabel.get(usize::from(b.class)).copied().flatten() {
+                Some(class) => {
+                    b.class = class;
+                    true
+                }
+                None => false,
+            },
+        );
+    }
+
+    /// What was scored and how, one line each: the way classes were matched, each scored
+    /// class and its dataset classes, the dropped dataset classes, the unscored model classes.
+    pub fn describe(&self) -> Vec<String> {
+        let mut lines = vec![match self.how {
+            ClassMatchKind::FinetuneMapping => "the model's classes differ from the dataset's; \
+                 its boxes are relabelled through the model's fine-tune class mapping"
+                .to_string(),
+            ClassMatchKind::Name => "the model's classes differ from the dataset's; classes \
+                 are matched by name"
+                .to_string(),
+        }];
+        for c in &self.scored {
+            lines.push(if c.from.len() == 1 && c.from[0] == c.class {
+                format!("scored: {}", c.class)
+            } else {
+                format!("scored: {} <- {}", c.class, c.from.join(" + "))
+            });
+        }
+        if !self.dropped.is_empty() {
+            lines.push(format!(
+                "dataset classes dropped (the model has no class for them): {}",
+                self.dropped.join(", ")
+            ));
+        }
+        if !self.unscored.is_empty() {
+            lines.push(format!(
+                "model classes not in the dataset (no AP): {}",
+                self.unscored.join(", ")
+            ));
+        }
+        lines
+    }
 }
 
 /// Detections decoded with `decode` (NMS) and binary masks (drivable, lanes) of one batch,
@@ -294,6 +466,21 @@ pub fn evaluate<B: VisionBackend>(
     device: &B::Device,
     bar: &ProgressBar,
 ) -> Result<Evaluation, EvalError> {
+    evaluate_matched(net, card, dataset, None, options, device, bar)
+}
+
+/// [`evaluate`] of a model whose classes differ from the dataset's: each sample's boxes are
+/// scored as `class_match` says ([`ClassMatch::apply`]), and the report records it. `None`:
+/// the lists are the same, as [`evaluate`].
+pub fn evaluate_matched<B: VisionBackend>(
+    net: &PerceptionNet<B>,
+    card: &ModelCard,
+    dataset: &Dataset,
+    class_match: Option<&ClassMatch>,
+    options: &EvalOptions,
+    device: &B::Device,
+    bar: &ProgressBar,
+) -> Result<Evaluation, EvalError> {
     let (w, h) = (card.input.width, card.input.height);
     let num_classes = card.classes.len();
     let (built, labelled) = (card.architecture.tasks, dataset.manifest().tasks);
@@ -323,9 +510,14 @@ pub fn evaluate<B: VisionBackend>(
     bar.set_length(images as u64);
     for start in (0..images).step_by(options.batch_size.max(1)) {
         let end = (start + options.batch_size.max(1)).min(images);
-        let samples = (start..end)
+        let mut samples = (start..end)
             .map(|i| dataset.get(i))
             .collect::<Result<Vec<_>, _>>()?;
+        if let Some(m) = class_match {
+            for sample in &mut samples {
+                m.apply(&mut sample.boxes);
+            }
+        }
         let batch: Batch = collate(&samples, w as u32, h as u32);
         let (decoded, net_masks) = infer(net, &batch, &decode, evaluated, device);
         for (j, sample) in samples.iter().enumerate() {
@@ -478,6 +670,7 @@ pub fn evaluate<B: VisionBackend>(
             .2
             .then(|| SegmentationReport::from(&segmentation[LANES])),
         slices: slice_reports,
+        class_match: class_match.cloned(),
     };
     Ok(Evaluation { report, examples })
 }
@@ -538,6 +731,11 @@ impl EvalReport {
             self.images,
             self.resolution_note()
         );
+        if let Some(m) = &self.class_match {
+            for line in m.describe() {
+                let _ = writeln!(s, "  {line}");
+            }
+        }
         if let Some(d) = &self.detection {
             let _ = writeln!(s, "\ndetection            AP@0.5  AP@.5:.95     GT    det");
             for c in &d.metrics.per_class {
@@ -663,6 +861,147 @@ mod tests {
         let batch = collate(&[s], 100, 100);
         assert_eq!(batch.boxes[0].len(), boxes.len());
         assert_eq!(batch.ignore[0].len(), ignore.len());
+    }
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// A nano card of `classes`, a fine-tune with `mapping` when given.
+    fn card(classes: &[&str], mapping: Option<percept_data::ClassMapping>) -> ModelCard {
+        let mut card: ModelCard = serde_json::from_value(serde_json::json!({
+            "format": crate::model_file::MODEL_FORMAT,
+            "architecture": percept_model::PerceptionNetConfig::new(
+                percept_model::ModelSize::Nano, classes.len()),
+            "classes": classes,
+            "input": { "width": 64, "height": 64 },
+            "normalization": crate::model_file::Normalization::default(),
+            "decode": DecodeOptions::default(),
+            "provenance": {
+                "site_region": "JP", "site_name": "lab", "datasets": [], "regions": ["JP"],
+                "config_hash": "0".repeat(64), "base_checkpoint": null, "steps": 0,
+                "percept_version": "test",
+            },
+        }))
+        .unwrap();
+        card.provenance.finetune = mapping.map(|class_mapping| crate::model_file::FinetuneRecord {
+            profile: "JP".into(),
+            profile_hash: "0".repeat(64),
+            class_mapping,
+            freeze: "none".into(),
+            freeze_norm_statistics: false,
+            distillation: None,
+            l2sp: None,
+        });
+        card
+    }
+
+    fn boxes(classes: &[u16]) -> Vec<BoxLabel> {
+        classes
+            .iter()
+            .map(|&c| BoxLabel::new(c, [0.0, 0.0, 10.0, 10.0]))
+            .collect()
+    }
+
+    fn classes_of(boxes: &[BoxLabel]) -> Vec<u16> {
+        boxes.iter().map(|b| b.class).collect()
+    }
+
+    #[test]
+    fn the_same_class_list_needs_no_match() {
+        let global = ["car", "truck", "bus"];
+        assert_eq!(
+            ClassMatch::between(&card(&global, None), &names(&global)).unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn a_finetune_is_scored_on_global_data_through_its_class_mapping() {
+        use percept_data::{ClassMapping, ClassOrigin};
+        let global = names(&["car", "truck", "bus", "cyclist"]);
+        let mapping = ClassMapping {
+            global: global.clone(),
+            classes: vec![
+                ("car".into(), ClassOrigin::Kept(0)),
+                ("heavy vehicle".into(), ClassOrigin::Merged(vec![1, 2])),
+                ("auto-rickshaw".into(), ClassOrigin::New),
+            ],
+            dropped: names(&["cyclist"]),
+        };
+        let card = card(&["car", "heavy vehicle", "auto-rickshaw"], Some(mapping));
+        let m = ClassMatch::between(&card, &global).unwrap().unwrap();
+        assert_eq!(m.how, ClassMatchKind::FinetuneMapping);
+        assert_eq!(m.relabel, vec![Some(0), Some(1), Some(1), None]);
+        assert_eq!(
+            m.scored,
+            vec![
+                ScoredClass {
+                    class: "car".into(),
+                    from: names(&["car"])
+                },
+                ScoredClass {
+                    class: "heavy vehicle".into(),
+                    from: names(&["truck", "bus"])
+                },
+            ]
+        );
+        assert_eq!(m.dropped, names(&["cyclist"]));
+        assert_eq!(m.unscored, names(&["auto-rickshaw"]));
+        // Merged boxes become their country class; dropped ones vanish.
+        let mut b = boxes(&[0, 1, 2, 3, 2, 0]);
+        m.apply(&mut b);
+        assert_eq!(classes_of(&b), vec![0, 1, 1, 1, 0]);
+        assert_eq!(
+            m.describe(),
+            vec![
+                "the model's classes differ from the dataset's; its boxes are relabelled \
+                 through the model's fine-tune class mapping",
+                "scored: car",
+                "scored: heavy vehicle <- truck + bus",
+                "dataset classes dropped (the model has no class for them): cyclist",
+                "model classes not in the dataset (no AP): auto-rickshaw",
+            ]
+        );
+        // Recorded in eval.json, and read back.
+        let json = serde_json::to_value(&m).unwrap();
+        assert_eq!(json["how"], "finetune_mapping");
+        assert_eq!(serde_json::from_value::<ClassMatch>(json).unwrap(), m);
+    }
+
+    #[test]
+    fn other_lists_are_matched_by_name() {
+        // A fine-tune evaluated on data of another list than its mapping's global one: names.
+        let mapping = percept_data::ClassMapping::identity(&names(&["car", "bus"]));
+        let finetuned = card(&["car", "bus"], Some(mapping));
+        let dataset = names(&["pedestrian", "bus", "car", "truck"]);
+        let m = ClassMatch::between(&finetuned, &dataset).unwrap().unwrap();
+        assert_eq!(m.how, ClassMatchKind::Name);
+        assert_eq!(m.relabel, vec![None, Some(1), Some(0), None]);
+        assert_eq!(m.dropped, names(&["pedestrian", "truck"]));
+        assert!(m.unscored.is_empty());
+        let mut b = boxes(&[0, 1, 2, 3]);
+        m.apply(&mut b);
+        assert_eq!(classes_of(&b), vec![1, 0]);
+        // A model class the dataset lacks is unscored.
+        let m = ClassMatch::between(&card(&["car", "tram"], None), &dataset)
+            .unwrap()
+            .unwrap();
+        assert_eq!(m.unscored, names(&["tram"]));
+        assert_eq!(m.relabel, vec![None, None, Some(0), None]);
+    }
+
+    #[test]
+    fn no_shared_class_is_refused_naming_both_lists() {
+        let err = ClassMatch::between(&card(&["tram", "rickshaw"], None), &names(&["car", "bus"]))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "data: the model detects [tram, rickshaw] and the dataset's classes are [car, bus]: \
+             no class is shared (by name), so there is nothing to score; evaluate on a dataset \
+             with some of the model's classes"
+        );
     }
 
     #[test]

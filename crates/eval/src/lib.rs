@@ -12,6 +12,7 @@
 //! - [`overlay`], [`chart`]: drawing predictions on frames, and charts (plotters; PNG and SVG).
 //! - [`font`]: the bundled font (DejaVu Sans) of chart and overlay text.
 //! - [`report`]: an evaluation as HTML and Markdown with charts and examples.
+//! - [`compare`]: evaluations side by side (`percept compare`): one table, differences, a chart.
 //! - [`plot`]: a run's `metrics.jsonl` (read with [`metrics_log`]'s types) as charts
 //!   (`percept plot`).
 //!
@@ -19,6 +20,7 @@
 //! crate knows nothing of training.
 
 pub mod chart;
+pub mod compare;
 pub mod error;
 pub mod eval;
 pub mod font;

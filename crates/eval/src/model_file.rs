@@ -503,11 +503,16 @@ fn to_f32<const N: usize>(data: &[u8], convert: impl Fn(&[u8]) -> f32) -> Vec<u8
         .collect()
 }
 
-/// The card as `percept inspect` prints it: what the network is and where its weights came
-/// from, including the keys that vouch for its data and its run.
-pub fn describe_card(card: &ModelCard) -> String {
-    let arch = &card.architecture;
-    let p = &card.provenance;
+/// Hex digits of a hash shown where a short form is enough to tell hashes apart (datasets'
+/// manifests, configs, profiles); files' hashes are shown whole, to compare with `b3sum`.
+const SHORT_HASH: usize = 16;
+
+fn short(hash: &str) -> &str {
+    hash.get(..SHORT_HASH).unwrap_or(hash)
+}
+
+/// The tasks a network is built for, in words.
+fn network_text(arch: &PerceptionNetConfig) -> String {
     let tasks: Vec<&str> = [
         (arch.tasks.detection, "detection"),
         (arch.tasks.drivable, "drivable"),
@@ -516,13 +521,134 @@ pub fn describe_card(card: &ModelCard) -> String {
     .into_iter()
     .filter_map(|(on, name)| on.then_some(name))
     .collect();
+    format!("{}, tasks: {}", arch.size.name(), tasks.join(", "))
+}
+
+/// One model of a provenance chain: the file itself (link 1) or a base nested in the link
+/// before it.
+#[derive(Debug, Clone, Copy)]
+pub struct ChainLink<'a> {
+    /// 1 for the file itself, 2 for its base, and so on back to the first global run.
+    pub number: usize,
+    pub architecture: &'a PerceptionNetConfig,
+    pub classes: &'a [String],
+    pub provenance: &'a Provenance,
+    /// How the link was recorded in link `number - 1`; `None` for the file itself.
+    pub recorded: Option<&'a BaseLink>,
+}
+
+impl ChainLink<'_> {
+    /// Why this link does not verify (its nested provenance no longer has the digest recorded
+    /// when it was linked), or `None` when it does (or is the file itself).
+    pub fn break_text(&self) -> Option<String> {
+        let link = self.recorded?;
+        let digest = link.provenance.digest();
+        (digest != link.provenance_hash).then(|| {
+            format!(
+                "link {} -> {}: DOES NOT VERIFY: the nested provenance was edited after it was \
+                 recorded (digest {} != recorded {})",
+                self.number,
+                self.number - 1,
+                short(&digest),
+                short(&link.provenance_hash)
+            )
+        })
+    }
+}
+
+/// The provenance chain of `card`, newest first: the file itself, its base, the base's base,
+/// ..., the first global run.
+pub fn provenance_chain(card: &ModelCard) -> Vec<ChainLink<'_>> {
+    let mut chain = vec![ChainLink {
+        number: 1,
+        architecture: &card.architecture,
+        classes: &card.classes,
+        provenance: &card.provenance,
+        recorded: None,
+    }];
+    let mut next = card.provenance.base.as_deref();
+    while let Some(link) = next {
+        chain.push(ChainLink {
+            number: chain.len() + 1,
+            architecture: &link.architecture,
+            classes: &link.classes,
+            provenance: &link.provenance,
+            recorded: Some(link),
+        });
+        next = link.provenance.base.as_deref();
+    }
+    chain
+}
+
+/// Every link of `card`'s provenance chain that does not verify, as [`ChainLink::break_text`]
+/// words it; empty when the chain holds.
+pub fn chain_breaks(card: &ModelCard) -> Vec<String> {
+    provenance_chain(card)
+        .iter()
+        .filter_map(ChainLink::break_text)
+        .collect()
+}
+
+/// Checks that `base` is the file the fine-tune of `card` started from: its blake3 is the
+/// recorded `base_checkpoint` and, when the base's provenance was nested, its card's
+/// provenance has the digest recorded in the link. Returns what was established, in words;
+/// a mismatch is an error naming `base` and both values.
+pub fn check_base_file(card: &ModelCard, base: &Path) -> Result<String, EvalError> {
+    let bad = |message: String| EvalError::ModelFile {
+        path: base.to_path_buf(),
+        message,
+    };
+    let recorded = card.provenance.base_checkpoint.as_deref().ok_or_else(|| {
+        bad("the model records no base (it was not started from another model)".into())
+    })?;
+    let bytes = read(base)?;
+    let hash = blake3::hash(&bytes).to_hex().to_string();
+    if hash != recorded {
+        return Err(bad(format!(
+            "not the model's base: its blake3 is {hash}, the model records {recorded}"
+        )));
+    }
+    let Some(link) = card.provenance.base.as_deref() else {
+        return Ok(format!(
+            "base {}: blake3 {hash} matches (the model nests no provenance of its base to \
+             compare)",
+            base.display()
+        ));
+    };
+    let base_card = card_from_bytes(&bytes, base)?;
+    let digest = base_card.provenance.digest();
+    if digest != link.provenance_hash {
+        return Err(bad(format!(
+            "its blake3 matches but its card's provenance digest is {digest}, the link records \
+             {}",
+            link.provenance_hash
+        )));
+    }
+    if link.provenance != base_card.provenance {
+        return Err(bad(
+            "its blake3 and provenance digest match the link, but the provenance nested in \
+             the model differs from the base's card: the nested copy was edited"
+                .into(),
+        ));
+    }
+    Ok(format!(
+        "base {}: blake3 {hash} and provenance digest {} match link 2",
+        base.display(),
+        short(&digest)
+    ))
+}
+
+/// The card as `percept inspect` prints it: what the network is, then where its weights came
+/// from as a chain of links, newest first: link 1 is the file itself, link 2 the model it was
+/// fine-tuned from, and so on back to the first global run. Each link names its site, regions,
+/// datasets (name, region, manifest hash), config hash, steps, the keys that vouch for its
+/// data and its run, the fine-tune settings when it was one, and the base file's hash. A link
+/// that does not verify says so ([`chain_breaks`] lists the same).
+pub fn describe_card(card: &ModelCard) -> String {
     let mut out = String::new();
     let mut line = |label: &str, text: String| out.push_str(&format!("{label:<12}{text}\n"));
     line("format", card.format.clone());
-    line(
-        "network",
-        format!("{}, tasks: {}", arch.size.name(), tasks.join(", ")),
-    );
+    line("network", network_text(&card.architecture));
     line(
         "classes",
         format!("{}: {}", card.classes.len(), card.classes.join(", ")),
@@ -548,6 +674,39 @@ pub fn describe_card(card: &ModelCard) -> String {
             card.decode.max_detections
         ),
     );
+    let chain = provenance_chain(card);
+    out.push_str(&format!(
+        "provenance  {} link{}, newest first (link 1 is this file{})\n",
+        chain.len(),
+        if chain.len() == 1 { "" } else { "s" },
+        if chain.len() > 1 {
+            format!(", link {} the first run", chain.len())
+        } else {
+            String::new()
+        }
+    ));
+    for link in &chain {
+        describe_link(link, &mut out);
+    }
+    out
+}
+
+/// One link's block of [`describe_card`].
+fn describe_link(link: &ChainLink, out: &mut String) {
+    let p = link.provenance;
+    let heading = match (link.recorded, link.break_text()) {
+        (None, _) => "link 1 (this file)".to_string(),
+        (Some(_), Some(broken)) => broken,
+        (Some(recorded), None) => format!(
+            "link {} -> {}: verifies (provenance digest {})",
+            link.number,
+            link.number - 1,
+            short(&recorded.provenance_hash)
+        ),
+    };
+    out.push_str(&heading);
+    out.push('\n');
+    let mut line = |label: &str, text: String| out.push_str(&format!("  {label:<12}{text}\n"));
     line(
         "trained at",
         format!(
@@ -555,15 +714,37 @@ pub fn describe_card(card: &ModelCard) -> String {
             p.site_name, p.site_region, p.steps, p.percept_version
         ),
     );
-    line("regions", p.regions.join(", "));
-    line("config", format!("blake3 {}", p.config_hash));
-    if let Some(base) = &p.base_checkpoint {
-        line("base", format!("blake3 {base}"));
+    if link.recorded.is_some() {
+        line("network", network_text(link.architecture));
+        line(
+            "classes",
+            format!("{}: {}", link.classes.len(), link.classes.join(", ")),
+        );
     }
+    line("regions", p.regions.join(", "));
+    if p.datasets.is_empty() {
+        line("datasets", "none recorded".into());
+    }
+    for d in &p.datasets {
+        line(
+            "dataset",
+            format!(
+                "`{}` ({}), manifest blake3 {}, {}",
+                d.name,
+                d.region,
+                short(&d.manifest_hash),
+                match &d.signed_by {
+                    Some(k) => format!("signed by trusted steward key {k}"),
+                    None => "no verified steward signature".into(),
+                }
+            ),
+        );
+    }
+    line("config", format!("blake3 {}", short(&p.config_hash)));
     line(
         "audit log",
         match &p.audit_head {
-            Some(h) => format!("head at entry {}, hash {}", h.entries, h.hash),
+            Some(h) => format!("head at entry {}, hash {}", h.entries, short(&h.hash)),
             None => "no head recorded".into(),
         },
     );
@@ -574,22 +755,45 @@ pub fn describe_card(card: &ModelCard) -> String {
             None => "none: the run's audit log is unsigned".into(),
         },
     );
-    for d in &p.datasets {
-        line(
-            "dataset",
+    if let Some(f) = &p.finetune {
+        let mut settings = vec![
+            format!("profile {} (blake3 {})", f.profile, short(&f.profile_hash)),
             format!(
-                "`{}` ({}), manifest blake3 {}, {}",
-                d.name,
-                d.region,
-                d.manifest_hash,
-                match &d.signed_by {
-                    Some(k) => format!("signed by trusted steward key {k}"),
-                    None => "no verified steward signature".into(),
+                "freeze {}{}",
+                f.freeze,
+                if f.freeze_norm_statistics {
+                    " (norm statistics kept)"
+                } else {
+                    ""
                 }
             ),
-        );
+        ];
+        if let Some(w) = f.distillation {
+            settings.push(format!("distillation weight {w}"));
+        }
+        if let Some(w) = f.l2sp {
+            settings.push(format!("L2-SP weight {w}"));
+        }
+        line("fine-tune", settings.join(", "));
+        for (i, mapping) in f.class_mapping.describe().into_iter().enumerate() {
+            line(if i == 0 { "class map" } else { "" }, mapping);
+        }
     }
-    out
+    match (&p.base_checkpoint, &p.base) {
+        (Some(hash), Some(_)) => line(
+            "base file",
+            format!("blake3 {hash} (link {})", link.number + 1),
+        ),
+        (Some(hash), None) => line(
+            "base file",
+            format!("blake3 {hash} (its provenance was not recorded)"),
+        ),
+        (None, Some(_)) => line(
+            "base file",
+            format!("no hash recorded (link {})", link.number + 1),
+        ),
+        (None, None) => line("base file", "none recorded".into()),
+    }
 }
 
 #[cfg(test)]

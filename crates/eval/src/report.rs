@@ -23,7 +23,10 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use crate::chart::{bar_chart, line_chart, readable_on_white, Bar, ChartImage, Series};
-use crate::eval::{DetectionReport, EvalReport, Evaluation, MetricResolution, SegmentationReport};
+use crate::eval::{
+    ClassMatch, ClassMatchKind, DetectionReport, EvalReport, Evaluation, MetricResolution,
+    SegmentationReport,
+};
 use crate::overlay::class_color;
 use crate::EvalError;
 use percept_data::{save_png_atomic, write_atomic};
@@ -286,8 +289,11 @@ fn blocks(report: &EvalReport, title: &str, gallery: Vec<Figure>) -> Vec<Block> 
             if report.images == 1 { "" } else { "s" },
             resolution_sentence(report)
         )),
-        Block::Heading(2, "Detection".to_string()),
     ];
+    if let Some(m) = &report.class_match {
+        class_match_blocks(m, &mut b);
+    }
+    b.push(Block::Heading(2, "Detection".to_string()));
     match &report.detection {
         Some(d) => detection_blocks(d, &mut b),
         None => b.push(not_evaluated("Detection was")),
@@ -345,6 +351,45 @@ fn blocks(report: &EvalReport, title: &str, gallery: Vec<Figure>) -> Vec<Block> 
         b.push(Block::Gallery(gallery));
     }
     b
+}
+
+/// Which dataset classes were scored as which model class, when the lists differ.
+fn class_match_blocks(m: &ClassMatch, b: &mut Vec<Block>) {
+    b.push(Block::Heading(2, "Classes scored".to_string()));
+    b.push(Block::Paragraph(
+        match m.how {
+            ClassMatchKind::FinetuneMapping => {
+                "The model's classes differ from the dataset's: the dataset has the global \
+                 classes the model was fine-tuned from, and its boxes are relabelled through \
+                 the model's fine-tune class mapping."
+            }
+            ClassMatchKind::Name => {
+                "The model's classes differ from the dataset's: classes are matched by name."
+            }
+        }
+        .to_string(),
+    ));
+    let mut rows: Vec<Vec<String>> = m
+        .scored
+        .iter()
+        .map(|c| vec![c.class.clone(), c.from.join(" + ")])
+        .collect();
+    rows.extend(
+        m.unscored
+            .iter()
+            .map(|c| vec![c.clone(), "not in the dataset: no AP".to_string()]),
+    );
+    rows.extend(m.dropped.iter().map(|d| {
+        vec![
+            "dropped: the model has no such class".to_string(),
+            d.clone(),
+        ]
+    }));
+    b.push(Block::Table(Table {
+        header: strings(["model class", "dataset classes scored as it"]),
+        rows,
+        text_columns: 2,
+    }));
 }
 
 fn not_evaluated(subject: &str) -> Block {
@@ -472,7 +517,7 @@ fn segmentation_blocks(r: &SegmentationReport, lanes: bool, b: &mut Vec<Block>) 
 /// `text` with Markdown's special characters backslash-escaped and line breaks made spaces,
 /// so it renders literally (also inside a table cell). `<` is escaped, so no HTML tag can
 /// form; `>` only matters at the start of a line, where no escaped text is put.
-fn escape_markdown(text: &str) -> String {
+pub(crate) fn escape_markdown(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {
@@ -488,7 +533,7 @@ fn escape_markdown(text: &str) -> String {
 }
 
 /// `text` with HTML's special characters escaped.
-fn escape_html(text: &str) -> String {
+pub(crate) fn escape_html(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {
@@ -741,6 +786,7 @@ mod tests {
                     slice("region", "us-west", 2, Some(0.5)),
                     slice("weather", "clear", 1, None),
                 ],
+                class_match: None,
             },
             examples: vec![example("frames/a<b>.jpg", 10), example("plain-id", 20)],
         }
