@@ -315,14 +315,19 @@ fn distillation_at_weight_zero_is_a_plain_finetune_bit_for_bit_and_acts_above_it
     let final_of = |run: &Path| tensors(&run.join("checkpoints/final.safetensors"));
     assert_eq!(final_of(&plain), final_of(&zero));
     assert_ne!(final_of(&plain), final_of(&one));
-    // Weight 0 still computes and logs the term: 0 at the first step (the student is the
-    // teacher), positive once the student has moved.
-    let kd: Vec<f64> = step_losses(&zero)
-        .iter()
-        .map(|l| l["distillation"].as_f64().unwrap())
-        .collect();
-    assert!(kd[0].abs() < 1e-4, "{kd:?}");
-    assert!(kd[2] > kd[0], "{kd:?}");
+    // Weight 0 still computes and logs the term (a forgetting monitor); with weight 1 the
+    // student is closer to the teacher after its first update. (Not 0 at step 1: the student's batch norms use
+    // the batch's statistics, the teacher's its running ones.)
+    let kd = |run: &Path| -> Vec<f64> {
+        step_losses(run)
+            .iter()
+            .map(|l| l["distillation"].as_f64().unwrap())
+            .collect()
+    };
+    let (watched, applied) = (kd(&zero), kd(&one));
+    assert!(watched.iter().all(|v| v.is_finite() && *v > 0.0), "{watched:?}");
+    assert_eq!(watched[0], applied[0]);
+    assert!(applied[1] < watched[1], "{applied:?} vs {watched:?}");
     assert!(step_losses(&plain)[0].get("distillation").is_none());
     // The before/after report compares base and fine-tuned on the held-out split.
     let md = std::fs::read_to_string(plain.join("before-after/compare.md")).unwrap();
