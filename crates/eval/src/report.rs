@@ -934,6 +934,44 @@ mod tests {
     }
 
     #[test]
+    fn a_class_match_is_shown_class_by_class() {
+        let mut ev = evaluation(true, MetricResolution::Network);
+        ev.report.class_match = Some(ClassMatch {
+            how: ClassMatchKind::FinetuneMapping,
+            model_classes: vec!["car".into(), "heavy vehicle".into(), "tuk".into()],
+            dataset_classes: vec!["car".into(), "truck".into(), "bus".into(), "dog".into()],
+            relabel: vec![Some(0), Some(1), Some(1), None],
+            scored: vec![
+                crate::eval::ScoredClass {
+                    class: "car".into(),
+                    from: vec!["car".into()],
+                },
+                crate::eval::ScoredClass {
+                    class: "heavy vehicle".into(),
+                    from: vec!["truck".into(), "bus".into()],
+                },
+            ],
+            dropped: vec!["dog".into()],
+            unscored: vec!["tuk".into()],
+        });
+        let md = to_markdown(&blocks(&ev.report, "t", Vec::new()));
+        for want in [
+            "## Classes scored\n",
+            "its boxes are relabelled through the model's fine-tune class mapping",
+            "| model class | dataset classes scored as it |\n| :-- | :-- |\n| car | car |\n\
+             | heavy vehicle | truck + bus |\n| tuk | not in the dataset: no AP |\n\
+             | dropped: the model has no such class | dog |\n",
+        ] {
+            assert!(md.contains(want), "{want:?} not in:\n{md}");
+        }
+        // Before the detection section; absent when the lists are the same.
+        assert!(md.find("## Classes scored") < md.find("## Detection"));
+        ev.report.class_match = None;
+        let md = to_markdown(&blocks(&ev.report, "t", Vec::new()));
+        assert!(!md.contains("Classes scored"), "{md}");
+    }
+
+    #[test]
     fn example_names_are_safe_ordered_and_unique() {
         let long = "x".repeat(200);
         let names = example_file_names(&["a/b", "a/b", "", "é ok", &long]);
