@@ -11,7 +11,7 @@ use percept_data::{
     AuditEvent, AuditHead, AuditLog, AuditReport, Dataset, Manifest, Split, AUDIT_FILE,
 };
 use percept_model::{PerceptionNetConfig, Precision};
-use percept_synth::{write_synthetic_dataset, SynthOptions};
+use percept_synth::{write_synthetic_dataset_for, SynthOptions};
 
 use percept_data::atomic_file::write_atomic;
 use percept_eval::eval::{
@@ -25,6 +25,7 @@ use percept_train::checkpoint::{CheckpointDir, CheckpointKind};
 use percept_train::config::RunConfig;
 use percept_train::data::{audit, open_for_site, TrainingData};
 use percept_train::export::{export, ExportSummary};
+use percept_train::finetune::FinetuneBase;
 use percept_train::gpu_runtime::KernelCache;
 use percept_train::trainer::{Faults, RunState, TrainSummary, TrainTask};
 use percept_train::TrainError;
@@ -63,10 +64,45 @@ pub fn progress(len: u64, prefix: &'static str) -> ProgressBar {
 
 /// `percept synth`: writes a synthetic dataset.
 pub fn synth(options: &SynthOptions, out: &Path) -> Result<Manifest, TrainError> {
+    synth_for(options, None, out)
+}
+
+/// `percept synth --country`: writes a synthetic dataset of a country's roads, labelled in
+/// its class list (`options.region` must be the profile's code); without a country, [`synth`].
+pub fn synth_for(
+    options: &SynthOptions,
+    country: Option<&percept_data::CountryProfile>,
+    out: &Path,
+) -> Result<Manifest, TrainError> {
     let bar = progress((options.train + options.val) as u64, "synth");
-    let manifest = write_synthetic_dataset(out, options, &|n| bar.set_position(n as u64))?;
+    let manifest =
+        write_synthetic_dataset_for(out, options, country, &|n| bar.set_position(n as u64))?;
     bar.finish_and_clear();
     Ok(manifest)
+}
+
+/// Sets the policy of the dataset just written to `out`: its sites may be in `regions` (the
+/// data's own region first, added when missing). Codes are checked before anything changes.
+pub fn set_processing_regions(
+    manifest: &mut Manifest,
+    regions: &[String],
+    out: &Path,
+) -> Result<(), TrainError> {
+    let mut list = vec![manifest.region.clone()];
+    for r in regions {
+        let r = r.trim().to_ascii_uppercase();
+        if !percept_data::manifest::is_region_code(&r) {
+            return Err(TrainError::Invalid(format!(
+                "--processing-regions: {r:?} is not an ISO 3166-1 alpha-2 code such as DE or US"
+            )));
+        }
+        if !list.contains(&r) {
+            list.push(r);
+        }
+    }
+    manifest.policy.processing_regions = list;
+    manifest.save(out.join(percept_data::MANIFEST_FILE))?;
+    Ok(())
 }
 
 /// `percept train`: a fresh run. Opens the run's audit log, records the start, clears and opens
@@ -112,9 +148,11 @@ pub fn train_with(
             run_dir.display()
         )));
     }
-    // The site's trust store and key are checked before anything of the run is written.
+    // The site's trust store and key, and a fine-tune's base model and profile, are checked
+    // before anything of the run is written.
     percept_train::site::residency_guard(&config.site)?;
     percept_train::site::site_key(&config.site)?;
+    let finetune = open_finetune(config)?;
     std::fs::create_dir_all(&run_dir).map_err(|e| TrainError::Io {
         path: run_dir.clone(),
         source: e,
@@ -124,7 +162,16 @@ pub fn train_with(
     write_atomic(run_dir.join(RUN_CONFIG_FILE), config.to_toml().as_bytes())?;
     audit(&mut log, run_start(config))?;
     record_removed(&mut log, removed)?;
-    run_training(config, run_dir, &mut log, &devices, None, faults)
+    run_training(config, run_dir, &mut log, &devices, None, finetune, faults)
+}
+
+/// The base model and country profile of a config's `[finetune]` (none without one).
+fn open_finetune(config: &RunConfig) -> Result<Option<FinetuneBase>, TrainError> {
+    let Some(f) = &config.finetune else {
+        return Ok(None);
+    };
+    let profile = crate::countries::resolve_profile(&f.profile, None)?;
+    FinetuneBase::open(config, profile).map(Some)
 }
 
 /// Removes the temporary files that killed writes left in a run's directory (they are never
@@ -188,6 +235,7 @@ fn run_training(
     log: &mut AuditLog,
     devices: &Devices,
     resume: Option<RunState>,
+    finetune: Option<FinetuneBase>,
     faults: Faults,
 ) -> Result<TrainSummary, TrainError> {
     if devices.specs()[0] != DeviceSpec::Cpu {
@@ -204,6 +252,7 @@ fn run_training(
                 resume,
                 faults,
                 cluster: devices.cluster().cloned(),
+                finetune,
             },
         )?
     });
@@ -284,6 +333,7 @@ pub fn resume_with(
             )));
         }
     }
+    let finetune = open_finetune(&config)?;
     // Refusals are behind: from here on the run goes on.
     let removed = remove_temporaries(run_dir)?;
     let mut log = percept_train::site::open_audit_log(run_dir, &config.site)?;
@@ -351,6 +401,7 @@ pub fn resume_with(
         &mut log,
         &devices,
         state,
+        finetune,
         faults,
     )
 }

@@ -7,6 +7,7 @@
 //! and calls these.
 //!
 //! - [`commands`]: train, eval, export, predict, audit and the other commands' bodies.
+//! - [`countries`]: the built-in country profiles and `--country` / `finetune.profile` lookup.
 //! - [`seals`]: keys, signing a dataset, a run's signed audit head.
 //! - [`quickstart`]: synthetic data, a short run, evaluation and a report in one command.
 //! - [`bench`], [`bench_train`]: the input pipeline's and the training step's benchmarks.
@@ -15,6 +16,8 @@
 pub mod bench;
 pub mod bench_train;
 pub mod commands;
+pub mod countries;
+pub mod finetune_cmd;
 pub mod quickstart;
 pub mod seals;
 pub mod warmup;

@@ -75,6 +75,12 @@ enum Command {
         /// Region the data belongs to (ISO 3166-1 alpha-2); sets the traffic side
         #[arg(long, default_value = "DE")]
         region: String,
+        /// Draw a country's roads by its profile: a built-in code (CN, DE, GB, IN, JP, US) or
+        /// the path of a profile file (.toml, like configs/countries/jp.toml). Scenes get its
+        /// traffic side, centre-line colour, edge lines, sign families and new vehicle
+        /// classes; boxes are labelled in its class list; the region is its code
+        #[arg(long, value_name = "CODE_OR_FILE", conflicts_with = "region")]
+        country: Option<String>,
         /// Training scenes
         #[arg(long, default_value_t = 2000)]
         train: usize,
@@ -93,9 +99,14 @@ enum Command {
         /// Scenes per shard file
         #[arg(long, default_value_t = 256)]
         samples_per_shard: usize,
-        /// Dataset name in the manifest (default: synthetic-<region>)
+        /// Dataset name in the manifest (default: synthetic-<region>, or synthetic-<code>
+        /// with --country)
         #[arg(long)]
         name: Option<String>,
+        /// Regions whose sites may process the data, comma-separated (the manifest's policy;
+        /// default: only the data's own region), e.g. US,DE
+        #[arg(long, value_name = "CODES", value_delimiter = ',')]
+        processing_regions: Vec<String>,
     },
     /// Import a public dataset from disk into region-tagged shards (resumable)
     Import {
@@ -128,6 +139,25 @@ enum Command {
         /// HOST:PORT of node 0, the same on every node; node 0 averages the gradients there
         #[arg(long, value_name = "HOST:PORT")]
         master: Option<String>,
+    },
+    /// Fine-tune a base model for one country (a config with [finetune]: profile, freezing,
+    /// distillation, L2-SP), then compare base and fine-tuned on the country's held-out split
+    Finetune {
+        /// Base model (a checkpoint or export of the global or another country's model)
+        #[arg(long, required_unless_present = "resume", conflicts_with = "resume")]
+        base: Option<PathBuf>,
+        /// Fine-tune config (TOML) with a [finetune] table, e.g. configs/finetune-jp.toml
+        #[arg(long, required_unless_present = "resume", conflicts_with = "resume")]
+        config: Option<PathBuf>,
+        /// Override a config key, e.g. --set finetune.freeze=backbone (repeatable)
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Continue the fine-tune in RUN_DIR from its newest intact checkpoint (same base file)
+        #[arg(long, value_name = "RUN_DIR")]
+        resume: Option<PathBuf>,
+        /// Device: cpu, wgpu, cuda or cuda:N (distillation and L2-SP run on one device)
+        #[arg(long, default_value = "cpu")]
+        device: String,
     },
     /// Print or check a run config as resolved: `extends` chain, --set overrides, defaults
     Config {
@@ -555,6 +585,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Synth {
             out,
             region,
+            country,
             train,
             val,
             width,
@@ -562,7 +593,36 @@ fn run(cli: Cli) -> Result<()> {
             seed,
             samples_per_shard,
             name,
+            processing_regions,
         } => {
+            let profile = country
+                .map(|c| percept::countries::resolve_profile(&c, None))
+                .transpose()?;
+            let region = profile.as_ref().map_or(region, |p| p.code.clone());
+            if let Some(p) = &profile {
+                let global: Vec<String> = percept::synth::SYNTH_CLASSES
+                    .iter()
+                    .map(|c| c.to_string())
+                    .collect();
+                let mapping = p.mapping(&global)?;
+                // The profile's own spelling of each value ("red-triangle").
+                let name = |v: serde_json::Value| v.as_str().unwrap_or_default().to_string();
+                println!(
+                    "country {} ({}): {} traffic, {} centre lines, edge lines {}, {} warning \
+                     signs, {} stop signs",
+                    p.code,
+                    p.name,
+                    p.traffic.side.name(),
+                    name(serde_json::to_value(p.markings.centre_line)?),
+                    name(serde_json::to_value(p.markings.edge_lines)?),
+                    name(serde_json::to_value(p.signs.warning)?),
+                    name(serde_json::to_value(p.signs.stop)?)
+                );
+                println!("classes: {}", p.class_names().join(", "));
+                for line in mapping.describe() {
+                    println!("  {line}");
+                }
+            }
             let options = SynthOptions {
                 name: name.unwrap_or_else(|| format!("synthetic-{}", region.to_lowercase())),
                 region,
@@ -573,14 +633,19 @@ fn run(cli: Cli) -> Result<()> {
                 seed,
                 samples_per_shard,
             };
-            let manifest = commands::synth(&options, &out)?;
+            let mut manifest = commands::synth_for(&options, profile.as_ref(), &out)?;
+            if !processing_regions.is_empty() {
+                commands::set_processing_regions(&mut manifest, &processing_regions, &out)?;
+            }
             println!(
-                "wrote {} ({} shards, {} train + {} val scenes, region {}, manifest {})",
+                "wrote {} ({} shards, {} train + {} val scenes, region {}, processed in {}, \
+                 manifest {})",
                 out.display(),
                 manifest.shards.len(),
                 train,
                 val,
                 manifest.region,
+                manifest.policy.processing_regions.join(", "),
                 manifest.hash()
             );
         }
@@ -602,6 +667,63 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             RunConfig::load_layered(&args.config, &args.set)?;
             println!("{}: ok", args.config.display());
+        }
+        Command::Finetune {
+            base,
+            config,
+            set,
+            resume,
+            device,
+        } => {
+            let devices: Devices = device.parse().context("--device")?;
+            stop_on_ctrl_c()?;
+            let outcome = match (config, base, resume) {
+                (_, _, Some(run)) => {
+                    if !set.is_empty() {
+                        anyhow::bail!(
+                            "--set cannot be used with --resume: a resumed fine-tune keeps the \
+                             config it started with ({})",
+                            run.join("config.toml").display()
+                        );
+                    }
+                    percept::finetune_cmd::finetune_resume(&run, devices)?
+                }
+                (Some(config), Some(base), None) => {
+                    let mut set = set;
+                    set.push(format!("finetune.base={}", toml_string(&base)));
+                    let config = RunConfig::load_layered(&config, &set)?;
+                    percept::finetune_cmd::finetune(&config, devices)?
+                }
+                _ => anyhow::bail!("give --base MODEL and --config FILE, or --resume RUN_DIR"),
+            };
+            let s = &outcome.summary;
+            if s.interrupted {
+                println!(
+                    "interrupted after step {}: checkpoint {}; continue with `percept finetune \
+                     --resume {}`",
+                    s.steps,
+                    s.checkpoint.display(),
+                    s.run_dir.display()
+                );
+                std::process::exit(130);
+            }
+            println!(
+                "fine-tuned {} steps in {:.0} s ({:.1} images/s); checkpoint {}",
+                s.steps,
+                s.seconds,
+                s.images_per_second,
+                s.checkpoint.display()
+            );
+            for r in &outcome.reports {
+                println!(
+                    "\nbase vs fine-tuned on {} (held-out split):\n\n{}",
+                    r.dataset.display(),
+                    r.comparison.markdown()
+                );
+                for f in &r.files {
+                    println!("wrote {}", f.display());
+                }
+            }
         }
         Command::Train {
             config,
@@ -1105,4 +1227,9 @@ mod tests {
         keep_freed_memory();
         assert_eq!(get(), -1);
     }
+}
+
+/// `path` as a TOML string value for `--set` (quoted and escaped).
+fn toml_string(path: &std::path::Path) -> String {
+    toml::Value::String(path.display().to_string()).to_string()
 }
