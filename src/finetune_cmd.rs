@@ -4,10 +4,14 @@
 
 use std::path::{Path, PathBuf};
 
-use percept_data::Split;
+use burn::backend::Flex;
+use percept_data::{ClassOrigin, Split};
 use percept_eval::compare::{compare_reports, write_comparison, Comparison};
+use percept_eval::model_file::{save_model, ModelCard};
+use percept_model::{PerceptionNet, PerceptionNetConfig};
 use percept_train::backend::Devices;
 use percept_train::config::RunConfig;
+use percept_train::finetune::FinetuneBase;
 use percept_train::trainer::TrainSummary;
 use percept_train::TrainError;
 
@@ -80,15 +84,15 @@ fn finish(config: &RunConfig, summary: TrainSummary) -> Result<FinetuneOutcome, 
 /// Evaluates the base and the fine-tuned model on every dataset's held-out split at the run's
 /// site, and writes each side-by-side table into `RUN_DIR/before-after/` (a subfolder per
 /// dataset when the run has several).
+///
+/// The base is scored as the fine-tune started from it: its class rows mapped to the
+/// country's classes (a renamed class keeps its detections under the country's name; a new
+/// class has its fresh, untrained rows), so both columns score the same classes.
 fn before_after(
     config: &RunConfig,
     summary: &TrainSummary,
 ) -> Result<Vec<BeforeAfter>, TrainError> {
-    let base = config
-        .finetune
-        .as_ref()
-        .and_then(|f| f.base.clone())
-        .expect("a fine-tune's base");
+    let base = mapped_base(config, &summary.run_dir.join(BEFORE_AFTER_DIR))?;
     let several = config.data.datasets.len() > 1;
     let mut out = Vec::new();
     for dataset in &config.data.datasets {
@@ -121,4 +125,46 @@ fn before_after(
         });
     }
     Ok(out)
+}
+
+/// The base model with its class rows mapped to the country's classes, as the fine-tune's
+/// first step saw it (same seed for the new classes' rows): the base file itself when the
+/// mapping keeps every class in place, else a model file written into `dir`.
+fn mapped_base(config: &RunConfig, dir: &Path) -> Result<PathBuf, TrainError> {
+    let f = config.finetune.as_ref().expect("a fine-tune's config");
+    let profile = crate::countries::resolve_profile(&f.profile, None)?;
+    let base = FinetuneBase::open(config, profile)?;
+    let identity = base.mapping.classes.len() == base.card.classes.len()
+        && base
+            .mapping
+            .classes
+            .iter()
+            .enumerate()
+            .all(|(i, (name, origin))| {
+                *origin == ClassOrigin::Kept(i) && *name == base.card.classes[i]
+            });
+    if identity {
+        return Ok(base.path);
+    }
+    let arch = PerceptionNetConfig {
+        num_classes: base.mapping.classes.len(),
+        ..base.card.architecture.clone()
+    };
+    let net: PerceptionNet<Flex> = arch.init_seeded(config.train.seed, &Default::default());
+    let net = base.student(net)?;
+    let card = ModelCard {
+        architecture: arch,
+        classes: base.mapping.class_names(),
+        ..base.card.clone()
+    };
+    std::fs::create_dir_all(dir).map_err(|e| TrainError::Io {
+        path: dir.to_path_buf(),
+        source: e,
+    })?;
+    let path = dir.join(format!(
+        "base-as-{}.safetensors",
+        base.profile.code.to_lowercase()
+    ));
+    save_model(&net, &card, &path)?;
+    Ok(path)
 }
