@@ -334,6 +334,10 @@ pub fn resume_with(
         }
     }
     let finetune = open_finetune(&config)?;
+    if let (Some(base), Some(s)) = (&finetune, &state) {
+        let checkpoint = checkpoints.files(s.checkpoint.trim_end_matches(".safetensors"));
+        base.check_resumed(&read_model_card(&checkpoint.model)?.provenance)?;
+    }
     // Refusals are behind: from here on the run goes on.
     let removed = remove_temporaries(run_dir)?;
     let mut log = percept_train::site::open_audit_log(run_dir, &config.site)?;

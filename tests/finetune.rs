@@ -325,7 +325,10 @@ fn distillation_at_weight_zero_is_a_plain_finetune_bit_for_bit_and_acts_above_it
             .collect()
     };
     let (watched, applied) = (kd(&zero), kd(&one));
-    assert!(watched.iter().all(|v| v.is_finite() && *v > 0.0), "{watched:?}");
+    assert!(
+        watched.iter().all(|v| v.is_finite() && *v > 0.0),
+        "{watched:?}"
+    );
     assert_eq!(watched[0], applied[0]);
     assert!(applied[1] < watched[1], "{applied:?} vs {watched:?}");
     assert!(step_losses(&plain)[0].get("distillation").is_none());
@@ -383,5 +386,52 @@ fn a_frozen_backbone_keeps_the_base_weights_and_statistics_and_l2sp_pulls_by_its
     assert!(
         want > 0.0 && (logged[1] - want).abs() <= 1e-3 * want,
         "{logged:?} vs {want}"
+    );
+}
+
+#[test]
+fn a_resumed_finetune_keeps_its_base_and_refuses_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = synth(dir.path(), "JP", 6, 2);
+    let run_dir = run(
+        dir.path(),
+        &data,
+        "resumable",
+        "[finetune.distillation]\nweight = 1.0",
+    );
+    let uninterrupted = tensors(&run_dir.join("checkpoints/final.safetensors"));
+    // As if the process had died after step 2: the final checkpoint never happened.
+    for entry in std::fs::read_dir(run_dir.join("checkpoints")).unwrap() {
+        let path = entry.unwrap().path();
+        if path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("final.")
+        {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+    // Another file where the base was: the teacher would not be the run's. Refused, and
+    // nothing changes.
+    let base = dir.path().join("base-1.safetensors");
+    let original = std::fs::read(&base).unwrap();
+    let other = dir.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    let (other_base, _) = base_model(&other, &strings(&SYNTH_CLASSES), 2);
+    std::fs::copy(&other_base, &base).unwrap();
+    let e = match percept::finetune_cmd::finetune_resume(&run_dir, DeviceSpec::Cpu) {
+        Ok(_) => panic!("resumed with another base"),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains("is not the one this run started from"), "{e}");
+    assert!(!run_dir.join("checkpoints/final.safetensors").exists());
+    // With the base back, the resumed run ends where the uninterrupted one did.
+    std::fs::write(&base, original).unwrap();
+    let outcome = percept::finetune_cmd::finetune_resume(&run_dir, DeviceSpec::Cpu).unwrap();
+    assert_eq!((outcome.summary.start_step, outcome.summary.steps), (2, 3));
+    assert_eq!(
+        tensors(&run_dir.join("checkpoints/final.safetensors")),
+        uninterrupted
     );
 }

@@ -30,7 +30,7 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::TensorData;
 use percept_data::{ClassMapping, ClassOrigin, CountryProfile};
 use percept_eval::model_file::{
-    check_weights, load_model, read_model_card, BaseLink, FinetuneRecord, ModelCard,
+    check_weights, load_model, read_model_card, BaseLink, FinetuneRecord, ModelCard, Provenance,
 };
 use percept_model::{FrozenNorms, PerceptionNet};
 use safetensors::tensor::TensorView;
@@ -136,6 +136,26 @@ impl FinetuneBase {
             profile,
             mapping,
         })
+    }
+
+    /// A resumed fine-tune must have this base: the distillation teacher and the L2-SP
+    /// anchor are the weights the run started from. `saved` is the provenance of the
+    /// checkpoint it resumes from.
+    pub fn check_resumed(&self, saved: &Provenance) -> Result<(), TrainError> {
+        if saved.base_checkpoint.as_deref() != Some(self.hash.as_str()) {
+            return Err(TrainError::Invalid(format!(
+                "base model {} (blake3 {}) is not the one this run started from (blake3 {}): \
+                 resume with the same file; nothing was changed",
+                self.path.display(),
+                &self.hash[..12],
+                saved
+                    .base_checkpoint
+                    .as_deref()
+                    .and_then(|h| h.get(..12))
+                    .unwrap_or("none")
+            )));
+        }
+        Ok(())
     }
 
     /// The run's datasets must be labelled in the profile's class list.

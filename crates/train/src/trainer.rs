@@ -632,26 +632,6 @@ fn initial_network<B: AutodiffBackend>(
 ) -> Result<PerceptionNet<B>, TrainError> {
     let net: PerceptionNet<B> = arch.init_seeded(config.train.seed, device);
     if let Some(base) = finetune {
-        if let Some(state) = resume {
-            // The distillation teacher and L2-SP anchor must be the weights the run started
-            // from.
-            let model = run_dir.join("checkpoints").join(&state.checkpoint);
-            let saved = read_model_card(&model)?.provenance;
-            if saved.base_checkpoint.as_deref() != Some(base.hash.as_str()) {
-                return Err(TrainError::Invalid(format!(
-                    "base model {} (blake3 {}) is not the one this run started from ({}): \
-                     resume with the same file",
-                    base.path.display(),
-                    &base.hash[..12],
-                    saved
-                        .base_checkpoint
-                        .as_deref()
-                        .unwrap_or("none")
-                        .get(..12)
-                        .unwrap_or("none")
-                )));
-            }
-        }
         merge_provenance(provenance, &base.card.provenance);
         provenance.base_checkpoint = Some(base.hash.clone());
         provenance.base = Some(Box::new(base.link()));
