@@ -123,6 +123,16 @@ impl FinetuneBase {
                 config.site.region
             );
         }
+        let (w, h) = (profile.input.width as usize, profile.input.height as usize);
+        if (w, h) != (config.model.input.width, config.model.input.height) {
+            tracing::info!(
+                "profile {} suggests a {w}x{h} input ({}); the config trains at {}x{}",
+                profile.code,
+                profile.input.why,
+                config.model.input.width,
+                config.model.input.height
+            );
+        }
         let mapping = profile.mapping(&card.classes)?;
         Ok(FinetuneBase {
             path,
