@@ -226,8 +226,8 @@ impl CountryProfile {
             message,
         };
         let de = toml::Deserializer::new(text);
-        let profile: CountryProfile =
-            serde_path_to_error::deserialize(de).map_err(|e| bad(format!("{}: {}", e.path(), e)))?;
+        let profile: CountryProfile = serde_path_to_error::deserialize(de)
+            .map_err(|e| bad(format!("{}: {}", e.path(), e)))?;
         profile.validate().map_err(bad)?;
         Ok(profile)
     }
@@ -255,9 +255,14 @@ impl CountryProfile {
                 return Err(format!("{key} is empty: every fact names its source"));
             }
         }
-        for (key, v) in [("input.width", self.input.width), ("input.height", self.input.height)] {
+        for (key, v) in [
+            ("input.width", self.input.width),
+            ("input.height", self.input.height),
+        ] {
             if v == 0 || v % 32 != 0 || v > 4096 {
-                return Err(format!("{key} = {v}: expected a multiple of 32 from 32 to 4096"));
+                return Err(format!(
+                    "{key} = {v}: expected a multiple of 32 from 32 to 4096"
+                ));
             }
         }
         if self.classes.is_empty() {
@@ -445,7 +450,10 @@ source = "UVH-26"
         let e = err("[[classes]]\nname = \"tuk\"\nsource = \"s\"\n");
         assert!(e.contains("x.toml") && e.contains("no `shape`"), "{e}");
         let e = err("[[classes]]\nname = \"van\"\nfrom = [\"van\"]\n");
-        assert!(e.contains("\"van\"") && e.contains("car, truck, bus, cyclist"), "{e}");
+        assert!(
+            e.contains("\"van\"") && e.contains("car, truck, bus, cyclist"),
+            "{e}"
+        );
         let e = err(
             "[[classes]]\nname = \"a\"\nfrom = [\"car\"]\n[[classes]]\nname = \"b\"\nfrom = [\"car\"]\n",
         );
@@ -456,9 +464,12 @@ source = "UVH-26"
             .unwrap_err()
             .to_string();
         assert!(e.contains("traffic.side") && e.contains("left"), "{e}");
-        let e = CountryProfile::parse(&profile(IN_CLASSES).replace("width = 256", "width = 250"), "y")
-            .unwrap_err()
-            .to_string();
+        let e = CountryProfile::parse(
+            &profile(IN_CLASSES).replace("width = 256", "width = 250"),
+            "y",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("input.width = 250"), "{e}");
     }
 }
