@@ -15,6 +15,8 @@ pub struct ParamInfo {
 struct ParamLister {
     path: Vec<String>,
     params: Vec<ParamInfo>,
+    /// Each parameter's value too, when asked for.
+    values: Option<Vec<TensorData>>,
 }
 
 impl<B: Backend> ModuleVisitor<B> for ParamLister {
@@ -32,6 +34,9 @@ impl<B: Backend> ModuleVisitor<B> for ParamLister {
             id: param.id,
             dims: param.shape().dims::<D>().to_vec(),
         });
+        if let Some(values) = self.values.as_mut() {
+            values.push(param.val().into_data());
+        }
     }
 }
 
@@ -40,7 +45,20 @@ pub fn list_params<B: Backend, M: Module<B>>(module: &M) -> Vec<ParamInfo> {
     let mut lister = ParamLister {
         path: Vec::new(),
         params: Vec::new(),
+        values: None,
     };
     module.visit(&mut lister);
     lister.params
+}
+
+/// Every float parameter of `module` with its value, in visiting order.
+pub fn param_values<B: Backend, M: Module<B>>(module: &M) -> Vec<(ParamInfo, TensorData)> {
+    let mut lister = ParamLister {
+        path: Vec::new(),
+        params: Vec::new(),
+        values: Some(Vec::new()),
+    };
+    module.visit(&mut lister);
+    let values = lister.values.expect("values were collected");
+    lister.params.into_iter().zip(values).collect()
 }

@@ -22,7 +22,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use burn::module::{Module, ModuleVisitor, Param};
+use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::store::{ModuleSnapshot, SafetensorsStore};
@@ -32,6 +32,7 @@ use percept_data::{ClassMapping, ClassOrigin, CountryProfile};
 use percept_eval::model_file::{
     check_weights, load_model, read_model_card, BaseLink, FinetuneRecord, ModelCard, Provenance,
 };
+use percept_model::params::{list_params, param_values};
 use percept_model::{FrozenNorms, PerceptionNet};
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
@@ -291,33 +292,20 @@ pub struct Rows {
 
 /// The detection head's class-output tensors of `net`, by path.
 pub fn class_rows_of<B: Backend>(net: &PerceptionNet<B>) -> HashMap<String, Rows> {
-    struct Collect {
-        path: Vec<String>,
-        found: HashMap<String, Rows>,
-    }
-    impl<B: Backend> ModuleVisitor<B> for Collect {
-        fn enter_module(&mut self, name: &str, _: &str) {
-            self.path.push(name.to_string());
-        }
-        fn exit_module(&mut self, _: &str, _: &str) {
-            self.path.pop();
-        }
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-            let path = self.path.join(".");
-            if is_class_rows(&path) {
-                let t = param.val();
-                let shape = t.dims().to_vec();
-                let values = t.into_data().convert::<f32>().to_vec().expect("f32 data");
-                self.found.insert(path, Rows { shape, values });
-            }
-        }
-    }
-    let mut c = Collect {
-        path: Vec::new(),
-        found: HashMap::new(),
-    };
-    net.visit(&mut c);
-    c.found
+    param_values(net)
+        .into_iter()
+        .filter(|(p, _)| is_class_rows(&p.path))
+        .map(|(p, data)| {
+            let values = data.convert::<f32>().to_vec().expect("f32 data");
+            (
+                p.path,
+                Rows {
+                    shape: p.dims,
+                    values,
+                },
+            )
+        })
+        .collect()
 }
 
 /// A copy of the safetensors file `base` (all f32) whose class-output tensors are replaced by
@@ -468,58 +456,33 @@ fn anchors<B: AutodiffBackend>(
     teacher: &PerceptionNet<B::InnerBackend>,
     student: &PerceptionNet<B>,
 ) -> GradientsParams {
-    struct Values {
-        path: Vec<String>,
-        found: HashMap<String, TensorData>,
-    }
-    impl<I: Backend> ModuleVisitor<I> for Values {
-        fn enter_module(&mut self, name: &str, _: &str) {
-            self.path.push(name.to_string());
-        }
-        fn exit_module(&mut self, _: &str, _: &str) {
-            self.path.pop();
-        }
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<I, D>>) {
-            let path = self.path.join(".");
-            if !is_class_rows(&path) {
-                self.found.insert(path, param.val().into_data());
-            }
-        }
-    }
-    struct Register<'a> {
-        path: Vec<String>,
-        values: &'a HashMap<String, TensorData>,
+    let mut base: HashMap<String, (Vec<usize>, TensorData)> = param_values(teacher)
+        .into_iter()
+        .filter(|(p, _)| !is_class_rows(&p.path))
+        .map(|(p, data)| (p.path, (p.dims, data)))
+        .collect();
+    let by_id: HashMap<ParamId, TensorData> = list_params(student)
+        .into_iter()
+        .filter_map(|p| match base.remove(&p.path) {
+            Some((dims, data)) if dims == p.dims => Some((p.id, data)),
+            _ => None,
+        })
+        .collect();
+    struct Register {
+        by_id: HashMap<ParamId, TensorData>,
         out: GradientsParams,
     }
-    impl<B: AutodiffBackend> ModuleVisitor<B> for Register<'_> {
-        fn enter_module(&mut self, name: &str, _: &str) {
-            self.path.push(name.to_string());
-        }
-        fn exit_module(&mut self, _: &str, _: &str) {
-            self.path.pop();
-        }
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Register {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-            let path = self.path.join(".");
-            let value = param.val();
-            if let Some(data) = self.values.get(&path) {
-                if data.shape.as_slice() == value.dims().as_slice() {
-                    let device = value.device();
-                    self.out.register::<B::InnerBackend, D>(
-                        param.id,
-                        Tensor::from_data(data.clone(), &device),
-                    );
-                }
+            if let Some(data) = self.by_id.remove(&param.id) {
+                let device = param.val().device();
+                self.out
+                    .register::<B::InnerBackend, D>(param.id, Tensor::from_data(data, &device));
             }
         }
     }
-    let mut values = Values {
-        path: Vec::new(),
-        found: HashMap::new(),
-    };
-    teacher.visit(&mut values);
     let mut register = Register {
-        path: Vec::new(),
-        values: &values.found,
+        by_id,
         out: GradientsParams::new(),
     };
     student.visit(&mut register);
