@@ -74,9 +74,12 @@ impl FinetuneBase {
                     .into(),
             )
         })?;
-        let bytes = std::fs::read(&path).map_err(|e| TrainError::Io {
-            path: path.clone(),
-            source: e,
+        let bytes = std::fs::read(&path).map_err(|e| {
+            TrainError::Invalid(format!(
+                "base model {} (finetune.base, --base): {e}; give a percept checkpoint or \
+                 export",
+                path.display()
+            ))
         })?;
         let hash = blake3::hash(&bytes).to_hex().to_string();
         drop(bytes);
