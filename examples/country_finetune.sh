@@ -59,7 +59,6 @@ forgetting "$global" global
 
 for country in JP IN; do
   lower=$(echo "$country" | tr 'A-Z' 'a-z')
-  "$percept" eval --model "$global" --data "$out/synth-$lower" --site "$country" --out "$evals/global-$lower.json"
   for variant in plain distill distill-l2sp; do
     step "fine-tune $country: $variant"
     extra=()
@@ -76,22 +75,25 @@ for country in JP IN; do
     "$percept" eval --model "$model" --data "$out/synth-$lower" --out "$evals/$name-$lower.json"
     forgetting "$model" "$name"
   done
+  # The global model on the country's frames, as the fine-tunes started from it: its class
+  # rows mapped to the country's list (`percept finetune` writes that file when the lists
+  # differ; for JP they are the same list).
+  before="$out/runs/ft-$lower-plain/before-after/base-as-$lower.safetensors"
+  [ -e "$before" ] || before="$global"
+  "$percept" eval --model "$before" --data "$out/synth-$lower" --site "$country" --out "$evals/global-$lower.json"
 done
 
 step "tables"
 tables="$out/tables"
+labels=(--label global --label "fine-tuned" --label "+ distillation" --label "+ distillation + L2-SP")
 for country in jp in; do
-  "$percept" compare --out "$tables/$country-gain" \
-    --label global "$evals/global-$country.json" \
-    --label "fine-tuned" "$evals/ft-$country-plain-$country.json" \
-    --label "+ distillation" "$evals/ft-$country-distill-$country.json" \
-    --label "+ distillation + L2-SP" "$evals/ft-$country-distill-l2sp-$country.json"
+  "$percept" compare --out "$tables/$country-gain" "${labels[@]}" "$evals/global-$country.json" \
+    "$evals/ft-$country-plain-$country.json" "$evals/ft-$country-distill-$country.json" \
+    "$evals/ft-$country-distill-l2sp-$country.json"
   for held in de us; do
-    "$percept" compare --out "$tables/$country-forgetting-$held" \
-      --label global "$evals/global-$held.json" \
-      --label "fine-tuned" "$evals/ft-$country-plain-$held.json" \
-      --label "+ distillation" "$evals/ft-$country-distill-$held.json" \
-      --label "+ distillation + L2-SP" "$evals/ft-$country-distill-l2sp-$held.json"
+    "$percept" compare --out "$tables/$country-forgetting-$held" "${labels[@]}" "$evals/global-$held.json" \
+      "$evals/ft-$country-plain-$held.json" "$evals/ft-$country-distill-$held.json" \
+      "$evals/ft-$country-distill-l2sp-$held.json"
   done
 done
 "$percept" inspect "$out/runs/ft-in-distill/checkpoints/final.safetensors"
