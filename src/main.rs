@@ -540,6 +540,39 @@ fn stop_on_ctrl_c() -> Result<()> {
     .context("cannot install the Ctrl-C handler")
 }
 
+/// `--set` with `--resume`: refused, since a resumed `what` keeps the config it started with;
+/// `hint` follows the message.
+fn reject_set_on_resume(
+    set: &[String],
+    run: &std::path::Path,
+    what: &str,
+    hint: &str,
+) -> Result<()> {
+    if !set.is_empty() {
+        anyhow::bail!(
+            "--set cannot be used with --resume: a resumed {what} keeps the config it started \
+             with ({}){hint}",
+            run.join("config.toml").display()
+        );
+    }
+    Ok(())
+}
+
+/// A run stopped by Ctrl-C: say where its checkpoint is and how to continue it (`percept
+/// <command> --resume RUN_DIR`), then exit with status 130.
+fn exit_if_interrupted(s: &percept::train::trainer::TrainSummary, command: &str) {
+    if s.interrupted {
+        println!(
+            "interrupted after step {}: checkpoint {}; continue with `percept {command} \
+             --resume {}`",
+            s.steps,
+            s.checkpoint.display(),
+            s.run_dir.display()
+        );
+        std::process::exit(130);
+    }
+}
+
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Quickstart {
@@ -679,13 +712,7 @@ fn run(cli: Cli) -> Result<()> {
             stop_on_ctrl_c()?;
             let outcome = match (config, base, resume) {
                 (_, _, Some(run)) => {
-                    if !set.is_empty() {
-                        anyhow::bail!(
-                            "--set cannot be used with --resume: a resumed fine-tune keeps the \
-                             config it started with ({})",
-                            run.join("config.toml").display()
-                        );
-                    }
+                    reject_set_on_resume(&set, &run, "fine-tune", "")?;
                     percept::finetune_cmd::finetune_resume(&run, devices)?
                 }
                 (Some(config), Some(base), None) => {
@@ -697,16 +724,7 @@ fn run(cli: Cli) -> Result<()> {
                 _ => anyhow::bail!("give --base MODEL and --config FILE, or --resume RUN_DIR"),
             };
             let s = &outcome.summary;
-            if s.interrupted {
-                println!(
-                    "interrupted after step {}: checkpoint {}; continue with `percept finetune \
-                     --resume {}`",
-                    s.steps,
-                    s.checkpoint.display(),
-                    s.run_dir.display()
-                );
-                std::process::exit(130);
-            }
+            exit_if_interrupted(s, "finetune");
             println!(
                 "fine-tuned {} steps in {:.0} s ({:.1} images/s); checkpoint {}",
                 s.steps,
@@ -746,13 +764,12 @@ fn run(cli: Cli) -> Result<()> {
             }
             let s = match (config, resume) {
                 (_, Some(run)) => {
-                    if !set.is_empty() {
-                        anyhow::bail!(
-                            "--set cannot be used with --resume: a resumed run keeps the config \
-                             it started with ({}); start a new run with --config to change it",
-                            run.join("config.toml").display()
-                        );
-                    }
+                    reject_set_on_resume(
+                        &set,
+                        &run,
+                        "run",
+                        "; start a new run with --config to change it",
+                    )?;
                     stop_on_ctrl_c()?;
                     commands::resume(&run, devices)?
                 }
@@ -763,16 +780,7 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 (None, None) => anyhow::bail!("give --config FILE or --resume RUN_DIR"),
             };
-            if s.interrupted {
-                println!(
-                    "interrupted after step {}: checkpoint {}; continue with `percept train \
-                     --resume {}`",
-                    s.steps,
-                    s.checkpoint.display(),
-                    s.run_dir.display()
-                );
-                std::process::exit(130);
-            }
+            exit_if_interrupted(&s, "train");
             println!(
                 "trained {} steps in {:.0} s ({:.1} images/s, {:.0}% waiting for data); \
                  checkpoint {}; metrics {}; audit log {}",

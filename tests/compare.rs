@@ -10,27 +10,10 @@ use std::path::{Path, PathBuf};
 use percept::data::{ClassMapping, ClassOrigin};
 use percept::eval::compare::{compare_reports, read_eval_report, RowKind};
 use percept::eval::eval::EvalReport;
-use percept::eval::model_file::{save_model, FinetuneRecord, ModelCard};
-use percept_model::{ModelSize, PerceptionNetConfig};
+use percept::eval::model_file::{save_model, FinetuneRecord};
 use serde_json::{json, Value};
 
-struct Output {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-fn percept(args: &[&str]) -> Output {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_percept"))
-        .args(args)
-        .output()
-        .unwrap();
-    Output {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
+use common::percept;
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
@@ -294,23 +277,9 @@ fn names(list: &[&str]) -> Vec<String> {
 /// A nano model (untrained) for the test datasets' input, trained at a DE site (the synthetic
 /// DE data's policy), detecting `classes`; a fine-tune with `mapping` when given.
 fn model(dir: &Path, name: &str, classes: &[&str], mapping: Option<ClassMapping>) -> PathBuf {
-    let arch = PerceptionNetConfig::new(ModelSize::Nano, classes.len());
-    let mut card: ModelCard = serde_json::from_value(json!({
-        "format": percept::eval::model_file::MODEL_FORMAT,
-        "architecture": arch,
-        "classes": classes,
-        "input": { "width": common::W, "height": common::H },
-        "normalization": { "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
-                           "pad_value": 114 },
-        "decode": { "score_threshold": 0.25, "iou_threshold": 0.6, "pre_nms_top_k": 100,
-                    "max_detections": 50 },
-        "provenance": {
-            "site_region": "DE", "site_name": "lab", "datasets": [], "regions": ["DE"],
-            "config_hash": "0".repeat(64), "base_checkpoint": null, "steps": 0,
-            "percept_version": "test"
-        }
-    }))
-    .unwrap();
+    let mut card = common::model_card(&names(classes), common::provenance("DE", "lab", &["DE"], 0));
+    card.decode.pre_nms_top_k = 100;
+    card.decode.max_detections = 50;
     card.provenance.finetune = mapping.map(|class_mapping| FinetuneRecord {
         profile: "XX".into(),
         profile_hash: "0".repeat(64),
@@ -320,7 +289,9 @@ fn model(dir: &Path, name: &str, classes: &[&str], mapping: Option<ClassMapping>
         distillation: None,
         l2sp: None,
     });
-    let net = arch.init_seeded::<burn::backend::Flex>(3, &Default::default());
+    let net = card
+        .architecture
+        .init_seeded::<burn::backend::Flex>(3, &Default::default());
     let path = dir.join(name);
     save_model(&net, &card, &path).unwrap();
     path

@@ -7,10 +7,8 @@ use std::path::{Path, PathBuf};
 use burn::backend::Flex;
 use percept::data::{CountryProfile, Split};
 use percept::eval::inputs::batch_tensors;
-use percept::eval::model_file::{
-    read_model_card, save_model, InputSize, ModelCard, Normalization, Provenance, MODEL_FORMAT,
-};
-use percept::model::{DecodeOptions, ModelSize, PerceptionNet, PerceptionNetConfig};
+use percept::eval::model_file::{read_model_card, save_model};
+use percept::model::{ModelSize, PerceptionNet, PerceptionNetConfig};
 use percept::synth::SYNTH_CLASSES;
 use percept::train::config::RunConfig;
 use percept::train::data::open_for_site;
@@ -18,7 +16,7 @@ use percept::train::finetune::{class_rows_of, FinetuneBase};
 use percept::train::DeviceSpec;
 
 mod common;
-use common::{synth, H, W};
+use common::{step_loss_objects, synth, H, W};
 
 type B = Flex;
 
@@ -28,34 +26,11 @@ fn strings(v: &[&str]) -> Vec<String> {
 
 /// A base model file: a seeded (untrained) nano network of `classes`, trained "at DE".
 fn base_model(dir: &Path, classes: &[String], seed: u64) -> (PathBuf, PerceptionNet<B>) {
-    let arch = PerceptionNetConfig::new(ModelSize::Nano, classes.len());
-    let net: PerceptionNet<B> = arch.init_seeded(seed, &Default::default());
-    let card = ModelCard {
-        format: MODEL_FORMAT.into(),
-        architecture: arch,
-        classes: classes.to_vec(),
-        input: InputSize {
-            width: W as usize,
-            height: H as usize,
-        },
-        normalization: Normalization::default(),
-        decode: DecodeOptions::default(),
-        eval_resolution: Default::default(),
-        provenance: Provenance {
-            site_region: "DE".into(),
-            site_name: "global".into(),
-            datasets: Vec::new(),
-            regions: vec!["DE".into(), "US".into()],
-            config_hash: "0".repeat(64),
-            base_checkpoint: None,
-            steps: 100,
-            audit_head: None,
-            site_key: None,
-            percept_version: "test".into(),
-            base: None,
-            finetune: None,
-        },
-    };
+    let card = common::model_card(
+        classes,
+        common::provenance("DE", "global", &["DE", "US"], 100),
+    );
+    let net: PerceptionNet<B> = card.architecture.init_seeded(seed, &Default::default());
     let path = dir.join(format!("base-{seed}.safetensors"));
     save_model(&net, &card, &path).unwrap();
     (path, net)
@@ -285,16 +260,6 @@ fn run(dir: &Path, data: &Path, name: &str, extra: &str) -> PathBuf {
     outcome.summary.run_dir
 }
 
-fn step_losses(run: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v["kind"] == "step")
-        .map(|v| v["loss"].clone())
-        .collect()
-}
-
 #[test]
 fn distillation_at_weight_zero_is_a_plain_finetune_bit_for_bit_and_acts_above_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -319,7 +284,7 @@ fn distillation_at_weight_zero_is_a_plain_finetune_bit_for_bit_and_acts_above_it
     // student is closer to the teacher after its first update. (Not 0 at step 1: the student's batch norms use
     // the batch's statistics, the teacher's its running ones.)
     let kd = |run: &Path| -> Vec<f64> {
-        step_losses(run)
+        step_loss_objects(run)
             .iter()
             .map(|l| l["distillation"].as_f64().unwrap())
             .collect()
@@ -331,7 +296,7 @@ fn distillation_at_weight_zero_is_a_plain_finetune_bit_for_bit_and_acts_above_it
     );
     assert_eq!(watched[0], applied[0]);
     assert!(applied[1] < watched[1], "{applied:?} vs {watched:?}");
-    assert!(step_losses(&plain)[0].get("distillation").is_none());
+    assert!(step_loss_objects(&plain)[0].get("distillation").is_none());
     // The before/after report compares base and fine-tuned on the held-out split.
     let md = std::fs::read_to_string(plain.join("before-after/compare.md")).unwrap();
     assert!(md.contains("base") && md.contains("fine-tuned"), "{md}");
@@ -377,7 +342,7 @@ fn a_frozen_backbone_keeps_the_base_weights_and_statistics_and_l2sp_pulls_by_its
             sq += ((a - b) as f64).powi(2);
         }
     }
-    let logged: Vec<f64> = step_losses(&pulled)
+    let logged: Vec<f64> = step_loss_objects(&pulled)
         .iter()
         .map(|l| l["l2sp"].as_f64().unwrap())
         .collect();

@@ -10,30 +10,10 @@ use std::path::{Path, PathBuf};
 use percept::data::{ClassMapping, ClassOrigin};
 use percept::eval::model_file::{
     chain_breaks, check_base_file, read_model_card, save_model, BaseLink, DatasetRef,
-    FinetuneRecord, ModelCard, Provenance, MODEL_CARD_KEY,
+    FinetuneRecord, ModelCard, MODEL_CARD_KEY,
 };
-use percept_model::{ModelSize, PerceptionNetConfig};
 
-/// What a run of the `percept` binary did.
-struct Output {
-    ok: bool,
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-fn percept(args: &[&str]) -> Output {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_percept"))
-        .args(args)
-        .output()
-        .unwrap();
-    Output {
-        ok: out.status.success(),
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
+use common::percept;
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
@@ -49,37 +29,15 @@ fn hash(fill: char) -> String {
 
 /// A nano card of `classes` trained at `site` in `region` on one dataset of `region`.
 fn card(classes: &[&str], site: &str, region: &str, dataset: &str) -> ModelCard {
-    let provenance = Provenance {
-        site_region: region.into(),
-        site_name: site.into(),
-        datasets: vec![DatasetRef {
-            name: dataset.into(),
-            region: region.into(),
-            manifest_hash: hash('a'),
-            signed_by: None,
-        }],
-        regions: vec![region.into()],
-        config_hash: hash('c'),
-        base_checkpoint: None,
-        steps: 100,
-        audit_head: None,
-        site_key: None,
-        percept_version: "test".into(),
-        base: None,
-        finetune: None,
-    };
-    serde_json::from_value(serde_json::json!({
-        "format": percept::eval::model_file::MODEL_FORMAT,
-        "architecture": PerceptionNetConfig::new(ModelSize::Nano, classes.len()),
-        "classes": classes,
-        "input": { "width": common::W, "height": common::H },
-        "normalization": { "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
-                           "pad_value": 114 },
-        "decode": { "score_threshold": 0.25, "iou_threshold": 0.6, "pre_nms_top_k": 1000,
-                    "max_detections": 100 },
-        "provenance": provenance,
-    }))
-    .unwrap()
+    let mut provenance = common::provenance(region, site, &[region], 100);
+    provenance.datasets = vec![DatasetRef {
+        name: dataset.into(),
+        region: region.into(),
+        manifest_hash: hash('a'),
+        signed_by: None,
+    }];
+    provenance.config_hash = hash('c');
+    common::model_card(&strings(classes), provenance)
 }
 
 fn save(card: &ModelCard, path: &Path) -> String {

@@ -6,6 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use percept::eval::model_file::{InputSize, ModelCard, Normalization, Provenance, MODEL_FORMAT};
+use percept::model::{DecodeOptions, ModelSize, PerceptionNetConfig};
 use percept::synth::{write_synthetic_dataset, SynthOptions};
 use percept::train::config::RunConfig;
 
@@ -81,6 +83,8 @@ every = 1
 /// What a run of the `percept` binary printed.
 pub struct Output {
     pub ok: bool,
+    /// The exit status (`None`: ended by a signal).
+    pub code: Option<i32>,
     pub stdout: String,
     pub stderr: String,
 }
@@ -93,13 +97,14 @@ pub fn percept(args: &[&str]) -> Output {
         .unwrap();
     Output {
         ok: out.status.success(),
+        code: out.status.code(),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
 
 /// The `loss` object of each `step` line of a run's `metrics.jsonl`.
-fn step_loss_objects(run: &Path) -> Vec<serde_json::Value> {
+pub fn step_loss_objects(run: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(run.join("metrics.jsonl"))
         .unwrap()
         .lines()
@@ -124,4 +129,46 @@ pub fn step_losses(run: &Path) -> Vec<f64> {
         .iter()
         .map(|l| l["total"].as_f64().unwrap())
         .collect()
+}
+
+/// A provenance of a run at `site_name` in `site_region` over `regions`' data: no datasets, no
+/// base, config hash all zeros, `steps` steps, percept version "test".
+pub fn provenance(
+    site_region: &str,
+    site_name: &str,
+    regions: &[&str],
+    steps: usize,
+) -> Provenance {
+    Provenance {
+        site_region: site_region.into(),
+        site_name: site_name.into(),
+        datasets: Vec::new(),
+        regions: regions.iter().map(|r| r.to_string()).collect(),
+        config_hash: "0".repeat(64),
+        base_checkpoint: None,
+        steps,
+        audit_head: None,
+        site_key: None,
+        percept_version: "test".into(),
+        base: None,
+        finetune: None,
+    }
+}
+
+/// The card of a nano network of `classes` for the test datasets' input (`W` x `H`), default
+/// normalization, decoding and eval resolution, with `provenance`.
+pub fn model_card(classes: &[String], provenance: Provenance) -> ModelCard {
+    ModelCard {
+        format: MODEL_FORMAT.into(),
+        architecture: PerceptionNetConfig::new(ModelSize::Nano, classes.len()),
+        classes: classes.to_vec(),
+        input: InputSize {
+            width: W as usize,
+            height: H as usize,
+        },
+        normalization: Normalization::default(),
+        decode: DecodeOptions::default(),
+        eval_resolution: Default::default(),
+        provenance,
+    }
 }

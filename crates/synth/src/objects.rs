@@ -152,6 +152,41 @@ impl Ctx<'_> {
         }
     }
 
+    /// A face's pair of red tail lamps, mirrored: each from `outer` to `inner` in from its
+    /// side of a face `hw` either side of the centre, over `ly`; left first.
+    fn tail_lamps(
+        &mut self,
+        f: &Face,
+        hw: f32,
+        (outer, inner): (f32, f32),
+        (ly0, ly1): (f32, f32),
+        lit: bool,
+        halo: f32,
+    ) {
+        self.lamp(
+            f,
+            -hw + outer,
+            ly0,
+            -hw + inner,
+            ly1,
+            RED_LAMP_ON,
+            RED_LAMP_OFF,
+            lit,
+            halo,
+        );
+        self.lamp(
+            f,
+            hw - inner,
+            ly0,
+            hw - outer,
+            ly1,
+            RED_LAMP_ON,
+            RED_LAMP_OFF,
+            lit,
+            halo,
+        );
+    }
+
     fn halo_strength(&self) -> f32 {
         match self.scene.env.time {
             Time::Night => 0.7,
@@ -454,28 +489,7 @@ fn draw_car(ctx: &mut Ctx, v: &Vehicle) {
         let lit = v.lights_on || v.brake;
         let (a, b) = (belt - 0.26, belt - 0.06);
         let h2 = if v.brake { halo.max(0.15) } else { halo * 0.6 };
-        ctx.lamp(
-            &f,
-            -hw + 0.04,
-            a,
-            -hw + 0.3,
-            b,
-            RED_LAMP_ON,
-            RED_LAMP_OFF,
-            lit,
-            h2,
-        );
-        ctx.lamp(
-            &f,
-            hw - 0.3,
-            a,
-            hw - 0.04,
-            b,
-            RED_LAMP_ON,
-            RED_LAMP_OFF,
-            lit,
-            h2,
-        );
+        ctx.tail_lamps(&f, hw, (0.04, 0.3), (a, b), lit, h2);
         if v.brake && v.style != 3 {
             ctx.lamp(
                 &f,
@@ -595,28 +609,7 @@ fn draw_truck(ctx: &mut Ctx, v: &Vehicle) {
         f.rect(cv, -0.26, 0.62, 0.26, 0.76, PLATE);
         let halo = ctx.halo_strength();
         let lit = v.lights_on || v.brake;
-        ctx.lamp(
-            &f,
-            -hw + 0.05,
-            0.78,
-            -hw + 0.35,
-            0.98,
-            RED_LAMP_ON,
-            RED_LAMP_OFF,
-            lit,
-            halo * 0.6,
-        );
-        ctx.lamp(
-            &f,
-            hw - 0.35,
-            0.78,
-            hw - 0.05,
-            0.98,
-            RED_LAMP_ON,
-            RED_LAMP_OFF,
-            lit,
-            halo * 0.6,
-        );
+        ctx.tail_lamps(&f, hw, (0.05, 0.35), (0.78, 0.98), lit, halo * 0.6);
     }
 }
 
@@ -715,28 +708,7 @@ fn draw_bus(ctx: &mut Ctx, v: &Vehicle) {
         }
         f.rect(cv, -0.26, 0.58, 0.26, 0.7, PLATE);
         let lit = v.lights_on || v.brake;
-        ctx.lamp(
-            &f,
-            -hw + 0.05,
-            0.6,
-            -hw + 0.25,
-            1.3,
-            RED_LAMP_ON,
-            RED_LAMP_OFF,
-            lit,
-            halo * 0.6,
-        );
-        ctx.lamp(
-            &f,
-            hw - 0.25,
-            0.6,
-            hw - 0.05,
-            1.3,
-            RED_LAMP_ON,
-            RED_LAMP_OFF,
-            lit,
-            halo * 0.6,
-        );
+        ctx.tail_lamps(&f, hw, (0.05, 0.25), (0.6, 1.3), lit, halo * 0.6);
     }
 }
 
@@ -844,28 +816,7 @@ fn draw_auto_rickshaw(ctx: &mut Ctx, v: &Vehicle) {
         f.rect(cv, -0.17, 0.42, 0.17, 0.55, PLATE);
         let lit = v.lights_on || v.brake;
         let h2 = if v.brake { halo.max(0.15) } else { halo * 0.6 };
-        ctx.lamp(
-            &f,
-            -hw + 0.06,
-            0.6,
-            -hw + 0.2,
-            0.74,
-            RED_LAMP_ON,
-            RED_LAMP_OFF,
-            lit,
-            h2,
-        );
-        ctx.lamp(
-            &f,
-            hw - 0.2,
-            0.6,
-            hw - 0.06,
-            0.74,
-            RED_LAMP_ON,
-            RED_LAMP_OFF,
-            lit,
-            h2,
-        );
+        ctx.tail_lamps(&f, hw, (0.06, 0.2), (0.6, 0.74), lit, h2);
     }
 }
 
@@ -933,28 +884,7 @@ fn draw_tricycle(ctx: &mut Ctx, v: &Vehicle) {
         if !v.oncoming {
             fb.rect(cv, -0.15, 0.53, 0.15, 0.63, PLATE);
             let lit = v.lights_on || v.brake;
-            ctx.lamp(
-                &fb,
-                -hw + 0.02,
-                0.74,
-                -hw + 0.13,
-                0.84,
-                RED_LAMP_ON,
-                RED_LAMP_OFF,
-                lit,
-                halo * 0.6,
-            );
-            ctx.lamp(
-                &fb,
-                hw - 0.13,
-                0.74,
-                hw - 0.02,
-                0.84,
-                RED_LAMP_ON,
-                RED_LAMP_OFF,
-                lit,
-                halo * 0.6,
-            );
+            ctx.tail_lamps(&fb, hw, (0.02, 0.13), (0.74, 0.84), lit, halo * 0.6);
         }
     };
     let draw_rider = |ctx: &mut Ctx| {
@@ -1336,6 +1266,43 @@ fn draw_light(ctx: &mut Ctx, f: &Face, l: &Light) {
     }
 }
 
+/// Side and height of a triangular sign's equilateral outline.
+fn sign_triangle_size(s: &Sign) -> (f32, f32) {
+    let side = s.size * 1.15;
+    (side, side * 0.866)
+}
+
+/// A triangular sign's outline centred on `cy`, scaled by `k`; `up` is 1.0 for point up and
+/// -1.0 for point down.
+fn sign_triangle(cy: f32, side: f32, up: f32, k: f32) -> [(f32, f32); 3] {
+    let ht = side * 0.866;
+    [
+        (0.0, cy + up * ht * 2.0 / 3.0 * k),
+        (-side * 0.5 * k, cy - up * ht / 3.0 * k),
+        (side * 0.5 * k, cy - up * ht / 3.0 * k),
+    ]
+}
+
+/// The exclamation mark of a point-up warning triangle.
+fn draw_exclamation(f: &Face, cv: &mut Canvas, cy: f32, side: f32, ht: f32, c: Col) {
+    f.rect(
+        cv,
+        -side * 0.035,
+        cy - ht * 0.08,
+        side * 0.035,
+        cy + ht * 0.3,
+        c,
+    );
+    f.rect(
+        cv,
+        -side * 0.035,
+        cy - ht * 0.2,
+        side * 0.035,
+        cy - ht * 0.13,
+        c,
+    );
+}
+
 fn draw_sign(ctx: &mut Ctx, f: &Face, s: &Sign) {
     let cv = &mut ctx.cv;
     let r = s.size * 0.5;
@@ -1392,34 +1359,11 @@ fn draw_sign(ctx: &mut Ctx, f: &Face, s: &Sign) {
             } else {
                 -1.0
             };
-            let side = s.size * 1.15;
-            let ht = side * 0.866;
-            let tri = |k: f32| {
-                [
-                    (0.0, cy + up * ht * 2.0 / 3.0 * k),
-                    (-side * 0.5 * k, cy - up * ht / 3.0 * k),
-                    (side * 0.5 * k, cy - up * ht / 3.0 * k),
-                ]
-            };
-            f.poly(cv, &tri(1.0), red);
-            f.poly(cv, &tri(0.68), white);
+            let (side, ht) = sign_triangle_size(s);
+            f.poly(cv, &sign_triangle(cy, side, up, 1.0), red);
+            f.poly(cv, &sign_triangle(cy, side, up, 0.68), white);
             if up > 0.0 {
-                f.rect(
-                    cv,
-                    -side * 0.035,
-                    cy - ht * 0.08,
-                    side * 0.035,
-                    cy + ht * 0.3,
-                    black,
-                );
-                f.rect(
-                    cv,
-                    -side * 0.035,
-                    cy - ht * 0.2,
-                    side * 0.035,
-                    cy - ht * 0.13,
-                    black,
-                );
+                draw_exclamation(f, cv, cy, side, ht, black);
             }
         }
         SignShape::Stop => {
@@ -1458,47 +1402,16 @@ fn draw_sign(ctx: &mut Ctx, f: &Face, s: &Sign) {
             );
         }
         SignShape::YellowTriangle => {
-            let side = s.size * 1.15;
-            let ht = side * 0.866;
-            let tri = |k: f32| {
-                [
-                    (0.0, cy + ht * 2.0 / 3.0 * k),
-                    (-side * 0.5 * k, cy - ht / 3.0 * k),
-                    (side * 0.5 * k, cy - ht / 3.0 * k),
-                ]
-            };
-            f.poly(cv, &tri(1.0), black);
-            f.poly(cv, &tri(0.86), [0.97, 0.78, 0.08]);
-            f.rect(
-                cv,
-                -side * 0.035,
-                cy - ht * 0.08,
-                side * 0.035,
-                cy + ht * 0.3,
-                black,
-            );
-            f.rect(
-                cv,
-                -side * 0.035,
-                cy - ht * 0.2,
-                side * 0.035,
-                cy - ht * 0.13,
-                black,
-            );
+            let (side, ht) = sign_triangle_size(s);
+            f.poly(cv, &sign_triangle(cy, side, 1.0, 1.0), black);
+            f.poly(cv, &sign_triangle(cy, side, 1.0, 0.86), [0.97, 0.78, 0.08]);
+            draw_exclamation(f, cv, cy, side, ht, black);
         }
         SignShape::StopTriangle => {
             // Point down; the legend (止まれ) as white strokes in the wide upper half.
-            let side = s.size * 1.15;
-            let ht = side * 0.866;
-            let tri = |k: f32| {
-                [
-                    (0.0, cy - ht * 2.0 / 3.0 * k),
-                    (-side * 0.5 * k, cy + ht / 3.0 * k),
-                    (side * 0.5 * k, cy + ht / 3.0 * k),
-                ]
-            };
-            f.poly(cv, &tri(1.0), white);
-            f.poly(cv, &tri(0.88), red);
+            let (side, ht) = sign_triangle_size(s);
+            f.poly(cv, &sign_triangle(cy, side, -1.0, 1.0), white);
+            f.poly(cv, &sign_triangle(cy, side, -1.0, 0.88), red);
             f.rect(
                 cv,
                 -side * 0.24,
