@@ -61,7 +61,8 @@ pub fn finetune_resume(
     finish(&config, summary)
 }
 
-fn check_finetune_config(config: &RunConfig, what: &str) -> Result<(), TrainError> {
+/// Refuses a config without `[finetune]`; `what` names it in the message.
+pub fn check_finetune_config(config: &RunConfig, what: &str) -> Result<(), TrainError> {
     if config.finetune.is_none() {
         return Err(TrainError::Invalid(format!(
             "{what} has no [finetune] table: a fine-tune names its country profile \

@@ -715,10 +715,15 @@ fn run(cli: Cli) -> Result<()> {
                     reject_set_on_resume(&set, &run, "fine-tune", "")?;
                     percept::finetune_cmd::finetune_resume(&run, devices)?
                 }
-                (Some(config), Some(base), None) => {
-                    let mut set = set;
-                    set.push(format!("finetune.base={}", toml_string(&base)));
-                    let config = RunConfig::load_layered(&config, &set)?;
+                (Some(path), Some(base), None) => {
+                    let mut config = RunConfig::load_layered(&path, &set)?;
+                    percept::finetune_cmd::check_finetune_config(
+                        &config,
+                        &path.display().to_string(),
+                    )?;
+                    if let Some(f) = config.finetune.as_mut() {
+                        f.base = Some(base);
+                    }
                     percept::finetune_cmd::finetune(&config, devices)?
                 }
                 _ => anyhow::bail!("give --base MODEL and --config FILE, or --resume RUN_DIR"),
@@ -1235,9 +1240,4 @@ mod tests {
         keep_freed_memory();
         assert_eq!(get(), -1);
     }
-}
-
-/// `path` as a TOML string value for `--set` (quoted and escaped).
-fn toml_string(path: &std::path::Path) -> String {
-    toml::Value::String(path.display().to_string()).to_string()
 }
