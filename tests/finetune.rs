@@ -400,3 +400,22 @@ fn a_resumed_finetune_keeps_its_base_and_refuses_another() {
         uninterrupted
     );
 }
+
+#[test]
+fn the_cli_refuses_a_config_without_a_finetune_table_naming_it() {
+    let out = common::percept(&[
+        "finetune",
+        "--base",
+        "model.safetensors",
+        "--config",
+        "configs/smoke.toml",
+    ]);
+    assert!(!out.ok);
+    assert!(
+        out.stderr
+            .contains("configs/smoke.toml has no [finetune] table")
+            && out.stderr.contains("finetune.profile"),
+        "{}",
+        out.stderr
+    );
+}
