@@ -2,14 +2,15 @@
 # Country fine-tuning on synthetic data, end to end: a global model trained on German and
 # American scenes at a German site, fine-tuned at a Japanese site on Japanese scenes (left-hand
 # traffic, other signs) and at an Indian site on Indian scenes (left-hand traffic, mostly
-# unmarked edges, two-wheelers, a new class: auto-rickshaw), each three ways: no forgetting
-# control, distillation from the frozen global model, distillation plus L2-SP. Then every model
+# unmarked edges, two-wheelers, a new class: auto-rickshaw), each four ways: no forgetting
+# control, distillation from the frozen global model (weight 1), distillation plus L2-SP, and
+# distillation at weight 4. Then every model
 # on the country's held-out frames (the gain) and on the global held-out frames (the
 # forgetting), joined into side-by-side tables with `percept compare`.
 #
 #   cargo build --release && bash examples/country_finetune.sh
 #
-# On 2 CPU cores this takes about 35 minutes. Everything lands in runs/example/ (OUT=...
+# On 2 CPU cores this takes about 45 minutes. Everything lands in runs/example/ (OUT=...
 # changes that); the tables are runs/example/tables/*/compare.md. Set STEPS_GLOBAL,
 # STEPS_FINETUNE, TRAIN_FRAMES, COUNTRY_FRAMES and VAL_FRAMES for a longer or shorter run.
 set -euo pipefail
@@ -59,12 +60,13 @@ forgetting "$global" global
 
 for country in JP IN; do
   lower=$(echo "$country" | tr 'A-Z' 'a-z')
-  for variant in plain distill distill-l2sp; do
+  for variant in plain distill distill-l2sp distill4; do
     step "fine-tune $country: $variant"
     extra=()
     case $variant in
       distill) extra=(--set finetune.distillation.weight=1.0) ;;
       distill-l2sp) extra=(--set finetune.distillation.weight=1.0 --set finetune.l2sp=0.01) ;;
+      distill4) extra=(--set finetune.distillation.weight=4.0) ;;
     esac
     name="ft-$lower-$variant"
     "$percept" finetune --base "$global" --config configs/example-finetune.toml \
@@ -85,15 +87,16 @@ done
 
 step "tables"
 tables="$out/tables"
-labels=(--label global --label "fine-tuned" --label "+ distillation" --label "+ distillation + L2-SP")
+labels=(--label global --label "fine-tuned" --label "+ distillation" --label "+ distillation + L2-SP"
+  --label "+ distillation x4")
 for country in jp in; do
   "$percept" compare --out "$tables/$country-gain" "${labels[@]}" "$evals/global-$country.json" \
     "$evals/ft-$country-plain-$country.json" "$evals/ft-$country-distill-$country.json" \
-    "$evals/ft-$country-distill-l2sp-$country.json"
+    "$evals/ft-$country-distill-l2sp-$country.json" "$evals/ft-$country-distill4-$country.json"
   for held in de us; do
     "$percept" compare --out "$tables/$country-forgetting-$held" "${labels[@]}" "$evals/global-$held.json" \
       "$evals/ft-$country-plain-$held.json" "$evals/ft-$country-distill-$held.json" \
-      "$evals/ft-$country-distill-l2sp-$held.json"
+      "$evals/ft-$country-distill-l2sp-$held.json" "$evals/ft-$country-distill4-$held.json"
   done
 done
 "$percept" inspect "$out/runs/ft-in-distill/checkpoints/final.safetensors"
