@@ -2,7 +2,7 @@
 //! the file, each link checked; an edited link is reported and fails the command; `--base`
 //! checks the base file.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -13,7 +13,7 @@ use percept::eval::model_file::{
     FinetuneRecord, ModelCard, MODEL_CARD_KEY,
 };
 
-use common::percept;
+use crate::common::percept;
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()

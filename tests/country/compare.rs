@@ -3,7 +3,7 @@
 //! whose classes differ from the dataset's (a fine-tune's class mapping, names, none shared),
 //! whose reports `compare` then joins.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 
@@ -13,7 +13,7 @@ use percept::eval::eval::EvalReport;
 use percept::eval::model_file::{save_model, FinetuneRecord};
 use serde_json::{json, Value};
 
-use common::percept;
+use crate::common::percept;
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()

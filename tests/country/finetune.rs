@@ -15,8 +15,8 @@ use percept::train::data::open_for_site;
 use percept::train::finetune::{class_rows_of, FinetuneBase};
 use percept::train::DeviceSpec;
 
-mod common;
-use common::{step_loss_objects, synth, H, W};
+use crate::common;
+use crate::common::{step_loss_objects, synth, H, W};
 
 type B = Flex;
 
