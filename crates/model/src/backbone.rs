@@ -4,6 +4,7 @@ use burn::prelude::*;
 
 use crate::conv_block::{ConvBlock, ConvBlockConfig};
 use crate::csp_block::{CspBlock, CspBlockConfig};
+use crate::inference_graph::{GraphBuilder, ValueId};
 use crate::sppf::{Sppf, SppfConfig};
 
 /// Configuration of a [`Backbone`].
@@ -101,5 +102,35 @@ impl<B: Backend> Backbone<B> {
         let s16 = self.stages[2].forward(s8.clone());
         let s32 = self.sppf.forward(self.stages[3].forward(s16.clone()));
         BackboneFeatures { s4, s8, s16, s32 }
+    }
+}
+
+/// The backbone's feature maps as graph values (see [`BackboneFeatures`]).
+pub(crate) struct TracedFeatures {
+    pub s4: ValueId,
+    pub s8: ValueId,
+    pub s16: ValueId,
+    pub s32: ValueId,
+}
+
+impl<B: Backend> Backbone<B> {
+    /// [`forward`](Self::forward) as graph nodes.
+    pub(crate) fn trace(&self, g: &mut GraphBuilder, x: ValueId) -> TracedFeatures {
+        let x = self.stem.trace(g, "backbone.stem", x);
+        let mut maps = Vec::with_capacity(4);
+        let mut x = x;
+        for (i, stage) in self.stages.iter().enumerate() {
+            let name = format!("backbone.stages.{i}");
+            x = stage.down.trace(g, &format!("{name}.down"), x);
+            x = stage.csp.trace(g, &format!("{name}.csp"), x);
+            maps.push(x);
+        }
+        let s32 = self.sppf.trace(g, "backbone.sppf", maps[3]);
+        TracedFeatures {
+            s4: maps[0],
+            s8: maps[1],
+            s16: maps[2],
+            s32,
+        }
     }
 }

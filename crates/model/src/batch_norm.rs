@@ -143,11 +143,18 @@ impl<B: Backend> BatchNorm2d<B> {
             let scale = self.gamma.val() / var.add_scalar(self.epsilon).sqrt();
             centred * per_row(scale, b) + per_row(self.beta.val(), b)
         } else {
-            let scale = self.gamma.val() / self.running_var.value().add_scalar(self.epsilon).sqrt();
-            let shift = self.beta.val() - self.running_mean.value() * scale.clone();
+            let (scale, shift) = self.affine();
             rows * per_row(scale, b) + per_row(shift, b)
         };
         y.reshape([b, c, h, w])
+    }
+
+    /// The inference-time map as `y = x * scale + shift` per channel (running statistics):
+    /// `([channels], [channels])`. Exports fold it into the convolution before it.
+    pub fn affine(&self) -> (Tensor<B, 1>, Tensor<B, 1>) {
+        let scale = self.gamma.val() / self.running_var.value().add_scalar(self.epsilon).sqrt();
+        let shift = self.beta.val() - self.running_mean.value() * scale.clone();
+        (scale, shift)
     }
 
     fn update_running(&self, mean: Tensor<B, 1>, var: Tensor<B, 1>) {

@@ -36,6 +36,7 @@ use crate::precision::{self, Precision};
 /// [`autocast`](crate::precision::autocast)`(Precision::Bf16)` (the result is f32 either way),
 /// through the kernels [`conv_kernels::current`] names.
 pub fn apply<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    crate::calibration::observe(&x);
     // Symmetric padding only; `Same` and asymmetric padding take burn's path, in f32.
     let padding = match conv.padding {
         PaddingConfig2d::Valid => [0, 0],

@@ -7,6 +7,7 @@ use burn::tensor::activation::relu;
 
 use crate::batch_norm::{BatchNorm2d, BatchNorm2dConfig};
 use crate::conv2d;
+use crate::inference_graph::{folded_conv, GraphBuilder, ValueId};
 
 /// Configuration of a [`ConvBlock`].
 #[derive(Config, Debug)]
@@ -28,8 +29,8 @@ pub struct ConvBlockConfig {
 /// Input `[batch, in, height, width]`, output `[batch, out, height / stride, width / stride]`.
 #[derive(Module, Debug)]
 pub struct ConvBlock<B: Backend> {
-    conv: Conv2d<B>,
-    norm: BatchNorm2d<B>,
+    pub(crate) conv: Conv2d<B>,
+    pub(crate) norm: BatchNorm2d<B>,
 }
 
 impl ConvBlockConfig {
@@ -57,5 +58,12 @@ impl<B: Backend> ConvBlock<B> {
     /// `[batch, in, h, w]` -> `[batch, out, h / stride, w / stride]`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         relu(self.norm.forward(conv2d::apply(&self.conv, x)))
+    }
+}
+
+impl<B: Backend> ConvBlock<B> {
+    /// [`forward`](Self::forward) as one graph node, batch norm folded into the convolution.
+    pub(crate) fn trace(&self, g: &mut GraphBuilder, name: &str, x: ValueId) -> ValueId {
+        folded_conv(g, name, &self.conv, &self.norm, x)
     }
 }

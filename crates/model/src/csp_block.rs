@@ -5,6 +5,7 @@ use burn::prelude::*;
 
 use crate::conv_block::{ConvBlock, ConvBlockConfig};
 use crate::dense::dense;
+use crate::inference_graph::{GraphBuilder, Op, ValueId};
 
 /// Configuration of a [`CspBlock`].
 #[derive(Config, Debug)]
@@ -98,5 +99,48 @@ impl<B: Backend> CspBlock<B> {
         }
         self.merge
             .forward(Tensor::cat(parts.into_iter().map(dense).collect(), 1))
+    }
+}
+
+impl<B: Backend> Bottleneck<B> {
+    /// [`forward`](Self::forward) as graph nodes.
+    fn trace(&self, g: &mut GraphBuilder, name: &str, x: ValueId) -> ValueId {
+        let y = self.conv1.trace(g, &format!("{name}.conv1"), x);
+        let y = self.conv2.trace(g, &format!("{name}.conv2"), y);
+        if self.shortcut {
+            g.push(&format!("{name}.add"), Op::Add, &[x, y])
+        } else {
+            y
+        }
+    }
+}
+
+impl<B: Backend> CspBlock<B> {
+    /// [`forward`](Self::forward) as graph nodes.
+    pub(crate) fn trace(&self, g: &mut GraphBuilder, name: &str, x: ValueId) -> ValueId {
+        let y = self.split.trace(g, &format!("{name}.split"), x);
+        let h = self.hidden;
+        let mut parts = vec![
+            g.push(
+                &format!("{name}.half0"),
+                Op::SliceChannels { start: 0, end: h },
+                &[y],
+            ),
+            g.push(
+                &format!("{name}.half1"),
+                Op::SliceChannels {
+                    start: h,
+                    end: 2 * h,
+                },
+                &[y],
+            ),
+        ];
+        let mut last = parts[1];
+        for (i, bottleneck) in self.bottlenecks.iter().enumerate() {
+            last = bottleneck.trace(g, &format!("{name}.bottlenecks.{i}"), last);
+            parts.push(last);
+        }
+        let cat = g.push(&format!("{name}.concat"), Op::Concat { axis: 1 }, &parts);
+        self.merge.trace(g, &format!("{name}.merge"), cat)
     }
 }

@@ -14,6 +14,7 @@ use burn::tensor::activation::softmax;
 
 use crate::conv2d;
 use crate::conv_block::{ConvBlock, ConvBlockConfig};
+use crate::inference_graph::{plain_conv, GraphBuilder, Op, ValueId};
 use crate::neck::NeckFeatures;
 
 /// Strides of the three detection levels.
@@ -178,6 +179,45 @@ impl<B: Backend> DetectionHead<B> {
             box_logits: Tensor::cat(box_logits, 1),
             distances: Tensor::cat(distances, 1),
         }
+    }
+}
+
+impl<B: Backend> DetectionHead<B> {
+    /// [`forward`](Self::forward) as graph nodes: class logits, box logits, distances.
+    pub(crate) fn trace(&self, g: &mut GraphBuilder, inputs: [ValueId; 3]) -> [ValueId; 3] {
+        let mut logits = Vec::with_capacity(3);
+        let mut box_logits = Vec::with_capacity(3);
+        let mut distances = Vec::with_capacity(3);
+        for (i, ((head, x), stride)) in self.levels.iter().zip(inputs).zip(STRIDES).enumerate() {
+            let name = format!("detection_head.levels.{i}");
+            let mut cls = x;
+            for (j, c) in head.cls.iter().enumerate() {
+                cls = c.trace(g, &format!("{name}.cls.{j}"), cls);
+            }
+            let mut reg = x;
+            for (j, c) in head.reg.iter().enumerate() {
+                reg = c.trace(g, &format!("{name}.reg.{j}"), reg);
+            }
+            let cls = plain_conv(g, &format!("{name}.cls_out"), &head.cls_out, cls);
+            logits.push(g.push(&format!("{name}.cls_rows"), Op::AnchorRows, &[cls]));
+            let reg = plain_conv(g, &format!("{name}.reg_out"), &head.reg_out, reg);
+            let edges = g.push(&format!("{name}.reg_rows"), Op::AnchorRows, &[reg]);
+            distances.push(g.push(
+                &format!("{name}.distances"),
+                Op::EdgeDistances {
+                    bins: REG_BINS,
+                    stride,
+                },
+                &[edges],
+            ));
+            box_logits.push(edges);
+        }
+        let cat = Op::Concat { axis: 1 };
+        [
+            g.push("detection_head.class_logits", cat.clone(), &logits),
+            g.push("detection_head.box_logits", cat.clone(), &box_logits),
+            g.push("detection_head.distances", cat, &distances),
+        ]
     }
 }
 

@@ -43,6 +43,7 @@
 pub mod assign;
 pub mod backbone;
 pub mod batch_norm;
+pub mod calibration;
 pub mod conv2d;
 pub mod conv_block;
 pub mod conv_kernels;
@@ -54,6 +55,7 @@ pub mod distill;
 #[cfg(feature = "flex")]
 mod flex_backend;
 pub mod im2col;
+pub mod inference_graph;
 pub mod loss;
 pub mod neck;
 pub mod network;
@@ -64,13 +66,16 @@ pub mod sppf;
 
 pub use assign::{assign_targets, DetectionTargets, ImageTargets, Predictions, TargetBox};
 pub use batch_norm::{freeze_norm_statistics, FrozenNorms};
+pub use calibration::{ActivationRanges, Calibrator, RangeMethod};
 pub use conv_kernels::{use_conv_kernels, ConvKernels};
 pub use decode::{decode_detections, DecodeOptions, ScoredBox};
 pub use detection_head::{anchor_points, AnchorPoint, DetectionOutput, REG_BINS, STRIDES};
 pub use distill::{distillation_loss, DistillationParts};
+pub use inference_graph::{FoldedConv, InferenceGraph, Node, Op, OutputKind, ValueId};
 pub use loss::{multitask_loss, LossParts, LossWeights, SegmentationTargets};
 pub use network::{
-    check_input_size, ModelSize, PerceptionNet, PerceptionNetConfig, PerceptionOutput, Tasks,
+    check_input_size, ModelSize, PerceptionModel, PerceptionNet, PerceptionNetConfig,
+    PerceptionOutput, Tasks,
 };
 pub use precision::{autocast, Precision};
 

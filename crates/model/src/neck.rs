@@ -5,9 +5,10 @@ use burn::prelude::*;
 use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 
-use crate::backbone::BackboneFeatures;
+use crate::backbone::{BackboneFeatures, TracedFeatures};
 use crate::conv_block::{ConvBlock, ConvBlockConfig};
 use crate::csp_block::{CspBlock, CspBlockConfig};
+use crate::inference_graph::{GraphBuilder, Op, ValueId};
 
 /// Nearest-neighbour 2x up-sampling: `[b, c, h, w]` -> `[b, c, 2h, 2w]`.
 pub fn upsample2<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
@@ -106,5 +107,31 @@ impl<B: Backend> Neck<B> {
             1,
         ));
         NeckFeatures { p3, p4, p5 }
+    }
+}
+
+impl<B: Backend> Neck<B> {
+    /// [`forward`](Self::forward) as graph nodes: `[p3, p4, p5]`.
+    pub(crate) fn trace(&self, g: &mut GraphBuilder, f: &TracedFeatures) -> [ValueId; 3] {
+        let cat = |g: &mut GraphBuilder, name: &str, a, b| {
+            g.push(
+                &format!("neck.{name}.concat"),
+                Op::Concat { axis: 1 },
+                &[a, b],
+            )
+        };
+        let up = g.push("neck.top_down4.upsample", Op::UpsampleNearest2, &[f.s32]);
+        let x = cat(g, "top_down4", up, f.s16);
+        let n4 = self.top_down4.trace(g, "neck.top_down4", x);
+        let up = g.push("neck.top_down3.upsample", Op::UpsampleNearest2, &[n4]);
+        let x = cat(g, "top_down3", up, f.s8);
+        let p3 = self.top_down3.trace(g, "neck.top_down3", x);
+        let d = self.down3.trace(g, "neck.down3", p3);
+        let x = cat(g, "bottom_up4", d, n4);
+        let p4 = self.bottom_up4.trace(g, "neck.bottom_up4", x);
+        let d = self.down4.trace(g, "neck.down4", p4);
+        let x = cat(g, "bottom_up5", d, f.s32);
+        let p5 = self.bottom_up5.trace(g, "neck.bottom_up5", x);
+        [p3, p4, p5]
     }
 }

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::backbone::{Backbone, BackboneConfig};
 use crate::batch_norm::{enter_part, NetPart};
 use crate::detection_head::{DetectionHead, DetectionHeadConfig, DetectionOutput};
+use crate::inference_graph::{GraphBuilder, InferenceGraph, OutputKind};
 use crate::neck::{Neck, NeckConfig};
 use crate::segmentation_head::{SegmentationHead, SegmentationHeadConfig};
 use crate::ModelError;
@@ -83,6 +84,20 @@ pub struct PerceptionOutput<B: Backend> {
     pub drivable: Option<Tensor<B, 4>>,
     /// Lane-line logits `[batch, 1, height, width]`.
     pub lanes: Option<Tensor<B, 4>>,
+}
+
+/// Anything that maps normalised images to [`PerceptionOutput`]s: the network itself, or an
+/// exported graph run by another runtime (ONNX Runtime), so evaluation and prediction judge
+/// both the same way.
+pub trait PerceptionModel<B: Backend> {
+    /// `images: [batch, 3, height, width]`, normalised -> [`PerceptionOutput`].
+    fn perceive(&self, images: Tensor<B, 4>) -> PerceptionOutput<B>;
+}
+
+impl<B: Backend> PerceptionModel<B> for PerceptionNet<B> {
+    fn perceive(&self, images: Tensor<B, 4>) -> PerceptionOutput<B> {
+        self.forward(images)
+    }
 }
 
 /// Multi-task network: CSP backbone, FPN/PAN neck, anchor-free detection head, drivable-area
@@ -244,6 +259,41 @@ impl<B: Backend> PerceptionNet<B> {
             drivable: self.drivable_head.as_ref().map(segment),
             lanes: self.lane_head.as_ref().map(segment),
         }
+    }
+}
+
+impl<B: Backend> PerceptionNet<B> {
+    /// The network for inputs of `[height, width]` as an [`InferenceGraph`] (batch norm folded
+    /// into the convolutions), for exporters.
+    pub fn inference_graph(
+        &self,
+        height: usize,
+        width: usize,
+    ) -> Result<InferenceGraph, ModelError> {
+        check_input_size(height, width)?;
+        let mut g = GraphBuilder::new(height, width);
+        let features = self.backbone.trace(&mut g, InferenceGraph::INPUT);
+        let [p3, p4, p5] = self.neck.trace(&mut g, &features);
+        let mut outputs = Vec::new();
+        if let Some(head) = &self.detection_head {
+            let [logits, boxes, distances] = head.trace(&mut g, [p3, p4, p5]);
+            outputs.push((OutputKind::ClassLogits, logits));
+            outputs.push((OutputKind::BoxLogits, boxes));
+            outputs.push((OutputKind::Distances, distances));
+        }
+        if let Some(head) = &self.drivable_head {
+            outputs.push((
+                OutputKind::Drivable,
+                head.trace(&mut g, "drivable_head", p3, features.s4),
+            ));
+        }
+        if let Some(head) = &self.lane_head {
+            outputs.push((
+                OutputKind::Lanes,
+                head.trace(&mut g, "lane_head", p3, features.s4),
+            ));
+        }
+        Ok(g.finish(outputs, height, width))
     }
 }
 

@@ -8,6 +8,7 @@ use burn::tensor::ops::ConvOptions;
 
 use crate::conv2d;
 use crate::conv_block::{ConvBlock, ConvBlockConfig};
+use crate::inference_graph::{plain_conv, GraphBuilder, Op, ValueId};
 use crate::neck::upsample2;
 
 /// Configuration of a [`SegmentationHead`].
@@ -68,6 +69,30 @@ impl<B: Backend> SegmentationHead<B> {
         // A 1x1 conv commutes with nearest up-sampling, so classify at stride 2 and up-sample the
         // logits bilinearly: same capacity, a quarter of the work, smoother thin lines.
         upsample2_bilinear(conv2d::apply(&self.out, self.refine.forward(x)))
+    }
+}
+
+impl<B: Backend> SegmentationHead<B> {
+    /// [`forward`](Self::forward) as graph nodes.
+    pub(crate) fn trace(
+        &self,
+        g: &mut GraphBuilder,
+        name: &str,
+        p3: ValueId,
+        s4: ValueId,
+    ) -> ValueId {
+        let x = self.reduce.trace(g, &format!("{name}.reduce"), p3);
+        let x = g.push(&format!("{name}.upsample1"), Op::UpsampleNearest2, &[x]);
+        let x = g.push(&format!("{name}.concat"), Op::Concat { axis: 1 }, &[x, s4]);
+        let x = self.fuse.trace(g, &format!("{name}.fuse"), x);
+        let x = g.push(&format!("{name}.upsample2"), Op::UpsampleNearest2, &[x]);
+        let x = self.refine.trace(g, &format!("{name}.refine"), x);
+        let x = plain_conv(g, &format!("{name}.out"), &self.out, x);
+        g.push(
+            &format!("{name}.upsample_logits"),
+            Op::UpsampleBilinear2,
+            &[x],
+        )
     }
 }
 

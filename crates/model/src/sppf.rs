@@ -5,6 +5,7 @@ use burn::prelude::*;
 use burn::tensor::module::max_pool2d;
 
 use crate::conv_block::{ConvBlock, ConvBlockConfig};
+use crate::inference_graph::{GraphBuilder, Op, ValueId};
 
 /// Configuration of [`Sppf`].
 #[derive(Config, Debug)]
@@ -46,5 +47,25 @@ impl<B: Backend> Sppf<B> {
         let p2 = pool(p1.clone());
         let p3 = pool(p2.clone());
         self.expand.forward(Tensor::cat(vec![x, p1, p2, p3], 1))
+    }
+}
+
+impl<B: Backend> Sppf<B> {
+    /// [`forward`](Self::forward) as graph nodes.
+    pub(crate) fn trace(&self, g: &mut GraphBuilder, name: &str, x: ValueId) -> ValueId {
+        let pool = Op::MaxPool {
+            kernel: 5,
+            padding: 2,
+        };
+        let x = self.reduce.trace(g, &format!("{name}.reduce"), x);
+        let p1 = g.push(&format!("{name}.pool1"), pool.clone(), &[x]);
+        let p2 = g.push(&format!("{name}.pool2"), pool.clone(), &[p1]);
+        let p3 = g.push(&format!("{name}.pool3"), pool, &[p2]);
+        let cat = g.push(
+            &format!("{name}.concat"),
+            Op::Concat { axis: 1 },
+            &[x, p1, p2, p3],
+        );
+        self.expand.trace(g, &format!("{name}.expand"), cat)
     }
 }
