@@ -3,8 +3,9 @@
 //!
 //! Images are resized keeping their aspect ratio and centred on a canvas of the network size;
 //! the border is grey 114 in images and 0 (not drivable, no lane) in masks. Resampling is the
-//! warp of [`crate::augment`] (bilinear with box pre-averaging below half scale for images,
-//! nearest for masks), so letterboxed and augmented frames are resampled the same way. Pixel
+//! warp of percept-infer (bilinear with box pre-averaging below half scale for images, nearest
+//! for masks), which [`crate::augment`] warps through too, so letterboxed and augmented frames
+//! are resampled the same way. Pixel
 //! values are normalised as `(v / 255 - NORM_MEAN[c]) / NORM_STD[c]`.
 
 use std::mem::MaybeUninit;
@@ -12,25 +13,16 @@ use std::mem::MaybeUninit;
 use image::{GrayImage, RgbImage};
 use rayon::prelude::*;
 
-use crate::augment::{
-    augment, grey_canvas, run_simd, warp_image, warp_masks, AugmentParams, Augmented, Placement,
-    SimdKernel,
-};
+use percept_infer::warp::{run_simd, warp_masks, Placement, SimdKernel};
+// The letterbox and normalisation of one frame are inference's (percept-infer): one copy, so a
+// deployed model sees frames prepared exactly as in training and evaluation.
+pub use percept_infer::{image_to_chw, letterbox_image, NORM_MEAN, NORM_STD};
+use percept_infer::{norm_lut, write_chw};
+
+use crate::augment::{augment, AugmentParams, Augmented};
 pub use crate::letterbox::{Letterbox, PAD_VALUE};
 use crate::manifest::LabelledTasks;
 use crate::sample::{BoxLabel, IgnoreRegion, Sample, TrafficSide};
-
-/// Per-channel (RGB) mean of images scaled to 0..1 (ImageNet statistics).
-pub const NORM_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
-/// Per-channel (RGB) standard deviation of images scaled to 0..1 (ImageNet statistics).
-pub const NORM_STD: [f32; 3] = [0.229, 0.224, 0.225];
-/// Letterboxes an image to `width x height` (bilinear, grey-114 border).
-pub fn letterbox_image(img: &RgbImage, width: u32, height: u32) -> (RgbImage, Letterbox) {
-    let lb = Letterbox::fit(img.width(), img.height(), width, height);
-    let mut out = grey_canvas(width, height);
-    warp_image(img, &Placement::letterbox(&lb, width, height), &mut out);
-    (out, lb)
-}
 
 /// Letterboxes a 0/1 mask to `width x height` (nearest, so values stay 0/1; border 0).
 pub fn letterbox_mask(mask: &GrayImage, width: u32, height: u32) -> (GrayImage, Letterbox) {
@@ -103,22 +95,11 @@ impl Batch {
     }
 }
 
-/// `lut[c][v]` = normalised value of channel `c` at 8-bit level `v`.
-fn norm_lut() -> [[f32; 256]; 3] {
-    let mut lut = [[0.0; 256]; 3];
-    for (c, table) in lut.iter_mut().enumerate() {
-        for (v, out) in table.iter_mut().enumerate() {
-            *out = (v as f32 / 255.0 - NORM_MEAN[c]) / NORM_STD[c];
-        }
-    }
-    lut
-}
-
 /// `images` (each `width * height = pixels`) as normalised `[n, 3, height, width]` floats,
 /// on rayon threads, without zero-filling the floats first (for a batch that pass costs about
 /// as much as the writing).
 fn chw_images(images: &[&RgbImage], pixels: usize) -> Vec<f32> {
-    let lut = norm_lut();
+    let lut = norm_lut(NORM_MEAN, NORM_STD);
     let len = images.len() * 3 * pixels;
     let mut out = Vec::with_capacity(len);
     if pixels > 0 {
@@ -126,47 +107,15 @@ fn chw_images(images: &[&RgbImage], pixels: usize) -> Vec<f32> {
             .par_chunks_mut(3 * pixels)
             .zip(images)
             .for_each(|(slots, img)| {
-                let written = run_simd(WriteChw {
-                    img,
-                    slots,
-                    lut: &lut,
-                });
+                let written = write_chw(img, slots, &lut);
                 assert_eq!(written, pixels, "image of {written} pixels, not {pixels}");
             });
     }
-    // SAFETY: each block of `3 * pixels` slots is three planes of `pixels`, and `WriteChw`
+    // SAFETY: each block of `3 * pixels` slots is three planes of `pixels`, and `write_chw`
     // writes index `i` of all three for each of the `written == pixels` pixels it counts; a
     // short image panics out of `for_each` before this line.
     unsafe { out.set_len(len) };
     out
-}
-
-/// Writes an image's pixels into the three planes of `slots`, one pixel per index, and
-/// counts them (one pass over the interleaved pixels).
-struct WriteChw<'a> {
-    img: &'a RgbImage,
-    slots: &'a mut [MaybeUninit<f32>],
-    lut: &'a [[f32; 256]; 3],
-}
-
-impl SimdKernel for WriteChw<'_> {
-    type Output = usize;
-
-    #[inline(always)]
-    fn run(self) -> usize {
-        let plane = self.slots.len() / 3;
-        let (r, rest) = self.slots.split_at_mut(plane);
-        let (g, b) = rest.split_at_mut(plane);
-        let pixels = self.img.as_raw().chunks_exact(3);
-        // The zip below runs exactly this often (a counter in the loop would keep it scalar).
-        let written = pixels.len().min(plane);
-        for (((px, r), g), b) in pixels.zip(r).zip(g).zip(b) {
-            r.write(self.lut[0][px[0] as usize]);
-            g.write(self.lut[1][px[1] as usize]);
-            b.write(self.lut[2][px[2] as usize]);
-        }
-        written
-    }
 }
 
 /// A mask as 1.0 (non-zero) / 0.0, row-major.
@@ -224,11 +173,6 @@ impl<I: Iterator<Item = f32>> SimdKernel for WritePlane<'_, I> {
         }
         written
     }
-}
-
-/// An RGB image as normalised `[3, height, width]` floats (the predictor's input).
-pub fn image_to_chw(img: &RgbImage) -> Vec<f32> {
-    chw_images(&[img], img.width() as usize * img.height() as usize)
 }
 
 /// Letterboxes every sample to `width x height` (on rayon threads) and stacks them: each

@@ -98,11 +98,12 @@ pub const SHARD_MAGIC: [u8; 8] = *b"PCPTSHD2";
 pub const SHARD_MAGIC_V1: [u8; 8] = *b"PCPTSHD1";
 /// JPEG quality of stored images.
 pub const JPEG_QUALITY: u8 = 90;
-/// Largest image a shard holds, in pixels: 2^25, which 8K UHD (7680x4320) fits.
+/// Largest image a shard holds, in pixels: 2^25, which 8K UHD (7680x4320) fits. percept-infer's
+/// constant, which bounds a model card's input size too.
 ///
 /// With it, reading one record allocates at most 96 MiB of RGB and two 32 MiB masks (plus the
 /// JPEG decoder's working memory, which scales with the same size).
-pub const MAX_IMAGE_PIXELS: u64 = 1 << 25;
+pub use percept_infer::MAX_IMAGE_PIXELS;
 /// Longest image side: JPEG stores sides as u16.
 const MAX_IMAGE_SIDE: u32 = u16::MAX as u32;
 /// Allocation budget of the PNG decoder's own buffers (row buffers, ancillary chunks such as a

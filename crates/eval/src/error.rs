@@ -21,3 +21,15 @@ pub enum EvalError {
     #[error("image {}: {message}", path.display())]
     Image { path: PathBuf, message: String },
 }
+
+/// Model-file and file errors of the inference crate, as the same variants (same messages).
+impl From<percept_infer::InferError> for EvalError {
+    fn from(e: percept_infer::InferError) -> Self {
+        match e {
+            percept_infer::InferError::Io { path, source } => EvalError::Io { path, source },
+            percept_infer::InferError::ModelFile { path, message } => {
+                EvalError::ModelFile { path, message }
+            }
+        }
+    }
+}

@@ -24,7 +24,7 @@ pub mod compare;
 pub mod error;
 pub mod eval;
 pub mod font;
-pub mod image_space;
+pub use percept_infer::image_space;
 pub mod inputs;
 pub mod metrics;
 pub mod metrics_log;

@@ -7,53 +7,26 @@
 //!
 //! Every load goes through [`check_weights`] before burn sees a byte: burn trusts a tensor's
 //! dtype, and a file of f16 weights made it panic, one of i32 or u8 weights crash with SIGSEGV.
+//!
+//! Reading and checking the card, the weight check and loading are percept-infer's (one copy,
+//! which a deployed model loads through too); this module adds the full card (provenance,
+//! evaluation settings), writing model files, partial loads and provenance chains.
 
 use std::path::Path;
 
 use burn::prelude::*;
 use burn::store::{ModuleSnapshot, SafetensorsStore};
-use burn::tensor::{bf16, f16};
+use percept_infer::{card_from_bytes, read_file as read, Card};
 use percept_model::{DecodeOptions, PerceptionNet, PerceptionNetConfig};
-use safetensors::tensor::TensorView;
-use safetensors::Dtype;
 use serde::{Deserialize, Serialize};
 
 use crate::metrics::MetricResolution;
 use crate::EvalError;
 use percept_data::write_atomic;
 
-/// The network input in pixels (both sides multiples of 32); frames are letterboxed to it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct InputSize {
-    pub width: usize,
-    pub height: usize,
-}
-
-/// Metadata key of the model card.
-pub const MODEL_CARD_KEY: &str = "percept.model_card";
-/// Current model file format.
-pub const MODEL_FORMAT: &str = "percept-model/1";
-
-/// Input normalisation: `(pixel / 255 - mean) / std` per RGB channel, after letterboxing to
-/// the input size with `pad_value` grey.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Normalization {
-    pub mean: [f32; 3],
-    pub std: [f32; 3],
-    pub pad_value: u8,
-}
-
-impl Default for Normalization {
-    fn default() -> Self {
-        Normalization {
-            mean: percept_data::NORM_MEAN,
-            std: percept_data::NORM_STD,
-            pad_value: 114,
-        }
-    }
-}
+pub use percept_infer::{
+    check_weights, CheckedWeights, InputSize, Normalization, MODEL_CARD_KEY, MODEL_FORMAT,
+};
 
 /// A dataset that contributed to the weights, by manifest hash; never sample data.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -99,6 +72,24 @@ pub struct Provenance {
     /// What made this run a country fine-tune.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finetune: Option<FinetuneRecord>,
+    /// An INT8 export's calibration: where the ranges were measured and the ranges themselves
+    /// (the only thing of the calibration frames that leaves the site).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantization: Option<QuantizationRecord>,
+}
+
+/// How an INT8 export was calibrated.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuantizationRecord {
+    /// The calibration dataset, by manifest hash, as the site's guard cleared it.
+    pub dataset: DatasetRef,
+    pub split: String,
+    pub frames: usize,
+    /// `max` or `percentile:P` of `|x|`.
+    pub method: String,
+    /// Each convolution's input range (`max |x|` kept; the scale is range / 127), by node.
+    pub ranges: Vec<(String, f32)>,
 }
 
 impl Provenance {
@@ -177,6 +168,27 @@ pub struct ModelCard {
     pub provenance: Provenance,
 }
 
+impl Card for ModelCard {
+    fn format(&self) -> &str {
+        &self.format
+    }
+    fn architecture(&self) -> &PerceptionNetConfig {
+        &self.architecture
+    }
+    fn classes(&self) -> &[String] {
+        &self.classes
+    }
+    fn input(&self) -> &InputSize {
+        &self.input
+    }
+    fn normalization(&self) -> &Normalization {
+        &self.normalization
+    }
+    fn decode(&self) -> &DecodeOptions {
+        &self.decode
+    }
+}
+
 /// Writes `net` and `card` to `path` atomically; returns the file's blake3.
 pub fn save_model<B: Backend>(
     net: &PerceptionNet<B>,
@@ -211,59 +223,13 @@ pub fn model_bytes<B: Backend>(
 
 /// Reads the model card of a model file without loading the weights.
 pub fn read_model_card(path: &Path) -> Result<ModelCard, EvalError> {
-    let bytes = read(path)?;
-    card_from_bytes(&bytes, path)
+    Ok(percept_infer::read_card(path)?)
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, EvalError> {
-    std::fs::read(path).map_err(|e| EvalError::Io {
-        path: path.to_path_buf(),
-        source: e,
-    })
-}
-
-fn card_from_bytes(bytes: &[u8], path: &Path) -> Result<ModelCard, EvalError> {
-    let bad = |message: String| EvalError::ModelFile {
-        path: path.to_path_buf(),
-        message,
-    };
-    let (_, meta) = safetensors::SafeTensors::read_metadata(bytes)
-        .map_err(|e| bad(format!("not a safetensors file ({e})")))?;
-    let json = meta
-        .metadata()
-        .as_ref()
-        .and_then(|m| m.get(MODEL_CARD_KEY))
-        .ok_or_else(|| {
-            bad(format!(
-                "no `{MODEL_CARD_KEY}` metadata: not a percept checkpoint or export"
-            ))
-        })?;
-    let card: ModelCard = serde_json::from_str(json)
-        .map_err(|e| bad(format!("the model card is not valid ({e})")))?;
-    if card.format != MODEL_FORMAT {
-        return Err(bad(format!(
-            "model format {:?} is not supported; this percept reads {MODEL_FORMAT:?}",
-            card.format
-        )));
-    }
-    // Bounds what a forged card can make a reader allocate: the network grows with the class
-    // count, which a real card lists class by class, and every frame is letterboxed to `input`.
-    if card.classes.len() != card.architecture.num_classes {
-        return Err(bad(format!(
-            "the model card lists {} classes but its architecture has num_classes = {}",
-            card.classes.len(),
-            card.architecture.num_classes
-        )));
-    }
-    let (w, h) = (card.input.width, card.input.height);
-    percept_model::check_input_size(h, w).map_err(|e| bad(format!("in the model card: {e}")))?;
-    if (w as u64).saturating_mul(h as u64) > percept_data::shard::MAX_IMAGE_PIXELS {
-        return Err(bad(format!(
-            "the model card's input size {w}x{h} is over {} pixels",
-            percept_data::shard::MAX_IMAGE_PIXELS
-        )));
-    }
-    Ok(card)
+/// The model card `json` of the model `path` (an ONNX export carries the same JSON in its
+/// metadata), checked as a model file's card is.
+pub fn card_from_json(json: &str, path: &Path) -> Result<ModelCard, EvalError> {
+    Ok(percept_infer::card_from_json(json, path)?)
 }
 
 /// Loads a model file: builds the network from its card and loads every weight (a missing or
@@ -272,33 +238,7 @@ pub fn load_model<B: Backend>(
     path: &Path,
     device: &B::Device,
 ) -> Result<(PerceptionNet<B>, ModelCard), EvalError> {
-    let bytes = read(path)?;
-    let card = card_from_bytes(&bytes, path)?;
-    card.architecture
-        .validate()
-        .map_err(|e| EvalError::ModelFile {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
-    let bytes = check_weights(bytes, path)?.bytes;
-    let mut net = card.architecture.init::<B>(device);
-    let mut store = SafetensorsStore::from_bytes(Some(bytes));
-    let result = net
-        .load_from(&mut store)
-        .map_err(|e| EvalError::ModelFile {
-            path: path.to_path_buf(),
-            message: format!("weights do not fit the architecture in the model card: {e}"),
-        })?;
-    if !result.errors.is_empty() || !result.unused.is_empty() || !result.missing.is_empty() {
-        return Err(EvalError::ModelFile {
-            path: path.to_path_buf(),
-            message: format!(
-                "weights do not fit the architecture: errors {:?}, missing {:?}, unused {:?}",
-                result.errors, result.missing, result.unused
-            ),
-        });
-    }
-    Ok((net, card))
+    Ok(percept_infer::load_net(path, device)?)
 }
 
 /// What [`load_matching`] loaded.
@@ -321,7 +261,7 @@ pub fn load_matching<B: Backend>(
     path: &Path,
 ) -> Result<(PerceptionNet<B>, InitReport), EvalError> {
     let bytes = read(path)?;
-    let card = card_from_bytes(&bytes, path)?;
+    let card: ModelCard = card_from_bytes(&bytes, path)?;
     let bad = |message: String| EvalError::ModelFile {
         path: path.to_path_buf(),
         message,
@@ -375,132 +315,6 @@ pub fn load_matching<B: Backend>(
             kept,
         },
     ))
-}
-
-/// A model file's weights as burn may load them: every tensor f32 and finite.
-#[derive(Debug)]
-pub struct CheckedWeights {
-    /// The file as given when every tensor was already f32; otherwise re-serialised with the
-    /// converted tensors (same names, shapes and metadata).
-    pub bytes: Vec<u8>,
-    /// Tensors converted to f32, by name, with their dtype in the file.
-    pub converted: Vec<(String, Dtype)>,
-}
-
-/// Checks every tensor of the model file `path` (`bytes`) before burn sees it, which trusts a
-/// tensor's dtype (f16 weights made it panic, i32 or u8 ones crash with SIGSEGV):
-///
-/// - the header and each tensor's byte length must agree with its shape (the safetensors
-///   parser's own checks);
-/// - f32 is loaded as is; f16, bf16 and f64 are legitimate exports of the same weights and are
-///   converted to f32, which is logged once per file;
-/// - any other dtype (integers, bool, f8) is refused, naming the tensor: its bytes are not
-///   weights;
-/// - NaN or infinite values (or f64 values beyond f32's range) are refused, naming the tensor
-///   and counting them: such weights turn every output into NaN, and there is no use for them
-///   that a flag to allow them would serve; the remedy is an earlier checkpoint.
-pub fn check_weights(bytes: Vec<u8>, path: &Path) -> Result<CheckedWeights, EvalError> {
-    let bad = |message: String| EvalError::ModelFile {
-        path: path.to_path_buf(),
-        message,
-    };
-    let file = safetensors::SafeTensors::deserialize(&bytes)
-        .map_err(|e| bad(format!("not a safetensors file ({e})")))?;
-    let mut tensors = file.tensors();
-    tensors.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut converted: Vec<(String, Dtype, Vec<u8>)> = Vec::new();
-    for (name, view) in &tensors {
-        let data = view.data();
-        let as_f32: Option<Vec<u8>> = match view.dtype() {
-            Dtype::F32 => None,
-            Dtype::F16 => Some(to_f32::<2>(data, |b| {
-                f16::from_le_bytes([b[0], b[1]]).to_f32()
-            })),
-            Dtype::BF16 => Some(to_f32::<2>(data, |b| {
-                bf16::from_le_bytes([b[0], b[1]]).to_f32()
-            })),
-            Dtype::F64 => Some(to_f32::<8>(data, |b| {
-                f64::from_le_bytes(b.try_into().expect("8-byte chunks")) as f32
-            })),
-            other => {
-                return Err(bad(format!(
-                    "tensor `{name}` is {other:?}; model weights are F32 (F16, BF16 and F64 \
-                     are converted to F32)"
-                )))
-            }
-        };
-        let values = as_f32.as_deref().unwrap_or(data);
-        let nonfinite = values
-            .chunks_exact(4)
-            .filter(|b| !f32::from_le_bytes([b[0], b[1], b[2], b[3]]).is_finite())
-            .count();
-        if nonfinite > 0 {
-            let what = if view.dtype() == Dtype::F64 {
-                "NaN, infinite or beyond f32's range"
-            } else {
-                "NaN or infinite"
-            };
-            return Err(bad(format!(
-                "tensor `{name}` holds {nonfinite} {what} value(s) of {}: the weights are \
-                 unusable (a diverged run?); use an earlier checkpoint",
-                values.len() / 4
-            )));
-        }
-        if let Some(f32_bytes) = as_f32 {
-            converted.push((name.clone(), view.dtype(), f32_bytes));
-        }
-    }
-    if converted.is_empty() {
-        drop(tensors);
-        drop(file);
-        return Ok(CheckedWeights {
-            bytes,
-            converted: Vec::new(),
-        });
-    }
-    let mut by_dtype = std::collections::BTreeMap::<String, usize>::new();
-    for (_, dtype, _) in &converted {
-        *by_dtype.entry(format!("{dtype:?}")).or_default() += 1;
-    }
-    let by_dtype: Vec<String> = by_dtype.iter().map(|(d, n)| format!("{n} {d}")).collect();
-    tracing::info!(
-        "model file {}: converted {} of {} tensors to F32 ({})",
-        path.display(),
-        converted.len(),
-        tensors.len(),
-        by_dtype.join(", ")
-    );
-    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
-        .map_err(|e| bad(format!("not a safetensors file ({e})")))?;
-    let mut views = Vec::with_capacity(tensors.len());
-    let mut next = converted.iter().peekable();
-    for (name, view) in tensors {
-        match next.peek() {
-            Some((n, _, f32_bytes)) if *n == name => {
-                let shape = view.shape().to_vec();
-                views.push((
-                    name,
-                    TensorView::new(Dtype::F32, shape, f32_bytes)
-                        .map_err(|e| bad(format!("converting to F32: {e}")))?,
-                ));
-                next.next();
-            }
-            _ => views.push((name, view)),
-        }
-    }
-    let out = safetensors::serialize(views, header.metadata().clone())
-        .map_err(|e| bad(format!("converting to F32: {e}")))?;
-    Ok(CheckedWeights {
-        bytes: out,
-        converted: converted.into_iter().map(|(n, d, _)| (n, d)).collect(),
-    })
-}
-
-/// Little-endian values of `N` bytes each, converted to little-endian f32 bytes.
-fn to_f32<const N: usize>(data: &[u8], convert: impl Fn(&[u8]) -> f32) -> Vec<u8> {
-    data.chunks_exact(N)
-        .flat_map(|b| convert(b).to_le_bytes())
-        .collect()
 }
 
 /// Hex digits of a hash shown where a short form is enough to tell hashes apart (datasets'
@@ -615,7 +429,7 @@ pub fn check_base_file(card: &ModelCard, base: &Path) -> Result<String, EvalErro
             base.display()
         ));
     };
-    let base_card = card_from_bytes(&bytes, base)?;
+    let base_card: ModelCard = card_from_bytes(&bytes, base)?;
     let digest = base_card.provenance.digest();
     if digest != link.provenance_hash {
         return Err(bad(format!(
@@ -802,7 +616,10 @@ mod tests {
     use std::path::PathBuf;
 
     use burn::backend::Flex;
+    use burn::tensor::{bf16, f16};
     use percept_model::ModelSize;
+    use safetensors::tensor::TensorView;
+    use safetensors::Dtype;
 
     use super::*;
 

@@ -2,31 +2,21 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::prelude::*;
 use burn::vision::VisionBackend;
 use image::{GrayImage, ImageDecoder, RgbImage};
 use percept_data::shard::MAX_IMAGE_PIXELS;
-use percept_data::{image_to_chw, letterbox_image};
-use percept_model::{decode_detections, PerceptionNet};
+use percept_infer::{detect_with, Detections};
+use percept_model::PerceptionModel;
 use serde::Serialize;
 
-use crate::image_space::{box_to_image, mask_to_image, masks, network_mask};
 use crate::metrics::Detection;
 use crate::model_file::ModelCard;
 use crate::overlay::draw_overlay;
 use crate::EvalError;
 use percept_data::{save_png_atomic, write_atomic};
 
-/// A detection in original image pixels, as written to JSON.
-#[derive(Debug, Clone, Serialize)]
-pub struct PredictedBox {
-    pub class: usize,
-    pub class_name: String,
-    pub score: f32,
-    /// `[x1, y1, x2, y2]` in image pixels.
-    #[serde(rename = "box")]
-    pub bbox: [f32; 4],
-}
+/// A detection in original image pixels, as written to JSON: inference's own type.
+pub use percept_infer::Detection as PredictedBox;
 
 /// Everything predicted for one image.
 #[derive(Debug, Clone, Serialize)]
@@ -39,8 +29,10 @@ pub struct Prediction {
     pub drivable_fraction: Option<f64>,
     /// Image pixels predicted to be lane line.
     pub lane_pixels: Option<u64>,
+    /// The drivable-area mask in image pixels, 255 drivable, 0 not.
     #[serde(skip)]
     pub drivable: Option<GrayImage>,
+    /// The lane-line mask in image pixels, 255 on a line, 0 off.
     #[serde(skip)]
     pub lanes: Option<GrayImage>,
 }
@@ -79,42 +71,26 @@ pub fn read_image(path: &Path) -> Result<RgbImage, EvalError> {
     Ok(img.to_rgb8())
 }
 
-/// Runs `net` on `image`.
+/// Runs `net` on `image`: inference's path ([`detect_with`]), plus the mask statistics.
 pub fn predict_image<B: VisionBackend>(
-    net: &PerceptionNet<B>,
+    net: &impl PerceptionModel<B>,
     card: &ModelCard,
     image: &RgbImage,
     image_path: &Path,
     device: &B::Device,
 ) -> Prediction {
-    let (w, h) = (card.input.width, card.input.height);
-    let (letterboxed, lb) = letterbox_image(image, w as u32, h as u32);
-    let chw = image_to_chw(&letterboxed);
-    let input = Tensor::<B, 1>::from_floats(chw.as_slice(), device).reshape([1, 3, h, w]);
-    let out = net.forward(input);
+    let Detections {
+        boxes,
+        drivable,
+        lanes,
+    } = detect_with(net, card, image, device);
     let (iw, ih) = image.dimensions();
-    let detections = out
-        .detection
-        .as_ref()
-        .map(|d| decode_detections(d, h, w, &card.decode).remove(0))
-        .unwrap_or_default()
-        .into_iter()
-        .map(|d| PredictedBox {
-            class: d.class,
-            class_name: card.classes.get(d.class).cloned().unwrap_or_default(),
-            score: d.score,
-            bbox: box_to_image(d.bbox, &lb, iw, ih),
-        })
-        .collect();
-    let unletterbox = |l| mask_to_image(&network_mask(&masks(l), 0, w, h), &lb, iw, ih);
-    let drivable = out.drivable.map(unletterbox);
-    let lanes = out.lanes.map(unletterbox);
     let count = |m: &GrayImage| m.pixels().filter(|p| p.0[0] > 0).count() as u64;
     Prediction {
         image: image_path.to_path_buf(),
         width: iw,
         height: ih,
-        detections,
+        detections: boxes,
         drivable_fraction: drivable
             .as_ref()
             .map(|m| count(m) as f64 / (iw as f64 * ih as f64)),
