@@ -29,10 +29,19 @@
 //!   scale per output channel, and its input passed through `QuantizeLinear` /
 //!   `DequantizeLinear` with one symmetric per-tensor scale from the calibrated range
 //!   (`range / 127`, zero point 0). Everything between convolutions stays float.
+//!
+//! ## Running a graph
+//!
+//! With the `runtime` feature, [`runtime::OnnxRuntimeModel`] runs a percept ONNX model in ONNX
+//! Runtime on the CPU as a [`percept_model::PerceptionModel`], the trait evaluation and
+//! prediction take, so an export is judged exactly as its network is. ONNX Runtime's shared
+//! library is opened at run time ([`runtime::find_library`]), not linked.
 
 mod builder;
 mod decode;
 mod network;
+#[cfg(feature = "runtime")]
+pub mod runtime;
 
 mod proto {
     include!(concat!(env!("OUT_DIR"), "/onnx/mod.rs"));
@@ -182,6 +191,25 @@ pub fn metadata(model: &ModelProto) -> Vec<(String, String)> {
         .iter()
         .map(|p| (p.key().to_string(), p.value().to_string()))
         .collect()
+}
+
+/// `metadata_props` key of the model card: the JSON a safetensors model file carries under the
+/// same key (percept-eval's `MODEL_CARD_KEY`).
+pub const MODEL_CARD_KEY: &str = "percept.model_card";
+
+/// The model card JSON of a percept ONNX model; `None` when it has none (not a percept export).
+pub fn model_card_json(model: &ModelProto) -> Option<&str> {
+    model
+        .metadata_props
+        .iter()
+        .find(|p| p.key() == MODEL_CARD_KEY)
+        .map(|p| p.value())
+}
+
+/// Whether `bytes` are an ONNX model: they parse as a `ModelProto` whose graph has nodes (bytes
+/// of another format rarely parse as protobuf at all, and then not into a graph).
+pub fn is_onnx(bytes: &[u8]) -> bool {
+    read_model(bytes).is_ok_and(|m| m.graph.as_ref().is_some_and(|g| !g.node.is_empty()))
 }
 
 /// Names of the graph's outputs, in order.
