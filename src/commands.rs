@@ -25,6 +25,7 @@ use percept_train::checkpoint::{CheckpointDir, CheckpointKind};
 use percept_train::config::RunConfig;
 use percept_train::data::{audit, open_for_site, TrainingData};
 use percept_train::export::{export, ExportSummary};
+use percept_train::onnx_export::{export_onnx, OnnxExportRequest, OnnxExportSummary};
 use percept_train::finetune::FinetuneBase;
 use percept_train::gpu_runtime::KernelCache;
 use percept_train::trainer::{Faults, RunState, TrainSummary, TrainTask};
@@ -626,20 +627,74 @@ impl BackendTask for ExportTask<'_> {
     }
 }
 
-/// `percept export`. When the checkpoint is in a run's `checkpoints/`, the export is recorded
-/// in that run's audit log, which is opened (and, for a signed log, its site key loaded) before
-/// anything is written.
-pub fn export_model(
+struct OnnxExportTask<'a> {
+    checkpoint: &'a Path,
+    out: &'a Path,
+    request: &'a OnnxExportRequest<'a>,
+    log: Option<&'a mut AuditLog>,
+}
+
+impl BackendTask for OnnxExportTask<'_> {
+    type Output = Result<OnnxExportSummary, TrainError>;
+    fn run<B>(self, device: B::Device) -> Self::Output
+    where
+        B: AutodiffBackend,
+        B::InnerBackend: VisionBackend,
+    {
+        let bar = progress(0, "calibrate");
+        let summary = export_onnx::<B::InnerBackend>(
+            self.checkpoint,
+            self.out,
+            self.request,
+            &device,
+            &bar,
+            self.log,
+        );
+        bar.finish_and_clear();
+        summary
+    }
+}
+
+/// `percept export --format onnx`: as [`export_model`], and an INT8 export's calibration
+/// dataset is cleared by the guard (its decision in the run's audit log) before a frame is read.
+pub fn export_onnx_model(
     checkpoint: &Path,
     out: &Path,
+    request: &OnnxExportRequest,
     device: DeviceSpec,
-) -> Result<ExportSummary, TrainError> {
+) -> Result<OnnxExportSummary, TrainError> {
+    let mut log = run_audit_log(checkpoint)?;
+    let summary = dispatch(
+        device,
+        OnnxExportTask {
+            checkpoint,
+            out,
+            request,
+            log: log.as_mut(),
+        },
+    )??;
+    if let Some(log) = &mut log {
+        audit(
+            log,
+            AuditEvent::Export {
+                path: out.display().to_string(),
+                hash: summary.hash.clone(),
+                source: checkpoint.display().to_string(),
+            },
+        )?;
+    }
+    Ok(summary)
+}
+
+/// The audit log of the run whose `checkpoints/` holds `checkpoint`, opened (and, for a signed
+/// log, its site key loaded) before anything is written; `None` for a checkpoint elsewhere.
+fn run_audit_log(checkpoint: &Path) -> Result<Option<AuditLog>, TrainError> {
     let run_dir = checkpoint
         .parent()
         .filter(|dir| dir.file_name().is_some_and(|n| n == "checkpoints"))
         .and_then(Path::parent)
         .filter(|run| run.join(AUDIT_FILE).exists());
-    let mut log = match run_dir {
+    let log = match run_dir {
         // The run's own config names its site key; a signed log takes only signed entries.
         Some(run_dir) if run_dir.join(RUN_CONFIG_FILE).exists() => {
             let config = RunConfig::load(&run_dir.join(RUN_CONFIG_FILE))?;
@@ -651,6 +706,18 @@ pub fn export_model(
         ),
         None => None,
     };
+    Ok(log)
+}
+
+/// `percept export`. When the checkpoint is in a run's `checkpoints/`, the export is recorded
+/// in that run's audit log, which is opened (and, for a signed log, its site key loaded) before
+/// anything is written.
+pub fn export_model(
+    checkpoint: &Path,
+    out: &Path,
+    device: DeviceSpec,
+) -> Result<ExportSummary, TrainError> {
+    let mut log = run_audit_log(checkpoint)?;
     let summary = dispatch(device, ExportTask { checkpoint, out })??;
     if let Some(log) = &mut log {
         audit(

@@ -26,5 +26,6 @@ pub use percept_data as data;
 pub use percept_eval as eval;
 pub use percept_import as import;
 pub use percept_model as model;
+pub use percept_onnx as onnx;
 pub use percept_synth as synth;
 pub use percept_train as train;

@@ -8,11 +8,13 @@ use clap::{Parser, Subcommand};
 use percept::commands;
 use percept::data::Split;
 use percept::eval::eval::MetricResolution;
-use percept::model::{ModelSize, PerceptionNetConfig};
+use percept::model::{ModelSize, PerceptionNetConfig, RangeMethod};
+use percept::onnx::{Decode, OnnxPrecision};
 use percept::quickstart::{quickstart, QuickstartOptions};
 use percept::synth::SynthOptions;
 use percept::train::config_source::LayeredConfig;
 use percept::train::data_parallel::Cluster;
+use percept::train::onnx_export::{CalibrationRequest, OnnxExportRequest};
 use percept::train::{DeviceSpec, Devices, RunConfig};
 
 mod import_cmd;
@@ -45,6 +47,37 @@ impl Resolution {
             Resolution::Network => MetricResolution::Network,
         }
     }
+}
+
+/// `percept export --format` values.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ExportFormat {
+    /// safetensors weights with the model card in their metadata (percept's model file)
+    Safetensors,
+    /// An ONNX graph, batch norm folded, the model card in its metadata
+    Onnx,
+}
+
+/// `percept export --precision` values.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ExportPrecision {
+    /// float32 weights and arithmetic
+    Fp32,
+    /// float16 weights and arithmetic (float32 input and outputs)
+    Fp16,
+    /// int8 weights (per output channel) and activations (calibrated), QDQ format
+    Int8,
+}
+
+/// `percept export --decode` values.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ExportDecode {
+    /// The network's raw outputs only; the caller decodes
+    Raw,
+    /// Raw outputs plus `boxes` (input pixels) and `scores`
+    Boxes,
+    /// `boxes` and `scores` plus `detections` after ONNX NonMaxSuppression
+    Nms,
 }
 
 #[derive(Subcommand)]
@@ -199,14 +232,44 @@ enum Command {
         #[arg(long, default_value = "cpu")]
         device: String,
     },
-    /// Export a checkpoint as a deployable safetensors model file (verified by reloading)
+    /// Export a checkpoint for deployment: a safetensors model file (verified by reloading) or
+    /// an ONNX graph (fp32, fp16, or INT8 calibrated on frames the site may process)
     Export {
         /// Checkpoint, e.g. runs/<name>/checkpoints/final.safetensors
         #[arg(long)]
         checkpoint: PathBuf,
-        /// Output model file
+        /// Output file
         #[arg(long)]
         out: PathBuf,
+        /// File format
+        #[arg(long, value_enum, default_value = "safetensors")]
+        format: ExportFormat,
+        /// ONNX: number format of the weights and the arithmetic
+        #[arg(long, value_enum, default_value = "fp32")]
+        precision: ExportPrecision,
+        /// ONNX: operator set version, 13 to 21 (older toolchains read older sets)
+        #[arg(long, default_value_t = percept::onnx::DEFAULT_OPSET)]
+        opset: i64,
+        /// ONNX: post-processing inside the graph
+        #[arg(long, value_enum, default_value = "boxes")]
+        decode: ExportDecode,
+        /// INT8: dataset whose frames calibrate the activation ranges (the site's residency
+        /// guard must allow it)
+        #[arg(long, value_name = "DIR")]
+        calibration_data: Option<PathBuf>,
+        /// INT8: split of the calibration dataset: train or val
+        #[arg(long, default_value = "train")]
+        calibration_split: String,
+        /// INT8: calibration frames, spread evenly over the split
+        #[arg(long, default_value_t = 256)]
+        calibration_frames: usize,
+        /// INT8: range of each activation: `max` or `percentile:P` of |x|
+        #[arg(long, default_value = "percentile:99.99")]
+        calibration_method: String,
+        /// INT8: site region the calibration data's policy is checked against (default: the
+        /// model's training site)
+        #[arg(long)]
+        site: Option<String>,
         /// Device: cpu, wgpu, cuda or cuda:N
         #[arg(long, default_value = "cpu")]
         device: String,
@@ -851,8 +914,78 @@ fn run(cli: Cli) -> Result<()> {
         Command::Export {
             checkpoint,
             out,
+            format,
+            precision,
+            opset,
+            decode,
+            calibration_data,
+            calibration_split,
+            calibration_frames,
+            calibration_method,
+            site,
             device: d,
         } => {
+            if format == ExportFormat::Onnx {
+                let split: Split = calibration_split.parse().context("--calibration-split")?;
+                let method = RangeMethod::parse(&calibration_method)
+                    .map_err(|e| anyhow::anyhow!("--calibration-method {e}"))?;
+                let precision = match precision {
+                    ExportPrecision::Fp32 => OnnxPrecision::Fp32,
+                    ExportPrecision::Fp16 => OnnxPrecision::Fp16,
+                    ExportPrecision::Int8 => OnnxPrecision::Int8,
+                };
+                let request = OnnxExportRequest {
+                    precision,
+                    opset,
+                    decode: match decode {
+                        ExportDecode::Raw => Decode::Raw,
+                        ExportDecode::Boxes => Decode::Boxes,
+                        ExportDecode::Nms => Decode::Nms,
+                    },
+                    calibration: calibration_data.as_deref().map(|data| CalibrationRequest {
+                        data,
+                        split,
+                        frames: calibration_frames,
+                        method,
+                        site: site.as_deref(),
+                    }),
+                };
+                let s = commands::export_onnx_model(&checkpoint, &out, &request, device(&d)?)?;
+                println!(
+                    "exported {} (ONNX opset {}, {}, decode {}, {} nodes, {:.1} MB, blake3 {}), \
+                     trained on regions {:?}; read back and checked",
+                    s.path.display(),
+                    s.record.opset,
+                    s.record.precision.name(),
+                    s.record.decode.name(),
+                    s.nodes,
+                    s.bytes as f64 / 1e6,
+                    s.hash,
+                    s.card.provenance.regions
+                );
+                if let Some(q) = &s.card.provenance.quantization {
+                    println!(
+                        "  INT8 ranges ({}) from {} frames of {} ({}, manifest {}); only the \
+                         ranges are in the file",
+                        q.method,
+                        q.frames,
+                        q.dataset.name,
+                        q.dataset.region,
+                        q.dataset.manifest_hash
+                    );
+                }
+                return Ok(());
+            }
+            let onnx_only = [
+                (precision != ExportPrecision::Fp32, "--precision"),
+                (opset != percept::onnx::DEFAULT_OPSET, "--opset"),
+                (decode != ExportDecode::Boxes, "--decode"),
+                (calibration_data.is_some(), "--calibration-data"),
+                (site.is_some(), "--site"),
+            ];
+            if let Some((_, flag)) = onnx_only.iter().find(|(given, _)| *given) {
+                anyhow::bail!("{flag} is for --format onnx; a safetensors export keeps the checkpoint's f32 weights as they are");
+            }
             let s = commands::export_model(&checkpoint, &out, device(&d)?)?;
             println!(
                 "exported {} ({:.2} M parameters, blake3 {}), trained on regions {:?}; reload \

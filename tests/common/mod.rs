@@ -152,6 +152,7 @@ pub fn provenance(
         percept_version: "test".into(),
         base: None,
         finetune: None,
+        quantization: None,
     }
 }
 

@@ -242,6 +242,25 @@ impl<B: Backend> PerceptionNet<B> {
         self
     }
 
+    /// Whether every batch norm still holds its initial running statistics (mean 0, variance
+    /// 1): the network has never run on data in training mode.
+    pub fn batch_norms_at_init(&self) -> bool {
+        crate::params::param_values(self)
+            .into_iter()
+            .all(|(info, data)| {
+                let initial = if info.path.ends_with("running_mean") {
+                    0.0
+                } else if info.path.ends_with("running_var") {
+                    1.0
+                } else {
+                    return true;
+                };
+                data.convert::<f32>()
+                    .to_vec::<f32>()
+                    .is_ok_and(|v| v.iter().all(|x| *x == initial))
+            })
+    }
+
     /// `images: [batch, 3, height, width]` -> [`PerceptionOutput`].
     pub fn forward(&self, images: Tensor<B, 4>) -> PerceptionOutput<B> {
         let features = {

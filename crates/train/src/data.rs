@@ -99,11 +99,21 @@ pub fn open_cleared(
 
 /// Opens `dir`'s `split` for evaluation at `site_region` (guard first, integrity `fail`).
 pub fn open_for_site(dir: &Path, split: Split, site_region: &str) -> Result<Dataset, TrainError> {
+    open_for_site_logged(dir, split, site_region, None)
+}
+
+/// [`open_for_site`], the guard's decision also written to `log`.
+pub fn open_for_site_logged(
+    dir: &Path,
+    split: Split,
+    site_region: &str,
+    log: Option<&mut AuditLog>,
+) -> Result<Dataset, TrainError> {
     let site = Site {
         region: site_region.to_string(),
         name: format!("eval at {site_region}"),
     };
-    let cleared = clear_all(&[dir.to_path_buf()], &ResidencyGuard::new(site)?, None)?;
+    let cleared = clear_all(&[dir.to_path_buf()], &ResidencyGuard::new(site)?, log)?;
     open_cleared(&cleared[0], split, IntegrityPolicy::Fail, None)
 }
 
@@ -299,6 +309,7 @@ impl TrainingData {
             percept_version: env!("CARGO_PKG_VERSION").into(),
             base: None,
             finetune: None,
+            quantization: None,
         }
     }
 }

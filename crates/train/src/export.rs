@@ -70,14 +70,7 @@ pub fn export<B: Backend>(
         )));
     }
     let (net, card) = load_model::<B>(checkpoint, device)?;
-    if card.provenance.datasets.is_empty() {
-        return Err(TrainError::ModelFile {
-            path: checkpoint.to_path_buf(),
-            message: "the checkpoint has no provenance (no datasets): refusing to export weights \
-                      whose origin is unknown"
-                .into(),
-        });
-    }
+    refuse_unknown_origin(&card, checkpoint)?;
     let bytes = model_bytes(&net, &card, out)?;
     let hash = blake3::hash(&bytes).to_hex().to_string();
     let mut file = AtomicFile::create(out)?;
@@ -131,8 +124,21 @@ pub fn export<B: Backend>(
     })
 }
 
+/// Refuses weights whose provenance names no dataset: no export leaves without its origin.
+pub(crate) fn refuse_unknown_origin(card: &ModelCard, checkpoint: &Path) -> Result<(), TrainError> {
+    if card.provenance.datasets.is_empty() {
+        return Err(TrainError::ModelFile {
+            path: checkpoint.to_path_buf(),
+            message: "the checkpoint has no provenance (no datasets): refusing to export weights \
+                      whose origin is unknown"
+                .into(),
+        });
+    }
+    Ok(())
+}
+
 /// Whether `a` and `b` name one existing file (however spelled, or through a hard link).
-fn same_file(a: &Path, b: &Path) -> bool {
+pub(crate) fn same_file(a: &Path, b: &Path) -> bool {
     #[cfg(unix)]
     {
         use std::os::unix::fs::MetadataExt;

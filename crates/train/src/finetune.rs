@@ -239,7 +239,9 @@ impl FinetuneBase {
                 "the file changed while the fine-tune was starting".into()
             ));
         }
-        let bytes = check_weights(bytes, &self.path)?.bytes;
+        let bytes = check_weights(bytes, &self.path)
+            .map_err(percept_eval::EvalError::from)?
+            .bytes;
         let fresh = class_rows_of(&net);
         let mapped = map_class_rows(&bytes, &fresh, &self.mapping).map_err(bad)?;
         let mut net = net;

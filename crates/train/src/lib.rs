@@ -25,6 +25,7 @@ pub mod data;
 pub mod data_parallel;
 pub mod ema;
 pub mod export;
+pub mod onnx_export;
 pub mod finetune;
 pub mod gpu_runtime;
 pub mod gradient_hub;
