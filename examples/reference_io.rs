@@ -274,6 +274,7 @@ fn main() -> Result<()> {
                     percept_version: env!("CARGO_PKG_VERSION").into(),
                     base: None,
                     finetune: None,
+                    quantization: None,
                 },
             };
             (net, card)
