@@ -2,7 +2,12 @@
 """Batch-1 CPU latency of a percept model: percept-infer (Rust, burn-flex) against ONNX Runtime
 on the ONNX export of the same model, on the same input.
 
+    percept export --checkpoint ckpt.safetensors --format onnx --decode raw --out model.onnx
     python3 benches/infer/latency.py --model model.safetensors --onnx model.onnx --image img.png
+
+`--decode raw` makes the graph end at the network's outputs (`class_logits`, `box_logits`,
+`distances`, `drivable`, `lanes`), which is what the Rust forward computes; the outputs the
+graph has are printed with the table.
 
 The Rust side is percept-infer's `detect` example (`--repeat`): it times the network forward
 alone and the whole `detect()` (letterbox + forward + decode + masks back to the image) and
@@ -136,7 +141,8 @@ def main():
     print(
         f"{cpu_name()}, {args.threads} thread(s); input {width}x{height} from a "
         f"{first['image'][0]}x{first['image'][1]} image; {args.rounds} alternating rounds of "
-        f"{args.repeat} runs (after {WARM_UP} warm-up runs); onnxruntime {ort.__version__}\n"
+        f"{args.repeat} runs (after {WARM_UP} warm-up runs); onnxruntime {ort.__version__}, "
+        f"graph outputs: {', '.join(o.name for o in session.get_outputs())}\n"
     )
     print("| batch 1, CPU | median ms | p90 ms |")
     print("|---|---:|---:|")
