@@ -136,7 +136,10 @@ impl Detector {
     /// The network alone on a [`prepare`]d frame (`[3, height, width]` floats of the card's
     /// input size): what [`detect`](Self::detect) runs between letterboxing and decoding, for
     /// timing it apart. burn-flex runs each operation when it is called, so the outputs are
-    /// computed when this returns.
+    /// computed when this returns: class logits `[1, anchors, classes]`, edge-distance logits
+    /// `[1, anchors, 64]` and edge distances `[1, anchors, 4]` in input pixels (with the
+    /// detection head), drivable-area and lane-line logits `[1, 1, height, width]` (with those
+    /// heads).
     pub fn forward(&self, chw: &[f32]) -> PerceptionOutput<Flex> {
         let (w, h) = (self.card.input.width, self.card.input.height);
         self.net.forward(input_tensor(chw, w, h, &self.device))
