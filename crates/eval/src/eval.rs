@@ -21,7 +21,7 @@ use indicatif::ProgressBar;
 use percept_data::{
     collate, AugmentParams, Batch, BoxLabel, Conditions, Dataset, IgnoreRegion, Letterbox, Sample,
 };
-use percept_model::{decode_detections, DecodeOptions, PerceptionNet, ScoredBox};
+use percept_model::{decode_detections, DecodeOptions, PerceptionModel, ScoredBox};
 use serde::{Deserialize, Serialize};
 
 use crate::image_space::{box_to_image, mask_to_image, masks, network_mask};
@@ -304,16 +304,17 @@ impl ClassMatch {
 /// as [`evaluate`] computes them; `wanted`: (detection, drivable, lanes).
 pub type Inferred = (Option<Vec<Vec<ScoredBox>>>, [Option<Vec<u8>>; 2]);
 
-/// `batch` through `net` as evaluation runs it (also what `percept warmup` compiles).
+/// `batch` through `net` (the network, or an export another runtime runs) as evaluation runs
+/// it (also what `percept warmup` compiles).
 pub fn infer<B: VisionBackend>(
-    net: &PerceptionNet<B>,
+    net: &impl PerceptionModel<B>,
     batch: &Batch,
     decode: &DecodeOptions,
     wanted: (bool, bool, bool),
     device: &B::Device,
 ) -> Inferred {
     let (images, _) = batch_tensors::<B>(batch, device);
-    let out = net.forward(images);
+    let out = net.perceive(images);
     let decoded = match (&out.detection, wanted.0) {
         (Some(det), true) => Some(decode_detections(det, batch.height, batch.width, decode)),
         _ => None,
@@ -459,7 +460,7 @@ struct ImagePrediction {
 /// at a time, and the evaluators keep counts and 12 bytes per detection. A task the network
 /// lacks or the dataset does not label (its manifest's `tasks`) has no report.
 pub fn evaluate<B: VisionBackend>(
-    net: &PerceptionNet<B>,
+    net: &impl PerceptionModel<B>,
     card: &ModelCard,
     dataset: &Dataset,
     options: &EvalOptions,
@@ -473,7 +474,7 @@ pub fn evaluate<B: VisionBackend>(
 /// scored as `class_match` says ([`ClassMatch::apply`]), and the report records it. `None`:
 /// the lists are the same, as [`evaluate`].
 pub fn evaluate_matched<B: VisionBackend>(
-    net: &PerceptionNet<B>,
+    net: &impl PerceptionModel<B>,
     card: &ModelCard,
     dataset: &Dataset,
     class_match: Option<&ClassMatch>,

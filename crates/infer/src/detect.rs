@@ -91,8 +91,8 @@ pub fn outputs_to_image<B: VisionBackend>(
     }
 }
 
-/// Runs `net` (built from `card`) on `image`: letterbox and normalise as the card says,
-/// forward at batch 1, decode, map back to the image's pixels.
+/// Runs `net` (built from `card`, or its export in another runtime) on `image`: letterbox and
+/// normalise as the card says, forward at batch 1, decode, map back to the image's pixels.
 pub fn detect_with<B: VisionBackend>(
     net: &impl PerceptionModel<B>,
     card: &impl Card,
