@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use percept_data::{
     AuditEvent, AuditHead, AuditLog, AuditReport, Dataset, Manifest, Split, AUDIT_FILE,
 };
-use percept_model::{PerceptionNetConfig, Precision};
+use percept_model::{PerceptionModel, PerceptionNetConfig, Precision};
 use percept_synth::{write_synthetic_dataset_for, SynthOptions};
 
 use percept_data::atomic_file::write_atomic;
@@ -25,11 +25,13 @@ use percept_train::checkpoint::{CheckpointDir, CheckpointKind};
 use percept_train::config::RunConfig;
 use percept_train::data::{audit, open_for_site, TrainingData};
 use percept_train::export::{export, ExportSummary};
-use percept_train::onnx_export::{export_onnx, OnnxExportRequest, OnnxExportSummary};
 use percept_train::finetune::FinetuneBase;
 use percept_train::gpu_runtime::KernelCache;
+use percept_train::onnx_export::{export_onnx, OnnxExportRequest, OnnxExportSummary};
 use percept_train::trainer::{Faults, RunState, TrainSummary, TrainTask};
 use percept_train::TrainError;
+
+use crate::onnx_model::{load_if_onnx, OnnxModel};
 
 /// An error and its causes as one line, joined by ": " as anyhow's `{:#}` joins them, but a
 /// cause whose text is already in the line is left out: percept's errors put their source's
@@ -413,6 +415,8 @@ pub fn resume_with(
 
 struct EvalTask<'a> {
     model: &'a Path,
+    /// The model when it is an ONNX export, already in ONNX Runtime.
+    onnx: Option<&'a OnnxModel>,
     dataset: &'a Dataset,
     options: EvalOptions,
 }
@@ -424,8 +428,24 @@ impl BackendTask for EvalTask<'_> {
         B: AutodiffBackend,
         B::InnerBackend: VisionBackend,
     {
-        let (net, card) = load_model::<B::InnerBackend>(self.model, &device)?;
-        let class_match = check_classes(&card, self.dataset, self.model)?;
+        match self.onnx {
+            Some((model, card)) => self.evaluate::<B::InnerBackend>(model, card, &device),
+            None => {
+                let (net, card) = load_model::<B::InnerBackend>(self.model, &device)?;
+                self.evaluate(&net, &card, &device)
+            }
+        }
+    }
+}
+
+impl EvalTask<'_> {
+    fn evaluate<B: VisionBackend>(
+        &self,
+        net: &impl PerceptionModel<B>,
+        card: &ModelCard,
+        device: &B::Device,
+    ) -> Result<Evaluation, TrainError> {
+        let class_match = check_classes(card, self.dataset, self.model)?;
         if let Some(m) = &class_match {
             for line in m.describe() {
                 tracing::info!("{line}");
@@ -433,12 +453,12 @@ impl BackendTask for EvalTask<'_> {
         }
         let bar = progress(self.dataset.len() as u64, "eval");
         let evaluation = evaluate_matched(
-            &net,
-            &card,
+            net,
+            card,
             self.dataset,
             class_match.as_ref(),
             &self.options,
-            &device,
+            device,
             &bar,
         );
         bar.finish_and_clear();
@@ -520,7 +540,11 @@ pub struct EvalOutcome {
 /// the site the model was trained at); writes the JSON report and the Markdown/HTML report
 /// when asked.
 pub fn eval(request: &EvalRequest) -> Result<EvalOutcome, TrainError> {
-    let card = read_model_card(request.model)?;
+    let onnx = load_if_onnx(request.model, request.device)?;
+    let card = match &onnx {
+        Some((_, card)) => card.clone(),
+        None => read_model_card(request.model)?,
+    };
     let site = request.site.unwrap_or(&card.provenance.site_region);
     let dataset = open_for_site(request.data, request.split, site)?;
     let options = EvalOptions {
@@ -537,6 +561,7 @@ pub fn eval(request: &EvalRequest) -> Result<EvalOutcome, TrainError> {
         request.device,
         EvalTask {
             model: request.model,
+            onnx: onnx.as_ref(),
             dataset: &dataset,
             options,
         },
@@ -841,6 +866,8 @@ pub fn audit_verify(run: &Path, anchors: AuditAnchors) -> Result<AuditVerificati
 
 struct PredictTask<'a> {
     model: &'a Path,
+    /// The model when it is an ONNX export, already in ONNX Runtime.
+    onnx: Option<&'a OnnxModel>,
     image: &'a Path,
     png: &'a Path,
     json: &'a Path,
@@ -853,9 +880,20 @@ impl BackendTask for PredictTask<'_> {
         B: AutodiffBackend,
         B::InnerBackend: VisionBackend,
     {
-        let (net, card) = load_model::<B::InnerBackend>(self.model, &device)?;
         let image = read_image(self.image)?;
-        let prediction = predict_image(&net, &card, &image, self.image, &device);
+        let (prediction, card) = match self.onnx {
+            Some((model, card)) => (
+                predict_image::<B::InnerBackend>(model, card, &image, self.image, &device),
+                card.clone(),
+            ),
+            None => {
+                let (net, card) = load_model::<B::InnerBackend>(self.model, &device)?;
+                (
+                    predict_image(&net, &card, &image, self.image, &device),
+                    card,
+                )
+            }
+        };
         write_prediction(&prediction, &image, &card, self.png, self.json)?;
         Ok(prediction)
     }
@@ -882,10 +920,12 @@ pub fn predict(
     json: &Path,
     device: DeviceSpec,
 ) -> Result<Prediction, TrainError> {
+    let onnx = load_if_onnx(model, device)?;
     dispatch(
         device,
         PredictTask {
             model,
+            onnx: onnx.as_ref(),
             image,
             png,
             json,

@@ -8,6 +8,7 @@
 //!
 //! - [`commands`]: train, eval, export, predict, audit and the other commands' bodies.
 //! - [`countries`]: the built-in country profiles and `--country` / `finetune.profile` lookup.
+//! - [`onnx_model`]: `percept eval` / `percept predict` on an ONNX export (ONNX Runtime).
 //! - [`seals`]: keys, signing a dataset, a run's signed audit head.
 //! - [`quickstart`]: synthetic data, a short run, evaluation and a report in one command.
 //! - [`bench`], [`bench_train`]: the input pipeline's and the training step's benchmarks.
@@ -18,6 +19,7 @@ pub mod bench_train;
 pub mod commands;
 pub mod countries;
 pub mod finetune_cmd;
+pub mod onnx_model;
 pub mod quickstart;
 pub mod seals;
 pub mod warmup;
