@@ -199,7 +199,8 @@ enum Command {
     },
     /// Evaluate a checkpoint or export on a dataset split
     Eval {
-        /// Model file (checkpoint or export)
+        /// Model file (checkpoint or export): safetensors, or ONNX (run in ONNX Runtime, on the
+        /// CPU)
         #[arg(long)]
         model: PathBuf,
         /// Dataset directory
@@ -276,7 +277,8 @@ enum Command {
     },
     /// Run a model on a JPEG/PNG image: overlay PNG + detections JSON
     Predict {
-        /// Model file (export or checkpoint)
+        /// Model file (export or checkpoint): safetensors, or ONNX (run in ONNX Runtime, on the
+        /// CPU)
         #[arg(long)]
         model: PathBuf,
         /// Input image (JPEG or PNG)
