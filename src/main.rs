@@ -1086,7 +1086,27 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Inspect { model, base } => {
             use percept::eval::model_file::{chain_breaks, check_base_file, describe_card};
-            let card = percept::eval::model_file::read_model_card(&model)?;
+            let card = if percept::onnx_model::is_onnx(&model)? {
+                // An ONNX export: its card and export record are in the graph's metadata.
+                let bytes = std::fs::read(&model).with_context(|| model.display().to_string())?;
+                let graph = percept::onnx::read_model(&bytes)
+                    .map_err(|e| anyhow::anyhow!("{}: not an ONNX model ({e})", model.display()))?;
+                let json = percept::onnx::model_card_json(&graph).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "{}: no `{}` metadata: not a percept ONNX export",
+                        model.display(),
+                        percept::onnx::MODEL_CARD_KEY
+                    )
+                })?;
+                let export_key = percept::train::onnx_export::ONNX_EXPORT_KEY;
+                let meta = percept::onnx::metadata(&graph);
+                if let Some((_, record)) = meta.iter().find(|(k, _)| k == export_key) {
+                    println!("onnx        {record}");
+                }
+                percept::eval::model_file::card_from_json(json, &model)?
+            } else {
+                percept::eval::model_file::read_model_card(&model)?
+            };
             print!("{}", describe_card(&card));
             let mut problems = chain_breaks(&card);
             if let Some(base) = base {

@@ -90,6 +90,20 @@ fn a_fine_tuned_models_provenance_is_in_the_onnx_metadata() {
         .to_hex()
         .to_string();
     assert_eq!(record["source"], source.as_str());
+    // `percept inspect` reads it from the graph and verifies the chain.
+    let shown = percept(&["inspect", out.to_str().unwrap()]);
+    assert!(shown.ok, "{}", shown.stderr);
+    assert!(
+        shown.stdout.contains("\"precision\":\"fp32\""),
+        "{}",
+        shown.stdout
+    );
+    assert!(
+        shown.stdout.contains("link 2 -> 1: verifies"),
+        "{}",
+        shown.stdout
+    );
+    assert!(shown.stdout.contains("profile JP"), "{}", shown.stdout);
 }
 
 #[test]

@@ -322,8 +322,20 @@ fn onnx_exports_match_percept_in_onnx_runtime() {
     );
     assert_eq!(q.dataset.region, "DE");
     let manifest = std::fs::read(data.join("manifest.json")).unwrap();
-    assert_eq!(q.dataset.manifest_hash, blake3::hash(&manifest).to_hex().to_string());
+    assert_eq!(
+        q.dataset.manifest_hash,
+        blake3::hash(&manifest).to_hex().to_string()
+    );
     assert_eq!(q.ranges.len(), 71);
     assert_eq!(q.ranges[0].0, "backbone.stem");
     assert!(q.ranges.iter().all(|(_, r)| r.is_finite() && *r >= 0.0));
+    let shown = percept(&["inspect", dir.join("full-int8.onnx").to_str().unwrap()]);
+    assert!(shown.ok, "{}", shown.stderr);
+    assert!(
+        shown
+            .stdout
+            .contains("percentile:99.99 of 71 convolution inputs from 8 train frames"),
+        "{}",
+        shown.stdout
+    );
 }

@@ -593,6 +593,21 @@ fn describe_link(link: &ChainLink, out: &mut String) {
             line(if i == 0 { "class map" } else { "" }, mapping);
         }
     }
+    if let Some(q) = &p.quantization {
+        line(
+            "int8 ranges",
+            format!(
+                "{} of {} convolution inputs from {} {} frames of `{}` ({}), manifest blake3 {}",
+                q.method,
+                q.ranges.len(),
+                q.frames,
+                q.split,
+                q.dataset.name,
+                q.dataset.region,
+                short(&q.dataset.manifest_hash)
+            ),
+        );
+    }
     match (&p.base_checkpoint, &p.base) {
         (Some(hash), Some(_)) => line(
             "base file",

@@ -24,7 +24,7 @@ use crate::export::{refuse_unknown_origin, same_file};
 use crate::TrainError;
 
 /// Metadata key of the model card in an ONNX export (the same JSON as in a model file).
-pub const ONNX_CARD_KEY: &str = percept_eval::model_file::MODEL_CARD_KEY;
+pub const ONNX_CARD_KEY: &str = percept_onnx::MODEL_CARD_KEY;
 /// Metadata key of the export record ([`ExportRecord`]).
 pub const ONNX_EXPORT_KEY: &str = "percept.export";
 
