@@ -698,17 +698,28 @@ pub fn export_onnx_model(
             log: log.as_mut(),
         },
     )??;
-    if let Some(log) = &mut log {
+    record_export(log.as_mut(), checkpoint, out, &summary.hash)?;
+    Ok(summary)
+}
+
+/// Records an export of `checkpoint` to `out` (file hash `hash`) in the run's audit log, if any.
+fn record_export(
+    log: Option<&mut AuditLog>,
+    checkpoint: &Path,
+    out: &Path,
+    hash: &str,
+) -> Result<(), TrainError> {
+    if let Some(log) = log {
         audit(
             log,
             AuditEvent::Export {
                 path: out.display().to_string(),
-                hash: summary.hash.clone(),
+                hash: hash.to_string(),
                 source: checkpoint.display().to_string(),
             },
         )?;
     }
-    Ok(summary)
+    Ok(())
 }
 
 /// The audit log of the run whose `checkpoints/` holds `checkpoint`, opened (and, for a signed
@@ -744,16 +755,7 @@ pub fn export_model(
 ) -> Result<ExportSummary, TrainError> {
     let mut log = run_audit_log(checkpoint)?;
     let summary = dispatch(device, ExportTask { checkpoint, out })??;
-    if let Some(log) = &mut log {
-        audit(
-            log,
-            AuditEvent::Export {
-                path: out.display().to_string(),
-                hash: summary.hash.clone(),
-                source: checkpoint.display().to_string(),
-            },
-        )?;
-    }
+    record_export(log.as_mut(), checkpoint, out, &summary.hash)?;
     Ok(summary)
 }
 

@@ -6,15 +6,25 @@ use std::path::Path;
 
 use burn::backend::Flex;
 use percept::data::ClassMapping;
-use percept::eval::model_file::{save_model, BaseLink, DatasetRef, FinetuneRecord, ModelCard};
+use percept::eval::model_file::{
+    save_model, BaseLink, DatasetRef, FinetuneRecord, ModelCard, Provenance,
+};
 use percept::model::PerceptionNetConfig;
 use percept::onnx::{metadata, read_model};
 use percept::synth::SYNTH_CLASSES;
 
 use crate::common::{model_card, percept, provenance, synth};
+use crate::parity::export;
 
 fn classes() -> Vec<String> {
     SYNTH_CLASSES.iter().map(|c| c.to_string()).collect()
+}
+
+/// A DE site's provenance of `steps` steps over one DE dataset.
+fn provenance_de(steps: usize) -> Provenance {
+    let mut p = provenance("DE", "site-de", &["DE"], steps);
+    p.datasets.push(dataset("DE"));
+    p
 }
 
 fn dataset(region: &str) -> DatasetRef {
@@ -32,20 +42,6 @@ fn model(dir: &Path, name: &str, card: &ModelCard) -> std::path::PathBuf {
     let path = dir.join(format!("{name}.safetensors"));
     save_model(&net, card, &path).unwrap();
     path
-}
-
-fn export(model: &Path, out: &Path, extra: &[&str]) -> crate::common::Output {
-    let mut args = vec![
-        "export",
-        "--format",
-        "onnx",
-        "--checkpoint",
-        model.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    percept(&args)
 }
 
 #[test]
@@ -112,9 +108,11 @@ fn int8_of_an_untrained_model_is_refused_and_nothing_is_written() {
     let data = synth(tmp.path(), "DE", 4, 1);
     let data = data.to_str().unwrap();
     // Zero steps in the provenance.
-    let mut p = provenance("DE", "site-de", &["DE"], 0);
-    p.datasets.push(dataset("DE"));
-    let file = model(tmp.path(), "fresh", &model_card(&classes(), p));
+    let file = model(
+        tmp.path(),
+        "fresh",
+        &model_card(&classes(), provenance_de(0)),
+    );
     let out = tmp.path().join("fresh.onnx");
     let run = export(
         &file,
@@ -129,9 +127,8 @@ fn int8_of_an_untrained_model_is_refused_and_nothing_is_written() {
     );
     assert!(!out.exists());
     // Steps recorded, but batch norms never saw data.
-    let mut p = provenance("DE", "site-de", &["DE"], 100);
-    p.datasets.push(dataset("DE"));
-    let file = model(tmp.path(), "claims-trained", &model_card(&classes(), p));
+    let card = model_card(&classes(), provenance_de(100));
+    let file = model(tmp.path(), "claims-trained", &card);
     let run = export(
         &file,
         &out,
@@ -157,9 +154,7 @@ fn calibration_data_the_site_may_not_process_is_refused_before_a_frame_is_read()
             std::fs::remove_file(path).unwrap();
         }
     }
-    let mut p = provenance("DE", "site-de", &["DE"], 100);
-    p.datasets.push(dataset("DE"));
-    let card = model_card(&classes(), p);
+    let card = model_card(&classes(), provenance_de(100));
     let net = crate::parity::network(card.architecture.tasks, classes().len(), 6);
     let file = tmp.path().join("de.safetensors");
     save_model(&net, &card, &file).unwrap();
@@ -183,9 +178,7 @@ fn calibration_data_the_site_may_not_process_is_refused_before_a_frame_is_read()
 #[test]
 fn flags_that_do_not_fit_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut p = provenance("DE", "site-de", &["DE"], 100);
-    p.datasets.push(dataset("DE"));
-    let file = model(tmp.path(), "m", &model_card(&classes(), p));
+    let file = model(tmp.path(), "m", &model_card(&classes(), provenance_de(100)));
     let out = tmp.path().join("m.onnx");
     let run = export(&file, &out, &["--opset", "11"]);
     assert!(!run.ok);

@@ -175,7 +175,8 @@ fn run_parity(dir: &Path) -> Option<String> {
     Some(stdout)
 }
 
-fn export(model: &Path, out: &Path, extra: &[&str]) -> crate::common::Output {
+/// `percept export --format onnx --checkpoint MODEL --out OUT EXTRA...`.
+pub(crate) fn export(model: &Path, out: &Path, extra: &[&str]) -> crate::common::Output {
     let mut args = vec![
         "export",
         "--format",
@@ -269,6 +270,12 @@ fn onnx_exports_match_percept_in_onnx_runtime() {
                 FP32_TOLERANCE,
                 false,
                 &["--opset", "13", "--decode", "raw"],
+            );
+            export_case(
+                "opset21",
+                FP32_TOLERANCE,
+                true,
+                &["--opset", "21", "--decode", "nms"],
             );
             export_case("fp16", FP16_TOLERANCE, false, &["--precision", "fp16"]);
             let data = data.to_str().unwrap();

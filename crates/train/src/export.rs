@@ -73,13 +73,7 @@ pub fn export<B: Backend>(
     refuse_unknown_origin(&card, checkpoint)?;
     let bytes = model_bytes(&net, &card, out)?;
     let hash = blake3::hash(&bytes).to_hex().to_string();
-    let mut file = AtomicFile::create(out)?;
-    file.write_all(&bytes)?;
-    let verified = file.commit_verified(|written| -> Result<(), TrainError> {
-        let refused = |message: String| TrainError::ModelFile {
-            path: out.to_path_buf(),
-            message: format!("{message}; nothing was written to {}", out.display()),
-        };
+    write_verified(out, &bytes, |written, refused| {
         let (reloaded, reloaded_card) = load_model::<B>(written, device)
             .map_err(|e| refused(format!("the written export cannot be read back: {e}")))?;
         if reloaded_card != card {
@@ -110,18 +104,34 @@ pub fn export<B: Backend>(
             ));
         }
         Ok(())
-    });
-    match verified {
-        Ok(()) => {}
-        Err(VerifiedCommitError::Verify(e)) => return Err(e),
-        Err(VerifiedCommitError::Write(e)) => return Err(e.into()),
-    }
+    })?;
     Ok(ExportSummary {
         path: out.to_path_buf(),
         hash,
         parameters: net.num_params(),
         card,
     })
+}
+
+/// Writes `bytes` to `out` under a temporary name, calls `verify` with it (and `refused`, which
+/// words an error: the check's message and that nothing was written), and renames it to `out`
+/// only when the check passes; otherwise `out` is left as it was.
+pub(crate) fn write_verified(
+    out: &Path,
+    bytes: &[u8],
+    verify: impl FnOnce(&Path, &dyn Fn(String) -> TrainError) -> Result<(), TrainError>,
+) -> Result<(), TrainError> {
+    let refused = |message: String| TrainError::ModelFile {
+        path: out.to_path_buf(),
+        message: format!("{message}; nothing was written to {}", out.display()),
+    };
+    let mut file = AtomicFile::create(out)?;
+    file.write_all(bytes)?;
+    match file.commit_verified(|written| verify(written, &refused)) {
+        Ok(()) => Ok(()),
+        Err(VerifiedCommitError::Verify(e)) => Err(e),
+        Err(VerifiedCommitError::Write(e)) => Err(e.into()),
+    }
 }
 
 /// Refuses weights whose provenance names no dataset: no export leaves without its origin.

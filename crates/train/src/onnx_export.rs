@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
 use indicatif::ProgressBar;
-use percept_data::atomic_file::{AtomicFile, VerifiedCommitError};
 use percept_data::{collate, AuditLog, Split};
 use percept_eval::model_file::{load_model, DatasetRef, ModelCard, QuantizationRecord};
 use percept_model::{Calibrator, PerceptionNet, RangeMethod};
@@ -20,7 +19,7 @@ use percept_onnx::{Decode, OnnxOptions, OnnxPrecision};
 use serde::Serialize;
 
 use crate::data::open_for_site_logged;
-use crate::export::{refuse_unknown_origin, same_file};
+use crate::export::{refuse_unknown_origin, same_file, write_verified};
 use crate::TrainError;
 
 /// Metadata key of the model card in an ONNX export (the same JSON as in a model file).
@@ -147,7 +146,6 @@ pub fn export_onnx<B: Backend>(
         ),
         batch_norm: "folded into the convolutions".into(),
     };
-    let card_json = serde_json::to_string(&card).expect("a model card serialises");
     let options = OnnxOptions {
         opset: request.opset,
         precision: request.precision,
@@ -155,7 +153,10 @@ pub fn export_onnx<B: Backend>(
         decode_options: card.decode,
         ranges,
         metadata: vec![
-            (ONNX_CARD_KEY.to_string(), card_json.clone()),
+            (
+                ONNX_CARD_KEY.to_string(),
+                serde_json::to_string(&card).expect("a model card serialises"),
+            ),
             (
                 ONNX_EXPORT_KEY.to_string(),
                 serde_json::to_string(&record).expect("serialises"),
@@ -166,44 +167,26 @@ pub fn export_onnx<B: Backend>(
     let bytes = percept_onnx::onnx_bytes(&graph, &options)
         .map_err(|e| TrainError::Invalid(e.to_string()))?;
     let hash = blake3::hash(&bytes).to_hex().to_string();
-    let expected_outputs =
-        percept_onnx::output_names(&percept_onnx::read_model(&bytes).expect("just written"));
+    let graph_written = percept_onnx::read_model(&bytes).expect("just serialised");
 
-    let mut file = AtomicFile::create(out)?;
-    file.write_all(&bytes)?;
-    let verified = file.commit_verified(|written| -> Result<(), TrainError> {
-        let refused = |message: String| TrainError::ModelFile {
-            path: out.to_path_buf(),
-            message: format!("{message}; nothing was written to {}", out.display()),
-        };
+    write_verified(out, &bytes, |written, refused| {
         let read = std::fs::read(written)
             .map_err(|e| refused(format!("the written graph cannot be read back: {e}")))?;
         let model = percept_onnx::read_model(&read)
             .map_err(|e| refused(format!("the written graph does not parse: {e}")))?;
-        let meta = percept_onnx::metadata(&model);
-        if !meta
-            .iter()
-            .any(|(k, v)| k == ONNX_CARD_KEY && *v == card_json)
-        {
-            return Err(refused("the written graph's model card differs".into()));
-        }
-        if percept_onnx::output_names(&model) != expected_outputs {
-            return Err(refused("the written graph's outputs differ".into()));
+        // Every node, weight and metadata entry (the model card included) as serialised.
+        if model != graph_written {
+            return Err(refused(
+                "the graph read back differs from the one written".into(),
+            ));
         }
         Ok(())
-    });
-    match verified {
-        Ok(()) => {}
-        Err(VerifiedCommitError::Verify(e)) => return Err(e),
-        Err(VerifiedCommitError::Write(e)) => return Err(e.into()),
-    }
+    })?;
     Ok(OnnxExportSummary {
         path: out.to_path_buf(),
         hash,
         bytes: bytes.len(),
-        nodes: percept_onnx::read_model(&bytes)
-            .map(|m| m.graph.node.len())
-            .unwrap_or_default(),
+        nodes: graph_written.graph.node.len(),
         record,
         card,
     })
