@@ -3,7 +3,6 @@
 use serde::{Deserialize, Serialize};
 
 use crate::letterbox::PAD_VALUE;
-use crate::normalize::{NORM_MEAN, NORM_STD};
 
 /// Largest image percept handles, in pixels: 2^25, which 8K UHD (7680x4320) fits. Shards hold
 /// no larger frame (percept-data), prediction reads no larger image, and a model card's input
@@ -17,6 +16,11 @@ pub struct InputSize {
     pub width: usize,
     pub height: usize,
 }
+
+/// Per-channel (RGB) mean of images scaled to 0..1 (ImageNet statistics).
+pub const NORM_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+/// Per-channel (RGB) standard deviation of images scaled to 0..1 (ImageNet statistics).
+pub const NORM_STD: [f32; 3] = [0.229, 0.224, 0.225];
 
 /// Input normalisation: `(pixel / 255 - mean) / std` per RGB channel, after letterboxing to
 /// the input size with `pad_value` grey.

@@ -52,10 +52,8 @@ pub use card::{
 pub use detect::{detect_with, Detection, Detections, Detector};
 #[cfg(feature = "model")]
 pub use error::InferError;
-pub use input::{InputSize, Normalization, MAX_IMAGE_PIXELS};
+pub use input::{InputSize, Normalization, MAX_IMAGE_PIXELS, NORM_MEAN, NORM_STD};
 pub use letterbox::{Corners, Letterbox, PAD_VALUE};
-pub use normalize::{
-    image_to_chw, letterbox_image, norm_lut, prepare, write_chw, NORM_MEAN, NORM_STD,
-};
+pub use normalize::{image_to_chw, letterbox_image, norm_lut, prepare, write_chw};
 #[cfg(feature = "model")]
 pub use weights::{check_weights, load_net, CheckedWeights};

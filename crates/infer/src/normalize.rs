@@ -6,14 +6,9 @@ use std::mem::MaybeUninit;
 
 use image::RgbImage;
 
-use crate::input::Normalization;
+use crate::input::{Normalization, NORM_MEAN, NORM_STD};
 use crate::letterbox::{Letterbox, PAD_VALUE};
 use crate::warp::{filled_canvas, run_simd, warp_image, Placement, SimdKernel};
-
-/// Per-channel (RGB) mean of images scaled to 0..1 (ImageNet statistics).
-pub const NORM_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
-/// Per-channel (RGB) standard deviation of images scaled to 0..1 (ImageNet statistics).
-pub const NORM_STD: [f32; 3] = [0.229, 0.224, 0.225];
 
 /// Letterboxes an image to `width x height` (bilinear, grey-[`PAD_VALUE`] border).
 pub fn letterbox_image(img: &RgbImage, width: u32, height: u32) -> (RgbImage, Letterbox) {
