@@ -55,18 +55,8 @@ fi
 [ -x "$bin" ] || { echo "no percept binary at $bin (build: see the README's CUDA section)" >&2; exit 2; }
 
 if [ "$gpu" = cuda ]; then
-    # burn-cuda loads NVRTC and NCCL at run time by unversioned name: link the toolkit's, or
-    # pip's wheels' (nvidia-cuda-nvrtc), under it. The driver's libcuda.so.1 is found where
-    # the system keeps it; a toolkit's compat/ copy would not match the driver.
-    libs="$out/lib"
-    mkdir -p "$libs"
-    wheels=$(python3 -c 'import nvidia, os; print(os.path.dirname(nvidia.__path__[0]))' 2>/dev/null || true)
-    for name in libnvrtc.so libnccl.so; do
-        found=$(find /usr/local/cuda*/ /usr/local/nvidia /usr/lib/x86_64-linux-gnu /opt $wheels \
-            -name "$name*" \( -type f -o -type l \) 2>/dev/null | grep -v -e stub -e alt -e builtins | sort | head -1)
-        [ -n "$found" ] && ln -sf "$found" "$libs/$name" && echo "using $found for $name"
-    done
-    export LD_LIBRARY_PATH="$libs:${LD_LIBRARY_PATH:-}"
+    . benches/cuda-libs.sh
+    cuda_libs "$out/lib"
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 fi
 [ "$torch" = 1 ] && python3 -c 'import torch; print("torch", torch.__version__, torch.version.cuda)'

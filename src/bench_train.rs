@@ -40,6 +40,7 @@ use serde::Serialize;
 
 use crate::bench::Scratch;
 use percept_train::backend::{dispatch, BackendTask, DeviceSpec};
+use percept_train::cluster::Cluster;
 use percept_train::config::RunConfig;
 use percept_train::data::TrainingData;
 use percept_train::data_parallel::Replica;
@@ -81,6 +82,9 @@ pub struct TrainBenchOptions {
     pub scratch: PathBuf,
     /// Show a progress bar on stderr when it is a terminal.
     pub progress: bool,
+    /// Under mpirun/srun: this rank's place; each step all-reduces its gradients with the
+    /// other ranks' (the `reduce` phase), each rank on `batch_size` images of its own.
+    pub cluster: Option<Cluster>,
 }
 
 impl TrainBenchOptions {
@@ -102,6 +106,7 @@ impl TrainBenchOptions {
             threads: None,
             scratch: std::env::temp_dir(),
             progress: false,
+            cluster: None,
         }
     }
 
@@ -751,7 +756,10 @@ where
     let mut bench = Bench::<B> {
         o,
         d: &d,
-        replica: Some(Replica::single(net, optimizer, device.clone())),
+        replica: Some(match &o.cluster {
+            Some(c) => Replica::single(net, optimizer, device.clone()).in_cluster(c.clone()),
+            None => Replica::single(net, optimizer, device.clone()),
+        }),
         memory_probe: DeviceMemoryProbe::new(o.device, &device),
         device,
         bar: progress_bar(o.progress, (1 + 2 * o.warmup + 3 * o.steps) as u64),

@@ -127,16 +127,16 @@ pub fn train_with(
 ) -> Result<TrainSummary, TrainError> {
     let devices = devices.into();
     check_precision(config, &devices, "run config")?;
-    let node_config;
+    let rank_config;
     let config = match devices.cluster() {
-        // Each node keeps its own run directory (checkpoints, metrics and the audit log of
-        // the shards it read): node 0 `runs/<name>`, node R `runs/<name>-node<R>`.
+        // Each rank keeps its own run directory (checkpoints, metrics and the audit log of
+        // the shards it read): rank 0 `runs/<name>`, rank R `runs/<name>-rank<R>`.
         Some(c) if c.rank > 0 => {
-            node_config = RunConfig {
-                name: format!("{}-node{}", config.name, c.rank),
+            rank_config = RunConfig {
+                name: format!("{}-rank{}", config.name, c.rank),
                 ..config.clone()
             };
-            &node_config
+            &rank_config
         }
         _ => config,
     };
@@ -291,6 +291,15 @@ pub fn resume_with(
     faults: Faults,
 ) -> Result<TrainSummary, TrainError> {
     let devices = devices.into();
+    // Every rank of a run over several processes is given rank 0's directory.
+    let rank_run_dir;
+    let run_dir = match devices.cluster() {
+        Some(c) => {
+            rank_run_dir = percept_train::cluster::rank_dir(run_dir, c.rank);
+            rank_run_dir.as_path()
+        }
+        None => run_dir,
+    };
     let config_path = run_dir.join(RUN_CONFIG_FILE);
     if !config_path.exists() {
         return Err(TrainError::Invalid(format!(

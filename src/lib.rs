@@ -11,10 +11,12 @@
 //! - [`onnx_model`]: `percept eval` / `percept predict` on an ONNX export (ONNX Runtime).
 //! - [`seals`]: keys, signing a dataset, a run's signed audit head.
 //! - [`quickstart`]: synthetic data, a short run, evaluation and a report in one command.
-//! - [`bench`], [`bench_train`]: the input pipeline's and the training step's benchmarks.
+//! - [`bench`], [`bench_train`], [`bench_all_reduce`]: the input pipeline's, the training
+//!   step's and the gradient all-reduce's benchmarks.
 //! - [`warmup`]: fills a GPU kernel cache before a run.
 
 pub mod bench;
+pub mod bench_all_reduce;
 pub mod bench_train;
 pub mod commands;
 pub mod countries;

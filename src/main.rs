@@ -12,8 +12,8 @@ use percept::model::{ModelSize, PerceptionNetConfig, RangeMethod};
 use percept::onnx::{Decode, OnnxPrecision};
 use percept::quickstart::{quickstart, QuickstartOptions};
 use percept::synth::SynthOptions;
+use percept::train::cluster::Cluster;
 use percept::train::config_source::LayeredConfig;
-use percept::train::data_parallel::Cluster;
 use percept::train::onnx_export::{CalibrationRequest, OnnxExportRequest};
 use percept::train::{DeviceSpec, Devices, RunConfig};
 
@@ -160,18 +160,10 @@ enum Command {
         #[arg(long, value_name = "RUN_DIR")]
         resume: Option<PathBuf>,
         /// Device: cpu, wgpu, cuda or cuda:N; a list (cuda:0,cuda:1) trains data-parallel,
-        /// train.batch_size images per device
+        /// train.batch_size images per device. Under mpirun/srun (one process per GPU): cuda
+        /// gives each rank cuda:<local rank>, a list each local rank its entry
         #[arg(long, visible_alias = "devices", default_value = "cpu")]
         device: String,
-        /// Train over this many nodes, one process each with the same devices (needs --master)
-        #[arg(long, default_value_t = 1)]
-        nodes: usize,
-        /// This node's index, 0 to nodes-1; node 0 writes runs/<name>, node R runs/<name>-node<R>
-        #[arg(long, default_value_t = 0)]
-        node_rank: usize,
-        /// HOST:PORT of node 0, the same on every node; node 0 averages the gradients there
-        #[arg(long, value_name = "HOST:PORT")]
-        master: Option<String>,
     },
     /// Fine-tune a base model for one country (a config with [finetune]: profile, freezing,
     /// distillation, L2-SP), then compare base and fine-tuned on the country's held-out split
@@ -560,6 +552,25 @@ enum BenchWhat {
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
     },
+    /// The gradient all-reduce of a run over several processes, for each model size's gradient
+    /// (run under the launcher: mpirun -np 2 percept bench all-reduce)
+    AllReduce {
+        /// Model sizes whose gradient to reduce, comma-separated
+        #[arg(long, default_value = "nano,small", value_delimiter = ',', value_parser = ["nano", "small", "medium"])]
+        models: Vec<String>,
+        /// Device the gradient lives on: cpu, wgpu, cuda or cuda:N (cuda: NCCL)
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Timed all-reduces per size
+        #[arg(long, default_value_t = 20)]
+        rounds: usize,
+        /// Untimed all-reduces before them
+        #[arg(long, default_value_t = 3)]
+        warmup: usize,
+        /// Also write the report as JSON here (rank 0)
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+    },
 }
 
 /// Parses `WIDTHxHEIGHT`.
@@ -623,9 +634,22 @@ fn reject_set_on_resume(
     Ok(())
 }
 
+/// A run stopped by Ctrl-C, after [`exit_if_interrupted`] said how to continue it: exit
+/// status 130 (MPI finalised first, under mpirun).
+#[derive(Debug)]
+struct Interrupted;
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("interrupted")
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
 /// A run stopped by Ctrl-C: say where its checkpoint is and how to continue it (`percept
-/// <command> --resume RUN_DIR`), then exit with status 130.
-fn exit_if_interrupted(s: &percept::train::trainer::TrainSummary, command: &str) {
+/// <command> --resume RUN_DIR`), then end with [`Interrupted`].
+fn exit_if_interrupted(s: &percept::train::trainer::TrainSummary, command: &str) -> Result<()> {
     if s.interrupted {
         println!(
             "interrupted after step {}: checkpoint {}; continue with `percept {command} \
@@ -634,11 +658,32 @@ fn exit_if_interrupted(s: &percept::train::trainer::TrainSummary, command: &str)
             s.checkpoint.display(),
             s.run_dir.display()
         );
-        std::process::exit(130);
+        return Err(Interrupted.into());
     }
+    Ok(())
 }
 
-fn run(cli: Cli) -> Result<()> {
+/// Runs `cli`'s command; `cluster`: this process's place in a run over several processes
+/// (mpirun/srun with more than one rank), which only training and its benchmarks take part in.
+fn run(cli: Cli, cluster: Option<Cluster>) -> Result<()> {
+    if let Some(c) = cluster.as_ref().filter(|c| c.size > 1) {
+        let spread = matches!(
+            cli.command,
+            Command::Train { .. }
+                | Command::Bench {
+                    what: BenchWhat::Train { .. } | BenchWhat::AllReduce { .. }
+                }
+        );
+        if !spread {
+            anyhow::bail!(
+                "launched as rank {} of {} (mpirun/srun), but only `percept train`, `percept \
+                 bench train` and `percept bench all-reduce` run over several processes: run \
+                 this command once, without mpirun",
+                c.rank,
+                c.size
+            );
+        }
+    }
     match cli.command {
         Command::Quickstart {
             device: d,
@@ -794,7 +839,7 @@ fn run(cli: Cli) -> Result<()> {
                 _ => anyhow::bail!("give --base MODEL and --config FILE, or --resume RUN_DIR"),
             };
             let s = &outcome.summary;
-            exit_if_interrupted(s, "finetune");
+            exit_if_interrupted(s, "finetune")?;
             println!(
                 "fine-tuned {} steps in {:.0} s ({:.1} images/s); checkpoint {}",
                 s.steps,
@@ -818,19 +863,10 @@ fn run(cli: Cli) -> Result<()> {
             set,
             resume,
             device: d,
-            nodes,
-            node_rank,
-            master,
         } => {
             let mut devices: Devices = d.parse().context("--devices")?;
-            if nodes > 1 || node_rank > 0 || master.is_some() {
-                let Some(master) = master else {
-                    anyhow::bail!(
-                        "--nodes {nodes}: a run over several nodes needs --master HOST:PORT, \
-                         node 0's address, the same on every node"
-                    );
-                };
-                devices = devices.on_cluster(Cluster::new(nodes, node_rank, &master)?);
+            if let Some(c) = cluster.filter(|c| c.size > 1) {
+                devices = devices.on_cluster(c)?;
             }
             let s = match (config, resume) {
                 (_, Some(run)) => {
@@ -850,7 +886,7 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 (None, None) => anyhow::bail!("give --config FILE or --resume RUN_DIR"),
             };
-            exit_if_interrupted(&s, "train");
+            exit_if_interrupted(&s, "train")?;
             println!(
                 "trained {} steps in {:.0} s ({:.1} images/s, {:.0}% waiting for data); \
                  checkpoint {}; metrics {}; audit log {}",
@@ -1260,6 +1296,15 @@ fn run(cli: Cli) -> Result<()> {
                 },
         } => {
             use percept::bench_train::{bench_train, TrainBenchOptions};
+            // Under mpirun/srun: this rank's device and its place; rank 0 reports. One rank
+            // keeps its cluster too: every step then goes through the all-reduce, so
+            // `mpirun -np 1` times what the engine costs on one device.
+            let rank0 = cluster.as_ref().is_none_or(|c| c.rank == 0);
+            let mut devices = Devices::from(device(&d)?);
+            if let Some(c) = &cluster {
+                devices = devices.on_cluster(c.clone())?;
+            }
+            let device = devices.specs()[0];
             let model_size = ModelSize::ALL
                 .into_iter()
                 .find(|s| s.name() == model)
@@ -1284,13 +1329,61 @@ fn run(cli: Cli) -> Result<()> {
                     .map_err(|e: String| anyhow::anyhow!("--conv: {e}"))?,
                 threads,
                 scratch: scratch.unwrap_or_else(percept::bench::default_scratch),
-                progress: true,
-                ..TrainBenchOptions::new(model_size, device(&d)?, batch)
+                progress: rank0,
+                cluster: cluster.clone(),
+                ..TrainBenchOptions::new(model_size, device, batch)
             };
             let report = bench_train(&options)?;
-            print!("{}", report.table());
-            if let Some(json) = json {
-                percept::data::atomic_file::write_atomic(&json, report.to_json().as_bytes())?;
+            if rank0 {
+                print!("{}", report.table());
+                if let Some(json) = json {
+                    percept::data::atomic_file::write_atomic(&json, report.to_json().as_bytes())?;
+                }
+            }
+        }
+        Command::Bench {
+            what:
+                BenchWhat::AllReduce {
+                    models,
+                    device: d,
+                    rounds,
+                    warmup,
+                    json,
+                },
+        } => {
+            use percept::bench_all_reduce::{bench_all_reduce, AllReduceBenchOptions};
+            let Some(cluster) = cluster else {
+                anyhow::bail!(
+                    "percept bench all-reduce runs under an MPI launcher (mpirun -np 2 percept \
+                     bench all-reduce){}",
+                    if cfg!(feature = "mpi") {
+                        ""
+                    } else {
+                        ", from a percept built with --features mpi"
+                    }
+                );
+            };
+            let sizes = models
+                .iter()
+                .map(|m| ModelSize::ALL.into_iter().find(|s| s.name() == m))
+                .collect::<Option<Vec<_>>>()
+                .context("--models: use nano, small or medium")?;
+            // This rank's device, as in training (cuda: cuda:<local rank>).
+            let device = Devices::from(device(&d)?)
+                .on_cluster(cluster.clone())?
+                .specs()[0];
+            let options = AllReduceBenchOptions {
+                sizes,
+                device,
+                rounds,
+                warmup,
+            };
+            let report = bench_all_reduce(&options, &cluster)?;
+            if cluster.rank == 0 {
+                print!("{}", report.table());
+                if let Some(json) = json {
+                    percept::data::atomic_file::write_atomic(&json, report.to_json().as_bytes())?;
+                }
             }
         }
         Command::Warmup {
@@ -1371,10 +1464,54 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    let launched = percept::train::cluster::launcher_world_size();
+    #[cfg(feature = "mpi")]
+    let mpi = match launched {
+        Some(_) => match percept::train::mpi_collectives::MpiRuntime::init() {
+            Ok(m) => Some(m),
+            Err(e) => {
+                eprintln!("error: starting MPI: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
+    #[cfg(feature = "mpi")]
+    let cluster = mpi.as_ref().map(|m| m.cluster().clone());
+    #[cfg(not(feature = "mpi"))]
+    let cluster: Option<Cluster> = match launched {
+        // Several copies of a build without MPI would each run the whole job, into the same
+        // run directory.
+        Some((n, var)) if n > 1 => {
+            eprintln!(
+                "error: started by an MPI launcher as one of {n} processes ({var}={n}), but this \
+                 percept was built without MPI: build it with `cargo build --release --features \
+                 mpi` (needs libopenmpi-dev or libmpich-dev, and libclang-dev), or run one \
+                 process"
+            );
+            return ExitCode::FAILURE;
+        }
+        _ => None,
+    };
+    let rank = cluster
+        .as_ref()
+        .filter(|c| c.size > 1)
+        .map(|c| format!(" (rank {} of {} on {})", c.rank, c.size, c.hosts[c.rank]));
+    match run(cli, cluster) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<Interrupted>() => ExitCode::from(130),
         Err(e) => {
-            eprintln!("error: {}", percept::commands::error_text(e.as_ref()));
+            eprintln!(
+                "error{}: {}",
+                rank.as_deref().unwrap_or(""),
+                percept::commands::error_text(e.as_ref())
+            );
+            // The other ranks would wait in their next collective for ever.
+            #[cfg(feature = "mpi")]
+            if let (Some(mpi), Some(_)) = (&mpi, &rank) {
+                mpi.abort(1);
+            }
             ExitCode::FAILURE
         }
     }

@@ -9,8 +9,7 @@
 //! one CPU device: the path is the same as on several GPUs, minus the device copies.
 //!
 //! Everything using the collective is in one test, in its own test binary: the collective is
-//! process-wide. The test over several nodes runs `percept` processes, which average through
-//! node 0's gradient hub, not the collective.
+//! process-wide. Runs over several processes (mpirun) are `tests/mpi.rs`'s.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -21,7 +20,7 @@ use percept::train::Devices;
 use safetensors::SafeTensors;
 
 mod common;
-use common::{percept, step_losses, synth};
+use common::{step_losses, synth};
 
 /// The trainable tensors of a model file (batch-norm running statistics left out: each replica
 /// keeps those of its own part), by name.
@@ -144,94 +143,23 @@ fn two_replicas_train_like_one_device_on_the_same_global_batch() {
     eprintln!("with accumulation, after one step: largest weight difference {worst:e}");
 }
 
+/// A percept built without MPI, started by an MPI launcher as one of several processes,
+/// refuses: each copy would otherwise run the whole job into the same run directory.
+#[cfg(not(feature = "mpi"))]
 #[test]
-fn two_node_processes_train_like_one_device_on_the_same_global_batch() {
+fn a_build_without_mpi_refuses_to_run_as_one_of_several_ranks() {
     let dir = tempfile::tempdir().unwrap();
-    let data = synth(dir.path(), "DE", 24, 11);
-    let nodes = sgd_config(dir.path(), &data, "nodes", 1);
-    let file = dir.path().join("nodes.toml");
-    std::fs::write(&file, nodes.to_toml()).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let master = format!("127.0.0.1:{port}");
-    let run = |rank: &'static str| {
-        let (file, master) = (file.to_str().unwrap().to_string(), master.clone());
-        std::thread::spawn(move || {
-            percept(&[
-                "train",
-                "--config",
-                &file,
-                "--nodes",
-                "2",
-                "--node-rank",
-                rank,
-                "--master",
-                &master,
-            ])
-        })
-    };
-    let (node0, node1) = (run("0"), run("1"));
-    for (rank, node) in [node0, node1].into_iter().enumerate() {
-        let out = node.join().unwrap();
-        assert!(out.ok, "node {rank}: {}", out.stderr);
-    }
-    // The same 4 images a step on one device, as 2 micro-batches of 2.
-    let single = sgd_config(dir.path(), &data, "single", 2);
-    let s = commands::train(&single, percept::train::DeviceSpec::Cpu).unwrap();
-
-    let runs = dir.path().join("runs");
-    let final_model = |run: &str| runs.join(run).join("checkpoints/final.safetensors");
-    let (w0, w1, ws) = (
-        trainable(&final_model("nodes")),
-        trainable(&final_model("nodes-node1")),
-        trainable(&s.checkpoint),
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_percept"))
+        .args(["synth", "--out"])
+        .arg(dir.path().join("s"))
+        .env("OMPI_COMM_WORLD_SIZE", "2")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("OMPI_COMM_WORLD_SIZE=2") && stderr.contains("--features mpi"),
+        "{stderr}"
     );
-    assert_eq!(w0, w1, "the two nodes hold different weights");
-    let worst = largest_difference(&w0, &ws);
-    eprintln!("2 nodes vs 1 device: largest weight difference {worst:e}");
-    let (lp, ls) = (
-        step_losses(&runs.join("nodes")),
-        step_losses(&single.run_dir()),
-    );
-    assert_eq!(lp.len(), 3);
-    for (a, b) in lp.iter().zip(&ls) {
-        assert!((a - b).abs() <= 1e-5 * b.abs(), "losses {lp:?} vs {ls:?}");
-    }
-
-    // Flags that cannot make a run are refused before anything starts, naming the flag.
-    let refused = |args: &[&str], needle: &str| {
-        let out = percept(args);
-        assert!(
-            !out.ok && out.stderr.contains(needle),
-            "{args:?}: {}",
-            out.stderr
-        );
-        assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
-    };
-    let f = file.to_str().unwrap();
-    refused(
-        &["train", "--config", f, "--nodes", "2"],
-        "--master HOST:PORT",
-    );
-    refused(
-        &[
-            "train",
-            "--config",
-            f,
-            "--nodes",
-            "2",
-            "--node-rank",
-            "2",
-            "--master",
-            &master,
-        ],
-        "0 to 1",
-    );
-    refused(
-        &["train", "--config", f, "--nodes", "2", "--master", "nohost"],
-        "HOST:PORT",
-    );
+    assert!(!dir.path().join("s").exists());
 }

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use burn::tensor::backend::AutodiffBackend;
 use burn::vision::VisionBackend;
 
-use crate::data_parallel::Cluster;
+use crate::cluster::Cluster;
 use crate::TrainError;
 
 /// A device named on the command line.
@@ -53,8 +53,8 @@ impl fmt::Display for DeviceSpec {
 }
 
 /// The devices a run trains on: one, or several of one kind for data-parallel training
-/// (`--devices cuda:0,cuda:1`), and with a [`Cluster`], this node's share of a run over
-/// several nodes.
+/// (`--devices cuda:0,cuda:1`), or with a [`Cluster`], this rank's one device of a run over
+/// several processes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Devices {
     specs: Vec<DeviceSpec>,
@@ -97,10 +97,30 @@ impl Devices {
         &self.specs
     }
 
-    /// These devices as one node of a run over several nodes.
-    pub fn on_cluster(mut self, cluster: Cluster) -> Devices {
-        self.cluster = Some(cluster);
-        self
+    /// This rank's device of a run over several processes, from the devices named for its
+    /// node: a list gives each local rank its entry (`cuda:0,cuda:1,cuda:2,cuda:3` with 4 ranks
+    /// a node); one GPU `cuda:N` gives local rank L `cuda:N+L` (so `--device cuda` spreads the
+    /// node's ranks over its GPUs); `cpu` and `wgpu` serve every rank.
+    pub fn on_cluster(self, cluster: Cluster) -> Result<Devices, TrainError> {
+        let local = cluster.local_rank;
+        let spec = match self.specs.as_slice() {
+            [DeviceSpec::Cuda(n)] => DeviceSpec::Cuda(n + local),
+            [one] => *one,
+            list => *list.get(local).ok_or_else(|| {
+                TrainError::Device(format!(
+                    "--devices names {} devices, but this node runs local rank {local} (rank {} \
+                     of {}): name one device per rank of the node, or one GPU (--device cuda) \
+                     and each rank takes cuda:<local rank>",
+                    list.len(),
+                    cluster.rank,
+                    cluster.size
+                ))
+            })?,
+        };
+        Ok(Devices {
+            specs: vec![spec],
+            cluster: Some(cluster),
+        })
     }
 
     pub fn cluster(&self) -> Option<&Cluster> {
@@ -291,6 +311,30 @@ pub fn dispatch_on<T: BackendTask>(devices: &Devices, task: T) -> Result<T::Outp
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::tests::mirrored;
+
+    #[test]
+    fn each_rank_takes_its_device_from_those_named_for_its_node() {
+        let on = |devices: &str, local: usize| {
+            devices
+                .parse::<Devices>()
+                .unwrap()
+                .on_cluster(mirrored(local, 4, local))
+                .map(|d| d.specs().to_vec())
+        };
+        // One GPU named: the node's ranks spread from it.
+        assert_eq!(on("cuda", 2).unwrap(), [DeviceSpec::Cuda(2)]);
+        assert_eq!(on("cuda:4", 1).unwrap(), [DeviceSpec::Cuda(5)]);
+        // A list: each local rank its entry.
+        assert_eq!(on("cuda:3,cuda:1", 1).unwrap(), [DeviceSpec::Cuda(1)]);
+        // The CPU serves every rank.
+        assert_eq!(on("cpu", 3).unwrap(), [DeviceSpec::Cpu]);
+        let e = on("cuda:0,cuda:1", 2).unwrap_err().to_string();
+        assert!(
+            e.contains("names 2 devices") && e.contains("local rank 2"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn a_backend_thread_failure_becomes_an_error_naming_device_and_cause() {

@@ -8,10 +8,9 @@
 //! validation); replicas 1.. run in threads of their own and get their parts of each step's
 //! micro-batches over a channel.
 //!
-//! Across nodes ([`Cluster`]): one process per node, each with its local replicas; every
-//! replica averages through the gradient hub node 0 serves ([`crate::gradient_hub`]) instead
-//! of burn-collective. Global rank of a node's `i`-th replica: `node rank x local devices + i`;
-//! every node draws the whole global batch but reads only its ranks' parts
+//! Across processes ([`Cluster`], launched by `mpirun` or `srun`): one replica per process,
+//! averaging through the cluster's engine (MPI, or NCCL for CUDA tensors) instead of
+//! burn-collective. Every process draws the whole global batch but reads only its rank's part
 //! ([`crate::loader::BatchBuilder::reading_only`]), so the run sees exactly what one process
 //! would.
 //!
@@ -34,57 +33,13 @@ use burn::vision::VisionBackend;
 use percept_data::Batch;
 use percept_model::{PerceptionNet, PerceptionNetConfig};
 
+use crate::cluster::Cluster;
 use crate::config::RunConfig;
-use crate::gradient_hub::{GradientHub, HubClient};
 use crate::optim::RunOptimizer;
 use crate::running_stats::running_ids;
 pub use crate::step::StepOutcome;
 use crate::step::{optimisation_step, PhaseHook, Reduce, StepState};
 use crate::TrainError;
-
-/// This process's place in a run spread over several nodes (one process each).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Cluster {
-    /// Nodes (processes) in the run, each with the same number of devices.
-    pub nodes: usize,
-    /// This node's index in `0..nodes`.
-    pub rank: usize,
-    /// `host:port` where node 0 serves the gradient hub; the same on every node.
-    pub master: String,
-}
-
-impl Cluster {
-    /// Checks the flags' values; each message names the flag and what would be valid.
-    pub fn new(nodes: usize, rank: usize, master: &str) -> Result<Cluster, TrainError> {
-        let bad = |m: String| Err(TrainError::Invalid(m));
-        if nodes < 2 {
-            return bad(format!(
-                "--nodes {nodes}: a run over several nodes needs at least 2"
-            ));
-        }
-        if rank >= nodes {
-            return bad(format!(
-                "--node-rank {rank}: give this node's index, 0 to {} for --nodes {nodes}",
-                nodes - 1
-            ));
-        }
-        let port = master
-            .rsplit_once(':')
-            .filter(|(host, _)| !host.is_empty())
-            .and_then(|(_, port)| port.parse::<u16>().ok())
-            .filter(|p| *p > 0);
-        if port.is_none() {
-            return bad(format!(
-                "--master {master:?}: give node 0's HOST:PORT, e.g. 10.0.0.1:29500"
-            ));
-        }
-        Ok(Cluster {
-            nodes,
-            rank,
-            master: master.into(),
-        })
-    }
-}
 
 /// One model copy on one device, with its optimiser.
 pub struct Replica<B: AutodiffBackend> {
@@ -94,8 +49,8 @@ pub struct Replica<B: AutodiffBackend> {
     running_ids: Vec<ParamId>,
     /// This replica's id in the collective (devices of one node); `None` otherwise.
     peer: Option<PeerId>,
-    /// This replica's connection to the gradient hub (a run over several nodes).
-    hub: Option<HubClient>,
+    /// The run's processes, when it spans several (this replica is this process's only one).
+    cluster: Option<Cluster>,
     /// A fine-tune's distillation and L2-SP terms (single-device fine-tunes only).
     pub finetune: Option<crate::finetune::FinetuneTerms<B>>,
 }
@@ -117,9 +72,16 @@ where
             optimizer,
             device,
             peer: None,
-            hub: None,
+            cluster: None,
             finetune: None,
         }
+    }
+
+    /// This replica as one process's of a run over several: each step averages its
+    /// gradients with the other ranks' through `cluster`.
+    pub fn in_cluster(mut self, cluster: Cluster) -> Self {
+        self.cluster = Some(cluster);
+        self
     }
 
     /// A replica on `device` equal to `self`: the same weights (and parameter ids) and the
@@ -154,7 +116,7 @@ where
             optimizer,
             device,
             peer: None,
-            hub: None,
+            cluster: None,
             finetune: None,
         })
     }
@@ -182,7 +144,6 @@ where
         poison: bool,
         hook: &mut dyn PhaseHook,
     ) -> Result<(Self, StepOutcome), TrainError> {
-        let device = self.device.clone();
         let peer = self.peer;
         let mut through_collective = |net: &PerceptionNet<B>, grads, losses| {
             all_reduce_mean(net, grads, losses, |flat| {
@@ -195,24 +156,15 @@ where
                 Ok(Tensor::from_primitive(TensorPrimitive::Float(reduced)))
             })
         };
-        let has_hub = self.hub.is_some();
-        let hub = &mut self.hub;
-        let mut through_hub = |net: &PerceptionNet<B>, grads, losses| {
-            let hub = hub.as_mut().expect("a replica of the gradient hub");
-            all_reduce_mean(net, grads, losses, |flat| {
-                let n = flat.dims()[0];
-                let mut values = flat
-                    .into_data()
-                    .into_vec::<f32>()
-                    .map_err(|e| TrainError::Device(format!("reading gradients: {e:?}")))?;
-                hub.all_reduce_mean(&mut values)?;
-                Ok(Tensor::from_data(TensorData::new(values, [n]), &device))
-            })
+        let cluster = self.cluster.clone();
+        let mut through_cluster = |net: &PerceptionNet<B>, grads, losses| {
+            let cluster = cluster.as_ref().expect("a replica of a cluster");
+            all_reduce_mean(net, grads, losses, |flat| cluster.mean(flat))
         };
         let reduce: Reduce<'_, B> = if peer.is_some() {
             Some(&mut through_collective)
-        } else if has_hub {
-            Some(&mut through_hub)
+        } else if self.cluster.is_some() {
+            Some(&mut through_cluster)
         } else {
             None
         };
@@ -332,16 +284,15 @@ pub struct ReplicaWorkers {
 }
 
 impl ReplicaWorkers {
-    /// Mirrors `main` (replica 0) onto `devices[1..]` and joins all of them, and with a
-    /// `cluster` the other nodes' replicas, into one collective. With one device and no
-    /// cluster there is nothing to start.
+    /// Mirrors `main` (replica 0) onto `devices[1..]` and joins all of them into one
+    /// collective; with a `cluster`, `main` (this process's one replica) averages with the
+    /// other ranks' instead. With one device and no cluster there is nothing to start.
     pub fn start<B>(
         main: &mut Replica<B>,
         devices: &[B::Device],
         arch: &PerceptionNetConfig,
         config: &RunConfig,
         cluster: Option<&Cluster>,
-        start_step: usize,
     ) -> Result<ReplicaWorkers, TrainError>
     where
         B: AutodiffBackend,
@@ -350,7 +301,7 @@ impl ReplicaWorkers {
         let local = devices.len();
         let num_classes = arch.num_classes;
         let (world, first_rank) = match cluster {
-            Some(c) => (c.nodes * local, c.rank * local),
+            Some(c) => (c.size, c.rank),
             None => (local, 0),
         };
         let mut workers = ReplicaWorkers {
@@ -359,28 +310,21 @@ impl ReplicaWorkers {
             world,
             first_rank,
         };
+        if let Some(cluster) = cluster {
+            if local > 1 {
+                return Err(TrainError::Invalid(format!(
+                    "--devices names {local} devices, but a run launched by mpirun/srun trains \
+                     one device per rank: start one rank per GPU (e.g. mpirun -np 8 with 4 \
+                     GPUs a node) with --device cuda, and each rank takes cuda:<local rank>"
+                )));
+            }
+            main.cluster = Some(cluster.clone());
+            return Ok(workers);
+        }
         if world < 2 {
             return Ok(workers);
         }
         let config = Arc::new(config.clone());
-        if let Some(cluster) = cluster {
-            // Every replica talks to the hub on its own; no collective.
-            if cluster.rank == 0 {
-                // Detached: its thread ends once every replica has disconnected.
-                GradientHub::start(&cluster.master, world, start_step)?;
-            }
-            let connect =
-                |i: usize| HubClient::connect(&cluster.master, first_rank + i, world, start_step);
-            main.hub = Some(connect(0)?);
-            for (i, device) in devices.iter().enumerate().skip(1) {
-                let mut replica = main.mirror(device.clone(), arch, &config)?;
-                replica.hub = Some(connect(i)?);
-                workers.spawn(i, config.clone(), move |receive, config| {
-                    run_replica(replica, receive, &config, num_classes)
-                })?;
-            }
-            return Ok(workers);
-        }
         // A run that failed earlier in this process may have left peers registered.
         collective::reset_collective::<B::InnerBackend>();
         let collective = CollectiveConfig::default().with_num_devices(local);
@@ -419,17 +363,17 @@ impl ReplicaWorkers {
         Ok(())
     }
 
-    /// Replicas in the whole run (every node's, the caller's included).
+    /// Replicas in the whole run (every process's, the caller's included).
     pub fn world_size(&self) -> usize {
         self.world
     }
 
-    /// This node's replicas, the caller's included.
+    /// This process's replicas, the caller's included.
     pub fn local_replicas(&self) -> usize {
         self.jobs.len() + 1
     }
 
-    /// Global rank of this node's first replica (the caller's): this node trains on parts
+    /// Global rank of this process's first replica (the caller's): it trains on parts
     /// `first_rank()..first_rank() + local_replicas()` of each global micro-batch.
     pub fn first_rank(&self) -> usize {
         self.first_rank
@@ -496,8 +440,7 @@ where
     finish(&replica)
 }
 
-/// Ends a replica's part in the collective (replica 0's after [`ReplicaWorkers::stop`]). A
-/// hub connection ends when the replica is dropped.
+/// Ends a replica's part in the collective (replica 0's after [`ReplicaWorkers::stop`]).
 pub fn finish<B>(main: &Replica<B>) -> Result<(), TrainError>
 where
     B: AutodiffBackend,

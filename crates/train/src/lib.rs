@@ -11,7 +11,8 @@
 //!   (writing them during a run), [`run_log`] and [`tensorboard`] (what a run reports).
 //! - Data: [`site`] (the residency guard and site key a config declares), [`data`] (a run's
 //!   datasets through the guard), [`loader`] (prefetched, augmented batches).
-//! - Several devices and nodes: [`data_parallel`], [`gradient_hub`].
+//! - Several devices and processes: [`data_parallel`], [`cluster`] (with `mpi_collectives`
+//!   behind the `mpi` feature and `nccl` behind `cuda`).
 //! - [`export`]: a checkpoint as a verified model file.
 //!
 //! Evaluation and model files are `percept-eval`'s; the commands are the `percept` crate's.
@@ -19,6 +20,7 @@
 pub mod backend;
 pub mod checkpoint;
 pub mod checkpointer;
+pub mod cluster;
 pub mod config;
 pub mod config_source;
 pub mod data;
@@ -27,10 +29,13 @@ pub mod ema;
 pub mod export;
 pub mod finetune;
 pub mod gpu_runtime;
-pub mod gradient_hub;
 pub mod interrupt;
 pub mod loader;
 pub mod lr_multipliers;
+#[cfg(feature = "mpi")]
+pub mod mpi_collectives;
+#[cfg(feature = "cuda")]
+pub mod nccl;
 pub mod onnx_export;
 pub mod optim;
 pub mod run_log;

@@ -43,9 +43,10 @@ use crate::checkpoint::{
 };
 pub use crate::checkpoint::{state_path, RunState};
 use crate::checkpointer::{Checkpointer, Position};
+use crate::cluster::Cluster;
 use crate::config::RunConfig;
 use crate::data::{audit, TrainingData};
-use crate::data_parallel::{self, Cluster, Replica, ReplicaWorkers, StepOutcome};
+use crate::data_parallel::{self, Replica, ReplicaWorkers, StepOutcome};
 use crate::ema::WeightEma;
 use crate::finetune::{FinetuneBase, FinetuneTerms};
 use crate::loader::{BatchBuilder, BatchLoader, LoaderOptions};
@@ -102,7 +103,7 @@ pub struct TrainTask<'a> {
     /// The checkpoint to continue from.
     pub resume: Option<RunState>,
     pub faults: Faults,
-    /// This process's place in a run over several nodes.
+    /// This process's place in a run over several processes (mpirun/srun).
     pub cluster: Option<Cluster>,
     /// The base model of a fine-tune (the config's `[finetune]`), opened and checked.
     pub finetune: Option<FinetuneBase>,
@@ -141,7 +142,7 @@ where
         let record = run.step(step)?;
         run.log(&record)?;
         // Ctrl-C (or SIGTERM): finish this step, checkpoint it, stop.
-        let stop = crate::interrupt::stop_requested() && step < config.train.steps;
+        let stop = run.stop_after(step)?;
         run.checkpoint(step, stop)?;
         run.validate(step)?;
         run.log.advance();
@@ -163,6 +164,8 @@ struct Run<'a, B: AutodiffBackend> {
     /// `None` only inside [`Run::step`].
     replica: Option<Replica<B>>,
     workers: ReplicaWorkers,
+    /// The run's other processes, when it spans several.
+    cluster: Option<Cluster>,
     schedule: LearningRateSchedule,
     ema: Option<WeightEma<B::InnerBackend>>,
     position: Position,
@@ -173,7 +176,7 @@ struct Run<'a, B: AutodiffBackend> {
     faults: Faults,
     parameters: usize,
     start_step: usize,
-    /// Images per optimisation step over every replica of every node.
+    /// Images per optimisation step over every replica of every process.
     images_per_step: usize,
     started: Instant,
     waited: Duration,
@@ -261,14 +264,12 @@ where
         };
         let mut replica = Replica::single(net, start.optimizer, device.clone());
         replica.finetune = terms;
-        let workers = ReplicaWorkers::start(
-            &mut replica,
-            devices,
-            &arch,
-            config,
-            cluster.as_ref(),
-            start_step,
-        )?;
+        if let Some(c) = &cluster {
+            // Every rank continues from the same step, or none does.
+            c.check_same_start(start_step, &run_dir)?;
+        }
+        let workers =
+            ReplicaWorkers::start(&mut replica, devices, &arch, config, cluster.as_ref())?;
         log_replicas(config, &workers, cluster.as_ref());
         let world = workers.world_size();
         let batches = spawn_loader(config, &data, sampler, &start.position, &workers)?;
@@ -307,6 +308,7 @@ where
             data,
             replica: Some(replica),
             workers,
+            cluster,
             schedule: start.schedule,
             ema: start.ema,
             position: start.position,
@@ -329,6 +331,17 @@ where
 
     /// Step `step`: its micro-batches, the optimisation step on every replica, the EMA and
     /// the non-finite accounting (too many in a row stops the run).
+    /// Whether to stop after `step` (Ctrl-C or SIGTERM): on every rank of a run over several
+    /// processes, when any was asked (mpirun forwards the signal to each, not at the same
+    /// instant), so all checkpoint the same step and none waits for the others' next one.
+    fn stop_after(&self, step: usize) -> Result<bool, TrainError> {
+        let asked = crate::interrupt::stop_requested() && step < self.config.train.steps;
+        match &self.cluster {
+            Some(c) => Ok(c.all_gather(asked as u64)?.iter().any(|a| *a != 0)),
+            None => Ok(asked),
+        }
+    }
+
     fn step(&mut self, step: usize) -> Result<StepRecord, TrainError> {
         let config = self.config;
         let lr = self.schedule.step();
@@ -420,7 +433,7 @@ where
                 )?;
             }
             self.position.skipped_samples += loaded.skipped.len();
-            // This node's ranks' parts of the global micro-batch, one per local replica.
+            // This process's ranks' parts of the global micro-batch, one per local replica.
             for (own, part) in parts.iter_mut().zip(loaded.batch.split(local)) {
                 own.push(part);
             }
@@ -768,7 +781,7 @@ fn resume_start<B: AutodiffBackend>(
     })
 }
 
-/// The loader of this node's part of every micro-batch, from the run's position on.
+/// The loader of this process's part of every micro-batch, from the run's position on.
 fn spawn_loader(
     config: &RunConfig,
     data: &Arc<TrainingData>,
@@ -792,7 +805,7 @@ fn spawn_loader(
         },
     )?
     .with_known_bad(position.known_bad.iter().copied())
-    // Only this node's replicas' parts of each global micro-batch are read and decoded.
+    // Only this process's replicas' parts of each global micro-batch are read and decoded.
     .reading_only(
         first_rank * config.train.batch_size..(first_rank + local) * config.train.batch_size,
     )?;
@@ -832,14 +845,13 @@ fn log_groups<B: AutodiffBackend>(optimizer: &RunOptimizer<B>) {
 
 fn log_replicas(config: &RunConfig, workers: &ReplicaWorkers, cluster: Option<&Cluster>) {
     let world = workers.world_size();
-    let (local, first_rank) = (workers.local_replicas(), workers.first_rank());
     if let Some(c) = cluster {
         tracing::info!(
-            "node {} of {}: ranks {first_rank}..{} of {world}, {} images per device per \
-             micro-batch",
+            "rank {} of {world} (on {}, local rank {}), {}: {} images per rank per micro-batch",
             c.rank,
-            c.nodes,
-            first_rank + local,
+            c.hosts.get(c.rank).map_or("?", String::as_str),
+            c.local_rank,
+            c.engine(),
             config.train.batch_size
         );
     } else if world > 1 {
