@@ -13,8 +13,8 @@
 #   OUT           results folder (the device tool's $OUT; default bench-cluster-gpu/)
 #   BIN           percept built with --features cuda,mpi (default target/release/percept;
 #                 BIN.gz is unpacked if BIN is missing)
-#   OMPI_TARBALL  an Open MPI tree (Debian's packages unpacked, as .tar.gz) unpacked into
-#                 /tmp/ompi and used when no mpirun is installed
+#   OMPI_TARBALL  an Open MPI tree (Debian's packages unpacked, as .tar.gz), unpacked into
+#                 /tmp/ompi and used instead of an installed mpirun (for a machine without one)
 #   KERNEL_CACHE  percept's kernel cache for the bench train runs (default $OUT/kernel-cache)
 #   BATCH WIDTH HEIGHT STEPS   bench train settings (default 32, 320, 192, 20)
 set -uo pipefail
@@ -36,14 +36,14 @@ if [ ! -x "$bin" ] && [ -f "$bin.gz" ]; then
 fi
 [ -x "$bin" ] || { echo "no percept binary at $bin (cargo build --release --features cuda,mpi)" >&2; exit 2; }
 
-if command -v mpirun >/dev/null; then
-    mpirun=(mpirun)
-elif [ -n "${OMPI_TARBALL:-}" ]; then
+if [ -n "${OMPI_TARBALL:-}" ]; then
     # Debian's Open MPI, relocated: OPAL_PREFIX tells it where its components and help are.
     mkdir -p /tmp/ompi && tar -C /tmp/ompi -xzf "$OMPI_TARBALL"
     export OPAL_PREFIX=/tmp/ompi/usr
     export LD_LIBRARY_PATH="/tmp/ompi/usr/lib/x86_64-linux-gnu/openmpi/lib:/tmp/ompi/usr/lib/x86_64-linux-gnu:/tmp/ompi/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
     mpirun=(/tmp/ompi/usr/bin/orterun)
+elif command -v mpirun >/dev/null; then
+    mpirun=(mpirun)
 else
     echo "no mpirun: install Open MPI, or set OMPI_TARBALL" >&2
     exit 2
@@ -78,15 +78,15 @@ if [ "$device" != cpu ] && ! grep -q "NCCL" "$out/nccl-all-reduce.log"; then
     status=1
 fi
 
-train() {  # train NAME [LAUNCHER...]: bench train of nano on the device
-    local name=$1
-    shift
-    step "$name" 150 env PERCEPT_KERNEL_CACHE="$cache" "$@" "$bin" bench train --device "$device" \
+train() {  # train NAME LIMIT [LAUNCHER...]: bench train of nano on the device
+    local name=$1 limit=$2
+    shift 2
+    step "$name" "$limit" env PERCEPT_KERNEL_CACHE="$cache" "$@" "$bin" bench train --device "$device" \
         --model nano --batch "$batch" --width "$width" --height "$height" --steps "$steps" \
         --json "$out/$name.json"
 }
 # Alone first: it compiles the kernels the second run then finds in the cache.
-train bench-train-alone
-train bench-train-mpirun-np1 "${mpirun[@]}" -np 1 --bind-to none
+train bench-train-alone 240
+train bench-train-mpirun-np1 150 "${mpirun[@]}" -np 1 --bind-to none
 
 exit $status

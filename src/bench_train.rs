@@ -170,6 +170,9 @@ pub struct StepBreakdown {
     pub forward_loss_ms: f64,
     /// Backward pass and the gradients' collection.
     pub backward_ms: f64,
+    /// The gradients' average over the ranks (under mpirun; 0 alone): the all-reduce and the
+    /// flattening around it.
+    pub reduce_ms: f64,
     /// The gradients' global norm and the loss values read to the host, and the clip.
     pub clip_check_ms: f64,
     /// AdamW's update of every parameter group.
@@ -253,6 +256,9 @@ pub struct TrainBenchReport {
     pub classes: usize,
     pub warmup_steps: usize,
     pub steps: usize,
+    /// Under mpirun: the ranks each step's gradients were averaged over, and the engine.
+    pub ranks: Option<usize>,
+    pub engine: Option<String>,
     /// The very first step, alone (kernel compilation and autotuning on a GPU; first-touch
     /// allocations everywhere).
     pub first_step_ms: f64,
@@ -284,7 +290,7 @@ impl TrainBenchReport {
         let mib = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0} MiB"));
         let mut out = format!(
             "train step: {} ({:.2} M parameters, {:.2} GFLOPs/image forward), {} classes, \
-             batch {} at {}\n\
+             batch {}{} at {}\n\
              device {} ({}), {} {} convolutions, {} thread(s); {} timed steps after {} warm-up\n\
              first step (kernel compilation/autotune on GPU): {:.1} ms\n",
             self.model,
@@ -292,6 +298,10 @@ impl TrainBenchReport {
             self.forward_gflops_per_image,
             self.classes,
             self.batch_size,
+            match self.ranks {
+                Some(ranks) => format!(" on each of {ranks} ranks (images/s below: all ranks)"),
+                None => String::new(),
+            },
             self.input,
             self.device,
             self.backend,
@@ -333,6 +343,7 @@ impl TrainBenchReport {
              \x20   breakdown, device synced after each phase (slightly understates overlap):\n\
              \x20     forward + loss  {:>9.1} ms  {:>5.1}%\n\
              \x20     backward        {:>9.1} ms  {:>5.1}%\n\
+             {}\
              \x20     optimizer       {:>9.1} ms  {:>5.1}%  (global-norm check + clip {:.1}, \
              AdamW update {:.1})\n\
              \x20     synced step     {:>9.1} ms\n\n",
@@ -345,6 +356,15 @@ impl TrainBenchReport {
             share(b.forward_loss_ms),
             b.backward_ms,
             share(b.backward_ms),
+            match self.ranks {
+                Some(ranks) => format!(
+                    "      all-reduce      {:>9.1} ms  {:>5.1}%  (mean over {ranks} ranks, {})\n",
+                    b.reduce_ms,
+                    share(b.reduce_ms),
+                    self.engine.as_deref().unwrap_or("?")
+                ),
+                None => String::new(),
+            },
             b.optimizer_ms,
             share(b.optimizer_ms),
             b.clip_check_ms,
@@ -616,9 +636,9 @@ where
 
     /// (a) Steps synced at every phase boundary of the trainer's step: mean milliseconds per
     /// [`Phase`].
-    fn phase_breakdown(&mut self) -> Result<[f64; 4], TrainError> {
+    fn phase_breakdown(&mut self) -> Result<[f64; 5], TrainError> {
         self.bar.set_message("(a) breakdown by phase");
-        let mut phases = [0.0f64; 4];
+        let mut phases = [0.0f64; 5];
         for _ in 0..self.o.steps {
             let (device, probe) = (self.device.clone(), &self.memory_probe);
             let memory = &mut self.device_memory;
@@ -768,13 +788,16 @@ where
     let first_step_ms = bench.first_step()?;
     let kernels_after_first = gpu_runtime::counts();
     let (step_ms, rss_before, peak_rss) = bench.fixed_batch()?;
-    let [forward_loss_ms, backward_ms, clip_check_ms, update_ms] = bench.phase_breakdown()?;
+    let [forward_loss_ms, backward_ms, reduce_ms, clip_check_ms, update_ms] =
+        bench.phase_breakdown()?;
     let kernels_after_fixed = gpu_runtime::counts();
     let (with_data_seconds, waited, rss_before_with_data, peak_rss_with_data) =
         bench.with_data()?;
     bench.replica = None;
     bench.bar.finish_and_clear();
-    let images = (o.batch_size * o.steps) as f64;
+    // Under mpirun every rank steps on its own batch: the job's throughput counts them all.
+    let ranks = o.cluster.as_ref().map_or(1, |c| c.size);
+    let images = (o.batch_size * ranks * o.steps) as f64;
     let mib = |bytes: Option<u64>| bytes.map(|b| b as f64 / (1024.0 * 1024.0));
     Ok(TrainBenchReport {
         model: o.size.name().into(),
@@ -791,16 +814,19 @@ where
         classes: o.classes,
         warmup_steps: o.warmup,
         steps: o.steps,
+        ranks: o.cluster.as_ref().map(|c| c.size),
+        engine: o.cluster.as_ref().map(|c| c.engine()),
         first_step_ms,
         kernels: kernel_report(kernels_at_start, kernels_after_first, kernels_after_fixed),
         fixed_batch: fixed_timing(step_ms, images),
         breakdown: StepBreakdown {
             forward_loss_ms,
             backward_ms,
+            reduce_ms,
             clip_check_ms,
             update_ms,
             optimizer_ms: clip_check_ms + update_ms,
-            step_ms: forward_loss_ms + backward_ms + clip_check_ms + update_ms,
+            step_ms: forward_loss_ms + backward_ms + reduce_ms + clip_check_ms + update_ms,
         },
         with_data: WithDataTiming {
             images_per_second: images / with_data_seconds.max(1e-12),
@@ -962,12 +988,13 @@ mod tests {
         for phase in [
             b.forward_loss_ms,
             b.backward_ms,
+            b.reduce_ms,
             b.clip_check_ms,
             b.update_ms,
         ] {
             assert!(phase.is_finite() && phase >= 0.0, "{b:?}");
         }
-        let sum = b.forward_loss_ms + b.backward_ms + b.optimizer_ms;
+        let sum = b.forward_loss_ms + b.backward_ms + b.reduce_ms + b.optimizer_ms;
         assert!((sum - b.step_ms).abs() <= 1e-6 * b.step_ms, "{b:?}");
         // The synced steps and the whole steps time the same work on the CPU backend.
         let ratio = b.step_ms / a.mean_step_ms;

@@ -60,13 +60,14 @@ impl MpiRuntime {
                 String::from_utf8_lossy(&h[..end]).into_owned()
             })
             .collect();
+        // "Open MPI v4.1.4, package: ..." or "MPICH Version: 4.0.2\n...": the name and version.
         let library = mpi::environment::library_version()
             .ok()
             .and_then(|v| {
-                v.lines()
-                    .next()
-                    .map(|l| l.trim().trim_end_matches(',').to_string())
+                let first = v.trim_matches(char::from(0)).lines().next()?;
+                Some(first.split(',').next()?.trim().to_string())
             })
+            .filter(|l| !l.is_empty())
             .unwrap_or_else(|| "MPI".into());
         let collectives = MpiCollectives {
             lock: Mutex::new(()),

@@ -35,7 +35,9 @@ pub enum Phase {
     ForwardLoss,
     /// Backward pass of one micro-batch, its gradients added to the step's.
     Backward,
-    /// The average over replicas (when there are several), the finiteness check and the clip.
+    /// The gradients and loss terms averaged over the replicas (nothing with one).
+    Reduce,
+    /// The finiteness check and the clip.
     Check,
     /// The optimiser update (or, after a non-finite check, the statistics restored).
     Update,
@@ -166,6 +168,7 @@ pub fn optimisation_step<B: AutodiffBackend>(
     if let Some(reduce) = reduce {
         (grads, losses) = reduce(&net, grads, losses)?;
     }
+    hook.phase_done(Phase::Reduce)?;
     let (values, check) = optimizer.check_and_clip(&net, &mut grads, losses);
     hook.phase_done(Phase::Check)?;
     let net = if check.finite {
