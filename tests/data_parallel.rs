@@ -15,12 +15,11 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use percept::commands;
-use percept::train::config::{OptimizerKind, RunConfig};
 use percept::train::Devices;
 use safetensors::SafeTensors;
 
 mod common;
-use common::{step_losses, synth};
+use common::{sgd_config, step_losses, synth};
 
 /// The trainable tensors of a model file (batch-norm running statistics left out: each replica
 /// keeps those of its own part), by name.
@@ -57,30 +56,18 @@ fn largest_difference(a: &BTreeMap<String, Vec<f32>>, b: &BTreeMap<String, Vec<f
     worst
 }
 
-fn sgd_config(dir: &Path, data: &Path, name: &str, accumulation: usize) -> RunConfig {
-    let mut c = common::run_config(dir, &[data], "DE", 3, "");
-    c.name = name.into();
-    c.optimizer.kind = OptimizerKind::Sgd;
-    c.optimizer.momentum = 0.0;
-    c.train.lr = 0.05;
-    c.train.grad_accumulation = accumulation;
-    c.checkpoint.every = 0;
-    c.validate().unwrap();
-    c
-}
-
 #[test]
 fn two_replicas_train_like_one_device_on_the_same_global_batch() {
     let dir = tempfile::tempdir().unwrap();
     let data = synth(dir.path(), "DE", 24, 11);
 
     // 2 replicas x 2 images = 4 images a step ...
-    let parallel = sgd_config(dir.path(), &data, "parallel", 1);
+    let parallel = sgd_config(dir.path(), &data, "parallel", 3, 1);
     let devices: Devices = "cpu,cpu".parse().unwrap();
     let p = commands::train(&parallel, devices).unwrap();
     assert_eq!(p.steps, 3);
     // ... and one device taking the same 4 as 2 micro-batches of 2.
-    let single = sgd_config(dir.path(), &data, "single", 2);
+    let single = sgd_config(dir.path(), &data, "single", 3, 2);
     let s = commands::train(&single, percept::train::DeviceSpec::Cpu).unwrap();
 
     let (lp, ls) = (
@@ -94,7 +81,7 @@ fn two_replicas_train_like_one_device_on_the_same_global_batch() {
 
     let initial = {
         // The initial weights: the same seed, steps too small to move them.
-        let mut c = sgd_config(dir.path(), &data, "initial", 1);
+        let mut c = sgd_config(dir.path(), &data, "initial", 3, 1);
         c.train.lr = 1e-12;
         trainable(
             &commands::train(&c, percept::train::DeviceSpec::Cpu)
@@ -132,10 +119,10 @@ fn two_replicas_train_like_one_device_on_the_same_global_batch() {
     // 2, the same for learning rates 0.05 and 0.005, and nothing at 1e-6, where the first step
     // moved no weight by a rounding step).
     let d: Devices = "cpu,cpu".parse().unwrap();
-    let mut c = sgd_config(dir.path(), &data, "accumulating", 2);
+    let mut c = sgd_config(dir.path(), &data, "accumulating", 3, 2);
     c.train.steps = 1;
     let p = commands::train(&c, d).unwrap();
-    let mut c = sgd_config(dir.path(), &data, "single-4", 4);
+    let mut c = sgd_config(dir.path(), &data, "single-4", 3, 4);
     c.train.steps = 1;
     let s = commands::train(&c, percept::train::DeviceSpec::Cpu).unwrap();
     // lr 0.05: a gradient difference of 2e-5 would move a weight by 1e-6.

@@ -14,11 +14,11 @@ use std::process::Command;
 
 use percept::commands;
 use percept::train::checkpoint::CheckpointDir;
-use percept::train::config::{OptimizerKind, RunConfig};
+use percept::train::config::RunConfig;
 use safetensors::SafeTensors;
 
 mod common;
-use common::{step_losses, synth, Output};
+use common::{sgd_config, step_losses, synth, Output};
 
 /// `percept ARGS` as `ranks` MPI processes on this machine, one compute thread each.
 fn mpirun(ranks: usize, args: &[&str]) -> Output {
@@ -51,18 +51,6 @@ fn trainable(path: &Path) -> BTreeMap<String, Vec<u8>> {
         .filter(|(name, _)| !name.contains("running_"))
         .map(|(name, view)| (name, view.data().to_vec()))
         .collect()
-}
-
-fn sgd_config(dir: &Path, data: &Path, name: &str, steps: usize, accumulation: usize) -> RunConfig {
-    let mut c = common::run_config(dir, &[data], "DE", steps, "");
-    c.name = name.into();
-    c.optimizer.kind = OptimizerKind::Sgd;
-    c.optimizer.momentum = 0.0;
-    c.train.lr = 0.05;
-    c.train.grad_accumulation = accumulation;
-    c.checkpoint.every = 0;
-    c.validate().unwrap();
-    c
 }
 
 fn write_config(dir: &Path, config: &RunConfig) -> PathBuf {

@@ -89,6 +89,27 @@ pub struct Output {
     pub stderr: String,
 }
 
+/// A run that trains exactly like another over the same global batch, however it is split:
+/// plain SGD (update = lr x gradient), `accumulation` micro-batches a step, no checkpoints
+/// but the final one.
+pub fn sgd_config(
+    dir: &Path,
+    data: &Path,
+    name: &str,
+    steps: usize,
+    accumulation: usize,
+) -> RunConfig {
+    let mut c = run_config(dir, &[data], "DE", steps, "");
+    c.name = name.into();
+    c.optimizer.kind = percept::train::config::OptimizerKind::Sgd;
+    c.optimizer.momentum = 0.0;
+    c.train.lr = 0.05;
+    c.train.grad_accumulation = accumulation;
+    c.checkpoint.every = 0;
+    c.validate().unwrap();
+    c
+}
+
 /// Runs the `percept` binary.
 pub fn percept(args: &[&str]) -> Output {
     let out = Command::new(env!("CARGO_BIN_EXE_percept"))
